@@ -1,0 +1,185 @@
+"""Validated configuration: a TOML file plus ``--set key.path=value`` overrides."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A config file or override that cannot be used; the message names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    uri: str = Field(
+        "synthetic",
+        description="camera index ('0'), rtsp:// or http:// URL, video file, image folder, or 'synthetic'",
+    )
+    loop: bool = Field(True, description="restart a video file or folder at its end")
+    realtime: bool = Field(True, description="pace files and synthetic scenes at `fps`")
+    fps: float = Field(15.0, gt=0, le=1000)
+    width: int = Field(640, ge=16, le=8192, description="capture width for cameras, canvas for synthetic")
+    height: int = Field(480, ge=16, le=8192)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    seed: int = 0
+
+
+class BackboneConfig(_Strict):
+    family: Literal["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "keras", "tflite"] = "mobilenet_v1"
+    alpha: float = Field(0.25, gt=0, le=1.4)
+    input_size: int = Field(128, ge=32, le=1024)
+    cut_layer: Optional[str] = Field(None, description="layer to cut at; default per family")
+    weights: str = Field("imagenet", description="'imagenet', 'none' (random, seeded) or a weights file path")
+    pooling: Literal["avg", "flatten"] = "avg"
+    path: Optional[str] = Field(None, description="model file for family 'keras' (.keras) or 'tflite'")
+    seed: int = 0
+
+
+class RuntimeConfig(_Strict):
+    num_threads: int = Field(2, ge=1, le=64)
+    delegate: Literal["none", "edgetpu"] = "none"
+    interpreter: Literal["auto", "litert", "tflite_runtime", "tensorflow"] = "auto"
+
+
+class KnnConfig(_Strict):
+    k: int = Field(5, ge=1, le=100)
+    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="best cosine similarity below this -> 'unknown'")
+
+
+class HeadsConfig(_Strict):
+    active: list[str] = Field(default_factory=lambda: ["knn"], description="heads that predict on every frame")
+    knn: KnnConfig = Field(default_factory=KnnConfig)
+    options: dict[str, dict] = Field(default_factory=dict, description="options for third-party heads by name")
+
+
+class TlsConfig(_Strict):
+    ca_certs: Optional[str] = None
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    insecure: bool = False
+
+
+class MqttConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = "edged"
+    qos: Literal[0, 1, 2] = 0
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: Optional[TlsConfig] = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    protocol: Literal["3.1.1", "5"] = "5"
+    offline_queue: int = Field(1000, ge=0, le=1_000_000, description="messages kept while the broker is away")
+    stats_interval_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("prefix must be a non-empty topic without wildcards or outer slashes")
+        return v
+
+
+class ServeConfig(_Strict):
+    max_fps: float = Field(0.0, ge=0, description="cap on inferences per second; 0 = as fast as frames come")
+    queue_size: int = Field(2, ge=1, le=100, description="frames buffered between source and inference")
+    print_predictions: bool = False
+
+
+class Config(_Strict):
+    device: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "edged")
+    state_dir: str = "./state"
+    plugins_dir: Optional[str] = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+/ "):
+            raise ValueError("device must be non-empty and contain no '#', '+', '/' or spaces")
+        return v
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{origin}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words are strings
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, merge and validate; raise ConfigError naming file and key path."""
+    data: dict = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{origin}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{origin}: not valid TOML: {e}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+        origin += " + overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return json.dumps(cfg.model_dump(), indent=2)

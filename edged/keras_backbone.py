@@ -1,0 +1,91 @@
+"""Build a truncated Keras backbone and convert it to TFLite. Imports TensorFlow: learn/export only."""
+
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf  # noqa: F401  (fails fast with ImportError when the train extra is missing)
+import keras
+
+from .backbone import BackboneError, cut_layer
+from .config import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+_APPS = {
+    "mobilenet_v1": lambda **kw: keras.applications.MobileNet(**kw),
+    "mobilenet_v2": lambda **kw: keras.applications.MobileNetV2(**kw),
+    "mobilenet_v3_small": lambda **kw: keras.applications.MobileNetV3Small(**kw),
+}
+
+
+def base_model(cfg: BackboneConfig) -> keras.Model:
+    """The full pretrained (or random) network before cutting."""
+    if cfg.family == "keras":
+        return keras.models.load_model(cfg.path, compile=False)
+    if cfg.family not in _APPS:
+        raise BackboneError(f"backbone.family {cfg.family!r} cannot be built with Keras")
+    shape = (cfg.input_size, cfg.input_size, 3)
+    kwargs = dict(input_shape=shape, alpha=cfg.alpha, include_top=False)
+    if cfg.weights == "imagenet":
+        return _APPS[cfg.family](weights="imagenet", **kwargs)
+    keras.utils.set_random_seed(cfg.seed)
+    model = _APPS[cfg.family](weights=None, **kwargs)
+    if cfg.weights != "none":
+        try:
+            model.load_weights(cfg.weights)
+        except Exception as e:
+            raise BackboneError(f"backbone.weights: cannot load {cfg.weights} into {cfg.family} alpha={cfg.alpha}: {e}") from e
+    return model
+
+
+def truncate(model: keras.Model, layer_name: str | None, pooling: str) -> keras.Model:
+    if layer_name:
+        try:
+            features = model.get_layer(layer_name).output
+        except ValueError:
+            names = [layer.name for layer in model.layers]
+            hint = ", ".join(n for n in names if n.endswith("relu"))[-300:] or ", ".join(names[-10:])
+            raise BackboneError(f"backbone.cut_layer: no layer {layer_name!r}; candidates: {hint}") from None
+    else:
+        features = model.output
+    if len(features.shape) == 4:
+        pool = keras.layers.GlobalAveragePooling2D(name="embedding_pool") if pooling == "avg" else keras.layers.Flatten(name="embedding_flatten")
+        features = pool(features)
+    return keras.Model(model.inputs, features, name="backbone")
+
+
+def build(cfg: BackboneConfig) -> keras.Model:
+    return truncate(base_model(cfg), cut_layer(cfg), cfg.pooling)
+
+
+def to_tflite(model: keras.Model) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return converter.convert()
+
+
+def main(argv=None) -> int:
+    """`python -m edged.keras_backbone --state-dir D --backbone-json J`: build and cache one backbone."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from .backbone import resolve_backbone
+
+    parser = argparse.ArgumentParser(prog="edged.keras_backbone")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--backbone-json", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = BackboneConfig.model_validate(json.loads(args.backbone_json))
+    try:
+        info = resolve_backbone(cfg, Path(args.state_dir), build=True)
+    except BackboneError as e:
+        print(f"error: {e}", file=__import__("sys").stderr)
+        return 2
+    print(info.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

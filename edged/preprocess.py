@@ -1,0 +1,47 @@
+"""Frame preprocessing: centre crop, resize, RGB; value scaling per backbone family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Pixel value p (0..255) becomes p * scale + offset before the model."""
+
+    scale: float = 1 / 127.5
+    offset: float = -1.0
+
+
+SCALING_BY_FAMILY = {
+    "mobilenet_v1": Scaling(1 / 127.5, -1.0),
+    "mobilenet_v2": Scaling(1 / 127.5, -1.0),
+    # Keras MobileNetV3 rescales inside the model.
+    "mobilenet_v3_small": Scaling(1.0, 0.0),
+}
+
+
+def centre_crop(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return image[y : y + s, x : x + s]
+
+
+def crop_box(image_shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """The centre crop as a normalised (x1, y1, x2, y2) box of the full frame."""
+    h, w = image_shape[:2]
+    s = min(h, w)
+    x, y = (w - s) // 2, (h - s) // 2
+    return (x / w, y / h, (x + s) / w, (y + s) / h)
+
+
+def to_pixels(image_bgr: np.ndarray, size: int) -> np.ndarray:
+    """BGR frame of any size -> RGB uint8 (size, size, 3), centre-cropped."""
+    sq = centre_crop(image_bgr)
+    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
+    resized = cv2.resize(sq, (size, size), interpolation=interp)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)

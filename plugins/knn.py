@@ -1,0 +1,115 @@
+"""kNN head: cosine similarity on L2-normalised embeddings, similarity-weighted k-vote."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from edged.heads import Head, HeadError, Prediction
+from edged.hookspecs import hookimpl
+from edged.store import Examples
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class KnnOptions:
+    k: int = 5
+    threshold: float = 0.5  # best similarity below this answers "unknown"
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class KnnHead(Head):
+    name = "knn"
+    kind = "classes"
+    Options = KnnOptions
+    incremental = True
+
+    def __init__(self, options: KnnOptions | None = None):
+        super().__init__(options)
+        self._lock = threading.Lock()
+        self._vectors = np.zeros((0, 0), np.float32)
+        self._size = 0
+        self._label_ids = np.zeros(0, np.int32)
+        self._labels: list[str] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._size > 0
+
+    @property
+    def classes(self) -> list[str]:
+        with self._lock:
+            present = set(self._label_ids[: self._size].tolist())
+            return sorted(self._labels[i] for i in present)
+
+    def fit(self, examples: Examples, progress=None) -> dict:
+        with self._lock:
+            self._labels = examples.classes
+            index = {label: i for i, label in enumerate(self._labels)}
+            self._vectors = normalise(examples.embeddings) if len(examples) else np.zeros((0, 0), np.float32)
+            self._label_ids = np.array([index[label] for label in examples.labels.tolist()], np.int32)
+            self._size = len(examples)
+        return {"examples": len(examples), "classes": len(self._labels)}
+
+    def _label_id(self, label: str) -> int:
+        if label not in self._labels:
+            self._labels.append(label)
+        return self._labels.index(label)
+
+    def add(self, embedding: np.ndarray, label: str, box=None) -> None:
+        vector = normalise(np.reshape(embedding, -1))
+        with self._lock:
+            if self._size and vector.shape[0] != self._vectors.shape[1]:
+                raise HeadError(f"embedding size {vector.shape[0]} != stored {self._vectors.shape[1]}")
+            if self._size == len(self._vectors):  # grow by doubling: amortised O(1) add
+                grown = np.zeros((max(64, 2 * self._size), vector.shape[0]), np.float32)
+                grown[: self._size] = self._vectors[: self._size]
+                self._vectors = grown
+                ids = np.zeros(len(grown), np.int32)
+                ids[: self._size] = self._label_ids[: self._size]
+                self._label_ids = ids
+            self._vectors[self._size] = vector
+            self._label_ids[self._size] = self._label_id(label)
+            self._size += 1
+
+    def forget(self, label: str) -> None:
+        with self._lock:
+            if label not in self._labels:
+                return
+            keep = self._label_ids[: self._size] != self._labels.index(label)
+            self._vectors = self._vectors[: self._size][keep].copy()
+            self._label_ids = self._label_ids[: self._size][keep].copy()
+            self._size = int(keep.sum())
+
+    def predict(self, embedding: np.ndarray) -> Prediction:
+        query = normalise(np.reshape(embedding, -1))
+        with self._lock:
+            if not self._size:
+                raise HeadError("knn head has no examples yet: capture some first")
+            sims = self._vectors[: self._size] @ query
+            label_ids = self._label_ids[: self._size]
+            labels = list(self._labels)
+        k = min(self.options.k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+        votes = np.zeros(len(labels), np.float64)
+        np.add.at(votes, label_ids[top], np.maximum(sims[top], 0.0))
+        total = votes.sum()
+        scores = {labels[i]: float(votes[i] / total) for i in np.flatnonzero(votes)} if total > 0 else {}
+        best = float(sims[top].max())
+        if best < self.options.threshold or not scores:
+            return Prediction(UNKNOWN, best, scores)
+        winner = labels[int(np.argmax(votes))]
+        return Prediction(winner, scores[winner], scores)
+
+
+@hookimpl
+def register_heads(register):
+    register(KnnHead)

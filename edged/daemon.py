@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -178,17 +179,17 @@ class Daemon:
 
     def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
         try:
-            stored = job.offer(frame.image, embedding)
+            if not job.offer(frame.image, embedding):
+                return
+            self.heads.learned(embedding, job.label, job.box)
         except Exception as e:
             log.exception("capture failed")
-            self._finish_capture(job, error=f"storing the example failed: {e}")
+            self._finish_capture(job, error=f"capture stopped after {job.stored} examples: {type(e).__name__}: {e}")
             return
-        if stored:
-            self.heads.learned(embedding, job.label, job.box)
-            if job.done:
-                self._finish_capture(job)
-            elif job.stored % 10 == 0:
-                self._reply(job.incoming, job.corr_id, {"progress": job.progress()}, ok=True, final=False)
+        if job.done:
+            self._finish_capture(job)
+        elif job.stored % 10 == 0:
+            self._reply(job.incoming, job.corr_id, {"progress": job.progress()}, ok=True, final=False)
 
     def _finish_capture(self, job: CaptureJob, error: Optional[str] = None) -> None:
         with self.capture_lock:
@@ -311,6 +312,7 @@ class Daemon:
             "source": {"uri": self.cfg.source.uri, "state": self.grabber.state if hasattr(self, "grabber") else "starting",
                        "error": self.grabber.error if hasattr(self, "grabber") else None},
             "capture": capture.progress() if capture else None,
+            "tensorflow_imported": "tensorflow" in sys.modules,
         }
 
     def _maybe_publish_status(self) -> None:

@@ -31,12 +31,42 @@ def base_model(cfg: BackboneConfig) -> keras.Model:
         return _APPS[cfg.family](weights="imagenet", **kwargs)
     keras.utils.set_random_seed(cfg.seed)
     model = _APPS[cfg.family](weights=None, **kwargs)
-    if cfg.weights != "none":
+    if cfg.weights == "none":
+        calibrate_batchnorm(model, cfg)
+    else:
         try:
             model.load_weights(cfg.weights)
         except Exception as e:
             raise BackboneError(f"backbone.weights: cannot load {cfg.weights} into {cfg.family} alpha={cfg.alpha}: {e}") from e
     return model
+
+
+def calibrate_batchnorm(model: keras.Model, cfg: BackboneConfig, samples: int = 32) -> None:
+    """Give a randomly initialised network usable features.
+
+    With random convolutions and unit batch-norm statistics the activations shrink layer
+    by layer until the embedding is ~1e-16. Setting each batch-norm layer's moving
+    mean/variance to the statistics it actually sees (on synthetic scenes) keeps every
+    layer at unit scale: a data-dependent initialisation, good for plumbing and demos.
+    """
+    import numpy as np
+
+    from .preprocess import SCALING_BY_FAMILY, Scaling, to_pixels
+    from .synthetic import scene_at
+
+    scaling = SCALING_BY_FAMILY.get(cfg.family, Scaling())
+    images = np.stack([
+        to_pixels(scene_at(cfg.seed, i, cfg.input_size, cfg.input_size, clutter=4).image, cfg.input_size)
+        for i in range(samples)
+    ]).astype("float32") * scaling.scale + scaling.offset
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        probe = keras.Model(model.inputs, layer.input)
+        x = np.asarray(probe(images, training=False))
+        axes = tuple(range(x.ndim - 1))
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, x.mean(axis=axes), x.var(axis=axes) + 1e-3])
 
 
 def truncate(model: keras.Model, layer_name: str | None, pooling: str) -> keras.Model:

@@ -71,11 +71,11 @@ class KnnHead(Head):
                 raise HeadError(f"embedding size {vector.shape[0]} != stored {self._vectors.shape[1]}")
             if self._size == len(self._vectors):  # grow by doubling: amortised O(1) add
                 grown = np.zeros((max(64, 2 * self._size), vector.shape[0]), np.float32)
-                grown[: self._size] = self._vectors[: self._size]
-                self._vectors = grown
                 ids = np.zeros(len(grown), np.int32)
-                ids[: self._size] = self._label_ids[: self._size]
-                self._label_ids = ids
+                if self._size:
+                    grown[: self._size] = self._vectors[: self._size]
+                    ids[: self._size] = self._label_ids[: self._size]
+                self._vectors, self._label_ids = grown, ids
             self._vectors[self._size] = vector
             self._label_ids[self._size] = self._label_id(label)
             self._size += 1

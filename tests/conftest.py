@@ -1,0 +1,227 @@
+"""Shared fixtures: a real mosquitto broker, cached tiny backbones, an MQTT probe, a daemon subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SIGN_DIGITS = SHARED / "data" / "sign-digits"
+RACCOON = SHARED / "data" / "raccoon"
+WEIGHTS_025 = SHARED / "models" / "mobilenet_v1_0.25_128_imagenet_no_top.weights.h5"
+EXTRACTOR_U8 = SHARED / "models" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+
+needs_sign_digits = pytest.mark.skipif(not SIGN_DIGITS.is_dir(), reason="../shared/data/sign-digits absent")
+needs_weights = pytest.mark.skipif(not WEIGHTS_025.is_file(), reason="../shared/models weights absent")
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from edged.broker import MosquittoBroker
+
+    b = MosquittoBroker().start()
+    yield b
+    b.stop()
+
+
+# -- backbones: converted once per test session, copied into each state dir -------------------
+_BACKBONE_CACHE: dict = {}
+
+
+def backbone_settings(weights: str = "none", input_size: int = 96, **extra) -> dict:
+    return {"family": "mobilenet_v1", "alpha": 0.25, "input_size": input_size, "weights": weights, **extra}
+
+
+def prebuilt_backbones(tmp_root: Path, settings: dict) -> Path:
+    """Folder holding `backbones/<id>/` for `settings`; converted with Keras once per session."""
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _BACKBONE_CACHE:
+        from edged.backbone import resolve_backbone
+        from edged.config import BackboneConfig
+
+        folder = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
+        resolve_backbone(BackboneConfig(**settings), folder, build=True)
+        _BACKBONE_CACHE[key] = folder
+    return _BACKBONE_CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def backbone_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("backbones")
+
+
+@pytest.fixture
+def make_state(backbone_root, tmp_path):
+    """make_state(settings) -> a fresh state dir that already has the converted backbone."""
+
+    def make(settings: dict, name: str = "state") -> Path:
+        state = tmp_path / name
+        src = prebuilt_backbones(backbone_root, settings) / "backbones"
+        shutil.copytree(src, state / "backbones", dirs_exist_ok=True)
+        return state
+
+    return make
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def toml_config(state: Path, port: int, source: str, backbone: dict, device: str = "cam1", extra: str = "") -> str:
+    bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items())
+    return f"""
+device = "{device}"
+state_dir = "{state}"
+log_level = "INFO"
+
+[source]
+uri = "{source}"
+realtime = true
+fps = 60
+loop = true
+
+[backbone]
+{bb}
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+stats_interval_s = 1.0
+reconnect_min_s = 1
+reconnect_max_s = 2
+{extra}
+"""
+
+
+# -- MQTT probe ----------------------------------------------------------------------
+class Probe:
+    """A paho client collecting messages per topic; `request` sends a command and waits for its final reply."""
+
+    def __init__(self, port: int, prefix: str = "edged"):
+        self.prefix = prefix
+        self.messages: "queue.Queue[tuple[str, bytes, bool]]" = queue.Queue()
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        self.client.loop_start()
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def drain(self):
+        while True:
+            try:
+                self.seen.append(self.messages.get_nowait())
+            except queue.Empty:
+                return
+
+    def wait_for(self, predicate, timeout: float = 30.0):
+        """Return the first (topic, payload, retain) satisfying predicate, from now on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                item = self.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.seen.append(item)
+            if predicate(*item):
+                return item
+        raise AssertionError(f"no matching message within {timeout}s")
+
+    def collect(self, topic: str, seconds: float) -> list[dict]:
+        out = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                t, p, _ = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if t == topic:
+                out.append(json.loads(p))
+        return out
+
+    def send(self, device: str, command: str, payload, qos: int = 1):
+        data = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
+        self.client.publish(f"{self.prefix}/{device}/cmd/{command}", data, qos=qos).wait_for_publish(5)
+
+    def request(self, device: str, command: str, payload: dict, timeout: float = 60.0) -> dict:
+        corr = payload.setdefault("id", uuid.uuid4().hex)
+        self.send(device, command, payload)
+        topic = f"{self.prefix}/{device}/reply/{command}"
+
+        def match(t, p, r):
+            if t != topic:
+                return False
+            reply = json.loads(p)
+            return reply.get("id") == corr and reply.get("final", True)
+
+        return json.loads(self.wait_for(match, timeout)[1])
+
+
+@pytest.fixture
+def probe(broker):
+    p = Probe(broker.port)
+    yield p
+    p.close()
+
+
+# -- daemon subprocess -------------------------------------------------------------------
+class DaemonProcess:
+    def __init__(self, config: Path, log: Path, env_extra: dict | None = None):
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "--config", str(config)],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon did not stop on {sig}; log:\n{self.output()}")
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, log: Path, env_extra: dict | None = None) -> DaemonProcess:
+        d = DaemonProcess(config, log, env_extra)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.alive():
+            d.proc.kill()
+            d.proc.wait()

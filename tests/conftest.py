@@ -156,6 +156,12 @@ class Probe:
                 out.append(json.loads(p))
         return out
 
+    def wait_online(self, device: str, timeout: float = 60.0) -> dict:
+        """Wait for the daemon's retained online status (it has subscribed to commands by then)."""
+        topic = f"{self.prefix}/{device}/status"
+        item = self.wait_for(lambda t, p, r: t == topic and json.loads(p).get("state") == "online", timeout)
+        return json.loads(item[1])
+
     def send(self, device: str, command: str, payload, qos: int = 1):
         data = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
         self.client.publish(f"{self.prefix}/{device}/cmd/{command}", data, qos=qos).wait_for_publish(5)

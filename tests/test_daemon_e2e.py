@@ -19,8 +19,7 @@ DEVICE = "cam1"
 
 
 def _status(probe) -> dict:
-    topic = f"edged/{DEVICE}/status"
-    return json.loads(probe.wait_for(lambda t, p, r: t == topic and json.loads(p).get("state") == "online", 60)[1])
+    return probe.wait_online(DEVICE)
 
 
 def _run(daemons, tmp_path, state, port, source, backbone, name, extra=""):

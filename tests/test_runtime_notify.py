@@ -1,0 +1,120 @@
+"""Interpreter choice, input (de)quantization, a real uint8 extractor, and sd_notify."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings
+from edged.preprocess import Scaling, to_pixels
+from edged.runtime import Engine, EngineOptions, InputAdapter, interpreter_module
+
+
+def test_litert_is_the_default_interpreter():
+    name, _ = interpreter_module("auto")
+    assert name == "litert"
+
+
+def test_input_adapter_float_and_quantized():
+    px = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)[0]
+    fl = InputAdapter({"dtype": np.float32, "shape": [1, 16, 16, 3], "quantization": (0.0, 0)}, Scaling(1 / 127.5, -1))
+    out = fl(px)
+    assert out.dtype == np.float32 and out.min() == pytest.approx(-1) and out.max() == pytest.approx(1)
+    q = InputAdapter({"dtype": np.uint8, "shape": [1, 16, 16, 3], "quantization": (1 / 128, 128)}, Scaling(1 / 127.5, -1))
+    assert not q.identity
+    deq = (q(px).astype(np.float32) - 128) / 128
+    assert np.abs(deq - out).max() <= 1 / 128 + 1e-6
+    ident = InputAdapter({"dtype": np.uint8, "shape": [1, 16, 16, 3], "quantization": (1 / 127.5, 127.5)}, Scaling(1 / 127.5, -1))
+    assert ident.identity and np.array_equal(ident(px)[0], px)
+
+
+def test_float_backbone_matches_keras(make_state):
+    """The converted TFLite backbone gives the Keras model's embedding."""
+    import keras  # noqa: F401
+
+    from edged.backbone import resolve_backbone
+    from edged.config import BackboneConfig
+    from edged.keras_backbone import build
+
+    settings = backbone_settings("none")
+    state = make_state(settings)
+    info = resolve_backbone(BackboneConfig(**settings), state, build=False)
+    engine = Engine(EngineOptions(info.path, scaling=info.scaling))
+    model = build(BackboneConfig(**settings))
+    px = to_pixels(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8), 96)
+    keras_out = model(px[None].astype(np.float32) / 127.5 - 1, training=False).numpy()[0]
+    tfl = engine.embed(px)
+    assert tfl.shape == keras_out.shape == (info.output_dim,)
+    assert np.abs(tfl - keras_out).max() < 1e-3 * max(1.0, np.abs(keras_out).max())
+
+
+@pytest.mark.skipif(not EXTRACTOR_U8.is_file(), reason="../shared/models absent")
+def test_uint8_extractor_backbone_dequantizes(tmp_path):
+    from edged.backbone import resolve_backbone
+    from edged.config import BackboneConfig
+
+    info = resolve_backbone(BackboneConfig(family="tflite", path=str(EXTRACTOR_U8)), tmp_path)
+    assert info.input_size == 224 and info.output_dim == 1024
+    engine = Engine(EngineOptions(info.path, scaling=info.scaling))
+    assert engine.adapter.dtype == np.uint8
+    imgs = [cv2.imread(str(sorted((SIGN_DIGITS / d).glob("*"))[i])) for d in ("0", "5") for i in range(3)]
+    embs = np.stack([engine.embed(to_pixels(im, 224)) for im in imgs])
+    assert embs.dtype == np.float32 and embs.min() >= 0 and embs.max() > 0.1  # dequantized ReLU6 features
+    unit = embs / np.linalg.norm(embs, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    same = (sims[0, 1] + sims[0, 2] + sims[3, 4] + sims[3, 5]) / 4
+    cross = sims[:3, 3:].mean()
+    assert same > cross  # real features: same hand sign closer than different ones
+
+
+def test_edgetpu_missing_falls_back_to_cpu(make_state, caplog):
+    from edged.backbone import resolve_backbone
+    from edged.config import BackboneConfig
+
+    settings = backbone_settings("none")
+    info = resolve_backbone(BackboneConfig(**settings), make_state(settings), build=False)
+    engine = Engine(EngineOptions(info.path, delegate="edgetpu", scaling=info.scaling))
+    assert engine.delegate == "cpu"
+    assert "Edge TPU delegate unavailable" in caplog.text
+    assert engine.embed(np.zeros((96, 96, 3), np.uint8)).shape == (info.output_dim,)
+
+
+def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
+    from conftest import toml_config, write_config
+
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    settings = backbone_settings("none")
+    state = make_state(settings)
+    cfg = write_config(tmp_path / "c.toml", toml_config(state, broker.port, "synthetic:clutter=2", settings, "nfy"))
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and seen.count("WATCHDOG=1") < 3:
+            seen += sock.recv(4096).decode().splitlines()
+        assert "READY=1" in seen and seen.count("WATCHDOG=1") >= 3
+        assert seen.index("READY=1") < seen.index("WATCHDOG=1")
+        proc.terminate()
+        assert proc.wait(20) == 0
+        rest = []
+        try:
+            while True:
+                sock.settimeout(1)
+                rest += sock.recv(4096).decode().splitlines()
+        except socket.timeout:
+            pass
+        assert "STOPPING=1" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()

@@ -1,0 +1,200 @@
+"""Frame sources against real decoding: video files, image folders, an MJPEG HTTP camera that drops out."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edged.config import SourceConfig
+from edged.preprocess import to_pixels
+from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SourceError, SyntheticSource, open_source
+from edged.synthetic import make_scene, scene_at
+
+
+def _frames(n, w=96, h=64):
+    out = []
+    for i in range(n):
+        img = np.full((h, w, 3), (i * 20) % 256, np.uint8)
+        cv2.putText(img, str(i), (5, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (255, 255, 255), 2)
+        out.append(img)
+    return out
+
+
+def _video(path, frames, fps=25.0):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return str(path)
+
+
+def test_video_file_decodes_loops_and_stops(tmp_path):
+    frames = _frames(6)
+    path = _video(tmp_path / "v.mp4", frames)
+    src = OpenCVSource(path, SourceConfig(uri=path, loop=False))
+    src.open()
+    got = []
+    while (f := src.read()) is not None:
+        got.append(f)
+    src.close()
+    assert [f.pos for f in got] == list(range(6))
+    # real decoding: the decoded frame is close to what was written (lossy codec)
+    assert np.abs(got[3].image.astype(int) - frames[3].astype(int)).mean() < 12
+    assert src.fps == pytest.approx(25.0)
+    looping = OpenCVSource(path, SourceConfig(uri=path, loop=True))
+    looping.open()
+    positions = [looping.read().pos for _ in range(14)]
+    looping.close()
+    assert positions == list(range(6)) * 2 + [0, 1]
+
+
+def test_missing_file_and_bad_folder(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        OpenCVSource(str(tmp_path / "none.mp4"), SourceConfig()).open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images"):
+        FolderSource(str(tmp_path / "empty"), SourceConfig()).open()
+
+
+def test_folder_source_sorted_and_skips_unreadable(tmp_path):
+    for i, img in enumerate(_frames(3)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img)
+    (tmp_path / "1b.jpg").write_bytes(b"not an image")
+    src = open_source(SourceConfig(uri=str(tmp_path), loop=False))
+    assert isinstance(src, FolderSource)
+    src.open()
+    got = []
+    while (f := src.read()) is not None:
+        got.append(f.pos)
+    assert got == [0, 1, 3]  # 1b.jpg (position 2) skipped
+
+
+def test_synthetic_scene_has_shape_in_box():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scene = make_scene(rng, 128, 96, clutter=0)
+        x1, y1, x2, y2 = scene.box
+        h, w = scene.image.shape[:2]
+        inside = scene.image[int(y1 * h):int(y2 * h), int(x1 * w):int(x2 * w)]
+        outside = scene.image.copy()
+        outside[int(y1 * h):int(y2 * h), int(x1 * w):int(x2 * w)] = 0
+        assert inside.any() and not outside.any()
+        filled = (inside.sum(axis=2) > 0).mean()
+        assert (filled > 0.95) if scene.label == "rectangle" else (0.3 < filled < 0.7)
+    a, b = scene_at(1, 5, 64, 64), scene_at(1, 5, 64, 64)
+    assert np.array_equal(a.image, b.image) and a.label == b.label
+
+
+def test_synthetic_source_options():
+    src = SyntheticSource("synthetic:shape=rectangle,frames=3", SourceConfig(loop=False, width=64, height=48))
+    src.open()
+    frames = [src.read() for _ in range(4)]
+    assert frames[-1] is None and frames[0].image.shape == (48, 64, 3)
+    with pytest.raises(SourceError, match="unknown option"):
+        SyntheticSource("synthetic:colour=red", SourceConfig())
+
+
+def test_preprocess_centre_crops_and_converts_to_rgb():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :50] = (255, 0, 0)  # blue (BGR) band outside the centre crop
+    img[:, 50:150] = (0, 0, 255)  # red in the centre
+    px = to_pixels(img, 32)
+    assert px.shape == (32, 32, 3)
+    assert (px[..., 0] == 255).all() and (px[..., 2] == 0).all()
+
+
+class _MjpegServer:
+    """A tiny multipart/x-mixed-replace JPEG camera on loopback; `cut()` drops it."""
+
+    def __init__(self, frames, port: int = 0):
+        jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+        self.alive = threading.Event()
+        self.alive.set()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while outer.alive.is_set():
+                        data = jpegs[i % len(jpegs)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                        i += 1
+                        time.sleep(0.03)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def cut(self):
+        self.alive.clear()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_http_camera_lost_then_reconnects():
+    frames = _frames(5, 160, 120)
+    server = _MjpegServer(frames)
+    cfg = SourceConfig(uri=server.url, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    stop = threading.Event()
+    grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: to_pixels(img, 32), 2)
+    grabber.start()
+    try:
+        assert _wait(lambda: grabber.captured >= 5), grabber.error
+        assert grabber.state == "ok"
+        port = server.port
+        server.cut()
+        assert _wait(lambda: grabber.state == "camera_lost"), grabber.state
+        assert "lost" in grabber.error or "cannot open" in grabber.error
+        before = grabber.captured
+        server2 = _MjpegServer(frames, port)  # the camera comes back on the same port
+        assert _wait(lambda: grabber.state == "ok" and grabber.captured > before + 3, 30), grabber.error
+        assert grabber.reconnects >= 1
+        server2.cut()
+    finally:
+        stop.set()
+        grabber.join()
+
+
+def test_grabber_drops_stale_frames_and_counts_them():
+    cfg = SourceConfig(uri="synthetic:clutter=0", realtime=False, width=32, height=32)
+    stop = threading.Event()
+    grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: img, queue_size=2)
+    grabber.start()
+    try:
+        assert _wait(lambda: grabber.dropped > 10)
+        newest_first = grabber.get(1).pos
+        assert newest_first > 10  # the consumer sees recent frames, not the first ones
+    finally:
+        stop.set()
+        grabber.join()

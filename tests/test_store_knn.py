@@ -1,0 +1,91 @@
+"""The example store (durable, per backbone) and the kNN head."""
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from edged.store import NewExample, Store
+from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
+
+
+def _img(v):
+    return np.full((24, 32, 3), v, np.uint8)
+
+
+def test_store_roundtrip_forget_and_backbones(tmp_path):
+    store = Store(tmp_path / "s")
+    ids = store.add_many([NewExample(_img(10), "a", np.arange(4, dtype=np.float32)),
+                          NewExample(_img(200), "b", np.ones(4), box=(0.1, 0.2, 0.5, 0.6))], "bb1")
+    ex = store.examples("bb1")
+    assert list(ex.labels) == ["a", "b"] and ex.embeddings.shape == (2, 4)
+    assert ex.boxes[1] == pytest.approx((0.1, 0.2, 0.5, 0.6)) and ex.boxes[0] is None
+    assert abs(int(store.load_frame(ids[1]).mean()) - 200) <= 2  # the JPEG on disk
+    assert len(store.examples("bb2")) == 0
+    assert [i for i, _ in store.missing_embeddings("bb2")] == ids
+    store.set_embeddings("bb2", [(ids[0], np.zeros(8))])
+    assert [i for i, _ in store.missing_embeddings("bb2")] == [ids[1]]
+    assert store.forget("a") == 1
+    assert store.counts() == {"b": 1}
+    assert len(list((tmp_path / "s" / "frames").glob("*.jpg"))) == 1
+    store.close()
+    again = Store(tmp_path / "s")
+    assert again.counts() == {"b": 1}
+
+
+def _add_then_die(folder, conn):
+    store = Store(folder)
+    store.add(NewExample(_img(5), "kept", np.ones(3)), "bb")
+    conn.send("acknowledged")
+    os._exit(0)  # no close, no cleanup: like a power cut after the ack
+
+
+def test_acknowledged_example_survives_hard_exit(tmp_path):
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_add_then_die, args=(tmp_path / "s", child))
+    proc.start()
+    assert parent.recv() == "acknowledged"
+    proc.join()
+    assert Store(tmp_path / "s").counts() == {"kept": 1}
+
+
+def test_data_version_sees_other_connections(tmp_path):
+    a, b = Store(tmp_path / "s"), Store(tmp_path / "s")
+    v = a.data_version()
+    b.add(NewExample(_img(1), "x", np.ones(2)), "bb")
+    assert a.data_version() != v
+
+
+def test_knn_vote_unknown_and_forget():
+    rng = np.random.default_rng(0)
+    centres = {"cat": rng.normal(size=16), "dog": rng.normal(size=16)}
+    head = KnnHead(KnnOptions(k=3, threshold=0.8))
+    assert not head.ready
+    for label, c in centres.items():
+        for _ in range(5):
+            head.add(c + 0.05 * rng.normal(size=16), label)
+    assert head.ready and head.classes == ["cat", "dog"]
+    pred = head.predict(centres["dog"] * 3.0)  # scale does not matter: cosine
+    assert pred.label == "dog" and pred.score == pytest.approx(1.0)
+    assert set(pred.scores) == {"dog"}
+    far = head.predict(rng.normal(size=16))
+    assert far.label == UNKNOWN
+    head.forget("dog")
+    assert head.classes == ["cat"]
+    assert head.predict(centres["dog"]).label in ("cat", UNKNOWN)
+
+
+def test_knn_fit_matches_incremental_adds():
+    from edged.store import Examples
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(200, 32)).astype(np.float32)
+    labels = np.array([f"c{i % 4}" for i in range(200)])
+    a, b = KnnHead(), KnnHead()
+    a.fit(Examples(np.arange(200), labels, emb, [None] * 200))
+    for e, l in zip(emb, labels):
+        b.add(e, l)
+    for q in rng.normal(size=(20, 32)):
+        pa, pb = a.predict(q), b.predict(q)
+        assert pa.label == pb.label and pa.score == pytest.approx(pb.score)

@@ -121,7 +121,8 @@ def cmd_collect(args) -> int:
 def cmd_predict(args) -> int:
     import cv2
 
-    from .pipeline import HeadSet, embed_image, open_backbone, reembed_missing
+    from .pipeline import HeadSet, open_backbone, reembed_missing
+    from .preprocess import to_pixels
     from .store import Store
 
     cfg = _load(args)
@@ -141,12 +142,13 @@ def cmd_predict(args) -> int:
                 status = 1
                 continue
             t0 = time.perf_counter()
-            emb = embed_image(engine, img)
-            for name, pred in heads.predict(emb):
+            pixels = to_pixels(img, engine.input_size)
+            emb = engine.embed(pixels) if heads.needs_embedding else None
+            for name, pred in heads.predict(emb, pixels):
                 print(json.dumps({"image": path, "head": name, "label": pred.label, "score": round(pred.score, 4),
                                   "scores": {k: round(v, 4) for k, v in pred.scores.items()}, "boxes": pred.boxes,
                                   "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}))
-        if not any(h.ready for h in heads.instances.values()):
+        if not any(h.ready for h in heads.instances.values()) and not heads.models:
             print("error: no active head is ready: capture examples first (edged collect)", file=sys.stderr)
             status = 1
     finally:
@@ -181,6 +183,58 @@ def cmd_backbone_build(args) -> int:
     return 0
 
 
+def _progress_printer():
+    def show(p: dict) -> None:
+        if "epoch" in p:
+            width = 24
+            done = int(width * p["epoch"] / max(p["epochs"], 1))
+            rest = " ".join(f"{k} {v}" for k, v in p.items() if k not in ("phase", "epoch", "epochs"))
+            print(f"\r{p['phase']:9s} [{'#' * done}{'.' * (width - done)}] {p['epoch']}/{p['epochs']} {rest}   ",
+                  end="", file=sys.stderr, flush=True)
+            if p["epoch"] == p["epochs"]:
+                print(file=sys.stderr)
+        else:
+            print(f"\n{p.get('phase', '')}: {p.get('step', p)}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_train(args) -> int:
+    from .trainer import run_train
+
+    cfg = _load(args)
+    _setup_logging("WARNING")
+    params = {k: v for k, v in (("epochs", args.epochs), ("fine_tune_layers", args.fine_tune_layers)) if v is not None}
+    result = run_train(cfg, args.head, params, _progress_printer())
+    print(file=sys.stderr)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .trainer import run_export
+
+    cfg = _load(args)
+    _setup_logging("WARNING")
+    result = run_export(cfg, args.head, args.quantize, args.force, _progress_printer())
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_versions(args) -> int:
+    from .models import Versions
+
+    cfg = _load(args)
+    versions = Versions(cfg.state_path / "models" / args.model)
+    if args.versions_command == "rollback":
+        print(json.dumps({"model": args.model, "current": versions.rollback()}))
+    else:
+        versions.activate(args.version)
+        print(json.dumps({"model": args.model, "current": args.version}))
+    print("a running daemon switches on the MQTT activate/rollback command", file=sys.stderr)
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import run_doctor
 
@@ -211,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--head", action="append", help="head(s) to use instead of heads.active")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train a head on the stored examples (needs TensorFlow)")
+    _add_config_args(p)
+    p.add_argument("--head", default="classifier")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--fine-tune-layers", type=int, help="phase 2: unfreeze this many top backbone layers")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export backbone + head as one TFLite model, parity-checked")
+    _add_config_args(p)
+    p.add_argument("--head", default="classifier")
+    p.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32")
+    p.add_argument("--force", action="store_true", help="keep the model even if the parity check fails")
+    p.set_defaults(func=cmd_export)
+
+    for verb, helptext in (("activate", "make a model version current"), ("rollback", "return to the previous model version")):
+        p = sub.add_parser(verb, help=helptext)
+        _add_config_args(p)
+        p.add_argument("--model", required=True, help="head name whose exported models to switch")
+        if verb == "activate":
+            p.add_argument("--version", required=True)
+        p.set_defaults(func=cmd_versions, versions_command=verb)
 
     p = sub.add_parser("heads", help="list installed heads")
     _add_config_args(p)
@@ -247,11 +323,12 @@ def main(argv=None) -> int:
     except Exception as e:
         from .backbone import BackboneError
         from .heads import HeadError
+        from .models import VersionError
         from .runtime import EngineError
         from .sources import SourceError
         from .store import StoreError
 
-        if isinstance(e, (BackboneError, HeadError, EngineError, SourceError, StoreError)):
+        if isinstance(e, (BackboneError, HeadError, EngineError, SourceError, StoreError, VersionError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -63,13 +63,33 @@ class Empty(_Cmd):
 
 
 class Activate(_Cmd):
-    heads: list[str] = Field(min_length=1, max_length=16)
+    heads: Optional[list[str]] = Field(None, min_length=1, max_length=16, description="heads that predict")
+    model: Optional[str] = Field(None, max_length=64, description="serve this head from its exported model")
+    version: Optional[str] = Field(None, pattern=r"^v\d{1,6}$", description="model version, default the newest good one")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.heads is None and self.model is None:
+            raise ValueError("give heads (a list of head names) or model (a head name)")
+        if self.version is not None and self.model is None:
+            raise ValueError("version goes with model")
+        return self
 
 
 class Train(_Cmd):
-    head: str = "knn"
-    epochs: int = Field(20, ge=1, le=10_000)
-    fine_tune_layers: int = Field(0, ge=0, le=1000)
+    head: str = Field("knn", max_length=64)
+    epochs: Optional[int] = Field(None, ge=1, le=10_000)
+    fine_tune_layers: Optional[int] = Field(None, ge=0, le=1000)
+
+
+class Export(_Cmd):
+    head: str = Field("classifier", max_length=64)
+    quantize: Literal["float32", "float16", "int8"] = "float32"
+    force: bool = Field(False, description="keep the model even when the parity check fails")
+
+
+class Rollback(_Cmd):
+    model: str = Field(max_length=64)
 
 
 COMMANDS: dict[str, type[_Cmd]] = {
@@ -80,6 +100,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "heads": Empty,
     "activate": Activate,
     "train": Train,
+    "export": Export,
+    "rollback": Rollback,
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .backbone import BackboneInfo, file_sha256
 from .capture import CaptureJob
-from .commands import Activate, Capture, CommandError, Empty, Forget, Train, parse
+from .commands import Activate, Capture, CommandError, Empty, Export, Forget, Rollback, Train, parse
 from .config import Config
 from .heads import Head, HeadError, Prediction
 from .mqtt import IncomingCommand, MqttLink
@@ -54,6 +54,7 @@ class Daemon:
         self.commands: queue.Queue[IncomingCommand] = queue.Queue(maxsize=256)
         self.capture: Optional[CaptureJob] = None
         self.capture_lock = threading.Lock()
+        self.job: Optional[threading.Thread] = None
         self.last_frame = None
         self.frames_seen = 0
         self.times = StageTimes()
@@ -88,13 +89,18 @@ class Daemon:
         self._stack.append(("grabber", self.grabber.join))
         self.worker = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         self.worker.start()
-        self._stack.append(("commands", lambda: self.worker.join(5)))
+        self._stack.append(("commands", self._join_workers))
         log.info(
             "edged %s serving device %r: %s via %s (%s), heads %s, source %s",
             __version__, cfg.device, self.backbone.description, self.engine.interpreter_name,
             self.engine.delegate, ",".join(self.heads.active), self.source.description,
         )
         self.notifier.ready(f"serving {self.source.description}")
+
+    def _join_workers(self) -> None:
+        self.worker.join(5)
+        if self.job is not None:
+            self.job.join(10)  # a train/export child is told to stop through the stop event
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -137,14 +143,14 @@ class Daemon:
     # -- frame path ----------------------------------------------------------------
     def _process(self, frame) -> None:
         t0 = time.perf_counter()
-        embedding = self.engine.embed(frame.pixels)
+        job = self.capture
+        embedding = self.engine.embed(frame.pixels) if job is not None or self.heads.needs_embedding else None
         t1 = time.perf_counter()
         self.frames_seen += 1
         self.last_frame = frame
-        job = self.capture
         if job is not None:
             self._capture_step(job, frame, embedding)
-        predictions = self.heads.predict(embedding)
+        predictions = self.heads.predict(embedding, frame.pixels)
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:
@@ -240,13 +246,24 @@ class Daemon:
             self._status_dirty.set()
             return {"label": command.label, "removed": removed}
         if isinstance(command, Activate):
-            self.heads.activate(command.heads)
+            result = {}
+            if command.heads is not None:
+                self.heads.activate(command.heads)
+            if command.model is not None:
+                result = self.heads.use_model(command.model, command.version)
             self._status_dirty.set()
-            return {"active": self.heads.active}
+            return {**result, "active": self.heads.active}
+        if isinstance(command, Rollback):
+            result = self.heads.rollback_model(command.model)
+            self._status_dirty.set()
+            return {**result, "active": self.heads.active}
         if isinstance(command, Train):
-            metrics = self.heads.train(command.head, epochs=command.epochs, fine_tune_layers=command.fine_tune_layers)
-            self._status_dirty.set()
-            return {"head": command.head, "metrics": metrics}
+            params = {k: v for k, v in (("epochs", command.epochs), ("fine_tune_layers", command.fine_tune_layers)) if v is not None}
+            return self._start_job(incoming, command.id, f"train {command.head}",
+                                   lambda progress: self.heads.train(command.head, progress, self.stop, **params))
+        if isinstance(command, Export):
+            return self._start_job(incoming, command.id, f"export {command.head} {command.quantize}",
+                                   lambda progress: self.heads.export(command.head, command.quantize, command.force, progress, self.stop))
         if incoming.name == "snapshot":
             return self._snapshot()
         if incoming.name == "heads":
@@ -269,6 +286,30 @@ class Daemon:
             )
         self._status_dirty.set()
         return None  # replied when the last example is stored
+
+    def _start_job(self, incoming: IncomingCommand, corr_id, what: str, work) -> None:
+        """Train/export run in their own thread: serving and other commands go on meanwhile."""
+        with self.capture_lock:
+            if self.job is not None and self.job.is_alive():
+                raise CommandError(f"busy with {self.job.name}; wait for its reply", corr_id)
+
+            def run():
+                def progress(p):
+                    self._reply(incoming, corr_id, {"progress": p}, ok=True, final=False)
+
+                try:
+                    result = work(progress)
+                    self._reply(incoming, corr_id, result)
+                except Exception as e:
+                    if not isinstance(e, (HeadError, CommandError)):
+                        log.exception("%s failed", what)
+                    self._reply(incoming, corr_id, None, ok=False, error=str(e))
+                finally:
+                    self._status_dirty.set()
+
+            self.job = threading.Thread(target=run, name=what, daemon=True)
+            self.job.start()
+        return None
 
     def _snapshot(self) -> dict:
         frame = self.last_frame
@@ -312,6 +353,7 @@ class Daemon:
             "source": {"uri": self.cfg.source.uri, "state": self.grabber.state if hasattr(self, "grabber") else "starting",
                        "error": self.grabber.error if hasattr(self, "grabber") else None},
             "capture": capture.progress() if capture else None,
+            "job": self.job.name if self.job is not None and self.job.is_alive() else None,
             "tensorflow_imported": "tensorflow" in sys.modules,
         }
 

@@ -35,7 +35,8 @@ class Head:
     kind: ClassVar[str] = "classes"  # or "boxes"
     Options: ClassVar[type] = NoOptions
     incremental: ClassVar[bool] = False  # True when `add` learns an example at once
-    needs_tensorflow: ClassVar[bool] = False
+    needs_tensorflow: ClassVar[bool] = False  # fit runs in a TensorFlow child process
+    takes_pixels: bool = False  # True: predict_pixels(RGB uint8) instead of predict(embedding)
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -61,6 +62,9 @@ class Head:
 
     def predict(self, embedding: np.ndarray) -> Prediction:
         raise NotImplementedError
+
+    def predict_pixels(self, pixels: np.ndarray) -> Prediction:
+        raise HeadError(f"head {self.name!r} predicts from embeddings")
 
     def save(self, folder: Path) -> None:
         """Persist learned state to `folder` (may be a no-op when the store is enough)."""

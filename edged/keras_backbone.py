@@ -94,6 +94,14 @@ def to_tflite(model: keras.Model) -> bytes:
     return converter.convert()
 
 
+def feature_map(cfg: BackboneConfig) -> keras.Model:
+    """The backbone cut at its layer, without pooling: (H, W, C) features for box regression."""
+    model = base_model(cfg)
+    name = cut_layer(cfg)
+    out = model.get_layer(name).output if name else model.output
+    return keras.Model(model.inputs, out, name="feature_map")
+
+
 def main(argv=None) -> int:
     """`python -m edged.keras_backbone --state-dir D --backbone-json J`: build and cache one backbone."""
     import argparse
@@ -119,3 +127,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -8,11 +8,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from .backbone import BackboneError, BackboneInfo, backbone_id, resolve_backbone
+from .backbone import BackboneError, BackboneInfo, backbone_id, resolve_backbone, write_atomic
+from .fused import FusedModel
+from .models import VersionError, Versions
 from .config import Config
 from .heads import Head, HeadError, Prediction, build_options
 from .plugins import head_classes, plugin_manager
@@ -73,51 +76,104 @@ def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine) -> int
 
 
 class HeadSet:
-    """The heads a device has, which of them predict, and live swaps under one lock."""
+    """The heads a device has, which of them predict, which serve from exported models; swaps under one lock.
+
+    The serving choice (active heads, heads served by an exported model) set by commands is kept in
+    `state_dir/serving.json` so that it survives a restart.
+    """
 
     def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, pm=None):
         self.cfg = cfg
         self.store = store
         self.backbone = backbone
         self.folder = cfg.state_path / "heads"
+        self.serving_file = cfg.state_path / "serving.json"
         self.pm = pm or plugin_manager(cfg.plugins_dir)
         self.classes = head_classes(self.pm)
         self._lock = threading.Lock()
         self.instances: dict[str, Head] = {}
-        unknown = [h for h in cfg.heads.active if h not in self.classes]
+        self.models: dict[str, FusedModel] = {}
+        saved = self._load_serving()
+        active = saved.get("active", cfg.heads.active)
+        unknown = [h for h in active if h not in self.classes]
         if unknown:
             raise HeadError(f"heads.active: unknown head(s) {unknown}; installed: {sorted(self.classes)}")
-        self.active = list(cfg.heads.active)
+        self.active = list(active)
         for name in self.active:
             self.instances[name] = self._open(name)
+        for name in saved.get("models", []):
+            try:
+                self.models[name] = self._open_model(name)
+            except HeadError as e:
+                log.error("exported model for %s not served: %s", name, e)
+
+    def _load_serving(self) -> dict:
+        try:
+            return json.loads(self.serving_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_serving(self) -> None:
+        write_atomic(self.serving_file, json.dumps({"active": self.active, "models": sorted(self.models)}).encode())
 
     def _options(self, name: str):
         cls = self.classes[name]
-        values = getattr(self.cfg.heads, name).model_dump() if hasattr(self.cfg.heads, name) and name != "options" \
-            else self.cfg.heads.options.get(name, {})
-        where = f"heads.{name}" if hasattr(self.cfg.heads, name) else f"heads.options.{name}"
-        return build_options(cls, values, where)
+        if name == "knn":
+            return build_options(cls, self.cfg.heads.knn.model_dump(), "heads.knn")
+        return build_options(cls, self.cfg.heads.options.get(name, {}), f"heads.options.{name}")
 
     def _open(self, name: str) -> Head:
         head = self.classes[name](self._options(name))
         if head.incremental:
             head.fit(self.store.examples(self.backbone.id))
         else:
-            head.load(self.folder / name)
+            head.load(Versions(self.folder / name).current_path())
         return head
+
+    def _open_model(self, name: str) -> FusedModel:
+        path = Versions(self.cfg.state_path / "models" / name).current_path()
+        if path is None:
+            raise HeadError(f"no exported model for {name!r}: export it first")
+        model = FusedModel(path, self.cfg.runtime.num_threads, self.cfg.runtime.interpreter, self.cfg.runtime.delegate)
+        if model.input_size != self.backbone.input_size:
+            model.close()
+            raise HeadError(f"model {path} takes {model.input_size}px frames; the backbone serves {self.backbone.input_size}px")
+        return model
 
     def describe(self) -> dict:
         out = {}
+        with self._lock:
+            instances, models = dict(self.instances), dict(self.models)
         for name, cls in sorted(self.classes.items()):
-            head = self.instances.get(name)
-            out[name] = {"kind": cls.kind, "active": name in self.active,
-                         "ready": bool(head and head.ready), "classes": head.classes if head else []}
+            head = instances.get(name)
+            model = models.get(name)
+            entry = {"kind": cls.kind, "active": name in self.active,
+                     "ready": bool(model or (head and head.ready)),
+                     "classes": model.labels if model else (head.classes if head else [])}
+            versions = Versions(self.folder / name)
+            if versions.current():
+                entry["version"] = versions.current()
+            if model:
+                entry["model"] = {"version": model.folder.name, "quantization": model.meta.get("quantization"),
+                                  "sha256": model.sha[:16]}
+            out[name] = entry
         return out
 
-    def predict(self, embedding: np.ndarray) -> list[tuple[str, Prediction]]:
+    @property
+    def needs_embedding(self) -> bool:
         with self._lock:
-            heads = [(n, self.instances[n]) for n in self.active]
-        return [(name, head.predict(embedding)) for name, head in heads if head.ready]
+            return any(n not in self.models and not getattr(self.instances.get(n), "takes_pixels", False) for n in self.active)
+
+    def predict(self, embedding: Optional[np.ndarray], pixels: np.ndarray) -> list[tuple[str, Prediction]]:
+        with self._lock:
+            plan = [(n, self.models.get(n), self.instances.get(n)) for n in self.active]
+        out = []
+        for name, model, head in plan:
+            if model is not None:
+                out.append((name, model.predict(pixels)))
+            elif head is not None and head.ready:
+                out.append((name, head.predict_pixels(pixels) if head.takes_pixels else head.predict(embedding)))
+        return out
 
     def learned(self, embedding: np.ndarray, label: str, box=None) -> None:
         """A capture stored an example: incremental heads learn it now."""
@@ -141,6 +197,13 @@ class HeadSet:
             if head.incremental:
                 head.fit(examples)
 
+    def _swap(self, name: str, head: Head) -> None:
+        with self._lock:
+            old = self.instances.get(name)
+            self.instances[name] = head
+        if old is not None and old is not head:
+            old.close()
+
     def activate(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self.classes]
         if unknown:
@@ -149,26 +212,77 @@ class HeadSet:
         with self._lock:
             self.instances.update(opened)
             self.active = list(names)
+        self._save_serving()
 
-    def train(self, name: str, progress=None, **kwargs) -> dict:
-        """Fit a fresh instance off the frame loop, then swap it in."""
+    def train(self, name: str, progress=None, stop=None, **params) -> dict:
+        """Fit a new version off the frame loop (TensorFlow heads in a child process), then swap it in."""
         if name not in self.classes:
             raise HeadError(f"train.head: unknown head {name!r}; installed: {sorted(self.classes)}")
-        head = self.classes[name](self._options(name))
+        cls = self.classes[name]
+        if cls.needs_tensorflow:
+            from .adapt import run_job
+
+            result = run_job(self.cfg, "train", name, params, progress, stop)
+            head = cls(self._options(name))
+            if not head.load(Versions(self.folder / name).current_path()):
+                raise HeadError(f"trained {name!r} but its new version could not be loaded")
+            self._swap(name, head)
+            return result
+        head = cls(self._options(name))
         examples = self.store.examples(self.backbone.id)
         if not len(examples):
             raise HeadError("the store has no examples yet: capture some first")
-        metrics = head.fit(examples, progress=progress, **kwargs) if not head.incremental else head.fit(examples)
-        head.save(self.folder / name)
+        metrics = head.fit(examples, progress=progress)
+        self._swap(name, head)
+        return {"head": name, "metrics": metrics}
+
+    def export(self, name: str, quantize: str, force: bool = False, progress=None, stop=None) -> dict:
+        """Export a fused model; when a model already serves this head, the new one replaces it."""
+        from .adapt import run_job
+
+        result = run_job(self.cfg, "export", name, {"quantize": quantize, "force": force}, progress, stop)
+        if name in self.models:
+            self.use_model(name)
+        return result
+
+    def use_model(self, name: str, version: Optional[str] = None) -> dict:
+        versions = Versions(self.cfg.state_path / "models" / name)
+        previous = versions.current()
+        if version:
+            try:
+                versions.activate(version)
+            except VersionError as e:
+                raise HeadError(str(e)) from None
+        try:
+            model = self._open_model(name)
+        except HeadError:
+            if version and previous:
+                versions.activate(previous)  # the refused version does not stay current
+            raise
         with self._lock:
-            old = self.instances.get(name)
-            self.instances[name] = head
+            old = self.models.get(name)
+            self.models[name] = model
+            if name not in self.active:
+                self.active.append(name)
         if old is not None:
             old.close()
-        return metrics
+        self._save_serving()
+        return {"model": name, "version": model.folder.name, "sha256": model.sha[:16],
+                "quantization": model.meta.get("quantization")}
+
+    def rollback_model(self, name: str) -> dict:
+        versions = Versions(self.cfg.state_path / "models" / name)
+        try:
+            previous = versions.rollback()
+        except VersionError as e:
+            raise HeadError(str(e)) from None
+        return self.use_model(name, previous)
 
     def close(self) -> None:
         with self._lock:
             for head in self.instances.values():
                 head.close()
+            for model in self.models.values():
+                model.close()
             self.instances.clear()
+            self.models.clear()

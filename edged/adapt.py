@@ -17,16 +17,23 @@ from .heads import HeadError
 log = logging.getLogger(__name__)
 
 
+NO_TENSORFLOW = ("{job} needs TensorFlow, which is not installed here: pip install 'edged[train]' "
+                 "(the knn head keeps learning without it)")
+
+
 def tensorflow_available() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
+    """Whether TensorFlow could be imported, without importing it."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def run_job(cfg: Config, job: str, head: str, params: dict, on_progress: Optional[Callable[[dict], None]] = None,
             stop: Optional[threading.Event] = None, timeout: float = 3600.0) -> dict:
     """Run `python -m edged.trainer JOB`; return its result or raise HeadError with its message."""
     if not tensorflow_available():
-        raise HeadError(f"{job} needs TensorFlow, which is not installed here: pip install 'edged[train]' "
-                        "(the knn head keeps learning without it)")
+        raise HeadError(NO_TENSORFLOW.format(job=job))
     cmd = [sys.executable, "-m", "edged.trainer", job, "--config-json", cfg.model_dump_json(), "--head", head,
            "--params", json.dumps(params)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)

@@ -176,7 +176,7 @@ class Daemon:
             "boxes": pred.boxes,
             "latency_ms": round(latency_ms, 2),
             "model": self.backbone.id,
-            "model_sha": self.model_sha,
+            "model_sha": pred.model_sha or self.model_sha,
         }
         if self.mqtt is not None:
             self.mqtt.publish(self.mqtt.topics.prediction(head), payload)

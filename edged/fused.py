@@ -71,7 +71,9 @@ class FusedModel:
         self.input_size = self.meta["input_size"]
 
     def predict(self, pixels: np.ndarray) -> Prediction:
-        return decode(self.kind, self.labels, self.engine.run(pixels), self.meta.get("decode", {}))
+        pred = decode(self.kind, self.labels, self.engine.run(pixels), self.meta.get("decode", {}))
+        pred.model_sha = self.sha[:16]
+        return pred
 
     def close(self) -> None:
         self.engine.close()

@@ -21,6 +21,7 @@ class Prediction:
     score: float
     scores: dict[str, float] = field(default_factory=dict)
     boxes: list[dict] = field(default_factory=list)
+    model_sha: Optional[str] = None  # set when an exported model (not backbone + head) answered
 
 
 @dataclass

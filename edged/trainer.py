@@ -279,6 +279,13 @@ def main(argv=None) -> int:
     except HeadError as e:
         emit({"error": str(e)})
         return 2
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("tensorflow", "keras"):
+            from .adapt import NO_TENSORFLOW
+
+            emit({"error": NO_TENSORFLOW.format(job=args.job)})
+            return 2
+        raise
     except Exception as e:
         log.exception("%s failed", args.job)
         emit({"error": f"{args.job} failed: {type(e).__name__}: {e}"})

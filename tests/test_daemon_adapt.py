@@ -1,0 +1,136 @@
+"""Train, export, activate and roll back over MQTT while the daemon keeps serving; TensorFlow stays out of it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from conftest import backbone_settings, toml_config, write_config
+from edged.config import load_config
+from edged.pipeline import embed_image, open_backbone
+from edged.store import NewExample, Store
+from edged.synthetic import scene_at
+
+DEVICE = "adapt1"
+
+
+def _prefill(state, settings):
+    cfg = load_config(None, [f"state_dir='{state}'"] + [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()])
+    info, engine = open_backbone(cfg)
+    store = Store(cfg.state_path / "store")
+    items = []
+    for shape in ("triangle", "rectangle"):
+        for i in range(10):
+            img = scene_at(0, i, 640, 480, shape, clutter=4).image
+            items.append(NewExample(img, shape, embed_image(engine, img)))
+    store.add_many(items, info.id)
+    store.close()
+
+
+def _final(probe, command, payload, timeout=180):
+    reply = probe.request(DEVICE, command, payload, timeout=timeout)
+    return reply
+
+
+def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_state, tmp_path):
+    settings = backbone_settings("none")
+    state = make_state(settings)
+    _prefill(state, settings)
+    text = toml_config(state, broker.port, "synthetic:clutter=4", settings, DEVICE)
+    text += '\n[heads.options.classifier]\nepochs = 15\npatience = 15\n'
+    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log")
+    probe.wait_online(DEVICE)
+
+    # train: progress replies (final: false), then the result; the frame loop keeps publishing meanwhile
+    corr = "train-1"
+    probe.send(DEVICE, "train", {"head": "classifier", "id": corr})
+    progress, knn_during, final = [], 0, None
+    topic = f"edged/{DEVICE}/reply/train"
+
+    def watch(t, p, r):
+        nonlocal knn_during, final
+        if t == f"edged/{DEVICE}/prediction/knn":
+            knn_during += 1
+        if t == topic:
+            msg = json.loads(p)
+            assert msg["id"] == corr, msg
+            if msg["final"]:
+                final = msg
+                return True
+            progress.append(msg["result"]["progress"])
+        return False
+
+    probe.wait_for(watch, timeout=180)
+    assert final["ok"], final
+    assert final["result"]["version"] == "v1"
+    assert [p["epoch"] for p in progress if p["phase"] == "head"][:3] == [1, 2, 3]
+    assert knn_during > 10, "serving stopped while training"
+
+    busy = _final(probe, "activate", {"heads": ["knn", "classifier"]})
+    assert busy["ok"] and busy["result"]["active"] == ["knn", "classifier"]
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
+    assert pred["label"] in ("triangle", "rectangle") and set(pred["scores"]) == {"triangle", "rectangle"}
+
+    # export int8, serve the classifier from it, then roll back to a float32 export
+    exp = _final(probe, "export", {"head": "classifier", "quantize": "float32"})
+    assert exp["ok"], exp
+    assert exp["result"]["model_version"] == "v1" and exp["result"]["parity"]["passed"]
+    exp2 = _final(probe, "export", {"head": "classifier", "quantize": "int8"})
+    assert exp2["ok"] and exp2["result"]["model_version"] == "v2", exp2
+    act = _final(probe, "activate", {"model": "classifier"})
+    assert act["ok"] and act["result"]["version"] == "v2" and act["result"]["quantization"] == "int8"
+    sha_v2 = act["result"]["sha256"]
+    pred = json.loads(probe.wait_for(
+        lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] == sha_v2, 20)[1])
+    frame_at_swap = pred["frame"]
+    back = _final(probe, "rollback", {"model": "classifier"})
+    assert back["ok"] and back["result"]["version"] == "v1", back
+    pred = json.loads(probe.wait_for(
+        lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] == back["result"]["sha256"], 20)[1])
+    assert pred["frame"] > frame_at_swap  # the same stream went on across swaps
+
+    bad = _final(probe, "activate", {"model": "classifier", "version": "v9"})
+    assert not bad["ok"] and "no version 'v9'" in bad["error"]
+    status = _final(probe, "status", {})["result"]
+    assert status["tensorflow_imported"] is False
+    assert status["heads"]["classifier"]["model"]["version"] == "v1"
+    assert d.stop() == 0, d.output()
+
+    # the serving choice survives a restart
+    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d2.log")
+    status = probe.wait_online(DEVICE)
+    assert status["active"] == ["knn", "classifier"] and status["heads"]["classifier"]["model"]["version"] == "v1"
+    assert d.stop() == 0
+
+
+BLOCK_TF = textwrap.dedent('''
+    import sys
+
+    class _NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoTensorFlow())
+''')
+
+
+def test_without_tensorflow_train_answers_clearly_and_knn_learns(broker, probe, daemons, make_state, tmp_path):
+    settings = backbone_settings("none")
+    state = make_state(settings)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_TF)
+    text = toml_config(state, broker.port, "synthetic:shape=triangle,clutter=2", settings, DEVICE)
+    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log", {"PYTHONPATH": str(site)})
+    probe.wait_online(DEVICE)
+    reply = _final(probe, "train", {"head": "classifier"})
+    assert not reply["ok"] and "needs TensorFlow" in reply["error"] and "pip install 'edged[train]'" in reply["error"]
+    reply = _final(probe, "export", {"head": "classifier", "quantize": "int8"})
+    assert not reply["ok"] and "needs TensorFlow" in reply["error"]
+    cap = _final(probe, "capture", {"label": "tri", "count": 3, "interval_ms": 0})
+    assert cap["ok"] and cap["result"]["stored"] == 3
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/knn", 20)[1])
+    assert pred["label"] == "tri"
+    assert d.stop() == 0

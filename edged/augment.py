@@ -43,3 +43,12 @@ def augment_batch(images: np.ndarray, boxes: Optional[np.ndarray], rng: np.rando
             img = np.clip(img.astype(np.float32) * rng.uniform(1 - brightness, 1 + brightness), 0, 255).astype(np.uint8)
         out[i] = img
     return out, out_boxes
+
+
+def embed_augmented(embed, images: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
+    """Embeddings of `copies` augmented versions of each image, copy-major: (copies * n, d)."""
+    out = []
+    for _ in range(copies):
+        batch, _ = augment_batch(images, None, rng)
+        out.extend(embed(px) for px in batch)
+    return np.stack(out)

@@ -235,6 +235,20 @@ def cmd_versions(args) -> int:
     return 0
 
 
+BENCHES = {
+    "fewshot": "sign-digits accuracy at 5/10/20 shots: kNN, linear probe, classifier, augmentation, fine-tune",
+    "runtime": "Keras eager vs TFLite float32/float16/int8 speed, int8 accuracy on sign-digits",
+    "knn": "kNN query time at 1k/10k/100k stored 1024-d examples, exact vs compact, with accuracy",
+    "detect": "box regression mean IoU on raccoon photos and synthetic scenes vs the mean-box baseline",
+}
+
+
+def _bench_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"edged.bench.{name}")
+
+
 def cmd_doctor(args) -> int:
     from .doctor import run_doctor
 
@@ -287,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "activate":
             p.add_argument("--version", required=True)
         p.set_defaults(func=cmd_versions, versions_command=verb)
+
+    p = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
+    bsub = p.add_subparsers(dest="bench_name", required=True)
+    for name, helptext in BENCHES.items():
+        b = bsub.add_parser(name, help=helptext)
+        _bench_module(name).add_arguments(b)
+        b.set_defaults(func=lambda a: _bench_module(a.bench_name).run(a))
 
     p = sub.add_parser("heads", help="list installed heads")
     _add_config_args(p)

@@ -59,6 +59,9 @@ class RuntimeConfig(_Strict):
 class KnnConfig(_Strict):
     k: int = Field(5, ge=1, le=100)
     threshold: float = Field(0.5, ge=-1.0, le=1.0, description="best cosine similarity below this -> 'unknown'")
+    compact_min: int = Field(4096, ge=0, description="from this many examples scan a reduced copy, then re-rank exactly")
+    compact_dim: int = Field(256, ge=8, le=4096)
+    rerank: int = Field(64, ge=1, le=10_000)
 
 
 class HeadsConfig(_Strict):

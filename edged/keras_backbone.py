@@ -90,8 +90,9 @@ def build(cfg: BackboneConfig) -> keras.Model:
 
 
 def to_tflite(model: keras.Model) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    from .trainer import convert
+
+    return convert(model, "float32")
 
 
 def feature_map(cfg: BackboneConfig) -> keras.Model:

@@ -64,6 +64,7 @@ class ClassifierOptions:
     val_fraction: float = 0.2
     min_per_class: int = 2
     seed: int = 0
+    augment_copies: int = 0  # augmented copies of each training frame, embedded by the backbone
     # phase 2
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
@@ -88,20 +89,30 @@ class TrainResult:
     val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
 
-def train_classifier_head(embeddings: np.ndarray, labels: np.ndarray, opts: ClassifierOptions, progress: Progress = None) -> TrainResult:
-    """Phase 1: dense head on frozen-backbone embeddings (equivalent to a frozen base, much cheaper)."""
+def train_classifier_head(embeddings: np.ndarray, labels: np.ndarray, opts: ClassifierOptions, progress: Progress = None,
+                          augmented: Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = None) -> TrainResult:
+    """Phase 1: dense head on frozen-backbone embeddings (equivalent to a frozen base, much cheaper).
+
+    `augmented(train_indices)` may return extra (embeddings, row indices into `labels`) made from
+    augmented copies of the training frames; validation stays on original frames.
+    """
     keras.utils.set_random_seed(opts.seed)
     classes = sorted(set(labels.tolist()))
     y = np.array([classes.index(l) for l in labels.tolist()])
     train, val = balanced_split(labels, opts.val_fraction, opts.min_per_class, opts.seed)
+    x_train, y_train = embeddings[train], y[train]
+    if augmented is not None:
+        extra, rows = augmented(train)
+        x_train, y_train = np.concatenate([x_train, extra]), np.concatenate([y_train, y[rows]])
     model = classifier_head(embeddings.shape[1], len(classes), opts)
     model.compile(optimizer=keras.optimizers.Adam(opts.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True)
-    hist = model.fit(embeddings[train], y[train], validation_data=(embeddings[val], y[val]), epochs=opts.epochs,
+    hist = model.fit(x_train, y_train, validation_data=(embeddings[val], y[val]), epochs=opts.epochs,
                      batch_size=opts.batch_size, verbose=0, callbacks=[stop, _ProgressCallback(progress, "head", opts.epochs)])
     val_acc = float(np.mean(np.argmax(model.predict(embeddings[val], verbose=0), 1) == y[val]))
     metrics = {"val_accuracy": round(val_acc, 4), "epochs_run": len(hist.history["loss"]),
-               "train_examples": int(len(train)), "val_examples": int(len(val))}
+               "train_examples": int(len(train)), "augmented_examples": int(len(x_train) - len(train)),
+               "val_examples": int(len(val))}
     return TrainResult(model, classes, {k: [float(v) for v in vs] for k, vs in hist.history.items()}, metrics, val)
 
 

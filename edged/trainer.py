@@ -7,6 +7,8 @@ lines: {"progress": {...}} while working, then {"result": {...}} or {"error": ".
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -55,6 +57,18 @@ class TrainContext:
     def pixels(self, ids) -> np.ndarray:
         size = self.backbone.input_size
         return np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids])
+
+    def augmented_embeddings(self, ids: np.ndarray, rows: np.ndarray, copies: int, seed: int = 0):
+        """Embeddings of `copies` augmented versions of each frame in `rows`, from the TFLite backbone."""
+        from .augment import embed_augmented
+        from .runtime import Engine, EngineOptions
+
+        engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads, scaling=self.backbone.scaling))
+        try:
+            extra = embed_augmented(engine.embed, self.pixels(ids[rows]), copies, np.random.default_rng(seed))
+        finally:
+            engine.close()
+        return extra, np.tile(rows, copies)
 
     def frames_with_boxes(self, examples: Examples):
         keep = [i for i, b in enumerate(examples.boxes) if b is not None]
@@ -107,7 +121,8 @@ def convert(model, quantize: str, representative: Optional[np.ndarray] = None) -
         converter.representative_dataset = frames
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured tensor
+        return converter.convert()
 
 
 def parity(kind: str, keras_out: np.ndarray, tflite_out: np.ndarray, labels: list[str], decode_extra: dict) -> float:

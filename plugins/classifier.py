@@ -24,6 +24,7 @@ class ClassifierHeadOptions:
     val_fraction: float = 0.2
     min_per_class: int = 2
     seed: int = 0
+    augment_copies: int = 4
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 8
     fine_tune_learning_rate: float = 1e-4
@@ -81,7 +82,10 @@ class ClassifierHead(Head):
         if fine_tune_layers is not None:
             opts.fine_tune_layers = fine_tune_layers
         try:
-            result = learn.train_classifier_head(examples.embeddings, examples.labels, opts, progress)
+            augmented = None
+            if opts.augment_copies and context is not None:
+                augmented = lambda rows: context.augmented_embeddings(examples.ids, rows, opts.augment_copies, opts.seed)
+            result = learn.train_classifier_head(examples.embeddings, examples.labels, opts, progress, augmented)
         except learn.LearnError as e:
             raise HeadError(str(e)) from None
         self.weights = [np.asarray(w, np.float32) for w in result.model.get_weights()]

@@ -18,6 +18,9 @@ UNKNOWN = "unknown"
 class KnnOptions:
     k: int = 5
     threshold: float = 0.5  # best similarity below this answers "unknown"
+    compact_min: int = 4096  # from this many examples, scan a reduced copy and re-rank exactly
+    compact_dim: int = 256  # dimensions of the reduced copy (uncentred PCA of the stored vectors)
+    rerank: int = 64  # candidates re-ranked with the full vectors
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -39,6 +42,9 @@ class KnnHead(Head):
         self._size = 0
         self._label_ids = np.zeros(0, np.int32)
         self._labels: list[str] = []
+        self._basis: np.ndarray | None = None  # (d, compact_dim)
+        self._reduced = np.zeros((0, 0), np.float32)
+        self._basis_size = 0
 
     @property
     def ready(self) -> bool:
@@ -57,6 +63,8 @@ class KnnHead(Head):
             self._vectors = normalise(examples.embeddings) if len(examples) else np.zeros((0, 0), np.float32)
             self._label_ids = np.array([index[label] for label in examples.labels.tolist()], np.int32)
             self._size = len(examples)
+            self._basis = None
+            self._maybe_compact()
         return {"examples": len(examples), "classes": len(self._labels)}
 
     def _label_id(self, label: str) -> int:
@@ -78,7 +86,33 @@ class KnnHead(Head):
                 self._vectors, self._label_ids = grown, ids
             self._vectors[self._size] = vector
             self._label_ids[self._size] = self._label_id(label)
+            if self._basis is not None:
+                if len(self._reduced) < len(self._vectors):
+                    grown_r = np.zeros((len(self._vectors), self._basis.shape[1]), np.float32)
+                    grown_r[: self._size] = self._reduced[: self._size]
+                    self._reduced = grown_r
+                self._reduced[self._size] = vector @ self._basis
             self._size += 1
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """(Re)build the reduced copy when the store reaches compact_min, and again each time it doubles."""
+        n, opts = self._size, self.options
+        if n < opts.compact_min or self._vectors.shape[1] <= opts.compact_dim:
+            return
+        if self._basis is not None and n < 2 * self._basis_size:
+            return
+        vectors = self._vectors[:n]
+        sample = vectors if n <= 20000 else vectors[np.random.default_rng(0).choice(n, 20000, replace=False)]
+        _, _, vt = np.linalg.svd(sample, full_matrices=False)
+        self._basis = np.ascontiguousarray(vt[: opts.compact_dim].T)
+        self._reduced = np.zeros((len(self._vectors), opts.compact_dim), np.float32)
+        self._reduced[:n] = vectors @ self._basis
+        self._basis_size = n
+
+    @property
+    def compact(self) -> bool:
+        return self._basis is not None
 
     def forget(self, label: str) -> None:
         with self._lock:
@@ -87,15 +121,26 @@ class KnnHead(Head):
             keep = self._label_ids[: self._size] != self._labels.index(label)
             self._vectors = self._vectors[: self._size][keep].copy()
             self._label_ids = self._label_ids[: self._size][keep].copy()
+            if self._basis is not None:
+                self._reduced = self._reduced[: self._size][keep].copy()
             self._size = int(keep.sum())
+            if self._size < self.options.compact_min:
+                self._basis = None
 
     def predict(self, embedding: np.ndarray) -> Prediction:
         query = normalise(np.reshape(embedding, -1))
         with self._lock:
             if not self._size:
                 raise HeadError("knn head has no examples yet: capture some first")
-            sims = self._vectors[: self._size] @ query
-            label_ids = self._label_ids[: self._size]
+            n = self._size
+            if self._basis is not None and n > self.options.rerank:
+                approx = self._reduced[:n] @ (query @ self._basis)
+                candidates = np.argpartition(-approx, self.options.rerank - 1)[: self.options.rerank]
+                sims = self._vectors[candidates] @ query
+                label_ids = self._label_ids[candidates]
+            else:
+                sims = self._vectors[:n] @ query
+                label_ids = self._label_ids[:n]
             labels = list(self._labels)
         k = min(self.options.k, len(sims))
         top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmarks: locating ../shared, building backbones, loading data sets."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from ..backbone import BackboneInfo, resolve_backbone
+from ..config import BackboneConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("EDGED_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "models"
+DATA = SHARED / "data"
+CACHE = Path(os.environ.get("EDGED_BENCH_CACHE", Path.home() / ".cache" / "edged-bench"))
+
+
+WEIGHT_FILES = {0.25: "0.25_128", 0.5: "0.5_160", 0.75: "0.75_192", 1.0: "1.0_224"}
+
+
+def weights_for(alpha: float) -> Optional[Path]:
+    """The offline ImageNet weights for this width (any input size works: the net is convolutional)."""
+    name = WEIGHT_FILES.get(alpha)
+    path = MODELS / f"mobilenet_v1_{name}_imagenet_no_top.weights.h5" if name else None
+    return path if path is not None and path.is_file() else None
+
+
+def backbone_config(alpha: float, size: int, weights: Optional[str] = None, cut: Optional[str] = None,
+                    pooling: str = "avg") -> tuple[BackboneConfig, str]:
+    """A MobileNet v1 config with real weights when ../shared has them, else random (said in the note)."""
+    note = ""
+    if weights is None:
+        found = weights_for(alpha)
+        if found is None:
+            note = f"note: no ImageNet weights for alpha={alpha:g} in {MODELS}; using random weights"
+            weights = "none"
+        else:
+            weights = str(found)
+    return BackboneConfig(alpha=alpha, input_size=size, weights=weights, cut_layer=cut, pooling=pooling), note
+
+
+def backbone(cfg: BackboneConfig) -> BackboneInfo:
+    return resolve_backbone(cfg, CACHE, build=True)
+
+
+def load_sign_digits(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    images, labels = [], []
+    for class_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is not None:
+                images.append(img)
+                labels.append(class_dir.name)
+    if not images:
+        raise SystemExit(f"no images under {folder}")
+    return images, np.array(labels)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -237,6 +237,9 @@ def cmd_versions(args) -> int:
 
 BENCHES = {
     "fewshot": "sign-digits accuracy at 5/10/20 shots: kNN, linear probe, classifier, augmentation, fine-tune",
+    "adapt": "train command -> first prediction from the new head; capture throughput",
+    "memory": "serving daemon RSS vs a TensorFlow import; cold start to first prediction",
+    "pipeline": "full daemon loop vs bare interpreter invoke, per-stage breakdown",
     "runtime": "Keras eager vs TFLite float32/float16/int8 speed, int8 accuracy on sign-digits",
     "knn": "kNN query time at 1k/10k/100k stored 1024-d examples, exact vs compact, with accuracy",
     "detect": "box regression mean IoU on raccoon photos and synthetic scenes vs the mean-box baseline",

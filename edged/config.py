@@ -107,6 +107,11 @@ class ServeConfig(_Strict):
     print_predictions: bool = False
 
 
+class TrainerConfig(_Strict):
+    preload: bool = Field(False, description="start the TensorFlow worker with the daemon (fast first train, ~600 MB)")
+    idle_exit_s: float = Field(600.0, gt=0, description="stop the worker after this long without jobs")
+
+
 class Config(_Strict):
     device: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "edged")
     state_dir: str = "./state"
@@ -118,6 +123,7 @@ class Config(_Strict):
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
     @field_validator("device")
     @classmethod

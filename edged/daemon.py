@@ -77,6 +77,8 @@ class Daemon:
         reembed_missing(self.store, self.backbone, self.engine)
         self.heads = HeadSet(cfg, self.store, self.backbone)
         self._stack.append(("heads", self.heads.close))
+        if cfg.trainer.preload:
+            self.heads.worker.preload()
         self._store_version = self.store.data_version()
         if cfg.mqtt.enabled:
             self.mqtt = MqttLink(cfg.mqtt, cfg.device, self._enqueue_command, self.status)

@@ -93,6 +93,7 @@ class HeadSet:
         self._lock = threading.Lock()
         self.instances: dict[str, Head] = {}
         self.models: dict[str, FusedModel] = {}
+        self._worker = None
         saved = self._load_serving()
         active = saved.get("active", cfg.heads.active)
         unknown = [h for h in active if h not in self.classes]
@@ -214,15 +215,22 @@ class HeadSet:
             self.active = list(names)
         self._save_serving()
 
+    @property
+    def worker(self):
+        """The TensorFlow worker process for train/export jobs (started on first use)."""
+        if self._worker is None:
+            from .adapt import TrainerWorker
+
+            self._worker = TrainerWorker(self.cfg.trainer.idle_exit_s)
+        return self._worker
+
     def train(self, name: str, progress=None, stop=None, **params) -> dict:
         """Fit a new version off the frame loop (TensorFlow heads in a child process), then swap it in."""
         if name not in self.classes:
             raise HeadError(f"train.head: unknown head {name!r}; installed: {sorted(self.classes)}")
         cls = self.classes[name]
         if cls.needs_tensorflow:
-            from .adapt import run_job
-
-            result = run_job(self.cfg, "train", name, params, progress, stop)
+            result = self.worker.run(self.cfg, "train", name, params, progress, stop)
             head = cls(self._options(name))
             if not head.load(Versions(self.folder / name).current_path()):
                 raise HeadError(f"trained {name!r} but its new version could not be loaded")
@@ -238,9 +246,7 @@ class HeadSet:
 
     def export(self, name: str, quantize: str, force: bool = False, progress=None, stop=None) -> dict:
         """Export a fused model; when a model already serves this head, the new one replaces it."""
-        from .adapt import run_job
-
-        result = run_job(self.cfg, "export", name, {"quantize": quantize, "force": force}, progress, stop)
+        result = self.worker.run(self.cfg, "export", name, {"quantize": quantize, "force": force}, progress, stop)
         if name in self.models:
             self.use_model(name)
         return result
@@ -279,6 +285,8 @@ class HeadSet:
         return self.use_model(name, previous)
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
         with self._lock:
             for head in self.instances.values():
                 head.close()

@@ -270,27 +270,15 @@ def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = 
         store.close()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="edged.trainer")
-    parser.add_argument("job", choices=["train", "export"])
-    parser.add_argument("--config-json", required=True)
-    parser.add_argument("--head", required=True)
-    parser.add_argument("--params", default="{}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    cfg = Config.model_validate(json.loads(args.config_json))
-    params = json.loads(args.params)
-
-    def emit(obj):
-        sys.stdout.write(json.dumps(obj, default=str) + "\n")
-        sys.stdout.flush()
-
+def _run_job(job: str, cfg: Config, head: str, params: dict, emit) -> int:
     try:
-        if args.job == "train":
-            result = run_train(cfg, args.head, params, progress=lambda p: emit({"progress": p}))
-        else:
-            result = run_export(cfg, args.head, params.get("quantize", "float32"), params.get("force", False),
+        if job == "train":
+            result = run_train(cfg, head, params, progress=lambda p: emit({"progress": p}))
+        elif job == "export":
+            result = run_export(cfg, head, params.get("quantize", "float32"), params.get("force", False),
                                 progress=lambda p: emit({"progress": p}))
+        else:
+            raise HeadError(f"unknown job {job!r}")
     except HeadError as e:
         emit({"error": str(e)})
         return 2
@@ -298,15 +286,59 @@ def main(argv=None) -> int:
         if e.name and e.name.split(".")[0] in ("tensorflow", "keras"):
             from .adapt import NO_TENSORFLOW
 
-            emit({"error": NO_TENSORFLOW.format(job=args.job)})
+            emit({"error": NO_TENSORFLOW.format(job=job)})
             return 2
         raise
     except Exception as e:
-        log.exception("%s failed", args.job)
-        emit({"error": f"{args.job} failed: {type(e).__name__}: {e}"})
+        log.exception("%s failed", job)
+        emit({"error": f"{job} failed: {type(e).__name__}: {e}"})
         return 1
     emit({"result": result})
     return 0
+
+
+def _emit(obj) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def serve_jobs() -> int:
+    """Warm worker: import TensorFlow once, then run one JSON job per stdin line until stdin closes."""
+    try:
+        import keras
+        import tensorflow  # noqa: F401
+    except ModuleNotFoundError:
+        from .adapt import NO_TENSORFLOW
+
+        _emit({"error": NO_TENSORFLOW.format(job="training"), "fatal": True})
+        return 2
+    _emit({"ready": True})
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            cfg = Config.model_validate(request["config"])
+        except Exception as e:
+            _emit({"error": f"bad job request: {e}"})
+            _emit({"done": True})
+            continue
+        _run_job(request["job"], cfg, request["head"], request.get("params", {}), _emit)
+        keras.backend.clear_session()
+        _emit({"done": True})
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="edged.trainer")
+    parser.add_argument("job", choices=["train", "export", "serve"])
+    parser.add_argument("--config-json")
+    parser.add_argument("--head")
+    parser.add_argument("--params", default="{}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.job == "serve":
+        return serve_jobs()
+    cfg = Config.model_validate(json.loads(args.config_json))
+    return _run_job(args.job, cfg, args.head, json.loads(args.params), _emit)
 
 
 if __name__ == "__main__":

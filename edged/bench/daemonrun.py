@@ -1,0 +1,90 @@
+"""A daemon subprocess plus an MQTT probe, for the memory and adapt benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from .common import CACHE
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Probe:
+    def __init__(self, port: int, device: str):
+        self.device = device
+        self.q: "queue.Queue[tuple[float, str, dict]]" = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        self.client.on_message = lambda c, u, m: self.q.put((time.perf_counter(), m.topic, self._json(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"edged/{device}/#", qos=1)
+        self.client.loop_start()
+
+    @staticmethod
+    def _json(payload: bytes):
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return {}
+
+    def wait(self, predicate, timeout: float = 120.0):
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            try:
+                t, topic, msg = self.q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if predicate(topic, msg):
+                return t, msg
+        raise TimeoutError("no matching message")
+
+    def send(self, command: str, payload: dict) -> float:
+        self.client.publish(f"edged/{self.device}/cmd/{command}", json.dumps(payload), qos=1).wait_for_publish(5)
+        return time.perf_counter()
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def write_config(state: Path, port: int, source: str, backbone: dict, device: str, extra: str = "") -> Path:
+    bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items() if v is not None)
+    path = state / "edged.toml"
+    path.write_text(f'device = "{device}"\nstate_dir = "{state}"\nlog_level = "WARNING"\n'
+                    f'[source]\nuri = "{source}"\nrealtime = true\nfps = 30\n[backbone]\n{bb}\n'
+                    f'[mqtt]\nport = {port}\nstats_interval_s = 5\n{extra}')
+    return path
+
+
+def prepare_state(state: Path, backbone_id: str) -> None:
+    shutil.copytree(CACHE / "backbones" / backbone_id, state / "backbones" / backbone_id, dirs_exist_ok=True)
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

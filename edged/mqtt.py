@@ -83,8 +83,14 @@ class MqttLink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self._outbox: deque = deque()
+        self._outbox_max = max(cfg.offline_queue, 1000)
+        self._outbox_lock = threading.Lock()
+        self._outbox_ready = threading.Event()
+        self._sender_thread = threading.Thread(target=self._sender, name="mqtt-send", daemon=True)
 
     def start(self) -> None:
+        self._sender_thread.start()
         kwargs = {}
         if self._v5:
             kwargs["clean_start"] = True
@@ -92,6 +98,10 @@ class MqttLink:
         self.client.loop_start()
 
     def stop(self, timeout: float = 3.0) -> None:
+        with self._outbox_lock:
+            self._outbox.append(None)  # sender drains what is queued, then exits
+        self._outbox_ready.set()
+        self._sender_thread.join(timeout)
         if self.connected.is_set():
             info = self.client.publish(self.topics.status, dumps(OFFLINE), qos=1, retain=True)
             try:
@@ -139,8 +149,29 @@ class MqttLink:
             self.client.publish(topic, data, qos=qos, retain=retain, properties=props)
 
     def publish(self, topic: str, payload, retain: bool = False, qos: Optional[int] = None, properties=None) -> None:
-        data = payload if isinstance(payload, (bytes, bytearray)) else dumps(payload)
+        """Hand the message to the sender thread: the caller (the frame loop) never waits on the network."""
         qos = self.cfg.qos if qos is None else qos
+        with self._outbox_lock:
+            if len(self._outbox) >= self._outbox_max:
+                self._outbox.popleft()
+                self.queue_dropped += 1
+            self._outbox.append((topic, payload, qos, retain, properties))
+        self._outbox_ready.set()
+
+    def _sender(self) -> None:
+        while True:
+            self._outbox_ready.wait()
+            with self._outbox_lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._outbox_ready.clear()
+            for item in batch:
+                if item is None:
+                    return
+                self._send(*item)
+
+    def _send(self, topic: str, payload, qos: int, retain: bool, properties) -> None:
+        data = payload if isinstance(payload, (bytes, bytearray)) else dumps(payload)
         if self.connected.is_set():
             info = self.client.publish(topic, data, qos=qos, retain=retain, properties=properties)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:

@@ -25,6 +25,7 @@ class ClassifierHeadOptions:
     min_per_class: int = 2
     seed: int = 0
     augment_copies: int = 4
+    refit_all: bool = True
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 8
     fine_tune_learning_rate: float = 1e-4

@@ -144,8 +144,7 @@ class KnnHead(Head):
             labels = list(self._labels)
         k = min(self.options.k, len(sims))
         top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-        votes = np.zeros(len(labels), np.float64)
-        np.add.at(votes, label_ids[top], np.maximum(sims[top], 0.0))
+        votes = np.bincount(label_ids[top], weights=np.maximum(sims[top], 0.0), minlength=len(labels))
         total = votes.sum()
         scores = {labels[i]: float(votes[i] / total) for i in np.flatnonzero(votes)} if total > 0 else {}
         best = float(sims[top].max())

@@ -53,10 +53,11 @@ def test_broken_toml_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_heads_lists_builtin_knn():
+def test_heads_lists_builtin_heads():
     result = _edged("heads")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[0] == "knn"
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    assert rows == {"boxes": "boxes", "classifier": "classes", "knn": "classes"}
 
 
 def test_doctor_reports_parts(broker, tmp_path):

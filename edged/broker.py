@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,9 @@ class MosquittoBroker:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="edged-mosquitto-"))
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_config}")
+        # `user`: when started as root, mosquitto would switch to its own user and lose access to our files.
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             f"user {getpass.getuser()}\n{extra_config}")
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "MosquittoBroker":

@@ -216,7 +216,16 @@ class FrameGrabber:
         except queue.Empty:
             return None
 
-    def _put(self, frame: Frame) -> None:
+    def _put(self, frame: Frame, wait: bool) -> None:
+        """Live sources: keep the newest frames, counting drops. Unpaced files: wait for room (no wasted decodes)."""
+        if wait:
+            while not self.stop.is_set():
+                try:
+                    self.frames.put(frame, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
         while True:
             try:
                 self.frames.put_nowait(frame)
@@ -249,6 +258,7 @@ class FrameGrabber:
 
     def _run(self) -> None:
         paced = self.cfg.realtime and not self.source.live
+        backpressure = not self.source.live and not paced
         try:
             while not self.stop.is_set():
                 if self.state != "ok" and not self._open_with_backoff():
@@ -273,7 +283,7 @@ class FrameGrabber:
                     self.decode_s += t1 - t0
                     self.preprocess_s += t2 - t1
                     self.captured += 1
-                    self._put(frame)
+                    self._put(frame, backpressure)
                     if paced:
                         next_due += 1.0 / getattr(self.source, "fps", self.cfg.fps)
                         wait = next_due - time.monotonic()

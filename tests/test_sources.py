@@ -187,7 +187,7 @@ def test_http_camera_lost_then_reconnects():
 
 
 def test_grabber_drops_stale_frames_and_counts_them():
-    cfg = SourceConfig(uri="synthetic:clutter=0", realtime=False, width=32, height=32)
+    cfg = SourceConfig(uri="synthetic:clutter=0", realtime=True, fps=1000, width=32, height=32)
     stop = threading.Event()
     grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: img, queue_size=2)
     grabber.start()
@@ -195,6 +195,20 @@ def test_grabber_drops_stale_frames_and_counts_them():
         assert _wait(lambda: grabber.dropped > 10)
         newest_first = grabber.get(1).pos
         assert newest_first > 10  # the consumer sees recent frames, not the first ones
+    finally:
+        stop.set()
+        grabber.join()
+
+
+def test_unpaced_file_waits_for_the_consumer_instead_of_dropping():
+    cfg = SourceConfig(uri="synthetic:clutter=0", realtime=False, width=32, height=32)
+    stop = threading.Event()
+    grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: img, queue_size=2)
+    grabber.start()
+    try:
+        time.sleep(0.5)
+        assert grabber.dropped == 0 and grabber.captured <= 3
+        assert [grabber.get(1).pos for _ in range(5)] == [0, 1, 2, 3, 4]
     finally:
         stop.set()
         grabber.join()

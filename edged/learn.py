@@ -13,6 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .augment import augment_batch  # noqa: E402
+from .learn_options import BoxOptions, ClassifierOptions  # noqa: E402,F401
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,6 @@ def balanced_split(labels: np.ndarray, val_fraction: float = 0.2, min_per_class:
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.array(sorted(train)), np.array(sorted(val))
-
-
-@dataclass
-class ClassifierOptions:
-    hidden: int = 128
-    dropout: float = 0.2
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 60
-    patience: int = 10
-    val_fraction: float = 0.2
-    min_per_class: int = 2
-    seed: int = 0
-    augment_copies: int = 0  # augmented copies of each training frame, embedded by the backbone
-    refit_all: bool = True  # after early stopping picks the epochs, retrain on train + validation rows
-    # phase 2
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-4
-    fine_tune_batch_size: int = 16
 
 
 def classifier_head(dim: int, n_classes: int, opts: ClassifierOptions) -> keras.Model:
@@ -218,20 +199,6 @@ def plot_curves(history: dict, path, title: str = "training") -> None:
 
 
 # -- box regression ---------------------------------------------------------------------------
-@dataclass
-class BoxOptions:
-    loss: str = "giou"  # "mse": the seed's scaled MSE on (indicator, box); "giou": MSE + (1 - GIoU) on the box
-    hidden: int = 128
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    epochs: int = 30
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 2e-4
-    augment: bool = True
-    seed: int = 0
-
-
 def giou(a, b):
     """Generalised IoU of (…, 4) x1 y1 x2 y2 boxes (Keras ops, differentiable)."""
     ops = keras.ops

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +11,8 @@ import numpy as np
 from edged.fused import FusedModel
 from edged.heads import Head, HeadError, Prediction
 from edged.hookspecs import hookimpl
+from edged.learn_options import BoxOptions
 from edged.store import Examples
-
-
-@dataclass
-class BoxHeadOptions:
-    loss: str = "giou"
-    hidden: int = 128
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    epochs: int = 30
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 2e-4
-    augment: bool = True
-    val_fraction: float = 0.2
-    seed: int = 0
 
 
 class BoxHead(Head):
@@ -34,11 +20,11 @@ class BoxHead(Head):
 
     name = "boxes"
     kind = "boxes"
-    Options = BoxHeadOptions
+    Options = BoxOptions
     needs_tensorflow = True
     takes_pixels = True
 
-    def __init__(self, options: BoxHeadOptions | None = None):
+    def __init__(self, options: BoxOptions | None = None):
         super().__init__(options)
         self.model: FusedModel | None = None
 
@@ -62,7 +48,7 @@ class BoxHead(Head):
         from edged import keras_backbone, learn
         from edged.trainer import export_fused
 
-        opts = learn.BoxOptions(**{k: v for k, v in asdict(self.options).items() if k != "val_fraction"})
+        opts = replace(self.options)
         if epochs:
             opts.epochs = epochs
         if fine_tune_layers is not None:

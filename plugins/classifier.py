@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from edged.heads import Head, HeadError, Prediction
 from edged.hookspecs import hookimpl
+from edged.learn_options import ClassifierOptions
 from edged.store import Examples
-
-
-@dataclass
-class ClassifierHeadOptions:
-    hidden: int = 128
-    dropout: float = 0.2
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 60
-    patience: int = 10
-    val_fraction: float = 0.2
-    min_per_class: int = 2
-    seed: int = 0
-    augment_copies: int = 4
-    refit_all: bool = True
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 8
-    fine_tune_learning_rate: float = 1e-4
-    fine_tune_batch_size: int = 16
 
 
 class ClassifierHead(Head):
@@ -37,10 +19,10 @@ class ClassifierHead(Head):
 
     name = "classifier"
     kind = "classes"
-    Options = ClassifierHeadOptions
+    Options = ClassifierOptions
     needs_tensorflow = True
 
-    def __init__(self, options: ClassifierHeadOptions | None = None):
+    def __init__(self, options: ClassifierOptions | None = None):
         super().__init__(options)
         self.weights: list[np.ndarray] = []
         self._classes: list[str] = []
@@ -77,7 +59,7 @@ class ClassifierHead(Head):
             fine_tune_layers: int | None = None, **_) -> dict:
         from edged import learn  # TensorFlow: only in the training process
 
-        opts = learn.ClassifierOptions(**asdict(self.options))
+        opts = replace(self.options)
         if epochs:
             opts.epochs = epochs
         if fine_tune_layers is not None:
@@ -101,7 +83,7 @@ class ClassifierHead(Head):
         """The trained head as a Keras model (for fusion with the backbone and export)."""
         from edged import learn
 
-        model = learn.classifier_head(self.weights[0].shape[0], len(self._classes), learn.ClassifierOptions(**asdict(self.options)))
+        model = learn.classifier_head(self.weights[0].shape[0], len(self._classes), self.options)
         model.set_weights(self.weights)
         return model
 

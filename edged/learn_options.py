@@ -1,0 +1,40 @@
+"""Training options shared by the heads (serving side) and edged.learn (training side). No TensorFlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ClassifierOptions:
+    hidden: int = 128
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 60
+    patience: int = 10
+    val_fraction: float = 0.2
+    min_per_class: int = 2
+    seed: int = 0
+    augment_copies: int = 4  # augmented copies of each training frame, embedded by the backbone
+    refit_all: bool = True  # after early stopping picks the epochs, retrain on train + validation rows
+    # phase 2: fine-tune the top of the backbone on stored frames
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 8
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_batch_size: int = 16
+
+
+@dataclass
+class BoxOptions:
+    loss: str = "giou"  # "mse": the seed's scaled MSE on (indicator, box); "giou": MSE + (1 - GIoU) on the box
+    hidden: int = 128
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 30
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 2e-4
+    augment: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0

@@ -118,6 +118,38 @@ def cmd_collect(args) -> int:
         engine.close()
 
 
+def cmd_import(args) -> int:
+    from . import importer
+    from .pipeline import embed_image, open_backbone
+    from .store import Store
+
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    info, engine = open_backbone(cfg)
+    store = Store(cfg.state_path / "store")
+    root = Path(args.folder)
+    if not root.is_dir():
+        print(f"error: not a folder: {root}", file=sys.stderr)
+        return 1
+    items = importer.voc(root, args.label) if args.format == "voc" else importer.class_folders(root)
+    batch, total = [], 0
+    try:
+        for example in importer.examples(items, lambda img: embed_image(engine, img), args.limit):
+            batch.append(example)
+            if len(batch) == 50:
+                total += len(store.add_many(batch, info.id))
+                batch = []
+                print(f"\rimported {total}", end="", file=sys.stderr, flush=True)
+        if batch:
+            total += len(store.add_many(batch, info.id))
+        print(file=sys.stderr)
+        print(json.dumps({"imported": total, "examples": store.counts()}))
+    finally:
+        store.close()
+        engine.close()
+    return 0 if total else 1
+
+
 def cmd_predict(args) -> int:
     import cv2
 
@@ -276,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"))
     p.add_argument("--timeout", type=float, default=60.0, help="give up when no frame arrives for this long")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("import", help="store a labelled data set: class folders or Pascal VOC boxes")
+    _add_config_args(p)
+    p.add_argument("format", choices=["folders", "voc"])
+    p.add_argument("folder")
+    p.add_argument("--label", help="voc: store every box under this label instead of the object name")
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("predict", help="print predictions for image files")
     _add_config_args(p)

@@ -71,3 +71,47 @@ def test_doctor_reports_parts(broker, tmp_path):
     down = _edged("doctor", "--set", "mqtt.port=1", "--set", "source.uri='/no/such/video.mp4'")
     assert down.returncode == 1
     assert "[FAIL] broker" in down.stdout and "[FAIL] source" in down.stdout
+
+
+def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, make_state, daemons, tmp_path):
+    """`edged collect` and `edged import` write the store; a serving daemon sees the new examples."""
+    import json
+
+    import cv2
+
+    from conftest import RACCOON, backbone_settings, toml_config, write_config
+    from edged.synthetic import scene_at
+
+    settings = backbone_settings("none")
+    state = make_state(settings)
+    cfg = write_config(tmp_path / "c.toml", toml_config(state, broker.port, "synthetic:shape=rectangle,clutter=0",
+                                                          settings, "cli1"))
+    d = daemons(cfg, tmp_path / "d.log")
+    probe.wait_online("cli1")
+    out = _edged("collect", "--config", str(cfg), "--label", "rect", "--count", "4", "--interval-ms", "0",
+                 "--set", "source.uri='synthetic:shape=rectangle,clutter=0'")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"label": "rect", "stored": 4, "examples": 4}
+    status = probe.wait_for(lambda t, p, r: t == "edged/cli1/status" and json.loads(p)["examples"].get("rect") == 4, 20)
+    assert json.loads(status[1])["heads"]["knn"]["ready"]
+    probe.wait_for(lambda t, p, r: t == "edged/cli1/prediction/knn" and json.loads(p)["label"] == "rect", 20)
+    assert d.stop() == 0
+
+    image = tmp_path / "r.png"
+    cv2.imwrite(str(image), scene_at(0, 2, 640, 480, "rectangle", clutter=0).image)
+    pred = _edged("predict", "--config", str(cfg), str(image), str(tmp_path / "missing.png"))
+    lines = [json.loads(l) for l in pred.stdout.splitlines()]
+    assert lines[0]["head"] == "knn" and lines[0]["label"] == "rect"
+    assert lines[1]["error"] == "cannot read image" and pred.returncode == 1
+
+    if RACCOON.is_dir():
+        imp = _edged("import", "--config", str(cfg), "voc", str(RACCOON), "--limit", "5")
+        assert imp.returncode == 0, imp.stderr
+        assert json.loads(imp.stdout)["examples"]["raccoon"] == 5
+        from edged.backbone import backbone_id
+        from edged.config import BackboneConfig
+        from edged.store import Store
+
+        stored = Store(state / "store").examples(backbone_id(BackboneConfig(**settings)))
+        boxes = [b for b in stored.boxes if b]
+        assert len(boxes) == 5 and all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in boxes)

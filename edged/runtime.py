@@ -83,10 +83,12 @@ class InputAdapter:
             self.identity = self.dtype == np.uint8 and np.array_equal(lut, np.arange(256, dtype=np.uint8))
             self.lut = lut
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        target = self.buffer.reshape(pixels.shape) if self.buffer.size == pixels.size else None
-        if target is None:
+    def __call__(self, pixels: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Write the model input for `pixels` into `out` (default: an owned buffer) and return it."""
+        out = self.buffer if out is None else out
+        if out.size != pixels.size:
             raise ValueError(f"input of shape {pixels.shape} does not fit model input {self.shape}")
+        target = out.reshape(pixels.shape)
         if self.dtype == np.float32:
             np.multiply(pixels, np.float32(self.scaling.scale), out=target, casting="unsafe")
             if self.scaling.offset:
@@ -95,7 +97,7 @@ class InputAdapter:
             target[...] = pixels
         else:
             np.take(self.lut, pixels, out=target)
-        return self.buffer
+        return out
 
 
 def _dequantize(array: np.ndarray, detail: dict) -> np.ndarray:
@@ -139,19 +141,22 @@ class Engine:
         self.output_details = self.interpreter.get_output_details()
         self.input_size = int(self.input_detail["shape"][1])
         self.adapter = InputAdapter(self.input_detail, options.scaling)
+        # Views into the interpreter's own buffers: no copy in or out of set_tensor/get_tensor.
+        self._input_view = self.interpreter.tensor(self.input_detail["index"])
+        self._output_views = [self.interpreter.tensor(d["index"]) for d in self.output_details]
 
     @property
     def output_dim(self) -> int:
         return int(np.prod(self.output_details[0]["shape"][1:]))
 
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self.input_detail["index"], self.adapter(pixels))
+        self.adapter(pixels, self._input_view())  # the view is dropped before invoke, as LiteRT requires
         self.interpreter.invoke()
-        return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.output_details]
+        return [_dequantize(view().copy(), d) for view, d in zip(self._output_views, self.output_details)]
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """First output, flattened to a float32 vector."""
-        return self.run(pixels)[0].reshape(-1).copy()
+        return self.run(pixels)[0].reshape(-1)
 
     def close(self) -> None:
         self.interpreter = None

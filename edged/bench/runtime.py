@@ -9,7 +9,7 @@ import numpy as np
 
 from ..preprocess import to_pixels
 from ..runtime import Engine, EngineOptions, interpreter_module, interpreter_version
-from .common import DATA, backbone, backbone_config, load_sign_digits, table
+from .common import DATA, MODELS, backbone, backbone_config, load_sign_digits, table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keras-iterations", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-per-class", type=int, default=50)
+    p.add_argument("--representative", type=int, default=300, help="calibration frames for int8")
 
 
 def _invoke_ms(engine: Engine, pixels: np.ndarray, n: int) -> float:
@@ -69,7 +70,7 @@ def run(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="edged-bench-runtime-"))
     name, _ = interpreter_module("auto")
     rows, results = [["keras eager", f"{keras_ms:.2f}", "1.0x", "-", "-", "-"]], {}
-    rep = scaled(pixels[train[rng.permutation(len(train))[:100]]])
+    rep = scaled(pixels[train[rng.permutation(len(train))[: args.representative]]])
     for q in ("float32", "float16", "int8"):
         path = folder / f"{q}.tflite"
         path.write_bytes(convert(fused, q, rep if q == "int8" else None))
@@ -86,6 +87,12 @@ def run(args) -> int:
           f"interpreter {name} {interpreter_version(name)}, {args.threads} threads; accuracy on {len(test)} held-out photos")
     print(table(rows, ["runtime", "ms/frame", "vs keras", "size", "accuracy", "agrees w/ float32"]))
     f32, i8 = results["float32"], results["int8"]
+    ref = MODELS / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+    if ref.is_file():
+        ref_engine = Engine(EngineOptions(str(ref), num_threads=args.threads, scaling=info.scaling))
+        ref_ms = _invoke_ms(ref_engine, pixels[test[0]], args.iterations)
+        print(f"reference: the uint8 MobileNet v1 1.0/224 extractor in ../shared/models runs at {ref_ms:.2f} ms/frame "
+              f"on this interpreter ({f32[0] / ref_ms:.2f}x our float32): quantized kernels are not the fast path on this x86 CPU")
     print(f"runtime: tflite float32 {keras_ms / f32[0]:.1f}x keras eager (target >= 30x); int8 {f32[0] / i8[0]:.2f}x float32 "
           f"(target >= 1.8x); int8 top-1 agreement {np.mean(i8[1] == f32[1]):.4f} (target >= 0.99), "
           f"accuracy loss {100 * (f32[2] - i8[2]):.2f} points (target <= 1)")

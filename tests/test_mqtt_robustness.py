@@ -87,8 +87,14 @@ def test_username_password_required(tmp_path, make_state, daemons):
 
 def test_fleet_command_reaches_every_device(broker, probe, tmp_path, make_state, daemons):
     ds = [daemons(_daemon_config(tmp_path, make_state, broker.port, dev), tmp_path / f"{dev}.log") for dev in ("f1", "f2")]
-    for dev in ("f1", "f2"):
-        probe.wait_online(dev)
+    online = set()
+
+    def both_online(t, p, r):
+        if t.endswith("/status") and json.loads(p).get("state") == "online":
+            online.add(t.split("/")[1])
+        return online >= {"f1", "f2"}
+
+    probe.wait_for(both_online, 60)
     probe.client.publish("edged/fleet/cmd/status", json.dumps({"id": "all"}), qos=1).wait_for_publish(5)
     replies = set()
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocess import to_pixels
 from .common import DATA, backbone, backbone_config, load_sign_digits, table
 from .daemonrun import Probe, prepare_state, start_daemon, stop_daemon, write_config
 
@@ -25,8 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..broker import local_broker
-    from ..runtime import Engine, EngineOptions
-    from ..store import NewExample, Store
     from .pipeline import make_video
 
     cfg, note = backbone_config(args.alpha, args.size)
@@ -42,12 +39,7 @@ def run(args) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             state = Path(tmp)
-            prepare_state(state, info.id)
-            engine = Engine(EngineOptions(info.path, scaling=info.scaling))
-            store = Store(state / "store")
-            store.add_many([NewExample(images[i], f"d{labels[i]}", engine.embed(to_pixels(images[i], info.input_size)))
-                            for i in pick], info.id)
-            store.close()
+            prepare_state(state, info, [(images[i], f"d{labels[i]}") for i in pick])
             extra = "[heads]\nactive = [\"knn\", \"classifier\"]\n"
             config = write_config(state, broker.port, str(video), cfg.model_dump(), "adapt", extra)
             probe = Probe(broker.port, "adapt")

@@ -71,8 +71,18 @@ def write_config(state: Path, port: int, source: str, backbone: dict, device: st
     return path
 
 
-def prepare_state(state: Path, backbone_id: str) -> None:
-    shutil.copytree(CACHE / "backbones" / backbone_id, state / "backbones" / backbone_id, dirs_exist_ok=True)
+def prepare_state(state: Path, info, examples) -> None:
+    """A state dir with the cached backbone and `examples` ((BGR image, label) pairs) in its store."""
+    from ..pipeline import embed_image
+    from ..runtime import Engine, EngineOptions
+    from ..store import NewExample, Store
+
+    shutil.copytree(CACHE / "backbones" / info.id, state / "backbones" / info.id, dirs_exist_ok=True)
+    engine = Engine(EngineOptions(info.path, scaling=info.scaling))
+    store = Store(state / "store")
+    store.add_many([NewExample(img, label, embed_image(engine, img)) for img, label in examples], info.id)
+    store.close()
+    engine.close()
 
 
 def start_daemon(config: Path, log: Path) -> subprocess.Popen:

@@ -35,9 +35,6 @@ def _imports_rss(imports: str) -> tuple[float, float]:
 
 def run(args) -> int:
     from ..broker import local_broker
-    from ..pipeline import embed_image
-    from ..runtime import Engine, EngineOptions
-    from ..store import NewExample, Store
     from .pipeline import make_video
 
     cfg, note = backbone_config(args.alpha, args.size)
@@ -50,13 +47,8 @@ def run(args) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             state = Path(tmp)
-            prepare_state(state, info.id)
-            engine = Engine(EngineOptions(info.path, scaling=info.scaling))
-            store = Store(state / "store")
             cap = cv2.VideoCapture(str(video))
-            store.add_many([NewExample(img, f"c{i % 5}", embed_image(engine, img))
-                            for i in range(20) for ok, img in [cap.read()]], info.id)
-            store.close()
+            prepare_state(state, info, [(cap.read()[1], f"c{i % 5}") for i in range(20)])
             config = write_config(state, broker.port, str(video), cfg.model_dump(), "mem")
             probe = Probe(broker.port, "mem")
             t0 = time.perf_counter()

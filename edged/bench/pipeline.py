@@ -14,6 +14,7 @@ import numpy as np
 from ..config import Config
 from ..runtime import Engine, EngineOptions
 from .common import CACHE, DATA, backbone, backbone_config, table
+from .daemonrun import prepare_state
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,8 +61,6 @@ def _bare_fps(info, threads: int, seconds: float) -> float:
 
 def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path):
     from ..daemon import Daemon
-    from ..pipeline import embed_image, open_backbone
-    from ..store import NewExample, Store
 
     cfg = Config.model_validate({
         "device": "bench", "state_dir": str(state), "log_level": "WARNING",
@@ -69,16 +68,6 @@ def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: fl
         "backbone": info_cfg.model_dump(), "runtime": {"num_threads": threads},
         "mqtt": {"port": broker_port, "stats_interval_s": 1000},
     })
-    info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
-    cap = cv2.VideoCapture(str(video))
-    items = []
-    for i in range(50):
-        ok, img = cap.read()
-        items.append(NewExample(img, f"c{i % 5}", embed_image(engine, img)))
-    store.add_many(items, info.id)
-    store.close()
-    engine.close()
     daemon = Daemon(cfg)
     daemon.start()
     runner = threading.Thread(target=daemon.run)
@@ -115,9 +104,8 @@ def run(args) -> int:
             raw = _bare_fps(info, args.threads, min(args.seconds, 8.0))
             with tempfile.TemporaryDirectory() as tmp:
                 state = Path(tmp)
-                import shutil
-
-                shutil.copytree(CACHE / "backbones" / info.id, state / "backbones" / info.id)
+                cap = cv2.VideoCapture(str(video))
+                prepare_state(state, info, [(cap.read()[1], f"c{i % 5}") for i in range(50)])
                 fps, stages, published = _pipeline(cfg, video, broker.port, args.threads, args.seconds, state)
             overhead_ms = max(1000 / fps - 1000 / raw, 0.0)
             rows.append([f"{alpha}/{size}", f"{raw:.1f}", f"{fps:.1f}", f"{fps / raw:.3f}",

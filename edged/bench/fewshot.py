@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", default="5,10,20")
     p.add_argument("--draws", type=int, default=3, help="random draws of the training shots per shot count")
     p.add_argument("--augment-copies", type=int, default=8)
-    p.add_argument("--fine-tune-layers", type=int, default=6, help="0 skips the fine-tune column")
-    p.add_argument("--fine-tune-epochs", type=int, default=6)
+    p.add_argument("--fine-tune-layers", type=int, default=27, help="top conv layers unfrozen (27 = all of MobileNet v1); 0 skips")
+    p.add_argument("--fine-tune-epochs", type=int, default=20)
+    p.add_argument("--fine-tune-lr", type=float, default=1e-4)
     p.add_argument("--fine-tune-shots", default="20", help="shot counts that get the (slow) fine-tune column")
     p.add_argument("--test-per-class", type=int, default=0, help="0: every photo not drawn for training")
 
@@ -93,7 +94,8 @@ def run(args) -> int:
             r[methods[3]].append(acc(np.array(aug.classes)[np.argmax(aug.model.predict(vx, verbose=0), 1)]))
             if args.fine_tune_layers and shots in ft_shots:
                 ft_opts = learn.ClassifierOptions(min_per_class=2, seed=draw, fine_tune_layers=args.fine_tune_layers,
-                                                  fine_tune_epochs=args.fine_tune_epochs)
+                                                  fine_tune_epochs=args.fine_tune_epochs,
+                                                  fine_tune_learning_rate=args.fine_tune_lr)
                 bb = build(cfg)
                 fused = learn.fused_model(bb, aug.model)
                 y = np.array([aug.classes.index(c) for c in ty])

@@ -118,3 +118,30 @@ def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
         if proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+@pytest.mark.parametrize("family,alpha,dim", [("mobilenet_v2", 0.35, 1280), ("mobilenet_v3_small", 0.75, 432)])
+def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
+    from edged.backbone import resolve_backbone
+    from edged.config import BackboneConfig
+
+    info = resolve_backbone(BackboneConfig(family=family, alpha=alpha, input_size=96, weights="none"), tmp_path)
+    assert info.output_dim == dim and info.id.startswith({"mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s"}[family])
+    engine = Engine(EngineOptions(info.path, scaling=info.scaling))
+    a = engine.embed(to_pixels(np.full((120, 160, 3), 40, np.uint8), 96))
+    b = engine.embed(to_pixels(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8), 96))
+    assert a.shape == (dim,) and np.abs(a - b).max() > 1e-3  # calibrated random weights give live features
+
+
+def test_keras_file_backbone_cut_at_named_layer(tmp_path):
+    import keras
+
+    from edged.backbone import BackboneError, resolve_backbone
+    from edged.config import BackboneConfig
+
+    keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(96, 96, 3)).save(tmp_path / "m.keras")
+    cfg = BackboneConfig(family="keras", path=str(tmp_path / "m.keras"), cut_layer="conv_pw_11_relu", input_size=96)
+    assert resolve_backbone(cfg, tmp_path).output_dim == 128
+    bad = cfg.model_copy(update={"cut_layer": "conv_pw_99_relu"})
+    with pytest.raises(BackboneError, match="cut_layer.*conv_pw_99_relu"):
+        resolve_backbone(bad, tmp_path)

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.25)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--weights")
-    p.add_argument("--cut", default="conv_pw_13_relu")
+    p.add_argument("--cut", default="conv_pw_11_relu", help="feature layer (conv_pw_11: an 8x8 grid at 128 px)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--fine-tune-layers", type=int, default=14)
     p.add_argument("--fine-tune-epochs", type=int, default=40)

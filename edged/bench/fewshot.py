@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=3, help="random draws of the training shots per shot count")
     p.add_argument("--augment-copies", type=int, default=8)
     p.add_argument("--fine-tune-layers", type=int, default=27, help="top conv layers unfrozen (27 = all of MobileNet v1); 0 skips")
-    p.add_argument("--fine-tune-epochs", type=int, default=20)
-    p.add_argument("--fine-tune-lr", type=float, default=1e-4)
+    p.add_argument("--fine-tune-epochs", type=int, default=30)
+    p.add_argument("--fine-tune-lr", type=float, default=2e-4)
     p.add_argument("--fine-tune-shots", default="20", help="shot counts that get the (slow) fine-tune column")
     p.add_argument("--test-per-class", type=int, default=0, help="0: every photo not drawn for training")
 

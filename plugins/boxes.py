@@ -61,9 +61,7 @@ class BoxHead(Head):
         n_val = max(1, int(round(len(images) * self.options.val_fraction)))
         val, train = order[:n_val], order[n_val:]
         bb = context.backbone
-        layer = self.options.feature_layer
-        if layer == "auto":
-            layer = "conv_pw_11_relu" if context.cfg.backbone.family == "mobilenet_v1" else None
+        layer = None if self.options.feature_layer == "auto" else self.options.feature_layer
         features_cfg = context.cfg.backbone.model_copy(update={"cut_layer": layer}) if layer else context.cfg.backbone
         model, classes, metrics = learn.train_boxes(
             keras_backbone.feature_map(features_cfg), images[train], [labels[i] for i in train], boxes[train],

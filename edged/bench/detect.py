@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.25)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--weights")
-    p.add_argument("--cut", default="conv_pw_11_relu", help="feature layer (conv_pw_11: an 8x8 grid at 128 px)")
+    p.add_argument("--cut", help="feature layer for both data sets (default: raccoon conv_pw_11_relu, an 8x8 grid "
+                                 "at 128 px; synthetic conv_pw_13_relu)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--fine-tune-layers", type=int, default=14)
     p.add_argument("--fine-tune-epochs", type=int, default=40)
@@ -80,10 +81,13 @@ def _evaluate(name, cfg, x, labels, boxes, tx, tlabels, tboxes, args, t):
 
 
 def run(args) -> int:
-    cfg, note = backbone_config(args.alpha, args.size, args.weights, cut=args.cut)
+    cuts = {"raccoon": args.cut or "conv_pw_11_relu", "synthetic": args.cut or "conv_pw_13_relu"}
+    configs = {}
+    for name, cut in cuts.items():
+        configs[name], note = backbone_config(args.alpha, args.size, args.weights, cut=cut)
     if note:
         print(note)
-    print(f"backbone mobilenet_v1 alpha={args.alpha:g} {args.size}px cut at {args.cut}; head: 1x1 conv, dense, "
+    print(f"backbone mobilenet_v1 alpha={args.alpha:g} {args.size}px, features at {cuts}; head: 1x1 conv, dense, "
           f"[class | box]; {args.epochs} frozen + {args.fine_tune_epochs} fine-tune epochs (top {args.fine_tune_layers} layers); "
           f"augmentation: crop/scale jitter keeping the box, flip, brightness")
     t = Timer()
@@ -94,14 +98,14 @@ def run(args) -> int:
         order = rng.permutation(len(x))
         n_test = len(x) // 5
         test, train = order[:n_test], order[n_test:]
-        row, best, base = _evaluate("raccoon", cfg, x[train], ["raccoon"] * len(train), boxes[train], x[test],
+        row, best, base = _evaluate("raccoon", configs["raccoon"], x[train], ["raccoon"] * len(train), boxes[train], x[test],
                                     ["raccoon"] * len(test), boxes[test], args, t)
         rows.append(row)
         lines.append(f"detect raccoon: mean IoU {best:.3f} vs mean box {base:.3f} (target >= 0.70)")
     if args.only in (None, "synthetic"):
         x, labels, boxes = _synthetic(1, args.synthetic_train, args.size)
         vx, vlabels, vboxes = _synthetic(2, args.synthetic_test, args.size)
-        row, best, base = _evaluate("synthetic", cfg, x, labels, boxes, vx, vlabels, vboxes, args, t)
+        row, best, base = _evaluate("synthetic", configs["synthetic"], x, labels, boxes, vx, vlabels, vboxes, args, t)
         rows.append(row)
         lines.append(f"detect synthetic: mean IoU {best:.3f} vs mean box {base:.3f} (target >= 0.85)")
     print()

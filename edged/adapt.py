@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Optional
 
 from .config import Config
 from .heads import HeadError

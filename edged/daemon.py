@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .backbone import BackboneInfo, file_sha256
+from .backbone import file_sha256
 from .capture import CaptureJob
 from .commands import Activate, Capture, CommandError, Empty, Export, Forget, Rollback, Train, parse
 from .config import Config
-from .heads import Head, HeadError, Prediction
+from .heads import HeadError, Prediction
 from .mqtt import IncomingCommand, MqttLink
 from .notify import Notifier
 from .pipeline import HeadSet, open_backbone, reembed_missing

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-from pathlib import Path
 
 from .config import Config, load_config
 

@@ -7,7 +7,6 @@ import logging
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Optional
 
 import cv2

@@ -105,7 +105,6 @@ def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     settings = backbone_settings("none", input_size=96)
     backbone = build(BackboneConfig(**settings))
     before = {l.name: [w.copy() for w in l.get_weights()] for l in backbone.layers if l.weights}
-    rng = np.random.default_rng(0)
     scenes = [scene_at(3, i, 96, 96, shape) for shape in ("triangle", "rectangle") for i in range(12)]
     images = np.stack([s.image[..., ::-1] for s in scenes])
     labels = np.array([s.label for s in scenes])

@@ -5,10 +5,9 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
-from edged.heads import Head, HeadError, Prediction
+from edged.heads import HeadError
 from edged.hookspecs import hookimpl
 from edged.plugins import head_classes, plugin_manager
 

@@ -113,7 +113,7 @@ def run(args) -> int:
     print()
     print(table(rows, ["shots"] + methods))
     best20 = max((np.mean(v) for v in results.get(20, {}).values() if v), default=float("nan"))
-    print(f"reference (../shared/data/README.md, MobileNet v1 1.0/224): 20-shot kNN 0.76, logistic regression 0.84")
+    print("reference (../shared/data/README.md, MobileNet v1 1.0/224): 20-shot kNN 0.76, logistic regression 0.84")
     print(f"fewshot: 20-shot best {best20:.3f} (target >= 0.93)")
     return 0
 

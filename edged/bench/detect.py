@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-tune-layers", type=int, default=14)
     p.add_argument("--fine-tune-epochs", type=int, default=40)
     p.add_argument("--losses", default="mse,giou", help="losses compared side by side")
-    p.add_argument("--synthetic-train", type=int, default=1500)
+    p.add_argument("--synthetic-train", type=int, default=3000)
     p.add_argument("--synthetic-test", type=int, default=200)
     p.add_argument("--only", choices=["raccoon", "synthetic"], help="run one data set")
 

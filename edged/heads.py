@@ -85,3 +85,10 @@ def build_options(head_cls: type[Head], values: Optional[dict], where: str):
         return head_cls.Options(**values)
     except TypeError as e:
         raise HeadError(f"{where}: {e}") from None
+
+
+def head_options(cfg, head_cls: type[Head]):
+    """A head's options from the config: `[heads.knn]` for the kNN head, `[heads.options.<name>]` for the rest."""
+    if head_cls.name == "knn":
+        return build_options(head_cls, cfg.heads.knn.model_dump(), "heads.knn")
+    return build_options(head_cls, cfg.heads.options.get(head_cls.name, {}), f"heads.options.{head_cls.name}")

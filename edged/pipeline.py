@@ -16,7 +16,7 @@ from .backbone import BackboneError, BackboneInfo, backbone_id, resolve_backbone
 from .fused import FusedModel
 from .models import VersionError, Versions
 from .config import Config
-from .heads import Head, HeadError, Prediction, build_options
+from .heads import Head, HeadError, Prediction, head_options
 from .plugins import head_classes, plugin_manager
 from .preprocess import to_pixels
 from .runtime import Engine, EngineOptions
@@ -117,10 +117,7 @@ class HeadSet:
         write_atomic(self.serving_file, json.dumps({"active": self.active, "models": sorted(self.models)}).encode())
 
     def _options(self, name: str):
-        cls = self.classes[name]
-        if name == "knn":
-            return build_options(cls, self.cfg.heads.knn.model_dump(), "heads.knn")
-        return build_options(cls, self.cfg.heads.options.get(name, {}), f"heads.options.{name}")
+        return head_options(self.cfg, self.classes[name])
 
     def _open(self, name: str) -> Head:
         head = self.classes[name](self._options(name))

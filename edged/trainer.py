@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from .backbone import BackboneInfo, file_sha256, resolve_backbone, write_atomic  # noqa: E402
 from .config import Config  # noqa: E402
-from .heads import HeadError, build_options  # noqa: E402
+from .heads import HeadError, head_options  # noqa: E402
 from .models import Versions  # noqa: E402
 from .plugins import head_classes, plugin_manager  # noqa: E402
 from .preprocess import crop_box, to_pixels  # noqa: E402
@@ -33,11 +33,6 @@ log = logging.getLogger(__name__)
 Progress = Optional[Callable[[dict], None]]
 QUANTIZATIONS = ("float32", "float16", "int8")
 PARITY_TOLERANCE = {"float32": 0.99, "float16": 0.98, "int8": 0.9}  # top-1 agreement, or mean IoU for boxes
-
-
-def head_options(cfg: Config, cls, name: str):
-    values = cfg.heads.knn.model_dump() if name == "knn" else cfg.heads.options.get(name, {})
-    return build_options(cls, values, f"heads.options.{name}")
 
 
 def box_in_crop(box, shape) -> np.ndarray:
@@ -189,7 +184,7 @@ def run_train(cfg: Config, head: str, params: dict, progress: Progress = None) -
         versions = Versions(cfg.state_path / "heads" / head)
         staging = versions.staging()
         try:
-            instance = classes[head](head_options(cfg, classes[head], head))
+            instance = classes[head](head_options(cfg, classes[head]))
             context = TrainContext(cfg, store, backbone, staging)
             metrics = instance.fit(examples, progress=progress, context=context, **params)
             instance.save(staging)
@@ -244,7 +239,7 @@ def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = 
             if (head_dir / "fused.keras").is_file():
                 model = keras.models.load_model(head_dir / "fused.keras", compile=False, safe_mode=False)
             elif hasattr(classes[head], "keras_head"):
-                instance = classes[head](head_options(cfg, classes[head], head))
+                instance = classes[head](head_options(cfg, classes[head]))
                 instance.load(head_dir)
                 model = learn.fused_model(keras_backbone.build(cfg.backbone), instance.keras_head())
             else:

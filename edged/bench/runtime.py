@@ -23,15 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--representative", type=int, default=300, help="calibration frames for int8")
 
 
-def _invoke_ms(engine: Engine, pixels: np.ndarray, n: int) -> float:
+def _invoke_ms(engine: Engine, pixels: np.ndarray, n: int, windows: int = 5) -> float:
+    """Median over `windows` timing windows, so one disturbed second on a shared machine does not decide."""
     it = engine.interpreter
     it.set_tensor(engine.input_detail["index"], engine.adapter(pixels))
     for _ in range(3):
         it.invoke()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        it.invoke()
-    return (time.perf_counter() - t0) / n * 1000
+    per_window = max(1, n // windows)
+    times = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(per_window):
+            it.invoke()
+        times.append((time.perf_counter() - t0) / per_window * 1000)
+    return float(np.median(times))
 
 
 def run(args) -> int:

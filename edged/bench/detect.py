@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -30,20 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_voc(folder: Path, size: int):
-    """Photos with exactly one box, squashed to size x size (no crop: the whole box stays in view)."""
+    """Photos with exactly one box (read as `edged import voc` reads them), squashed to size x size (no crop)."""
+    from ..importer import voc
+
     images, boxes = [], []
-    for xml in sorted((folder / "annotations").glob("*.xml")):
-        root = ET.parse(xml).getroot()
-        objects = root.findall("object")
-        if len(objects) != 1:
-            continue
-        img = cv2.imread(str(folder / "images" / root.findtext("filename")), cv2.IMREAD_COLOR)
+    for path, _, box in voc(folder):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             continue
-        h, w = img.shape[:2]
-        bb = objects[0].find("bndbox")
-        x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append([max(x1 - 1, 0) / w, max(y1 - 1, 0) / h, min(x2, w) / w, min(y2, h) / h])
+        boxes.append(box)
         images.append(cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
     return np.stack(images), np.array(boxes, np.float32)
 

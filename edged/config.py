@@ -8,16 +8,14 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(Exception):
-    """A config file or override that cannot be used; the message names the key path."""
 
 
 class _Strict(BaseModel):
@@ -56,18 +54,30 @@ class RuntimeConfig(_Strict):
     interpreter: Literal["auto", "litert", "tflite_runtime", "tensorflow"] = "auto"
 
 
-class KnnConfig(_Strict):
-    k: int = Field(5, ge=1, le=100)
-    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="best cosine similarity below this -> 'unknown'")
-    compact_min: int = Field(4096, ge=0, description="from this many examples scan a reduced copy, then re-rank exactly")
-    compact_dim: int = Field(256, ge=8, le=4096)
-    rerank: int = Field(64, ge=1, le=10_000)
+class HeadsConfig(BaseModel):
+    """`active` heads, plus one table of options per head: `[heads.knn]`, `[heads.classifier]`, ...
 
+    The tables are checked against each head's own options model when the heads are loaded
+    (and by `edged config check`); `[heads.options.<name>]` is the older spelling of the same.
+    """
 
-class HeadsConfig(_Strict):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     active: list[str] = Field(default_factory=lambda: ["knn"], description="heads that predict on every frame")
-    knn: KnnConfig = Field(default_factory=KnnConfig)
-    options: dict[str, dict] = Field(default_factory=dict, description="options for third-party heads by name")
+    options: dict[str, dict] = Field(default_factory=dict, description="options by head name (older spelling)")
+
+    @model_validator(mode="after")
+    def _tables_only(self):
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(f"heads.{name} must be a table of options for head {name!r}")
+        return self
+
+    def options_for(self, name: str) -> tuple[dict, str]:
+        """A head's option values and the key path they came from."""
+        table = (self.model_extra or {}).get(name)
+        if table is not None:
+            return dict(table), f"heads.{name}"
+        return dict(self.options.get(name, {})), f"heads.options.{name}"
 
 
 class TlsConfig(_Strict):
@@ -169,8 +179,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read, merge and validate; raise ConfigError naming file and key path."""
+def read_config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """The merged, unvalidated data of a TOML file plus overrides, and where it came from."""
     data: dict = {}
     origin = "defaults"
     if path is not None:
@@ -184,6 +194,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
         origin += " + overrides"
+    return data, origin
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, merge and validate; raise ConfigError naming file and key path."""
+    data, origin = read_config_data(path, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field
 
-from edged.heads import Head, HeadError, Prediction
-from edged.hookspecs import hookimpl
-from edged.store import Examples
+from edged.errors import HeadError
+from edged.heads import FitContext, Head, HeadOptions, Prediction, hookimpl
+from edged.state.store import Examples
 
 UNKNOWN = "unknown"
 
 
-@dataclass
-class KnnOptions:
-    k: int = 5
-    threshold: float = 0.5  # best similarity below this answers "unknown"
-    compact_min: int = 4096  # from this many examples, scan a reduced copy and re-rank exactly
-    compact_dim: int = 256  # dimensions of the reduced copy (uncentred PCA of the stored vectors)
-    rerank: int = 64  # candidates re-ranked with the full vectors
+class KnnOptions(HeadOptions):
+    k: int = Field(5, ge=1, le=100)
+    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="best cosine similarity below this answers 'unknown'")
+    compact_min: int = Field(4096, ge=0, description="from this many examples scan a reduced copy, then re-rank exactly")
+    compact_dim: int = Field(256, ge=8, le=4096, description="dimensions of the reduced copy (uncentred PCA)")
+    rerank: int = Field(64, ge=1, le=10_000, description="candidates re-ranked with the full vectors")
+
+
+def vote(sims: np.ndarray, label_ids: np.ndarray, labels: list[str], k: int, threshold: float) -> Prediction:
+    """Similarity-weighted vote of the k most similar rows; 'unknown' when the best is under `threshold`."""
+    k = min(k, len(sims))
+    top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+    votes = np.bincount(label_ids[top], weights=np.maximum(sims[top], 0.0), minlength=len(labels))
+    total = votes.sum()
+    scores = {labels[i]: float(votes[i] / total) for i in np.flatnonzero(votes)} if total > 0 else {}
+    best = float(sims[top].max())
+    if best < threshold or not scores:
+        return Prediction(UNKNOWN, best, scores)
+    winner = labels[int(np.argmax(votes))]
+    return Prediction(winner, scores[winner], scores)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -30,10 +43,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 class KnnHead(Head):
+    """Cosine k-nearest-neighbour vote over every stored example; learns each capture at once."""
+
     name = "knn"
     kind = "classes"
     Options = KnnOptions
     incremental = True
+    trainer = "edged_plugins.knn_train"  # export as one TFLite model
 
     def __init__(self, options: KnnOptions | None = None):
         super().__init__(options)
@@ -56,7 +72,7 @@ class KnnHead(Head):
             present = set(self._label_ids[: self._size].tolist())
             return sorted(self._labels[i] for i in present)
 
-    def fit(self, examples: Examples, progress=None) -> dict:
+    def fit(self, examples: Examples, context: FitContext | None = None, progress=None) -> dict:
         with self._lock:
             self._labels = examples.classes
             index = {label: i for i, label in enumerate(self._labels)}
@@ -142,16 +158,17 @@ class KnnHead(Head):
                 sims = self._vectors[:n] @ query
                 label_ids = self._label_ids[:n]
             labels = list(self._labels)
-        k = min(self.options.k, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-        votes = np.bincount(label_ids[top], weights=np.maximum(sims[top], 0.0), minlength=len(labels))
-        total = votes.sum()
-        scores = {labels[i]: float(votes[i] / total) for i in np.flatnonzero(votes)} if total > 0 else {}
-        best = float(sims[top].max())
-        if best < self.options.threshold or not scores:
-            return Prediction(UNKNOWN, best, scores)
-        winner = labels[int(np.argmax(votes))]
-        return Prediction(winner, scores[winner], scores)
+        return vote(sims, label_ids, labels, self.options.k, self.options.threshold)
+
+    @classmethod
+    def decode(cls, outputs: list[np.ndarray], meta: dict) -> Prediction:
+        """The exported model outputs one similarity per stored example; the vote stays in numpy."""
+        extra = meta["decode"]
+        row_labels = extra["row_labels"]
+        labels = sorted(set(row_labels))
+        index = {label: i for i, label in enumerate(labels)}
+        label_ids = np.array([index[l] for l in row_labels], np.int64)
+        return vote(outputs[0].reshape(-1), label_ids, labels, int(extra.get("k", 5)), float(extra.get("threshold", 0.0)))
 
 
 @hookimpl

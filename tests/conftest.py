@@ -29,7 +29,7 @@ needs_weights = pytest.mark.skipif(not WEIGHTS_025.is_file(), reason="../shared/
 
 @pytest.fixture(scope="module")
 def broker():
-    from edged.broker import MosquittoBroker
+    from edged.mqtt.broker import MosquittoBroker
 
     b = MosquittoBroker().start()
     yield b
@@ -48,11 +48,11 @@ def prebuilt_backbones(tmp_root: Path, settings: dict) -> Path:
     """Folder holding `backbones/<id>/` for `settings`; converted with Keras once per session."""
     key = json.dumps(settings, sort_keys=True)
     if key not in _BACKBONE_CACHE:
-        from edged.backbone import resolve_backbone
         from edged.config import BackboneConfig
+        from edged.learn.backbones import build_backbone
 
         folder = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
-        resolve_backbone(BackboneConfig(**settings), folder, build=True)
+        build_backbone(BackboneConfig(**settings), folder)
         _BACKBONE_CACHE[key] = folder
     return _BACKBONE_CACHE[key]
 

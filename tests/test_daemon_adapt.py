@@ -7,9 +7,9 @@ import textwrap
 
 from conftest import backbone_settings, toml_config, write_config
 from edged.config import load_config
-from edged.pipeline import embed_image, open_backbone
-from edged.store import NewExample, Store
-from edged.synthetic import scene_at
+from edged.serve.backbone import embed_image, open_backbone
+from edged.state.store import NewExample, Store
+from edged.sources.synthetic import scene_at
 
 DEVICE = "adapt1"
 
@@ -97,6 +97,8 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     assert d.stop() == 0, d.output()
 
     # the serving choice survives a restart
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/status" and json.loads(p)["state"] == "offline", 10)
+    probe.drain()
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d2.log")
     status = probe.wait_online(DEVICE)
     assert status["active"] == ["knn", "classifier"] and status["heads"]["classifier"]["model"]["version"] == "v1"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config, write_config
-from edged.synthetic import scene_at
+from edged.sources.synthetic import scene_at
 
 DEVICE = "cam1"
 

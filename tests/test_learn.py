@@ -11,14 +11,18 @@ import pytest
 
 from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights
 from edged.config import load_config
-from edged.heads import HeadError
-from edged.pipeline import HeadSet, embed_image, open_backbone
-from edged.store import NewExample, Store
-from edged.synthetic import scene_at
+from edged.errors import HeadError
+from edged.heads import TrainRequest
+from edged.heads.registry import head_classes, plugin_manager
+from edged.serve.backbone import embed_image, open_backbone
+from edged.serve.headset import HeadSet
+from edged.state.store import NewExample, Store
+from edged.sources.synthetic import scene_at
 
 
 def test_balanced_split_keeps_every_class_in_both_parts():
-    from edged.learn import LearnError, balanced_split
+    from edged.errors import TrainingError as LearnError
+    from edged.heads.splits import balanced_split
 
     labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 2)
     train, val = balanced_split(labels, 0.2)
@@ -57,14 +61,14 @@ def _sign_images(first: int, last: int):
 @needs_sign_digits
 @needs_weights
 def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
-    from edged.fused import FusedModel
-    from edged.trainer import run_export, run_train
+    from edged.runtime.fused import FusedModel
+    from edged.learn.jobs import run_export, run_train
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
     cfg = _cfg(make_state(settings), settings)
     info, engine, store = _fill(cfg, _sign_images(0, 20))
     progress = []
-    result = run_train(cfg, "classifier", {"epochs": 60}, progress.append)
+    result = run_train(cfg, "classifier", TrainRequest(epochs=60), progress.append)
     assert result["version"] == "v1"
     assert progress and progress[0]["phase"] == "head" and "val_accuracy" in progress[-1]
     head_dir = cfg.state_path / "heads" / "classifier" / "v1"
@@ -76,14 +80,16 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     meta = json.loads((cfg.state_path / "models" / "classifier" / "v1" / "metadata.json").read_text())
     assert meta["labels"] == ["d0", "d3", "d7"] and meta["quantization"] == "int8" and meta["backbone"] == info.id
     assert meta["preprocessing"]["scale"] == pytest.approx(1 / 127.5) and len(meta["sha256"]) == 64
-    model = FusedModel(cfg.state_path / "models" / "classifier" / "v1")
+    from edged_plugins.classifier import ClassifierHead
+
+    model = FusedModel(cfg.state_path / "models" / "classifier" / "v1", ClassifierHead.decode)
     assert model.engine.adapter.dtype == np.uint8  # full-integer model, uint8 input
 
     # held-out photos never stored: the int8 model and the float numpy head mostly agree and are mostly right
-    heads = HeadSet(cfg, store, info)
+    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["classifier"])
     held = _sign_images(40, 60)
-    from edged.preprocess import to_pixels
+    from edged.sources.preprocess import to_pixels
 
     px = [to_pixels(img, 128) for img, _, _ in held]
     float_labels = [heads.predict(engine.embed(p), p)[0][1].label for p in px]
@@ -99,8 +105,10 @@ def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     import keras
 
     from edged.config import BackboneConfig
-    from edged.keras_backbone import build
-    from edged.learn import ClassifierOptions, fine_tune, fused_model, train_classifier_head
+    from edged.learn.keras_backbone import build
+    from edged.learn.finetune import fused_model
+    from edged_plugins.classifier import ClassifierOptions
+    from edged_plugins.classifier_train import fine_tune, train_classifier_head
 
     settings = backbone_settings("none", input_size=96)
     backbone = build(BackboneConfig(**settings))
@@ -136,17 +144,17 @@ def _box_items(seed: int, n: int, size: int = 128):
 
 def test_box_head_trains_from_store_and_serves_fused(make_state):
     """Plumbing with any weights: frames with boxes -> box head version -> fused TFLite -> boxes in predictions."""
-    from edged.trainer import run_train
+    from edged.learn.jobs import run_train
 
     settings = backbone_settings("none", input_size=96)
     cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.batch_size=8")
     info, engine, store = _fill(cfg, _box_items(5, 30, 96) + [(scene_at(6, 0, 96, 96).image, "plain", None)])
-    result = run_train(cfg, "boxes", {})
+    result = run_train(cfg, "boxes", TrainRequest())
     assert result["version"] == "v1" and 0.0 <= result["metrics"]["val_iou"] <= 1.0
-    heads = HeadSet(cfg, store, info)
+    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["boxes"])
     assert not heads.needs_embedding  # the box head runs its own fused model on pixels
-    from edged.preprocess import to_pixels
+    from edged.sources.preprocess import to_pixels
 
     name, pred = heads.predict(None, to_pixels(scene_at(9, 1, 96, 96).image, 96))[0]
     assert name == "boxes" and pred.label in ("triangle", "rectangle")
@@ -157,8 +165,10 @@ def test_box_head_trains_from_store_and_serves_fused(make_state):
 
 @needs_weights
 def test_box_regressor_beats_mean_box_on_synthetic_scenes():
-    from edged import keras_backbone, learn
     from edged.config import BackboneConfig
+    from edged.learn import keras_backbone
+    from edged_plugins.boxes import BoxOptions, iou_numpy
+    from edged_plugins.boxes_train import train_boxes
 
     def data(seed, n):
         scenes = [scene_at(seed, i, 128, 128, None, clutter=10) for i in range(n)]
@@ -167,17 +177,17 @@ def test_box_regressor_beats_mean_box_on_synthetic_scenes():
 
     x, labels, boxes = data(1, 300)
     vx, vlabels, vboxes = data(2, 80)
-    baseline = float(learn.iou_numpy(np.tile(boxes.mean(0), (80, 1)), vboxes).mean())
+    baseline = float(iou_numpy(np.tile(boxes.mean(0), (80, 1)), vboxes).mean())
     features = keras_backbone.feature_map(BackboneConfig(**backbone_settings(str(WEIGHTS_025), input_size=128)))
-    _, classes, metrics = learn.train_boxes(features, x, labels, boxes, vx, vlabels, vboxes, 1 / 127.5, -1.0,
-                                            learn.BoxOptions(epochs=14, augment=False))
+    _, classes, metrics = train_boxes(features, x, labels, boxes, vx, vlabels, vboxes, 1 / 127.5, -1.0,
+                                            BoxOptions(epochs=14, augment=False))
     assert classes == ["rectangle", "triangle"]
     # stated target for this small test run: mean IoU >= 0.40 on held-out scenes (mean box: ~0.25)
     assert metrics["val_iou"] >= 0.40 and metrics["val_iou"] > baseline + 0.12, (metrics["val_iou"], baseline)
 
 
 def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
-    from edged.trainer import run_export
+    from edged.learn.jobs import run_export
 
     settings = backbone_settings("none", input_size=96)
     cfg = _cfg(make_state(settings), settings)
@@ -185,10 +195,13 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     info, engine, store = _fill(cfg, items)
     first = run_export(cfg, "knn", "float32")
     assert first["model_version"] == "v1" and first["parity"]["passed"]
-    heads = HeadSet(cfg, store, info)
-    served = heads.use_model("knn")
+    from edged.serve.learning import Learning
+
+    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    learning = Learning(cfg, store, info, heads)
+    served = learning.use_model("knn")
     assert served["version"] == "v1"
-    from edged.preprocess import to_pixels
+    from edged.sources.preprocess import to_pixels
 
     px = to_pixels(items[0][0], 96)
     assert heads.predict(None, px)[0][1].label == "triangle"
@@ -199,20 +212,23 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     data[len(data) // 2] ^= 0xFF
     (root / "v2" / "model.tflite").write_bytes(bytes(data))
     with pytest.raises(HeadError, match="sha256"):
-        heads.use_model("knn", "v2")
+        learning.use_model("knn", "v2")
     shutil.copytree(root / "v1", root / "v3")
     meta = json.loads((root / "v3" / "metadata.json").read_text())
     meta["input_size"] = 128
     (root / "v3" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(HeadError, match="input"):
-        heads.use_model("knn", "v3")
+        learning.use_model("knn", "v3")
     assert heads.models["knn"].folder.name == "v1"
     assert heads.predict(None, px)[0][1].label == "triangle"
-    from edged.models import Versions
+    from edged.state.versions import Versions
 
     assert Versions(root).current() == "v1"
 
     second = run_export(cfg, "knn", "float32")
     assert second["model_version"] == "v4"
-    assert heads.use_model("knn")["version"] == "v4"
-    assert heads.rollback_model("knn")["version"] == "v1"
+    assert learning.use_model("knn")["version"] == "v4"
+    assert learning.rollback_model("knn")["version"] == "v1"
+    with pytest.raises(HeadError, match="unknown head"):
+        learning.use_model("../knn")
+    learning.close()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import Probe, backbone_settings, toml_config, write_config
-from edged.broker import MosquittoBroker
+from edged.mqtt.broker import MosquittoBroker
 
 
 def _daemon_config(tmp_path, make_state, port, device, extra="", source="synthetic:shape=triangle,clutter=2"):

@@ -5,18 +5,19 @@ import subprocess
 import sys
 import textwrap
 
+import pluggy
 import pytest
 
-from edged.heads import HeadError
-from edged.hookspecs import hookimpl
-from edged.plugins import head_classes, plugin_manager
+from edged.errors import HeadError
+from edged.heads import hookimpl
+from edged.heads.registry import head_classes, plugin_manager
 
 NEAREST_MEAN = textwrap.dedent('''
     """A third-party head: nearest class mean."""
     from dataclasses import dataclass
     import numpy as np
     from edged.heads import Head, Prediction
-    from edged.hookspecs import hookimpl
+    from edged.heads import hookimpl
 
     @dataclass
     class Options:
@@ -40,7 +41,7 @@ NEAREST_MEAN = textwrap.dedent('''
         def classes(self):
             return sorted(self.sums)
 
-        def fit(self, examples, progress=None):
+        def fit(self, examples, context=None, progress=None):
             self.sums = {}
             for label, emb in zip(examples.labels.tolist(), examples.embeddings):
                 self.add(emb, label)
@@ -65,11 +66,15 @@ NEAREST_MEAN = textwrap.dedent('''
 ''')
 
 
-def test_builtin_knn_comes_through_entry_point():
+def test_builtin_heads_register_through_the_hook_like_plugins():
+    from edged.heads.registry import DEFAULT_PLUGINS, plugin_sources
+
     pm = plugin_manager()
-    names = [dist.project_name for _, dist in pm.list_plugin_distinfo()]
-    assert "edged" in names
-    assert "knn" in head_classes(pm)
+    assert {name for name, _ in pm.list_name_plugin()} >= set(DEFAULT_PLUGINS)
+    classes = head_classes(pm)
+    assert set(classes) >= {"knn", "classifier", "boxes"}
+    assert plugin_sources(pm)["edged_plugins.knn"] == "built in"
+    assert all(classes[n].__module__ == DEFAULT_PLUGINS[n] for n in DEFAULT_PLUGINS)
 
 
 def test_misspelt_hookimpl_fails_loudly():
@@ -78,7 +83,7 @@ def test_misspelt_hookimpl_fails_loudly():
         def register_head(self, register):  # misspelt: no such hook
             pass
 
-    with pytest.raises(Exception, match="register_head"):
+    with pytest.raises(pluggy.PluginValidationError, match="register_head"):
         plugin_manager(extra=(Bad(),))
 
 
@@ -129,7 +134,7 @@ def test_plugins_dir_head_serves_in_daemon(tmp_path, make_state, broker, probe, 
 def test_bad_head_options_name_the_key(tmp_path):
     (tmp_path / "nm.py").write_text(NEAREST_MEAN)
     from edged.config import load_config
-    from edged.pipeline import HeadSet
+    from edged.serve.headset import HeadSet
 
     cfg = load_config(None, [f"plugins_dir='{tmp_path}'", "heads.active=['nearest_mean']",
                              "heads.options.nearest_mean.temprature=1.0", f"state_dir='{tmp_path}/s'"])
@@ -139,4 +144,35 @@ def test_bad_head_options_name_the_key(tmp_path):
             raise AssertionError("not reached")
 
     with pytest.raises(HeadError, match="heads.options.nearest_mean"):
-        HeadSet(cfg, FakeStore(), type("B", (), {"id": "x"})())
+        HeadSet(cfg, FakeStore(), type("B", (), {"id": "x"})(), head_classes(plugin_manager(cfg.plugins_dir)))
+
+
+def test_readme_head_example_runs(tmp_path):
+    """The head in the README's "Writing a head" is complete: loaded from a plugins folder, it learns and predicts."""
+    import re
+
+    import numpy as np
+
+    from conftest import ROOT
+    from edged.config import load_config
+    from edged.heads.options import head_options
+    from edged.state.store import Examples
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Writing a head"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "nearest_mean.py").write_text(code)
+    classes = head_classes(plugin_manager(str(tmp_path)))
+    cls = classes["nearest_mean"]
+    cfg = load_config(None, [f"plugins_dir='{tmp_path}'", "heads.nearest_mean.temperature=20.0"])
+    head = cls(head_options(cfg, cls))
+    assert head.options.temperature == 20.0 and not head.ready
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=8), rng.normal(size=8)
+    emb = np.stack([a + 0.1 * rng.normal(size=8) for _ in range(3)] + [b + 0.1 * rng.normal(size=8) for _ in range(3)])
+    metrics = head.fit(Examples(np.arange(6), np.array(["a"] * 3 + ["b"] * 3), emb.astype(np.float32), [None] * 6))
+    assert metrics == {"classes": 2} and head.ready
+    assert head.predict(a).label == "a" and head.predict(b).label == "b"
+    bad = load_config(None, [f"plugins_dir='{tmp_path}'", "heads.nearest_mean.temprature=2.0"])
+    with pytest.raises(HeadError, match="heads.nearest_mean.temprature: unknown key"):
+        head_options(bad, cls)

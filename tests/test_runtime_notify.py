@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings
-from edged.preprocess import Scaling, to_pixels
-from edged.runtime import Engine, EngineOptions, InputAdapter, interpreter_module
+from edged.runtime.scaling import Scaling
+from edged.sources.preprocess import to_pixels
+from edged.runtime.engine import Engine, EngineOptions, InputAdapter, interpreter_module
 
 
 def test_litert_is_the_default_interpreter():
@@ -37,13 +38,13 @@ def test_float_backbone_matches_keras(make_state):
     """The converted TFLite backbone gives the Keras model's embedding."""
     import keras  # noqa: F401
 
-    from edged.backbone import resolve_backbone
+    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
-    from edged.keras_backbone import build
+    from edged.learn.keras_backbone import build
 
     settings = backbone_settings("none")
     state = make_state(settings)
-    info = resolve_backbone(BackboneConfig(**settings), state, build=False)
+    info = build_backbone(BackboneConfig(**settings), state)
     engine = Engine(EngineOptions(info.path, scaling=info.scaling))
     model = build(BackboneConfig(**settings))
     px = to_pixels(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8), 96)
@@ -55,10 +56,10 @@ def test_float_backbone_matches_keras(make_state):
 
 @pytest.mark.skipif(not EXTRACTOR_U8.is_file(), reason="../shared/models absent")
 def test_uint8_extractor_backbone_dequantizes(tmp_path):
-    from edged.backbone import resolve_backbone
+    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
 
-    info = resolve_backbone(BackboneConfig(family="tflite", path=str(EXTRACTOR_U8)), tmp_path)
+    info = build_backbone(BackboneConfig(family="tflite", path=str(EXTRACTOR_U8)), tmp_path)
     assert info.input_size == 224 and info.output_dim == 1024
     engine = Engine(EngineOptions(info.path, scaling=info.scaling))
     assert engine.adapter.dtype == np.uint8
@@ -73,11 +74,11 @@ def test_uint8_extractor_backbone_dequantizes(tmp_path):
 
 
 def test_edgetpu_missing_falls_back_to_cpu(make_state, caplog):
-    from edged.backbone import resolve_backbone
+    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
 
     settings = backbone_settings("none")
-    info = resolve_backbone(BackboneConfig(**settings), make_state(settings), build=False)
+    info = build_backbone(BackboneConfig(**settings), make_state(settings))
     engine = Engine(EngineOptions(info.path, delegate="edgetpu", scaling=info.scaling))
     assert engine.delegate == "cpu"
     assert "Edge TPU delegate unavailable" in caplog.text
@@ -122,10 +123,10 @@ def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
 
 @pytest.mark.parametrize("family,alpha,dim", [("mobilenet_v2", 0.35, 1280), ("mobilenet_v3_small", 0.75, 432)])
 def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
-    from edged.backbone import resolve_backbone
+    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
 
-    info = resolve_backbone(BackboneConfig(family=family, alpha=alpha, input_size=96, weights="none"), tmp_path)
+    info = build_backbone(BackboneConfig(family=family, alpha=alpha, input_size=96, weights="none"), tmp_path)
     assert info.output_dim == dim and info.id.startswith({"mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s"}[family])
     engine = Engine(EngineOptions(info.path, scaling=info.scaling))
     a = engine.embed(to_pixels(np.full((120, 160, 3), 40, np.uint8), 96))
@@ -136,12 +137,13 @@ def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
 def test_keras_file_backbone_cut_at_named_layer(tmp_path):
     import keras
 
-    from edged.backbone import BackboneError, resolve_backbone
+    from edged.errors import BackboneError
+    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
 
     keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(96, 96, 3)).save(tmp_path / "m.keras")
     cfg = BackboneConfig(family="keras", path=str(tmp_path / "m.keras"), cut_layer="conv_pw_11_relu", input_size=96)
-    assert resolve_backbone(cfg, tmp_path).output_dim == 128
+    assert build_backbone(cfg, tmp_path).output_dim == 128
     bad = cfg.model_copy(update={"cut_layer": "conv_pw_99_relu"})
     with pytest.raises(BackboneError, match="cut_layer.*conv_pw_99_relu"):
-        resolve_backbone(bad, tmp_path)
+        build_backbone(bad, tmp_path)

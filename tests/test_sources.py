@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from edged.config import SourceConfig
-from edged.preprocess import to_pixels
-from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SourceError, SyntheticSource, open_source
-from edged.synthetic import make_scene, scene_at
+from edged.sources.preprocess import to_pixels
+from edged.errors import SourceError
+from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SyntheticSource, open_source
+from edged.sources.synthetic import make_scene, scene_at
 
 
 def _frames(n, w=96, h=64):

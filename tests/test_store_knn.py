@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from edged.store import NewExample, Store
+from edged.state.store import NewExample, Store
 from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 
@@ -77,7 +77,7 @@ def test_knn_vote_unknown_and_forget():
 
 
 def test_knn_fit_matches_incremental_adds():
-    from edged.store import Examples
+    from edged.state.store import Examples
 
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(200, 32)).astype(np.float32)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..mqtt.broker import local_broker
 from .common import DATA, backbone, backbone_config, load_sign_digits, table
 from .daemonrun import Probe, prepare_state, start_daemon, stop_daemon, write_config
 
@@ -23,7 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..broker import local_broker
     from .pipeline import make_video
 
     cfg, note = backbone_config(args.alpha, args.size)

@@ -10,8 +10,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ..backbone import BackboneInfo, resolve_backbone
 from ..config import BackboneConfig
+from ..learn.backbones import build_backbone
+from ..state.backbones import BackboneInfo
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("EDGED_SHARED", REPO.parent / "shared"))
@@ -45,7 +46,7 @@ def backbone_config(alpha: float, size: int, weights: Optional[str] = None, cut:
 
 
 def backbone(cfg: BackboneConfig) -> BackboneInfo:
-    return resolve_backbone(cfg, CACHE, build=True)
+    return build_backbone(cfg, CACHE)
 
 
 def load_sign_digits(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:

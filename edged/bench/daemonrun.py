@@ -14,6 +14,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from ..runtime.engine import Engine, EngineOptions
+from ..serve.backbone import embed_image
+from ..state.store import NewExample, Store
 from .common import CACHE
 
 
@@ -74,10 +77,6 @@ def write_config(state: Path, port: int, source: str, backbone: dict, device: st
 
 def prepare_state(state: Path, info, examples) -> None:
     """A state dir with the cached backbone and `examples` ((BGR image, label) pairs) in its store."""
-    from ..pipeline import embed_image
-    from ..runtime import Engine, EngineOptions
-    from ..store import NewExample, Store
-
     shutil.copytree(CACHE / "backbones" / info.id, state / "backbones" / info.id, dirs_exist_ok=True)
     engine = Engine(EngineOptions(info.path, scaling=info.scaling))
     store = Store(state / "store")

@@ -8,7 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..synthetic import scene_at
+from edged_plugins.boxes import BoxOptions, iou_numpy
+from edged_plugins.boxes_train import train_boxes
+
+from ..learn import keras_backbone
+from ..sources.synthetic import scene_at
+from ..state.importer import voc
 from .common import DATA, Timer, backbone_config, table
 
 
@@ -30,8 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_voc(folder: Path, size: int):
     """Photos with exactly one box (read as `edged import voc` reads them), squashed to size x size (no crop)."""
-    from ..importer import voc
-
     images, boxes = [], []
     for path, _, box in voc(folder):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -50,24 +53,22 @@ def _synthetic(seed: int, n: int, size: int):
 
 def _evaluate(name, cfg, x, labels, boxes, tx, tlabels, tboxes, args, t):
     """Train on (x, boxes) with a validation fifth for epoch selection; report IoU on the untouched test set."""
-    from .. import keras_backbone, learn
-
-    baseline = float(learn.iou_numpy(np.tile(boxes.mean(0), (len(tboxes), 1)), tboxes).mean())
+    baseline = float(iou_numpy(np.tile(boxes.mean(0), (len(tboxes), 1)), tboxes).mean())
     order = np.random.default_rng(1).permutation(len(x))
     n_val = max(1, len(x) // 5)
     val, train = order[:n_val], order[n_val:]
     row = [name, len(train), len(val), len(tx), f"{baseline:.3f}"]
     best = 0.0
     for loss in args.losses.split(","):
-        opts = learn.BoxOptions(loss=loss, epochs=args.epochs, fine_tune_layers=args.fine_tune_layers,
+        opts = BoxOptions(loss=loss, epochs=args.epochs, fine_tune_layers=args.fine_tune_layers,
                                 fine_tune_epochs=args.fine_tune_epochs, augment=True)
         progress = lambda p: print(f"    {name} {loss} {p['phase']} {p['epoch']}/{p['epochs']} loss {p['loss']} val IoU {p['val_iou']}", flush=True) \
             if p["epoch"] % 10 == 0 else None
-        model, classes, metrics = learn.train_boxes(
+        model, classes, metrics = train_boxes(
             keras_backbone.feature_map(cfg), x[train], [labels[i] for i in train], boxes[train], x[val],
             [labels[i] for i in val], boxes[val], 1 / 127.5, -1.0, opts, progress)
         pred = model.predict(tx.astype(np.float32) / 127.5 - 1.0, verbose=0, batch_size=32)
-        iou = float(learn.iou_numpy(np.clip(pred[:, len(classes) if len(classes) > 1 else 1:][:, :4], 0, 1), tboxes).mean())
+        iou = float(iou_numpy(np.clip(pred[:, len(classes) if len(classes) > 1 else 1:][:, :4], 0, 1), tboxes).mean())
         print(f"  {name} [{loss}] test mean IoU {iou:.3f} (val {metrics['val_iou']:.3f}, mean box {baseline:.3f})  {t():.0f}s", flush=True)
         row.append(f"{iou:.3f}")
         best = max(best, iou)

@@ -7,9 +7,15 @@ import os
 
 import numpy as np
 
-from ..preprocess import to_pixels
-from ..runtime import Engine, EngineOptions
-from ..store import Examples
+from edged_plugins.classifier import ClassifierOptions
+from edged_plugins.classifier_train import fine_tune, train_classifier_head
+
+from ..learn.finetune import fused_model
+from ..learn.keras_backbone import build
+from ..runtime.engine import Engine, EngineOptions
+from ..sources.augment import embed_augmented
+from ..sources.preprocess import to_pixels
+from ..state.store import Examples
 from .common import DATA, Timer, backbone, backbone_config, load_sign_digits, table
 
 
@@ -48,9 +54,6 @@ def _linear_probe(train_x, train_y, test_x, classes):
 
 
 def run(args) -> int:
-    from .. import learn
-    from ..keras_backbone import build
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cfg, note = backbone_config(args.alpha, args.size, args.weights)
     if note:
@@ -84,24 +87,24 @@ def run(args) -> int:
             r = results[shots]
             r["knn k=5"].append(acc(_knn(tx, ty, vx)))
             r["linear probe"].append(acc(_linear_probe(tx, ty, vx, classes)))
-            opts = learn.ClassifierOptions(min_per_class=2, seed=draw)
-            plain = learn.train_classifier_head(tx, ty, opts)
+            opts = ClassifierOptions(min_per_class=2, seed=draw)
+            plain = train_classifier_head(tx, ty, opts)
             r["classifier"].append(acc(np.array(plain.classes)[np.argmax(plain.model.predict(vx, verbose=0), 1)]))
             aug_rng = np.random.default_rng(draw)
             augmented = lambda rows: (learn_aug(engine, pixels[train_idx[rows]], args.augment_copies, aug_rng),
                                       np.tile(rows, args.augment_copies))
-            aug = learn.train_classifier_head(tx, ty, opts, augmented=augmented)
+            aug = train_classifier_head(tx, ty, opts, augmented=augmented)
             r[methods[3]].append(acc(np.array(aug.classes)[np.argmax(aug.model.predict(vx, verbose=0), 1)]))
             if args.fine_tune_layers and shots in ft_shots:
-                ft_opts = learn.ClassifierOptions(min_per_class=2, seed=draw, fine_tune_layers=args.fine_tune_layers,
+                ft_opts = ClassifierOptions(min_per_class=2, seed=draw, fine_tune_layers=args.fine_tune_layers,
                                                   fine_tune_epochs=args.fine_tune_epochs,
                                                   fine_tune_learning_rate=args.fine_tune_lr)
                 bb = build(cfg)
-                fused = learn.fused_model(bb, aug.model)
+                fused = fused_model(bb, aug.model)
                 y = np.array([aug.classes.index(c) for c in ty])
                 val = aug.val_index
                 train_rows = np.setdiff1d(np.arange(len(ty)), val)
-                learn.fine_tune(fused, bb, pixels[train_idx[train_rows]], y[train_rows], pixels[train_idx[val]], y[val],
+                fine_tune(fused, bb, pixels[train_idx[train_rows]], y[train_rows], pixels[train_idx[val]], y[val],
                                 ft_opts, info.scale, info.offset)
                 probs = fused.predict(pixels[test_idx].astype(np.float32) * info.scale + info.offset, verbose=0, batch_size=64)
                 r[methods[4]].append(acc(np.array(aug.classes)[np.argmax(probs, 1)]))
@@ -119,6 +122,4 @@ def run(args) -> int:
 
 
 def learn_aug(engine: Engine, images: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
-    from ..augment import embed_augmented
-
     return embed_augmented(engine.embed, images, copies, rng)

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from ..preprocess import to_pixels
-from ..runtime import Engine, EngineOptions
-from ..store import Examples
+from ..runtime.engine import Engine, EngineOptions
+from ..sources.preprocess import to_pixels
+from ..state.store import Examples
 from .common import DATA, backbone, backbone_config, load_sign_digits, table
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 
+from ..mqtt.broker import local_broker
 from .common import backbone, backbone_config, table
 from .daemonrun import Probe, prepare_state, rss_mb, start_daemon, stop_daemon, write_config
 
@@ -34,7 +35,6 @@ def _imports_rss(imports: str) -> tuple[float, float]:
 
 
 def run(args) -> int:
-    from ..broker import local_broker
     from .pipeline import make_video
 
     cfg, note = backbone_config(args.alpha, args.size)

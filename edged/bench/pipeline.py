@@ -12,7 +12,10 @@ import cv2
 import numpy as np
 
 from ..config import Config
-from ..runtime import Engine, EngineOptions
+from ..mqtt.broker import local_broker
+from ..runtime.engine import Engine, EngineOptions
+from ..serve.daemon import Daemon
+from ..sources.synthetic import scene_at
 from .common import CACHE, DATA, backbone, backbone_config, table
 from .daemonrun import prepare_state
 
@@ -38,8 +41,6 @@ def make_video(width: int, height: int, frames: int = 300) -> Path:
         if files:
             img = cv2.resize(cv2.imread(str(files[i % len(files)])), (width, height))
         else:
-            from ..synthetic import scene_at
-
             img = scene_at(0, i, width, height).image
         writer.write(img)
     writer.release()
@@ -60,8 +61,6 @@ def _bare_fps(info, threads: int, seconds: float) -> float:
 
 
 def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path):
-    from ..daemon import Daemon
-
     cfg = Config.model_validate({
         "device": "bench", "state_dir": str(state), "log_level": "WARNING",
         "source": {"uri": str(video), "realtime": False, "loop": True},
@@ -89,8 +88,6 @@ def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: fl
 
 
 def run(args) -> int:
-    from ..broker import local_broker
-
     broker = local_broker()
     video = make_video(args.width, args.height)
     rows, lines = [], []

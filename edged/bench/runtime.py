@@ -7,8 +7,14 @@ import time
 
 import numpy as np
 
-from ..preprocess import to_pixels
-from ..runtime import Engine, EngineOptions, interpreter_module, interpreter_version
+from edged_plugins.classifier import ClassifierOptions
+from edged_plugins.classifier_train import train_classifier_head
+
+from ..learn.convert import to_tflite
+from ..learn.finetune import fused_model
+from ..learn.keras_backbone import build
+from ..runtime.engine import Engine, EngineOptions, interpreter_module, interpreter_version
+from ..sources.preprocess import to_pixels
 from .common import DATA, MODELS, backbone, backbone_config, load_sign_digits, table
 
 
@@ -43,10 +49,6 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from .. import learn
-    from ..keras_backbone import build
-    from ..trainer import convert
-
     cfg, note = backbone_config(args.alpha, args.size)
     if note:
         print(note)
@@ -59,8 +61,8 @@ def run(args) -> int:
     train = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: args.train_per_class] for c in classes])
     test = np.setdiff1d(np.arange(len(labels)), train)
     emb = np.stack([emb_engine.embed(p) for p in pixels[train]])
-    head = learn.train_classifier_head(emb, labels[train], learn.ClassifierOptions(min_per_class=2))
-    fused = learn.fused_model(build(cfg), head.model)
+    head = train_classifier_head(emb, labels[train], ClassifierOptions(min_per_class=2))
+    fused = fused_model(build(cfg), head.model)
     scaled = lambda px: px.astype(np.float32) * info.scale + info.offset
 
     x = scaled(pixels[test[:1]])
@@ -78,7 +80,7 @@ def run(args) -> int:
     rep = scaled(pixels[train[rng.permutation(len(train))[: args.representative]]])
     for q in ("float32", "float16", "int8"):
         path = folder / f"{q}.tflite"
-        path.write_bytes(convert(fused, q, rep if q == "int8" else None))
+        path.write_bytes(to_tflite(fused, q, rep if q == "int8" else None))
         engine = Engine(EngineOptions(str(path), num_threads=args.threads, scaling=info.scaling))
         ms = _invoke_ms(engine, pixels[test[0]], args.iterations)
         pred = np.array([np.argmax(engine.run(p)[0]) for p in pixels[test]])

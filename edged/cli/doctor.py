@@ -1,0 +1,83 @@
+"""`edged doctor`: what this machine can serve with, checked for real."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import time
+
+import numpy as np
+
+from ..config import Config
+from ..errors import BackboneError, SourceError
+from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version
+from ..sources import open_source
+from ..state.backbones import backbone_id
+
+
+def _line(ok: bool | None, what: str, detail: str) -> None:
+    mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
+    print(f"[{mark}] {what:12s} {detail}")
+
+
+def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
+    failures = 0
+    try:
+        name, mod = interpreter_module(cfg.runtime.interpreter)
+        version = interpreter_version(name)
+        _line(True, "interpreter", f"{name} {version}")
+        if name == "tflite_runtime":
+            _line(None, "interpreter", "legacy tflite-runtime runs int8 models far slower than LiteRT: pip install ai-edge-litert")
+        if name == "tensorflow":
+            _line(None, "interpreter", "serving through tf.lite imports all of TensorFlow (~500 MB): pip install ai-edge-litert")
+    except Exception as e:
+        _line(False, "interpreter", str(e))
+        failures += 1
+        mod = None
+    if mod is not None:
+        try:
+            mod.load_delegate(EDGETPU_LIBRARY)
+            _line(True, "edgetpu", f"{EDGETPU_LIBRARY} loaded")
+        except Exception as e:
+            level = False if cfg.runtime.delegate == "edgetpu" else None
+            _line(level, "edgetpu", f"not available ({str(e)[:80]}); CPU with XNNPACK will be used")
+            failures += level is False
+    has_tf = importlib.util.find_spec("tensorflow") is not None
+    _line(True if has_tf else None, "tensorflow",
+          "installed: train/export available" if has_tf else "not installed: serving and kNN work; training needs pip install 'edged[train]'")
+    print(f"[info] numpy        {np.__version__}")
+
+    source = open_source(cfg.source)
+    try:
+        source.open()
+        t0 = time.monotonic()
+        frame = source.read()
+        if frame is None:
+            _line(False, "source", f"{source.description}: opened but gave no frame")
+            failures += 1
+        else:
+            h, w = frame.image.shape[:2]
+            _line(True, "source", f"{source.description}: {w}x{h} frame in {(time.monotonic() - t0) * 1000:.0f} ms")
+    except SourceError as e:
+        _line(False, "source", str(e))
+        failures += 1
+    finally:
+        source.close()
+
+    if cfg.mqtt.enabled:
+        try:
+            with socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout):
+                _line(True, "broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} reachable")
+        except OSError as e:
+            _line(False, "broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}: {e}")
+            failures += 1
+
+    try:
+        bid = backbone_id(cfg.backbone)
+        cached = (cfg.state_path / "backbones" / bid / "backbone.tflite").is_file() or cfg.backbone.family == "tflite"
+        _line(True if cached else None, "backbone",
+              f"{bid} {'cached' if cached else 'not cached yet: the first start converts it (needs TensorFlow)'}")
+    except BackboneError as e:
+        _line(False, "backbone", str(e))
+        failures += 1
+    return 1 if failures else 0

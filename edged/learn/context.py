@@ -1,0 +1,148 @@
+"""The training context: the public API a head's Keras training module gets in the TensorFlow worker.
+
+A head whose class names a ``trainer`` module (``trainer = "my_plugin.my_head_train"``) can define
+there, importing TensorFlow/Keras freely:
+
+``train(context: TrainContext, progress) -> dict``
+    Train a new version into ``context.folder`` (a staging folder, committed as ``heads/<name>/vN``
+    when ``train`` returns; removed if it raises) and return its metrics. ``progress(dict)`` reports
+    ``{"phase", "epoch", "epochs", ...figures}``. Raise :class:`edged.errors.TrainingError` or
+    :class:`edged.errors.HeadError` with an actionable message.
+``export_model(context: TrainContext) -> ExportSpec``
+    The Keras model to convert for ``export``: it takes scaled images (``context.scaled``) and
+    outputs what the head's ``decode`` reads. The exporter converts it, checks parity on the
+    frames of ``spec.check_ids`` with the head's ``agreement``, and writes the versioned model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+
+from ..config import Config
+from ..errors import HeadError
+from ..files import file_sha256, write_atomic
+from ..heads.base import Head, Progress, TrainRequest
+from ..runtime.engine import Engine, EngineOptions
+from ..sources.augment import embed_augmented
+from ..sources.preprocess import crop_box, to_pixels
+from ..state.backbones import BackboneInfo
+from ..state.store import Examples, Store
+from ..state.versions import Versions
+from . import keras_backbone
+from .convert import to_tflite
+
+
+@dataclass
+class ExportSpec:
+    model: keras.Model  # scaled images in, what the head's `decode` reads out
+    labels: list[str]
+    metrics: dict = field(default_factory=dict)
+    check_ids: Optional[np.ndarray] = None  # stored examples the parity check runs on (default: all, up to 200)
+    decode: dict = field(default_factory=dict)  # extra metadata the head's `decode` needs
+
+
+def box_in_crop(box, shape) -> np.ndarray:
+    """A full-frame normalised box -> normalised to the centre crop the model sees."""
+    cx1, cy1, cx2, cy2 = crop_box(shape)
+    w, h = cx2 - cx1, cy2 - cy1
+    x1, y1, x2, y2 = box
+    return np.clip(np.array([(x1 - cx1) / w, (y1 - cy1) / h, (x2 - cx1) / w, (y2 - cy1) / h], np.float32), 0, 1)
+
+
+class TrainContext:
+    """Config, the stored examples and frames, the backbone (TFLite and Keras), a folder to write to."""
+
+    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, head: type[Head], options,
+                 request: TrainRequest, folder: Optional[Path] = None):
+        self.cfg, self.store, self.backbone = cfg, store, backbone
+        self.head, self.options, self.request, self.folder = head, options, request, folder
+        self.examples: Examples = store.examples(backbone.id)
+
+    def requested_options(self):
+        """The head's options with what the train request set (epochs, fine_tune_layers) applied."""
+        fields = type(self.options).model_fields
+        updates = {k: v for k, v in (("epochs", self.request.epochs), ("fine_tune_layers", self.request.fine_tune_layers))
+                   if v is not None and k in fields}
+        return self.options.model_copy(update=updates)
+
+    # -- data ------------------------------------------------------------------------------
+    def pixels(self, ids) -> np.ndarray:
+        """Stored frames as the model sees them: centre-cropped RGB uint8 (n, S, S, 3)."""
+        size = self.backbone.input_size
+        return np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids])
+
+    def scaled(self, pixels: np.ndarray) -> np.ndarray:
+        """RGB uint8 pixels -> the float32 input of the Keras backbone."""
+        return pixels.astype(np.float32) * self.backbone.scale + self.backbone.offset
+
+    def augmented_embeddings(self, ids: np.ndarray, rows: np.ndarray, copies: int, seed: int = 0):
+        """Embeddings of `copies` augmented versions of each frame in `rows`, from the TFLite backbone."""
+        engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads, scaling=self.backbone.scaling))
+        try:
+            extra = embed_augmented(engine.embed, self.pixels(ids[rows]), copies, np.random.default_rng(seed))
+        finally:
+            engine.close()
+        return extra, np.tile(rows, copies)
+
+    def frames_with_boxes(self):
+        """(pixels, boxes in crop coordinates, labels) of every stored example that has a box."""
+        examples = self.examples
+        keep = [i for i, b in enumerate(examples.boxes) if b is not None]
+        if not keep:
+            raise HeadError("no stored example has a box: capture with {\"box\": [x1, y1, x2, y2]}")
+        images, boxes = [], []
+        for i in keep:
+            frame = self.store.load_frame(int(examples.ids[i]))
+            images.append(to_pixels(frame, self.backbone.input_size))
+            boxes.append(box_in_crop(examples.boxes[i], frame.shape))
+        return np.stack(images), np.stack(boxes), [str(examples.labels[i]) for i in keep]
+
+    # -- models ----------------------------------------------------------------------------
+    def keras_backbone(self) -> keras.Model:
+        """The configured backbone as a pooled Keras model (same weights as the serving TFLite file)."""
+        return keras_backbone.build(self.cfg.backbone)
+
+    def feature_map(self, layer: Optional[str] = None) -> keras.Model:
+        """The backbone cut at `layer` (default: its configured cut) without pooling: (H, W, C) features."""
+        cfg = self.cfg.backbone.model_copy(update={"cut_layer": layer}) if layer else self.cfg.backbone
+        return keras_backbone.feature_map(cfg)
+
+    def current_version(self) -> Optional[Path]:
+        """The head's active trained version folder, if it has one."""
+        return Versions(self.cfg.state_path / "heads" / self.head.name).current_path()
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_model(self, folder: Path, spec: ExportSpec, quantize: str, check_pixels: np.ndarray,
+                    representative: Optional[np.ndarray] = None, progress: Progress = None) -> dict:
+        """Convert `spec.model`, check parity against Keras on `check_pixels`, write model.tflite + metadata.json."""
+        if progress:
+            progress({"phase": "export", "step": f"converting to TFLite {quantize}"})
+        reps = representative if representative is not None else check_pixels
+        data = to_tflite(spec.model, quantize, None if reps is None else self.scaled(reps))
+        write_atomic(folder / "model.tflite", data)
+        meta = {
+            "head": self.head.name, "kind": self.head.kind, "labels": spec.labels, "input_size": self.backbone.input_size,
+            "preprocessing": {"crop": "centre", "colour": "RGB", "scale": self.backbone.scale, "offset": self.backbone.offset},
+            "backbone": self.backbone.id, "quantization": quantize, "sha256": file_sha256(folder / "model.tflite"),
+            "bytes": len(data), "metrics": spec.metrics, "decode": spec.decode, "created": time.time(),
+        }
+        engine = Engine(EngineOptions(str(folder / "model.tflite"), scaling=self.backbone.scaling))
+        try:
+            keras_out = np.asarray(spec.model.predict(self.scaled(check_pixels), verbose=0, batch_size=32))
+            keras_preds = [self.head.decode([row], meta) for row in keras_out.reshape(len(check_pixels), -1)]
+            tflite_preds = [self.head.decode(engine.run(p), meta) for p in check_pixels]
+        finally:
+            engine.close()
+        score = self.head.agreement(keras_preds, tflite_preds)
+        tolerance = self.head.parity_tolerance[quantize]
+        meta["parity"] = {"measure": self.head.parity_measure, "value": round(score, 4), "tolerance": tolerance,
+                          "frames": int(len(check_pixels)), "passed": bool(score >= tolerance)}
+        write_atomic(folder / "metadata.json", json.dumps(meta, indent=2).encode())
+        return meta

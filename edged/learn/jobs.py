@@ -1,0 +1,92 @@
+"""Train and export jobs, run in the TensorFlow worker: heads' trainer modules do the work, versions are committed here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import numpy as np
+
+from ..config import Config
+from ..errors import HeadError, TrainingError
+from ..heads.base import Progress, TrainRequest
+from ..heads.options import head_options
+from ..heads.registry import head_classes, plugin_manager
+from ..state.store import Store
+from ..state.versions import Versions
+from .backbones import build_backbone
+from .context import ExportSpec, TrainContext
+
+log = logging.getLogger(__name__)
+
+
+def _context(cfg: Config, store: Store, head: str, request: TrainRequest, job: str, folder=None) -> TrainContext:
+    classes = head_classes(plugin_manager(cfg.plugins_dir))
+    if head not in classes:
+        raise HeadError(f"{job}.head: unknown head {head!r}; installed: {sorted(classes)}")
+    cls = classes[head]
+    backbone = build_backbone(cfg.backbone, cfg.state_path)
+    return TrainContext(cfg, store, backbone, cls, head_options(cfg, cls), request, folder)
+
+
+def trainer_module(head_cls, hook: str):
+    """The head's Keras training module, checked to define `hook`."""
+    if not head_cls.trainer:
+        raise TrainingError(f"head {head_cls.name!r} has no training module: nothing to {hook.split('_')[0]} in the worker")
+    module = importlib.import_module(head_cls.trainer)
+    if not hasattr(module, hook):
+        raise TrainingError(f"head {head_cls.name!r}: {head_cls.trainer} defines no {hook}()")
+    return module
+
+
+def run_train(cfg: Config, head: str, request: TrainRequest, progress: Progress = None) -> dict:
+    """Train a new version of `head` with its trainer module; commit it as heads/<head>/vN."""
+    store = Store(cfg.state_path / "store")
+    try:
+        versions = Versions(cfg.state_path / "heads" / head)
+        staging = versions.staging()
+        try:
+            context = _context(cfg, store, head, request, "train", staging)
+            if not len(context.examples):
+                raise HeadError("the store has no examples for this backbone yet: capture some first")
+            metrics = trainer_module(context.head, "train").train(context, progress)
+            version = versions.commit(staging)
+        except BaseException:
+            versions.discard(staging)
+            raise
+        return {"head": head, "version": version, "metrics": metrics}
+    finally:
+        store.close()
+
+
+def _representative(context: TrainContext, n: int = 100) -> np.ndarray:
+    ids = context.examples.ids
+    if len(ids) > n:
+        ids = np.random.default_rng(0).choice(ids, n, replace=False)
+    return context.pixels(ids)
+
+
+def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = False, progress: Progress = None) -> dict:
+    """Export `head` (backbone + head as one TFLite model) as models/<head>/vN, current only when parity passes."""
+    store = Store(cfg.state_path / "store")
+    try:
+        context = _context(cfg, store, head, TrainRequest(), "export")
+        if not len(context.examples):
+            raise HeadError("the store has no examples: nothing to export")
+        spec: ExportSpec = trainer_module(context.head, "export_model").export_model(context)
+        check_ids = context.examples.ids if spec.check_ids is None else spec.check_ids
+        check = context.pixels(check_ids[:200])
+        versions = Versions(cfg.state_path / "models" / head)
+        staging = versions.staging()
+        try:
+            meta = context.write_model(staging, spec, quantize, check, _representative(context), progress)
+            if not meta["parity"]["passed"] and not force:
+                raise HeadError(f"parity check failed: {meta['parity']}; the model was not activated (use force to keep it)")
+            version = versions.commit(staging, activate=True)
+        except BaseException:
+            versions.discard(staging)
+            raise
+        return {"head": head, "model_version": version, "quantization": quantize, "parity": meta["parity"],
+                "bytes": meta["bytes"], "path": str(versions.root / version / "model.tflite")}
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""MQTT: the paho 2.x link (topics, LWT, retained status, QoS, reconnect), command replies, a local broker."""

@@ -1,0 +1,184 @@
+"""paho 2.x link: topics, LWT, retained status, QoS, TLS, reconnect, bounded offline queue, command intake."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import MqttConfig
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+OFFLINE = {"state": "offline"}
+
+
+@dataclass
+class IncomingCommand:
+    name: str
+    payload: bytes
+    fleet: bool
+    response_topic: Optional[str] = None
+    correlation_data: Optional[bytes] = None
+
+
+def dumps(payload) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+class MqttLink:
+    """Publishes without blocking the caller; queues (bounded) while the broker is away."""
+
+    def __init__(self, cfg: MqttConfig, device: str, on_command: Callable[[IncomingCommand], None], online_status: Callable[[], dict]):
+        self.cfg = cfg
+        self.topics = Topics(cfg.prefix, device)
+        self.on_command = on_command
+        self.online_status = online_status
+        self.connected = threading.Event()
+        self.queue: deque = deque()
+        self.queue_dropped = 0
+        self.published = 0
+        self._lock = threading.Lock()
+        self._v5 = cfg.protocol == "5"
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"edged-{device}",
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+        )
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            self.client.tls_set(
+                ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile,
+                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.will_set(self.topics.status, dumps(OFFLINE), qos=1, retain=True)
+        self.client.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)), int(max(1, cfg.reconnect_max_s)))
+        self.client.max_queued_messages_set(max(cfg.offline_queue, 100))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self._outbox: deque = deque()
+        self._outbox_max = max(cfg.offline_queue, 1000)
+        self._outbox_lock = threading.Lock()
+        self._outbox_ready = threading.Event()
+        self._sender_thread = threading.Thread(target=self._sender, name="mqtt-send", daemon=True)
+
+    def start(self) -> None:
+        self._sender_thread.start()
+        kwargs = {}
+        if self._v5:
+            kwargs["clean_start"] = True
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kwargs)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        with self._outbox_lock:
+            self._outbox.append(None)  # sender drains what is queued, then exits
+        self._outbox_ready.set()
+        self._sender_thread.join(timeout)
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.status, dumps(OFFLINE), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except Exception as e:
+                log.warning("offline status not confirmed: %s", e)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # paho callbacks run in paho's network thread: keep them short.
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            log.error("MQTT connection refused by %s:%s: %s", self.cfg.host, self.cfg.port, reason_code)
+            return
+        log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
+        client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)])
+        client.publish(self.topics.status, dumps(self.online_status()), qos=1, retain=True)
+        self.connected.set()
+        self._flush()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        self.connected.clear()
+        if reason_code != 0:
+            log.warning("MQTT disconnected (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        name = msg.topic.rsplit("/", 1)[-1]
+        props = getattr(msg, "properties", None)
+        self.on_command(
+            IncomingCommand(
+                name=name,
+                payload=msg.payload,
+                fleet="/fleet/cmd/" in msg.topic,
+                response_topic=getattr(props, "ResponseTopic", None) if props else None,
+                correlation_data=getattr(props, "CorrelationData", None) if props else None,
+            )
+        )
+
+    def _flush(self) -> None:
+        while True:
+            with self._lock:
+                if not self.queue or not self.connected.is_set():
+                    return
+                topic, data, qos, retain, props = self.queue.popleft()
+            self.client.publish(topic, data, qos=qos, retain=retain, properties=props)
+
+    def publish(self, topic: str, payload, retain: bool = False, qos: Optional[int] = None, properties=None) -> None:
+        """Hand the message to the sender thread: the caller (the frame loop) never waits on the network."""
+        qos = self.cfg.qos if qos is None else qos
+        with self._outbox_lock:
+            if len(self._outbox) >= self._outbox_max:
+                self._outbox.popleft()
+                self.queue_dropped += 1
+            self._outbox.append((topic, payload, qos, retain, properties))
+        self._outbox_ready.set()
+
+    def _sender(self) -> None:
+        while True:
+            self._outbox_ready.wait()
+            with self._outbox_lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._outbox_ready.clear()
+            for item in batch:
+                if item is None:
+                    return
+                self._send(*item)
+
+    def _send(self, topic: str, payload, qos: int, retain: bool, properties) -> None:
+        data = payload if isinstance(payload, (bytes, bytearray)) else dumps(payload)
+        if self.connected.is_set():
+            info = self.client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self.published += 1
+                return
+        with self._lock:
+            if self.cfg.offline_queue == 0:
+                self.queue_dropped += 1
+                return
+            if len(self.queue) >= self.cfg.offline_queue:
+                self.queue.popleft()
+                self.queue_dropped += 1
+            self.queue.append((topic, data, qos, retain, properties))
+
+    def publish_status(self) -> None:
+        self.publish(self.topics.status, self.online_status(), retain=True, qos=1)
+
+    def reply(self, command: IncomingCommand, payload: dict) -> None:
+        """Reply on the MQTT 5 response topic when given, else on <base>/reply/<command>."""
+        props = None
+        if self._v5 and command.correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = command.correlation_data
+        topic = command.response_topic or self.topics.reply(command.name)
+        self.publish(topic, payload, qos=1, properties=props)

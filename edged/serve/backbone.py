@@ -1,0 +1,72 @@
+"""The serving backbone: look it up in the cache (building it once in a child process), embed frames, re-embed the store."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+from ..config import Config
+from ..errors import BackboneError
+from ..runtime.engine import Engine, EngineOptions
+from ..sources.preprocess import to_pixels
+from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
+from ..state.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_in_child(cfg: Config) -> None:
+    """Convert the Keras backbone in a child process so the serving process never imports TensorFlow."""
+    cmd = [sys.executable, "-m", "edged.learn.backbones", "--state-dir", str(cfg.state_path),
+           "--backbone-json", cfg.backbone.model_dump_json()]
+    log.info("backbone %s is not cached: converting it once in a child process", backbone_id(cfg.backbone))
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(line for line in result.stderr.strip().splitlines() if "TensorSpec" not in line)[-2000:]
+        raise BackboneError(f"building backbone failed:\n{tail}")
+
+
+def resolve(cfg: Config) -> BackboneInfo:
+    info = lookup_backbone(cfg.backbone, cfg.state_path)
+    if info is None:
+        build_in_child(cfg)
+        info = lookup_backbone(cfg.backbone, cfg.state_path)
+        if info is None:
+            raise BackboneError(f"backbone {backbone_id(cfg.backbone)} was built but is not in {cfg.state_path / 'backbones'}")
+    return info
+
+
+def open_backbone(cfg: Config) -> tuple[BackboneInfo, Engine]:
+    info = resolve(cfg)
+    engine = Engine(EngineOptions(
+        model_path=info.path, num_threads=cfg.runtime.num_threads, delegate=cfg.runtime.delegate,
+        interpreter=cfg.runtime.interpreter, scaling=info.scaling,
+    ))
+    return info, engine
+
+
+def embed_image(engine: Engine, image_bgr: np.ndarray) -> np.ndarray:
+    return engine.embed(to_pixels(image_bgr, engine.input_size))
+
+
+def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine) -> int:
+    """Compute embeddings for examples stored under another backbone (frames are kept for this)."""
+    missing = store.missing_embeddings(backbone.id)
+    if not missing:
+        return 0
+    log.info("embedding %d stored frames for backbone %s", len(missing), backbone.id)
+    pairs = []
+    for i, (example_id, path) in enumerate(missing, 1):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            log.warning("example %d: frame %s unreadable; skipped", example_id, path)
+            continue
+        pairs.append((example_id, embed_image(engine, img)))
+        if i % 100 == 0:
+            log.info("  %d/%d", i, len(missing))
+    store.set_embeddings(backbone.id, pairs)
+    return len(pairs)

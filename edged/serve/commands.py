@@ -1,0 +1,131 @@
+"""Command payloads: parsed and validated into typed models; errors name what is wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import CommandError, CorrelationId
+
+MAX_PAYLOAD = 64 * 1024
+LABEL_RE = re.compile(r"^[\w][\w .\-]{0,63}$")
+
+
+class _Cmd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: CorrelationId = Field(None, description="correlation id, echoed in the reply")
+
+
+def _check_label(v: str) -> str:
+    if not LABEL_RE.match(v):
+        raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space; not starting with a space or punctuation")
+    return v
+
+
+class Capture(_Cmd):
+    label: str
+    count: int = Field(10, ge=1, le=10_000)
+    interval_ms: int = Field(200, ge=0, le=3_600_000)
+    box: Optional[tuple[float, float, float, float]] = Field(None, description="x1, y1, x2, y2 in [0, 1] of the frame")
+
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v: str) -> str:
+        return _check_label(v)
+
+    @model_validator(mode="after")
+    def _box_ordered(self):
+        if self.box is not None:
+            x1, y1, x2, y2 = self.box
+            if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+                raise ValueError("box must be x1 < x2 and y1 < y2, all within [0, 1]")
+        return self
+
+
+class Forget(_Cmd):
+    label: str
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v: str) -> str:
+        return _check_label(v)
+
+
+class Empty(_Cmd):
+    pass
+
+
+class Activate(_Cmd):
+    heads: Optional[list[str]] = Field(None, min_length=1, max_length=16, description="heads that predict")
+    model: Optional[str] = Field(None, max_length=64, description="serve this head from its exported model")
+    version: Optional[str] = Field(None, pattern=r"^v\d{1,6}$", description="model version, default the newest good one")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.heads is None and self.model is None:
+            raise ValueError("give heads (a list of head names) or model (a head name)")
+        if self.version is not None and self.model is None:
+            raise ValueError("version goes with model")
+        return self
+
+
+class Train(_Cmd):
+    head: str = Field("knn", max_length=64)
+    epochs: Optional[int] = Field(None, ge=1, le=10_000)
+    fine_tune_layers: Optional[int] = Field(None, ge=0, le=1000)
+
+
+class Export(_Cmd):
+    head: str = Field("classifier", max_length=64)
+    quantize: Literal["float32", "float16", "int8"] = "float32"
+    force: bool = Field(False, description="keep the model even when the parity check fails")
+
+
+class Rollback(_Cmd):
+    model: str = Field(max_length=64)
+
+
+COMMANDS: dict[str, type[_Cmd]] = {
+    "capture": Capture,
+    "forget": Forget,
+    "status": Empty,
+    "snapshot": Empty,
+    "heads": Empty,
+    "activate": Activate,
+    "train": Train,
+    "export": Export,
+    "rollback": Rollback,
+}
+
+
+def parse(name: str, payload: bytes) -> _Cmd:
+    """Validate one command; raise CommandError with a message naming the bad part."""
+    if name not in COMMANDS:
+        raise CommandError(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}")
+    if len(payload) > MAX_PAYLOAD:
+        raise CommandError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
+    if payload.strip() == b"":
+        data = {}
+    else:
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise CommandError(f"payload is not UTF-8: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CommandError(f"payload is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"payload must be a JSON object, got {type(data).__name__}")
+    corr = data.get("id")
+    if not isinstance(corr, (str, int)) or isinstance(corr, bool):
+        corr = None
+    try:
+        return COMMANDS[name].model_validate(data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            path = ".".join(str(p) for p in err["loc"]) or "payload"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            parts.append(f"{name}.{path}: {msg}")
+        raise CommandError("; ".join(parts), corr) from None

@@ -1,0 +1,194 @@
+"""The serving daemon: wiring only. Components start in one list and stop in reverse; one stop event ends it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from .. import __version__
+from ..config import Config
+from ..files import file_sha256
+from ..heads.base import Prediction
+from ..heads.registry import head_classes, plugin_manager
+from ..mqtt.link import IncomingCommand, MqttLink
+from ..mqtt.replies import MqttResponder
+from ..sources import FrameGrabber, open_source
+from ..sources.preprocess import to_pixels
+from ..state.store import Store
+from .backbone import open_backbone, reembed_missing
+from .capture import CaptureDesk
+from .dispatch import Dispatcher
+from .frameloop import FrameLoop
+from .handlers import CommandHandlers
+from .headset import HeadSet
+from .jobs import JobRunner
+from .learning import Learning
+from .notify import Notifier
+from .telemetry import StageTimes, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, stop: Optional[threading.Event] = None):
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.notifier = Notifier()
+        self.captures = CaptureDesk()
+        self.jobs = JobRunner()
+        self.times = StageTimes()
+        self.mqtt: Optional[MqttLink] = None
+        self.grabber: Optional[FrameGrabber] = None
+        self._stack: list[tuple[str, Callable[[], None]]] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    def components(self) -> list[tuple[str, Callable[[], Optional[Callable[[], None]]]]]:
+        """(name, start) in start order; each start returns the function that stops it."""
+        return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
+                ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
+                ("source", self._start_source)]
+
+    def start(self) -> None:
+        self.cfg.state_path.mkdir(parents=True, exist_ok=True)
+        for name, start in self.components():
+            self.notifier.status(f"starting {name}")
+            stopper = start()
+            if stopper is not None:
+                self._stack.append((name, stopper))
+        log.info("edged %s serving device %r: %s via %s (%s), heads %s, source %s",
+                 __version__, self.cfg.device, self.backbone.description, self.engine.interpreter_name,
+                 self.engine.delegate, ",".join(self.heads.active), self.source.description)
+        self.notifier.ready(f"serving {self.source.description}")
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.notifier.stopping()
+        while self._stack:
+            name, stopper = self._stack.pop()
+            try:
+                stopper()
+            except Exception:
+                log.exception("error while stopping %s", name)
+        self.notifier.close()
+        log.info("stopped")
+
+    def _start_store(self):
+        self.store = Store(self.cfg.state_path / "store")
+        self._store_version = self.store.data_version()
+        return self.store.close
+
+    def _start_backbone(self):
+        self.backbone, self.engine = open_backbone(self.cfg)
+        self.model_sha = file_sha256(self.backbone.path)[:16]
+        reembed_missing(self.store, self.backbone, self.engine)
+        self._store_version = self.store.data_version()
+        return self.engine.close
+
+    def _start_heads(self):
+        classes = head_classes(plugin_manager(self.cfg.plugins_dir))
+        self.heads = HeadSet(self.cfg, self.store, self.backbone, classes)
+        self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
+                                   self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt)
+        self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self._publish_prediction,
+                              self.telemetry.changed, self.notifier.watchdog)
+        return self.heads.close
+
+    def _start_learning(self):
+        self.learning = Learning(self.cfg, self.store, self.backbone, self.heads)
+        self.learning.start()
+        return self.learning.close
+
+    def _start_commands(self):
+        handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
+                                   self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
+                                   self._publish_snapshot, self.stop)
+        self.dispatcher = Dispatcher(handlers.table(), self.stop)
+        self.dispatcher.start()
+
+        def stop():
+            self.dispatcher.join(5)
+            self.jobs.join(10)  # a train/export child is told to stop through the stop event
+
+        return stop
+
+    def _start_mqtt(self):
+        if not self.cfg.mqtt.enabled:
+            return None
+        self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status)
+        self.mqtt.start()
+        return self.mqtt.stop
+
+    def _start_source(self):
+        self.source = open_source(self.cfg.source)
+        size = self.backbone.input_size
+        self.grabber = FrameGrabber(self.source, self.cfg.source, self.stop, lambda img: to_pixels(img, size),
+                                    self.cfg.serve.queue_size)
+        self.grabber.start()
+        return self.grabber.join
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> None:
+        """The frame loop; returns when the stop event is set."""
+        cfg = self.cfg
+        period = 1.0 / cfg.serve.max_fps if cfg.serve.max_fps else 0.0
+        next_due = 0.0
+        stats_due = time.monotonic() + cfg.mqtt.stats_interval_s
+        while not self.stop.is_set():
+            frame = self.grabber.get(timeout=0.25)
+            now = time.monotonic()
+            if now >= stats_due:
+                stats_due = now + cfg.mqtt.stats_interval_s
+                if self.mqtt is not None:
+                    self.mqtt.publish(self.mqtt.topics.stats, self.telemetry.stats())
+                self._sync_store()
+            self.telemetry.maybe_publish_status(self.notifier.status)
+            if frame is None:
+                continue
+            if period:
+                if now < next_due:
+                    continue
+                next_due = max(next_due + period, now)
+            try:
+                self.loop.process(frame)
+            except Exception:
+                log.exception("frame %d failed", frame.pos)
+
+    # -- edges ---------------------------------------------------------------------
+    def _on_command(self, incoming: IncomingCommand) -> None:
+        self.dispatcher.submit(incoming.name, incoming.payload, MqttResponder(self.mqtt, incoming))
+
+    def _publish_prediction(self, head: str, pred: Prediction, frame, latency_ms: float) -> None:
+        payload = {
+            "ts": round(time.time(), 3),
+            "frame": self.loop.frames_seen,
+            "pos": frame.pos,
+            "head": head,
+            "label": pred.label,
+            "score": round(pred.score, 4),
+            "scores": {k: round(v, 4) for k, v in pred.scores.items()},
+            "boxes": pred.boxes,
+            "latency_ms": round(latency_ms, 2),
+            "model": self.backbone.id,
+            "model_sha": pred.model_sha or self.model_sha,
+        }
+        if self.mqtt is not None:
+            self.mqtt.publish(self.mqtt.topics.prediction(head), payload)
+        if self.cfg.serve.print_predictions:
+            print(f"{head}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
+
+    def _publish_snapshot(self, jpeg: bytes) -> Optional[str]:
+        if self.mqtt is None:
+            return None
+        self.mqtt.publish(self.mqtt.topics.snapshot, jpeg, qos=1)
+        return self.mqtt.topics.snapshot
+
+    def _sync_store(self) -> None:
+        """Pick up examples another process (e.g. `edged collect`) added to the store."""
+        version = self.store.data_version()
+        if version != self._store_version:
+            self._store_version = version
+            reembed_missing(self.store, self.backbone, self.engine)
+            self.heads.refit_incremental()
+            self.telemetry.changed()

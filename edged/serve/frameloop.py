@@ -1,0 +1,78 @@
+"""The frame loop: frame -> backbone -> heads -> publish, feeding captures and the watchdog on the way."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from ..heads.base import Prediction
+from ..runtime.engine import Engine
+from .capture import CaptureDesk, CaptureJob
+from .headset import HeadSet
+from .telemetry import StageTimes
+
+log = logging.getLogger(__name__)
+
+
+class FrameLoop:
+    def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes,
+                 publish: Callable[[str, Prediction, object, float], None], changed: Callable[[], None],
+                 watchdog: Callable[[], None]):
+        self.engine = engine
+        self.heads = heads
+        self.captures = captures
+        self.times = times
+        self.publish = publish
+        self.changed = changed
+        self.watchdog = watchdog
+        self.last_frame = None
+        self.frames_seen = 0
+
+    def process(self, frame) -> None:
+        t0 = time.perf_counter()
+        job = self.captures.current
+        embedding = self.engine.embed(frame.pixels) if job is not None or self.heads.needs_embedding else None
+        t1 = time.perf_counter()
+        self.frames_seen += 1
+        self.last_frame = frame
+        if job is not None:
+            self._capture_step(job, frame, embedding)
+        predictions = self.heads.predict(embedding, frame.pixels)
+        t2 = time.perf_counter()
+        latency_ms = (t2 - t0) * 1000
+        for name, pred in predictions:
+            self.publish(name, pred, frame, latency_ms)
+        t3 = time.perf_counter()
+        times = self.times
+        times.invoke += t1 - t0
+        times.head += t2 - t1
+        times.publish += t3 - t2
+        times.frames += 1
+        times.latencies_ms.append((time.time() - frame.ts) * 1000)
+        self.watchdog()
+
+    def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
+        try:
+            if not job.offer(frame.image, embedding):
+                return
+            self.heads.learned(embedding, job.label, job.box)
+        except Exception as e:
+            log.exception("capture failed")
+            self._finish(job, error=f"capture stopped after {job.stored} examples: {type(e).__name__}: {e}")
+            return
+        if job.done:
+            self._finish(job)
+        elif job.stored % 10 == 0:
+            job.responder.progress(job.progress())
+
+    def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
+        self.captures.finish(job)
+        self.changed()
+        if error:
+            job.responder.fail(error)
+            return
+        result = job.progress()
+        result["examples"] = job.store.counts().get(job.label, 0)
+        log.info("capture of %r done: %d stored", job.label, job.stored)
+        job.responder.done(result)

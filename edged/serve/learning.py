@@ -1,0 +1,131 @@
+"""Training, export and model versions for the serving process: numpy heads fit here, Keras work goes to the worker.
+
+Every trained head version is saved into a staging folder and committed (fsynced, renamed to
+`heads/<name>/vN`, made current) before it is swapped in, so what serves is what a restart loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+import numpy as np
+
+from ..config import Config
+from ..errors import HeadError, VersionError
+from ..heads.base import FitContext, Head, Progress, TrainRequest
+from ..runtime.engine import Engine, EngineOptions
+from ..sources.preprocess import to_pixels
+from ..state.backbones import BackboneInfo
+from ..state.store import Store
+from ..state.versions import Versions
+from .headset import HeadSet
+from .worker import TrainerWorker
+
+log = logging.getLogger(__name__)
+
+
+class Learning:
+    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet):
+        self.cfg = cfg
+        self.store = store
+        self.backbone = backbone
+        self.heads = heads
+        self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
+
+    def start(self) -> None:
+        if self.cfg.trainer.preload:
+            self.worker.preload()
+
+    def _class(self, name: str, job: str) -> type[Head]:
+        if name not in self.heads.classes:
+            raise HeadError(f"{job}.head: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
+        return self.heads.classes[name]
+
+    def fit_context(self, request: TrainRequest) -> FitContext:
+        """Frames and an embedder of the fit's own (the frame loop's interpreter is not shared across threads)."""
+        size = self.backbone.input_size
+        engine: dict = {}
+
+        def embed(pixels: np.ndarray) -> np.ndarray:
+            if "e" not in engine:
+                engine["e"] = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
+                                                   interpreter=self.cfg.runtime.interpreter, scaling=self.backbone.scaling))
+            return engine["e"].embed(pixels)
+
+        return FitContext(
+            request=request, input_size=size,
+            frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
+            pixels=lambda ids: np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids]),
+            embed=embed,
+        )
+
+    def train(self, name: str, request: TrainRequest, progress: Progress = None,
+              stop: Optional[threading.Event] = None) -> dict:
+        """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in."""
+        cls = self._class(name, "train")
+        if cls.trains_in_worker(request):
+            params = {"epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers, "params": request.params}
+            result = self.worker.run(self.cfg, "train", name, params, progress, stop)
+            head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
+            if fused is None and not head.ready:
+                raise HeadError(f"trained {name!r} but its new version could not be loaded")
+            self.heads.swap(name, head, fused)
+            return result
+        examples = self.store.examples(self.backbone.id)
+        if not len(examples):
+            raise HeadError("the store has no examples yet: capture some first")
+        head = cls(self.heads.options(name))
+        metrics = head.fit(examples, self.fit_context(request), progress)
+        versions = Versions(self.cfg.state_path / "heads" / name)
+        staging = versions.staging()
+        try:
+            head.save(staging)
+            version = versions.commit(staging)
+        except BaseException:
+            versions.discard(staging)
+            raise
+        self.heads.swap(name, head)
+        return {"head": name, "version": version, "metrics": metrics}
+
+    def export(self, name: str, quantize: str, force: bool = False, progress: Progress = None,
+               stop: Optional[threading.Event] = None) -> dict:
+        """Export a fused model; when a model already serves this head, the new one replaces it."""
+        self._class(name, "export")
+        result = self.worker.run(self.cfg, "export", name, {"quantize": quantize, "force": force}, progress, stop)
+        if name in self.heads.models:
+            self.use_model(name)
+        return result
+
+    def use_model(self, name: str, version: Optional[str] = None) -> dict:
+        """Serve head `name` from its exported model (`version`, default the current one)."""
+        self._class(name, "activate.model")
+        versions = Versions(self.cfg.state_path / "models" / name)
+        previous = versions.current()
+        if version:
+            try:
+                versions.activate(version)
+            except VersionError as e:
+                raise HeadError(str(e)) from None
+        try:
+            model = self.heads.open_model(versions.current_path(), name)
+        except HeadError:
+            if version and previous:
+                versions.activate(previous)  # the refused version does not stay current
+            raise
+        self.heads.serve_model(name, model)
+        return {"model": name, "version": model.folder.name, "sha256": model.sha[:16],
+                "quantization": model.meta.get("quantization")}
+
+    def rollback_model(self, name: str) -> dict:
+        self._class(name, "rollback.model")
+        versions = Versions(self.cfg.state_path / "models" / name)
+        try:
+            previous = versions.rollback()
+        except VersionError as e:
+            raise HeadError(str(e)) from None
+        return self.use_model(name, previous)
+
+    def close(self) -> None:
+        self.worker.close()

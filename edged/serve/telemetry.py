@@ -1,0 +1,110 @@
+"""What the daemon says about itself: the retained status and the periodic stats."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import __version__
+
+
+@dataclass
+class StageTimes:
+    invoke: float = 0.0
+    head: float = 0.0
+    publish: float = 0.0
+    frames: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
+
+
+def _percentile(values, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+class Telemetry:
+    """Builds status and stats from the running parts; `changed()` asks for a status publish soon."""
+
+    def __init__(self, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
+                 grabber: Callable[[], object], link: Callable[[], object]):
+        self.cfg, self.backbone, self.engine, self.model_sha = cfg, backbone, engine, model_sha
+        self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
+        self.grabber, self.link = grabber, link
+        self._dirty = threading.Event()
+        self._key = None
+        self._mark = (time.monotonic(), 0, 0)
+
+    def changed(self) -> None:
+        self._dirty.set()
+
+    def status(self) -> dict:
+        capture = self.captures.current
+        g = self.grabber()
+        return {
+            "state": "online",
+            "version": __version__,
+            "device": self.cfg.device,
+            "ts": round(time.time(), 3),
+            "model": self.backbone.id,
+            "model_sha": self.model_sha,
+            "backbone": self.backbone.description,
+            "interpreter": self.engine.interpreter_name,
+            "delegate": self.engine.delegate,
+            "heads": self.heads.describe(),
+            "active": self.heads.active,
+            "examples": self.store.counts(),
+            "source": {"uri": self.cfg.source.uri, "state": g.state if g else "starting", "error": g.error if g else None},
+            "capture": capture.progress() if capture else None,
+            "job": self.jobs.running,
+            "tensorflow_imported": "tensorflow" in sys.modules,
+        }
+
+    def maybe_publish_status(self, notify: Callable[[str], None]) -> None:
+        """Publish the status when the source state changed or something asked for it."""
+        g = self.grabber()
+        key = (g.state, g.error) if g else ("starting", None)
+        if key != self._key or self._dirty.is_set():
+            self._key = key
+            self._dirty.clear()
+            link = self.link()
+            if link is not None:
+                link.publish_status()
+            notify(f"source {key[0]}")
+
+    def stats(self) -> dict:
+        now = time.monotonic()
+        t_prev, captured_prev, frames_prev = self._mark
+        dt = max(now - t_prev, 1e-6)
+        g, t = self.grabber(), self.times
+        self._mark = (now, g.captured, t.frames)
+        n = max(t.frames, 1)
+        lat = list(t.latencies_ms)
+        stats = {
+            "ts": round(time.time(), 3),
+            "fps_in": round((g.captured - captured_prev) / dt, 2),
+            "fps_out": round((t.frames - frames_prev) / dt, 2),
+            "frames": t.frames,
+            "dropped": g.dropped,
+            "latency_ms": {"p50": round(_percentile(lat, 50), 2), "p99": round(_percentile(lat, 99), 2)},
+            "stage_ms": {
+                "decode": round(g.decode_s / max(g.captured, 1) * 1000, 3),
+                "preprocess": round(g.preprocess_s / max(g.captured, 1) * 1000, 3),
+                "invoke": round(t.invoke / n * 1000, 3),
+                "head": round(t.head / n * 1000, 3),
+                "publish": round(t.publish / n * 1000, 3),
+            },
+            "interpreter": self.engine.interpreter_name,
+            "delegate": self.engine.delegate,
+            "source_state": g.state,
+            "reconnects": g.reconnects,
+        }
+        link: Optional[object] = self.link()
+        if link is not None:
+            stats["mqtt_queued"] = len(link.queue)
+            stats["mqtt_dropped"] = link.queue_dropped
+        return stats

@@ -1,0 +1,24 @@
+"""Frame sources: camera index / URL / video file, image folder, synthetic scenes; preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import SourceConfig
+from .base import IMAGE_SUFFIXES, Frame, Source
+from .folder import FolderSource
+from .grabber import FrameGrabber
+from .opencv import OpenCVSource
+from .synthetic import SyntheticSource
+
+__all__ = ["IMAGE_SUFFIXES", "Frame", "Source", "FolderSource", "FrameGrabber", "OpenCVSource", "SyntheticSource",
+           "open_source"]
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    uri = cfg.uri.strip()
+    if uri == "synthetic" or uri.startswith("synthetic:"):
+        return SyntheticSource(uri, cfg)
+    if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
+        return FolderSource(uri, cfg)
+    return OpenCVSource(uri, cfg)

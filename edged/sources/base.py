@@ -1,0 +1,33 @@
+"""What every frame source gives: a Frame, and the open/read/close interface."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # BGR uint8, as captured
+    pos: int  # index of the frame in its source (files: position in the file)
+    ts: float = field(default_factory=time.time)
+    pixels: Optional[np.ndarray] = None  # preprocessed RGB uint8, filled by the grabber
+
+
+class Source:
+    """Interface: open(), read() -> Frame | None at the end, close(). Raises SourceError when lost."""
+
+    live = True  # cameras and streams pace themselves and can drop out
+    description = "source"
+
+    def open(self) -> None: ...
+
+    def read(self) -> Optional[Frame]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,48 @@
+"""An image folder played as a source."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import cv2
+
+from ..config import SourceConfig
+from ..errors import SourceError
+from .base import IMAGE_SUFFIXES, Frame, Source
+
+log = logging.getLogger(__name__)
+
+
+class FolderSource(Source):
+    live = False
+
+    def __init__(self, folder: str, cfg: SourceConfig):
+        self.folder = Path(folder)
+        self.cfg = cfg
+        self.description = f"folder {folder}"
+        self.fps = cfg.fps
+        self._files: list[Path] = []
+        self._pos = 0
+
+    def open(self) -> None:
+        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f"no images in {self.folder}")
+        self._pos = 0
+
+    def read(self) -> Optional[Frame]:
+        for _ in range(len(self._files)):
+            if self._pos >= len(self._files):
+                if not self.cfg.loop:
+                    return None
+                self._pos = 0
+            path = self._files[self._pos]
+            pos = self._pos
+            self._pos += 1
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is not None:
+                return Frame(img, pos)
+            log.warning("skipping unreadable image %s", path)
+        raise SourceError(f"no readable images in {self.folder}")

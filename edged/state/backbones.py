@@ -1,0 +1,129 @@
+"""Backbone identity and the converted-TFLite cache (`state_dir/backbones/<id>/`). Looks up; never builds.
+
+Building a missing entry imports TensorFlow, so it happens in `edged.learn.backbones`, run as a
+child process by the serving side (`edged.serve.backbone`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import BackboneConfig
+from ..errors import BackboneError
+from ..files import file_sha256, write_atomic
+from ..runtime.engine import Engine, EngineOptions
+from ..runtime.scaling import SCALING_BY_FAMILY, Scaling
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CUT = {
+    "mobilenet_v1": "conv_pw_13_relu",
+    "mobilenet_v2": "out_relu",
+    "mobilenet_v3_small": None,  # the model's last feature layer
+    "keras": None,
+}
+
+
+@dataclass
+class BackboneInfo:
+    id: str
+    path: str  # TFLite file producing the embedding
+    family: str
+    input_size: int
+    output_dim: int
+    scale: float
+    offset: float
+    description: str
+
+    @property
+    def scaling(self) -> Scaling:
+        return Scaling(self.scale, self.offset)
+
+
+def _weights_token(cfg: BackboneConfig) -> str:
+    if cfg.family in ("keras", "tflite"):
+        if not cfg.path:
+            raise BackboneError(f"backbone.path is required for family {cfg.family!r}")
+        if not Path(cfg.path).is_file():
+            raise BackboneError(f"backbone.path: file not found: {cfg.path}")
+        return "sha256:" + file_sha256(cfg.path)
+    if cfg.weights == "imagenet":
+        return "imagenet"
+    if cfg.weights == "none":
+        return f"random:{cfg.seed}"
+    if not Path(cfg.weights).is_file():
+        raise BackboneError(f"backbone.weights: file not found: {cfg.weights}")
+    return "sha256:" + file_sha256(cfg.weights)
+
+
+def cut_layer(cfg: BackboneConfig) -> str | None:
+    return cfg.cut_layer or DEFAULT_CUT.get(cfg.family)
+
+
+def backbone_id(cfg: BackboneConfig) -> str:
+    """Stable id of the embedding function: family, alpha, size, cut, pooling, weights checksum."""
+    spec = {
+        "family": cfg.family,
+        "alpha": cfg.alpha,
+        "input_size": cfg.input_size,
+        "cut": cut_layer(cfg),
+        "pooling": cfg.pooling,
+        "weights": _weights_token(cfg),
+    }
+    if cfg.family == "tflite":
+        spec = {"family": "tflite", "weights": spec["weights"]}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    short = {"mobilenet_v1": "mnv1", "mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s"}.get(cfg.family, cfg.family)
+    if cfg.family.startswith("mobilenet"):
+        short += f"-{cfg.alpha:g}-{cfg.input_size}"
+    return f"{short}-{digest}"
+
+
+def describe(cfg: BackboneConfig) -> str:
+    return (f"{cfg.family} alpha={cfg.alpha:g} {cfg.input_size}px cut at {cut_layer(cfg)} ({cfg.pooling}), "
+            f"weights {cfg.weights}")
+
+
+def cache_folder(cfg: BackboneConfig, state_dir: Path) -> Path:
+    return Path(state_dir) / "backbones" / backbone_id(cfg)
+
+
+def _tflite_info(cfg: BackboneConfig, bid: str) -> BackboneInfo:
+    engine = Engine(EngineOptions(model_path=cfg.path))
+    try:
+        scaling = SCALING_BY_FAMILY["mobilenet_v1"]
+        return BackboneInfo(
+            bid, str(cfg.path), "tflite", engine.input_size, engine.output_dim, scaling.scale, scaling.offset,
+            f"TFLite feature extractor {Path(cfg.path).name}",
+        )
+    finally:
+        engine.close()
+
+
+def lookup_backbone(cfg: BackboneConfig, state_dir: Path) -> BackboneInfo | None:
+    """The cached TFLite backbone for `cfg` (or the configured TFLite extractor); None when not built yet."""
+    bid = backbone_id(cfg)
+    if cfg.family == "tflite":
+        return _tflite_info(cfg, bid)
+    folder = Path(state_dir) / "backbones" / bid
+    meta_path = folder / "backbone.json"
+    if meta_path.is_file() and (folder / "backbone.tflite").is_file():
+        info = BackboneInfo(**json.loads(meta_path.read_text()))
+        info.path = str(folder / "backbone.tflite")  # the folder may have been moved or copied
+        return info
+    return None
+
+
+def store_backbone(cfg: BackboneConfig, state_dir: Path, tflite: bytes, output_dim: int) -> BackboneInfo:
+    """Write a converted backbone into the cache (model first, then the metadata that makes it visible)."""
+    folder = cache_folder(cfg, state_dir)
+    write_atomic(folder / "backbone.tflite", tflite)
+    scaling = SCALING_BY_FAMILY.get(cfg.family, Scaling())
+    info = BackboneInfo(backbone_id(cfg), str(folder / "backbone.tflite"), cfg.family, cfg.input_size, output_dim,
+                        scaling.scale, scaling.offset, describe(cfg))
+    write_atomic(folder / "backbone.json", json.dumps(asdict(info), indent=2).encode())
+    return info

@@ -1,0 +1,182 @@
+"""Durable example store: SQLite rows + JPEG frames + embeddings per backbone id."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import cv2
+import numpy as np
+
+from ..errors import StoreError
+from ..files import write_atomic
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS examples (
+    id INTEGER PRIMARY KEY,
+    uid TEXT UNIQUE NOT NULL,
+    label TEXT NOT NULL,
+    ts REAL NOT NULL,
+    frame TEXT NOT NULL,
+    box TEXT
+);
+CREATE INDEX IF NOT EXISTS examples_label ON examples(label);
+CREATE TABLE IF NOT EXISTS embeddings (
+    example_id INTEGER NOT NULL REFERENCES examples(id) ON DELETE CASCADE,
+    backbone TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (example_id, backbone)
+);
+"""
+
+
+@dataclass
+class Examples:
+    """Everything a head learns from: one row per stored example."""
+
+    ids: np.ndarray  # int64 (n,)
+    labels: np.ndarray  # str (n,)
+    embeddings: np.ndarray  # float32 (n, d)
+    boxes: list[Optional[tuple[float, float, float, float]]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels.tolist()))
+
+
+@dataclass
+class NewExample:
+    image: np.ndarray  # BGR uint8
+    label: str
+    embedding: np.ndarray
+    box: Optional[tuple[float, float, float, float]] = None
+    ts: Optional[float] = None
+
+
+class Store:
+    """Thread-safe; every `add` is on disk (frame fsynced, row committed) when it returns."""
+
+    def __init__(self, folder: str | Path, jpeg_quality: int = 92):
+        self.folder = Path(folder)
+        self.frames = self.folder / "frames"
+        self.frames.mkdir(parents=True, exist_ok=True)
+        self.jpeg_quality = jpeg_quality
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.folder / "examples.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def add_many(self, items: Iterable[NewExample], backbone: str) -> list[int]:
+        """Write frames, then all rows in one transaction; return the new ids."""
+        rows = []
+        for item in items:
+            ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                raise StoreError("JPEG encoding failed")
+            uid = uuid.uuid4().hex
+            write_atomic(self.frames / f"{uid}.jpg", jpeg.tobytes())
+            box = json.dumps([float(v) for v in item.box]) if item.box is not None else None
+            vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
+            rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes()))
+        ids = []
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for uid, label, ts, frame, box, vector in rows:
+                    cur.execute(
+                        "INSERT INTO examples (uid, label, ts, frame, box) VALUES (?, ?, ?, ?, ?)",
+                        (uid, label, ts, frame, box),
+                    )
+                    ids.append(cur.lastrowid)
+                    cur.execute(
+                        "INSERT INTO embeddings (example_id, backbone, vector) VALUES (?, ?, ?)",
+                        (cur.lastrowid, backbone, vector),
+                    )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return ids
+
+    def add(self, item: NewExample, backbone: str) -> int:
+        return self.add_many([item], backbone)[0]
+
+    def examples(self, backbone: str) -> Examples:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT e.id, e.label, e.box, m.vector FROM examples e JOIN embeddings m "
+                "ON m.example_id = e.id AND m.backbone = ? ORDER BY e.id",
+                (backbone,),
+            ).fetchall()
+        if not rows:
+            return Examples(np.zeros(0, np.int64), np.array([], dtype=str), np.zeros((0, 0), np.float32), [])
+        ids = np.array([r[0] for r in rows], np.int64)
+        labels = np.array([r[1] for r in rows])
+        emb = np.stack([np.frombuffer(r[3], np.float32) for r in rows])
+        boxes = [tuple(json.loads(r[2])) if r[2] else None for r in rows]
+        return Examples(ids, labels, emb, boxes)
+
+    def missing_embeddings(self, backbone: str) -> list[tuple[int, Path]]:
+        """Examples with no embedding for `backbone` (e.g. after the backbone changed)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, frame FROM examples WHERE id NOT IN (SELECT example_id FROM embeddings WHERE backbone = ?)",
+                (backbone,),
+            ).fetchall()
+        return [(r[0], self.frames / r[1]) for r in rows]
+
+    def set_embeddings(self, backbone: str, pairs: list[tuple[int, np.ndarray]]) -> None:
+        with self._lock:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO embeddings (example_id, backbone, vector) VALUES (?, ?, ?)",
+                    [(i, backbone, np.asarray(v, np.float32).tobytes()) for i, v in pairs],
+                )
+
+    def forget(self, label: str) -> int:
+        with self._lock:
+            frames = [r[0] for r in self._db.execute("SELECT frame FROM examples WHERE label = ?", (label,))]
+            with self._db:
+                self._db.execute("DELETE FROM examples WHERE label = ?", (label,))
+        for name in frames:
+            (self.frames / name).unlink(missing_ok=True)
+        return len(frames)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT label, COUNT(*) FROM examples GROUP BY label").fetchall()
+        return dict(Counter({label: n for label, n in rows}))
+
+    def load_frame(self, example_id: int) -> np.ndarray:
+        with self._lock:
+            row = self._db.execute("SELECT frame FROM examples WHERE id = ?", (example_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no example {example_id}")
+        img = cv2.imread(str(self.frames / row[0]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise StoreError(f"frame of example {example_id} is missing or unreadable")
+        return img
+
+    def data_version(self) -> int:
+        """Changes when another connection (e.g. `edged collect`) commits."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]

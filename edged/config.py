@@ -117,6 +117,20 @@ class ServeConfig(_Strict):
     print_predictions: bool = False
 
 
+class CaptureConfig(_Strict):
+    dedupe: float = Field(0.97, ge=0.5, le=1.0, description="skip frames at least this similar (cosine of embeddings) "
+                                                            "to the last kept one; 1 = keep every frame")
+    timeout_s: float = Field(120.0, gt=0, description="a capture ends with what it has after count x interval + this")
+
+
+class ReviewConfig(_Strict):
+    enabled: bool = Field(True, description="keep uncertain or novel frames for labelling (edged/<device>/review)")
+    novelty: float = Field(0.98, ge=0, le=1, description="keep a frame whose novelty is at least this")
+    min_score: float = Field(0.5, ge=0, le=1, description="keep a frame whose best score is under this")
+    min_interval_s: float = Field(10.0, ge=0, description="at most one frame kept per this many seconds")
+    max_items: int = Field(200, ge=1, le=100_000, description="oldest items are dropped beyond this")
+
+
 class TrainerConfig(_Strict):
     preload: bool = Field(False, description="start the TensorFlow worker with the daemon (fast first train, ~600 MB)")
     idle_exit_s: float = Field(600.0, gt=0, description="stop the worker after this long without jobs")
@@ -134,6 +148,8 @@ class Config(_Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @field_validator("device")
     @classmethod

@@ -1,43 +1,51 @@
-"""Classifier head: embedding -> dense(relu) -> dense(softmax), served in numpy.
+"""Classifier head: trained in numpy in the serving process, chosen by cross-validation, knows when it does not know.
 
-Its Keras training (phase 1 on embeddings, phase 2 fine-tuning the top of the backbone) lives in
-`edged_plugins.classifier_train`, which only the TensorFlow worker imports.
+`train` (mode "frozen", the default) fits every candidate of `edged.heads.fewshot` — nearest class
+mean, an imprinted cosine classifier, L2-regularised logistic regression, each with and without
+augmented copies of the frames — scores them by stratified k-fold cross-validation on the stored
+examples and keeps the winner; no TensorFlow needed. Modes "fine_tune" and "from_scratch" train
+the backbone too, in the TensorFlow worker (`edged_plugins.classifier_train`), starting from the
+frozen winner, and keep the result only when it beats the frozen head on held-out examples.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from pydantic import Field
 
 from edged.errors import HeadError
-from edged.heads import Head, HeadOptions, Prediction, TrainRequest, hookimpl
-from edged.heads.curves import plot_curves
+from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
+from edged.heads.fewshot import (DEFAULT_CANDIDATES, FeatureTransform, LinearModel, class_means, cross_validate,
+                                 l2, loo_mean_similarity, novelty, quality_report)
+from edged.sources.augment import embed_augmented
+from edged.state.store import Examples
+
+UNKNOWN = "unknown"
 
 
 class ClassifierOptions(HeadOptions):
-    hidden: int = Field(128, ge=1, le=4096)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(60, ge=1, le=10_000)
-    patience: int = Field(10, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    min_per_class: int = Field(2, ge=2)
+    power: float = Field(0.5, gt=0, le=1, description="feature power transform before normalising (1 = none)")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds (fewer when a class has fewer examples)")
+    augment_copies: int = Field(4, ge=0, le=64, description="augmented copies of each frame, embedded by the backbone")
+    unknown_quantile: float = Field(0.1, ge=0, lt=1, description="'unknown' below this quantile of the stored "
+                                                                  "examples' similarity to their own class; 0 = never")
+    candidates: list[str] = Field(default_factory=lambda: [c.name for c in DEFAULT_CANDIDATES],
+                                  description="which learners cross-validation chooses among")
     seed: int = 0
-    augment_copies: int = Field(4, ge=0, le=64, description="augmented copies of each training frame, embedded by the backbone")
-    refit_all: bool = Field(True, description="after early stopping picks the epochs, retrain on train + validation rows")
-    # phase 2: fine-tune the top of the backbone on stored frames
-    fine_tune_layers: int = Field(0, ge=0, le=1000)
+    # fine_tune / from_scratch modes (TensorFlow worker)
+    fine_tune_layers: int = Field(0, ge=0, le=1000, description="0: every layer with weights")
     fine_tune_epochs: int = Field(20, ge=1)
-    fine_tune_learning_rate: float = Field(2e-4, gt=0)  # bench fewshot: all 27 conv layers, 30 epochs -> 0.955 at 20 shots
+    fine_tune_learning_rate: float = Field(2e-4, gt=0)
     fine_tune_batch_size: int = Field(16, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out to decide whether fine-tuning helped")
 
 
 class ClassifierHead(Head):
-    """Dense softmax classifier on embeddings; optional fine-tuning of the backbone's top layers."""
+    """Few-shot classifier on embeddings chosen by cross-validation; optional fine-tuning of the backbone."""
 
     name = "classifier"
     kind = "classes"
@@ -46,67 +54,149 @@ class ClassifierHead(Head):
 
     def __init__(self, options: ClassifierOptions | None = None):
         super().__init__(options)
-        self.weights: list[np.ndarray] = []
+        self.model: Optional[LinearModel] = None
+        self.transform = FeatureTransform(self.options.power)
         self._classes: list[str] = []
+        self.means = np.zeros((0, 0), np.float32)
+        self.reference = np.zeros(0, np.float32)
+        self.threshold = -np.inf
         self.metrics: dict = {}
-        self.history: dict = {}
 
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:
-        return True
+        return request.mode in ("fine_tune", "from_scratch") or bool(request.fine_tune_layers)
 
     @property
     def ready(self) -> bool:
-        return bool(self.weights)
+        return self.model is not None
 
     @property
     def classes(self) -> list[str]:
         return list(self._classes)
 
-    def set_state(self, weights: list[np.ndarray], classes: list[str], metrics: dict, history: dict | None = None) -> None:
-        self.weights = [np.asarray(w, np.float32) for w in weights]
-        self._classes, self.metrics, self.history = list(classes), dict(metrics), dict(history or {})
+    # -- learning ----------------------------------------------------------------------------
+    def _augmenter(self, examples: Examples, context: Optional[FitContext]):
+        copies = self.options.augment_copies
+        if not copies or context is None:
+            return None
+        rng = np.random.default_rng(self.options.seed)
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        w1, b1, w2, b2 = self.weights
-        hidden = np.maximum(np.atleast_2d(embeddings).astype(np.float32) @ w1 + b1, 0.0)
-        logits = hidden @ w2 + b2
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        def augment(rows: np.ndarray):
+            extra = embed_augmented(context.embed, context.pixels(examples.ids[rows]), copies, rng)
+            return extra, np.tile(rows, copies)
 
+        return augment
+
+    def fit(self, examples: Examples, context: Optional[FitContext] = None, progress=None) -> dict:
+        classes = sorted(set(examples.labels.tolist()))
+        counts = {c: int(np.sum(examples.labels == c)) for c in classes}
+        if len(classes) < 2:
+            raise HeadError(f"the classifier needs at least 2 labels, the store has {classes}: capture another")
+        short = {c: n for c, n in counts.items() if n < 2}
+        if short:
+            raise HeadError(f"the classifier needs at least 2 examples of each label; short: {short}")
+        y = np.array([classes.index(l) for l in examples.labels.tolist()])
+        wanted = set(self.options.candidates)
+        candidates = [c for c in DEFAULT_CANDIDATES if c.name in wanted]
+        if not candidates:
+            raise HeadError(f"heads.classifier.candidates: none of {sorted(wanted)} is known; "
+                            f"known: {[c.name for c in DEFAULT_CANDIDATES]}")
+        augment = self._augmenter(examples, context)
+        if augment is None:
+            candidates = [c for c in candidates if not c.augment] or candidates
+        # the augmented copies are embedded once and reused by every fold
+        cache = augment(np.arange(len(y))) if augment is not None else None
+        cached = (lambda rows: cache) if cache is not None else None
+        evals = cross_validate(examples.embeddings, y, len(classes), candidates, cached, self.options.power,
+                               self.options.folds, self.options.seed, progress)
+        best = max(evals, key=lambda e: e.accuracy)  # ties keep the simpler, earlier candidate
+        self.transform = FeatureTransform(self.options.power).fit(examples.embeddings)
+        z = self.transform(examples.embeddings)
+        if best.candidate.augment and cache is not None:
+            zz, yy = np.concatenate([z, self.transform(cache[0])]), np.concatenate([y, y[cache[1]]])
+        else:
+            zz, yy = z, y
+        self.model = best.candidate.fit(zz, yy, len(classes))
+        self._classes = classes
+        self._calibrate(z, y)
+        report = quality_report(y, best.predictions, classes, examples.embeddings)
+        self.metrics = {
+            "chosen": best.candidate.name, "cv_accuracy": round(best.accuracy, 4),
+            "cv_folds": int(max(2, min(self.options.folds, min(counts.values())))),
+            "candidates": {e.candidate.name: round(e.accuracy, 4) for e in evals},
+            "examples": int(len(y)), "augmented_examples": int(len(cache[1])) if cache is not None else 0,
+            "unknown_threshold": round(float(self.threshold), 4), "report": report,
+        }
+        return self.metrics
+
+    def _calibrate(self, z: np.ndarray, y: np.ndarray) -> None:
+        """Class means and the similarities that decide 'unknown', from the stored examples themselves."""
+        self.means = class_means(z, y, len(self._classes))
+        self.reference = np.sort(loo_mean_similarity(z, y, len(self._classes)))
+        q = self.options.unknown_quantile
+        self.threshold = float(np.quantile(self.reference, q)) if q > 0 else -np.inf
+
+    # -- serving -----------------------------------------------------------------------------
     def predict(self, embedding: np.ndarray) -> Prediction:
         if not self.ready:
             raise HeadError("classifier is not trained: send a train command")
-        p = self.probabilities(np.reshape(embedding, (1, -1)))[0]
+        z = self.transform(np.reshape(embedding, (1, -1)))
+        p = self.model.probabilities(z)[0]
         best = int(np.argmax(p))
-        return Prediction(self._classes[best], float(p[best]), {c: float(v) for c, v in zip(self._classes, p)})
+        similarity = float(z[0] @ self.means[best])
+        scores = {c: float(v) for c, v in zip(self._classes, p)}
+        nov = novelty(similarity, self.reference)
+        label = UNKNOWN if similarity < self.threshold else self._classes[best]
+        return Prediction(label, float(p[best]), scores, novelty=round(nov, 4))
+
+    def quality(self) -> dict:
+        report = self.metrics.get("report") or {}
+        if not report:
+            return {}
+        return {"chosen": self.metrics.get("chosen"), "cv_accuracy": self.metrics.get("cv_accuracy"),
+                "per_class_accuracy": report.get("per_class_accuracy"), "confused_pairs": report.get("confused_pairs"),
+                "warnings": report.get("warnings"), "advice": report.get("advice")}
 
     def forget(self, label: str) -> None:
         if label in self._classes:
-            self.weights = []  # cannot unlearn one class: retrain
+            self.model = None  # cannot unlearn one class: retrain
 
+    # -- state -------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "head.npz", *self.weights)
-        (folder / "head.json").write_text(json.dumps({"head": self.name, "classes": self._classes, "metrics": self.metrics,
-                                                      "options": self.options.model_dump()}, indent=2, default=str))
-        if self.history:
-            plot_curves(self.history, folder / "training.png", "classifier head")
+        m = self.model
+        np.savez(folder / "head.npz", weights=m.weights, bias=m.bias, mean=self.transform.mean, means=self.means,
+                 reference=self.reference)
+        (folder / "head.json").write_text(json.dumps({
+            "head": self.name, "classes": self._classes, "scale": m.scale, "cosine": m.cosine,
+            "power": self.transform.power, "threshold": self.threshold, "metrics": self.metrics,
+            "options": self.options.model_dump()}, indent=2, default=str))
 
     def load(self, folder: Path | None) -> bool:
         if folder is None or not (folder / "head.npz").is_file():
             return False
         try:
-            with np.load(folder / "head.npz") as data:
-                weights = [data[f"arr_{i}"] for i in range(len(data.files))]
             meta = json.loads((folder / "head.json").read_text())
+            with np.load(folder / "head.npz") as data:
+                arrays = {k: data[k] for k in data.files}
+            model = LinearModel(arrays["weights"], arrays["bias"], float(meta["scale"]), bool(meta["cosine"]))
         except Exception as e:
-            raise HeadError(f"classifier state in {folder} is unreadable: {e}") from e
-        if len(weights) != 4 or weights[2].shape[1] != len(meta["classes"]):
+            raise HeadError(f"classifier state in {folder} is unreadable: {type(e).__name__}: {e}") from e
+        if model.weights.shape[1] != len(meta["classes"]) or arrays["means"].shape[0] != len(meta["classes"]):
             raise HeadError(f"classifier state in {folder} does not match its classes")
-        self.set_state(weights, meta["classes"], meta.get("metrics", {}))
+        self.model, self._classes = model, list(meta["classes"])
+        self.transform = FeatureTransform(float(meta["power"]), arrays["mean"])
+        self.means, self.reference = arrays["means"], arrays["reference"]
+        self.threshold = float(meta["threshold"])
+        self.metrics = meta.get("metrics", {})
         return True
+
+    def linear_parts(self) -> dict:
+        """What an exported model needs: power, centring mean, weights and bias with the scale folded in."""
+        m = self.model
+        w = l2(m.weights.T).T if m.cosine else m.weights
+        return {"power": self.transform.power, "mean": self.transform.mean, "weights": w * m.scale,
+                "bias": m.bias * m.scale}
 
 
 @hookimpl

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
+from typing import Optional
 
 import numpy as np
 from pydantic import Field
 
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, hookimpl
+from edged.heads.fewshot import novelty
 from edged.state.store import Examples
 
 UNKNOWN = "unknown"
@@ -16,7 +19,11 @@ UNKNOWN = "unknown"
 
 class KnnOptions(HeadOptions):
     k: int = Field(5, ge=1, le=100)
-    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="best cosine similarity below this answers 'unknown'")
+    threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="best cosine similarity below this answers "
+                                       "'unknown'; unset: decided from the stored examples (unknown_quantile)")
+    unknown_quantile: float = Field(0.1, ge=0, lt=1, description="with no fixed threshold: 'unknown' when a frame is "
+                                                                  "less like its class than this share of the stored "
+                                                                  "examples are like theirs; 0 = never")
     compact_min: int = Field(4096, ge=0, description="from this many examples scan a reduced copy, then re-rank exactly")
     compact_dim: int = Field(256, ge=8, le=4096, description="dimensions of the reduced copy (uncentred PCA)")
     rerank: int = Field(64, ge=1, le=10_000, description="candidates re-ranked with the full vectors")
@@ -61,6 +68,9 @@ class KnnHead(Head):
         self._basis: np.ndarray | None = None  # (d, compact_dim)
         self._reduced = np.zeros((0, 0), np.float32)
         self._basis_size = 0
+        self._reference: Optional[np.ndarray] = None  # LOO similarity of each stored example to its class mean
+        self._stale = False
+        self._calibrated = 0.0
 
     @property
     def ready(self) -> bool:
@@ -80,6 +90,7 @@ class KnnHead(Head):
             self._label_ids = np.array([index[label] for label in examples.labels.tolist()], np.int32)
             self._size = len(examples)
             self._basis = None
+            self._reference = None
             self._maybe_compact()
         return {"examples": len(examples), "classes": len(self._labels)}
 
@@ -109,6 +120,7 @@ class KnnHead(Head):
                     self._reduced = grown_r
                 self._reduced[self._size] = vector @ self._basis
             self._size += 1
+            self._stale = True
             self._maybe_compact()
 
     def _maybe_compact(self) -> None:
@@ -140,8 +152,44 @@ class KnnHead(Head):
             if self._basis is not None:
                 self._reduced = self._reduced[: self._size][keep].copy()
             self._size = int(keep.sum())
+            self._reference = None
             if self._size < self.options.compact_min:
                 self._basis = None
+
+    def _calibration(self):
+        """What decides 'unknown', from the stored examples themselves (recomputed at most every 2 s while they change):
+
+        * each example's similarity to the mean of the others of its class, centred on the mean of all
+          stored examples (uncentred cosines of ReLU features all sit near 1);
+        * each example's similarity to its nearest other example (on a sample of up to 256 rows).
+        A frame is unknown when it is farther from its class than the `unknown_quantile` of the first and
+        farther from any stored example than the median of the second: a frame the head was shown (its
+        nearest neighbour is itself) is not called unknown.
+        """
+        now = time.monotonic()
+        if self._reference is None or (self._stale and now - self._calibrated > 2.0):
+            n = self._size
+            vectors, ids = self._vectors[:n], self._label_ids[:n]
+            sums = np.zeros((len(self._labels), vectors.shape[1]), np.float32)
+            np.add.at(sums, ids, vectors)
+            counts = np.bincount(ids, minlength=len(self._labels)).astype(np.float32)
+            centre = vectors.mean(axis=0)
+            rest = (sums[ids] - vectors) / np.maximum(counts[ids] - 1, 1)[:, None] - centre
+            mine = normalise(vectors - centre)
+            sims = np.einsum("ij,ij->i", mine, rest) / np.maximum(np.linalg.norm(rest, axis=1), 1e-12)
+            sims[counts[ids] < 2] = 1.0
+            sample = np.arange(n) if n <= 256 else np.random.default_rng(n).choice(n, 256, replace=False)
+            nn = vectors[sample] @ vectors.T
+            nn[np.arange(len(sample)), sample] = -np.inf
+            nearest = nn.max(axis=1) if n > 1 else np.ones(1, np.float32)
+            q = self.options.unknown_quantile
+            self._reference = np.sort(sims)
+            self._means = normalise(sums / np.maximum(counts, 1)[:, None] - centre)
+            self._centre = centre
+            self._threshold = float(np.quantile(self._reference, q)) if q > 0 else -np.inf
+            self._nn_threshold = float(np.median(nearest)) if q > 0 else -np.inf
+            self._calibrated, self._stale = now, False
+        return self._means, self._centre, self._reference, self._threshold, self._nn_threshold
 
     def predict(self, embedding: np.ndarray) -> Prediction:
         query = normalise(np.reshape(embedding, -1))
@@ -158,7 +206,15 @@ class KnnHead(Head):
                 sims = self._vectors[:n] @ query
                 label_ids = self._label_ids[:n]
             labels = list(self._labels)
-        return vote(sims, label_ids, labels, self.options.k, self.options.threshold)
+            auto = self.options.threshold is None
+            means, centre, reference, threshold, nn_threshold = self._calibration() if auto else (None,) * 5
+        pred = vote(sims, label_ids, labels, self.options.k, -1.0 if auto else self.options.threshold)
+        if auto and pred.label != UNKNOWN:
+            similarity = float(means[labels.index(pred.label)] @ normalise(query - centre))
+            pred.novelty = round(novelty(similarity, reference), 4)
+            if similarity < threshold and float(sims.max()) < nn_threshold:
+                pred.label = UNKNOWN
+        return pred
 
     @classmethod
     def decode(cls, outputs: list[np.ndarray], meta: dict) -> Prediction:
@@ -168,7 +224,7 @@ class KnnHead(Head):
         labels = sorted(set(row_labels))
         index = {label: i for i, label in enumerate(labels)}
         label_ids = np.array([index[l] for l in row_labels], np.int64)
-        return vote(outputs[0].reshape(-1), label_ids, labels, int(extra.get("k", 5)), float(extra.get("threshold", 0.0)))
+        return vote(outputs[0].reshape(-1), label_ids, labels, int(extra.get("k", 5)), float(extra.get("threshold") if extra.get("threshold") is not None else -1.0))
 
 
 @hookimpl

@@ -75,6 +75,19 @@ def make_state(backbone_root, tmp_path):
     return make
 
 
+def write_video(path: Path, frames, fps: float = 25.0) -> str:
+    """A real mp4 (mp4v) of BGR frames, for OpenCV to decode."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV cannot write mp4v here"
+    for f in frames:
+        writer.write(cv2.resize(f, (w, h)))
+    writer.release()
+    return str(path)
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

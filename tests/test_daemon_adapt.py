@@ -37,13 +37,14 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     state = make_state(settings)
     _prefill(state, settings)
     text = toml_config(state, broker.port, "synthetic:clutter=4", settings, DEVICE)
-    text += '\n[heads.options.classifier]\nepochs = 15\npatience = 15\n'
+    text += '\n[heads.classifier]\nfine_tune_layers = 2\n'
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log")
     probe.wait_online(DEVICE)
 
-    # train: progress replies (final: false), then the result; the frame loop keeps publishing meanwhile
+    # train (fine-tuning, in the TensorFlow worker): progress replies (final: false), then the result;
+    # the frame loop keeps publishing meanwhile
     corr = "train-1"
-    probe.send(DEVICE, "train", {"head": "classifier", "id": corr})
+    probe.send(DEVICE, "train", {"head": "classifier", "mode": "fine_tune", "epochs": 2, "id": corr})
     progress, knn_during, final = [], 0, None
     topic = f"edged/{DEVICE}/reply/train"
 
@@ -63,13 +64,14 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     probe.wait_for(watch, timeout=180)
     assert final["ok"], final
     assert final["result"]["version"] == "v1"
-    assert [p["epoch"] for p in progress if p["phase"] == "head"][:3] == [1, 2, 3]
+    assert [p["epoch"] for p in progress if p["phase"] == "fine_tune" and "epoch" in p] == [1, 2]
+    assert final["result"]["metrics"]["fine_tune"].startswith(("kept", "skipped"))
     assert knn_during > 10, "serving stopped while training"
 
     busy = _final(probe, "activate", {"heads": ["knn", "classifier"]})
     assert busy["ok"] and busy["result"]["active"] == ["knn", "classifier"]
     pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
-    assert pred["label"] in ("triangle", "rectangle") and set(pred["scores"]) == {"triangle", "rectangle"}
+    assert pred["label"] in ("triangle", "rectangle", "unknown") and set(pred["scores"]) == {"triangle", "rectangle"}
 
     # export float32 then float16, serve the classifier from the newest, then roll back
     exp = _final(probe, "export", {"head": "classifier", "quantize": "float32"})
@@ -118,21 +120,31 @@ BLOCK_TF = textwrap.dedent('''
 ''')
 
 
-def test_without_tensorflow_train_answers_clearly_and_knn_learns(broker, probe, daemons, make_state, tmp_path):
+def test_without_tensorflow_the_classifier_still_learns_and_serves(broker, probe, daemons, make_state, tmp_path):
+    """A board with only LiteRT: numpy heads train and serve; fine-tuning and export answer clearly."""
     settings = backbone_settings("none")
     state = make_state(settings)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCK_TF)
-    text = toml_config(state, broker.port, "synthetic:shape=triangle,clutter=2", settings, DEVICE)
+    text = toml_config(state, broker.port, "synthetic:clutter=2", settings, DEVICE)
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log", {"PYTHONPATH": str(site)})
     probe.wait_online(DEVICE)
-    reply = _final(probe, "train", {"head": "classifier"})
+    reply = _final(probe, "train", {"head": "classifier", "mode": "fine_tune"})
     assert not reply["ok"] and "needs TensorFlow" in reply["error"] and "pip install 'edged[train]'" in reply["error"]
     reply = _final(probe, "export", {"head": "classifier", "quantize": "int8"})
     assert not reply["ok"] and "needs TensorFlow" in reply["error"]
-    cap = _final(probe, "capture", {"label": "tri", "count": 3, "interval_ms": 0})
-    assert cap["ok"] and cap["result"]["stored"] == 3
+    for label in ("a", "b"):
+        cap = _final(probe, "capture", {"label": label, "count": 4, "interval_ms": 0})
+        assert cap["ok"] and cap["result"]["stored"] == 4
     pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/knn", 20)[1])
-    assert pred["label"] == "tri"
+    assert pred["label"] in ("a", "b", "unknown")
+    trained = _final(probe, "train", {"head": "classifier"})
+    assert trained["ok"], trained
+    assert trained["result"]["version"] == "v1" and trained["result"]["metrics"]["cv_folds"] == 4
+    assert _final(probe, "activate", {"heads": ["knn", "classifier"]})["ok"]
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
+    assert pred["label"] in ("a", "b", "unknown") and set(pred["scores"]) == {"a", "b"} and 0 <= pred["novelty"] <= 1
+    status = _final(probe, "status", {})["result"]
+    assert status["tensorflow_imported"] is False and status["heads"]["classifier"]["quality"]["cv_accuracy"] >= 0
     assert d.stop() == 0

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config, write_config
+from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config, write_config, write_video
 from edged.sources.synthetic import scene_at
 
 DEVICE = "cam1"
@@ -33,16 +33,6 @@ def _predictions_by_pos(probe, seconds: float) -> dict[int, list[str]]:
     return by_pos
 
 
-def _write_video(path: Path, images: list[np.ndarray], fps: float = 30.0) -> Path:
-    h, w = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    assert writer.isOpened(), "OpenCV cannot write mp4v here"
-    for img in images:
-        writer.write(cv2.resize(img, (w, h)))
-    writer.release()
-    return path
-
-
 def _capture(probe, label: str, count: int) -> dict:
     reply = probe.request(DEVICE, "capture", {"label": label, "count": count, "interval_ms": 0}, timeout=90)
     assert reply["ok"], reply
@@ -61,7 +51,7 @@ def test_sign_digits_video_capture_predict_restart(broker, probe, daemons, make_
 
     # Teach: one daemon run per class, each on a video of that class's first 20 photos.
     for i, (label, imgs) in enumerate(images.items()):
-        video = _write_video(tmp_path / f"{label}.mp4", imgs[:20])
+        video = write_video(tmp_path / f"{label}.mp4", imgs[:20])
         d = _run(daemons, tmp_path, state, broker.port, str(video), backbone, f"teach-{label}")
         status = _status(probe)
         assert status["tensorflow_imported"] is False
@@ -74,7 +64,7 @@ def test_sign_digits_video_capture_predict_restart(broker, probe, daemons, make_
     for label, imgs in images.items():
         frames += imgs[:5] + imgs[20:35]
         truth += [(label, True)] * 5 + [(label, False)] * 15
-    mixed = _write_video(tmp_path / "mixed.mp4", frames)
+    mixed = write_video(tmp_path / "mixed.mp4", frames)
     d = _run(daemons, tmp_path, state, broker.port, str(mixed), backbone, "serve")
     status = _status(probe)
     assert status["examples"] == {"one": 20, "five": 20, "nine": 20}

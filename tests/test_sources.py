@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import write_video
+
 from edged.config import SourceConfig
 from edged.sources.preprocess import to_pixels
 from edged.errors import SourceError
@@ -26,18 +28,9 @@ def _frames(n, w=96, h=64):
     return out
 
 
-def _video(path, frames, fps=25.0):
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return str(path)
-
-
 def test_video_file_decodes_loops_and_stops(tmp_path):
     frames = _frames(6)
-    path = _video(tmp_path / "v.mp4", frames)
+    path = write_video(tmp_path / "v.mp4", frames)
     src = OpenCVSource(path, SourceConfig(uri=path, loop=False))
     src.open()
     got = []

@@ -49,6 +49,16 @@ def backbone(cfg: BackboneConfig) -> BackboneInfo:
     return build_backbone(cfg, CACHE)
 
 
+def models(specs: str):
+    """`alpha:size,alpha:size` -> (alpha, size, config, converted backbone) for each, notes printed."""
+    for spec in specs.split(","):
+        alpha, size = spec.split(":")
+        cfg, note = backbone_config(float(alpha), int(size))
+        if note:
+            print(note)
+        yield alpha, size, cfg, backbone(cfg)
+
+
 def load_sign_digits(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:
     images, labels = [], []
     for class_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):

@@ -1,125 +1,307 @@
-"""`edged bench fewshot`: accuracy on sign-digits for 5/10/20 shots per class, methods side by side."""
+"""`edged bench fewshot`: sign-digits at 5/10/20 shots per class — textbook baselines beside edged's classifier.
+
+Variants: `photos` (independent photos), `camera` (taught from consecutive frames of a jittery
+video made of the photos, tested on other photos), `openset` (3 of 10 classes never taught),
+and `--modes` (frozen / fine_tune / from_scratch through the real train path, side by side).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
+import tempfile
+from pathlib import Path
 
+import cv2
 import numpy as np
 
-from edged_plugins.classifier import ClassifierOptions
-from edged_plugins.classifier_train import fine_tune, train_classifier_head
+from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
+from edged_plugins.knn import KnnHead, KnnOptions
 
-from ..learn.finetune import fused_model
-from ..learn.keras_backbone import build
+from ..config import Config
+from ..heads.base import FitContext, TrainRequest
+from ..heads.fewshot import l2, logistic_regression, nearest_mean
+from ..heads.registry import head_classes, plugin_manager
+from ..learn.jobs import run_train
 from ..runtime.engine import Engine, EngineOptions
-from ..sources.augment import embed_augmented
+from ..serve.capture import CaptureJob
+from ..serve.headset import HeadSet
+from ..sources import OpenCVSource
 from ..sources.preprocess import to_pixels
-from ..state.store import Examples
-from .common import DATA, Timer, backbone, backbone_config, load_sign_digits, table
+from ..state.store import Examples, NewExample, Store
+from .common import CACHE, DATA, Timer, load_sign_digits, models, table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA / "sign-digits"))
-    p.add_argument("--weights", help="backbone weights file (default: ../shared/models for --alpha)")
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--models", default="1.0:224,0.25:128", help="alpha:size pairs (real weights from ../shared/models)")
     p.add_argument("--shots", default="5,10,20")
-    p.add_argument("--draws", type=int, default=3, help="random draws of the training shots per shot count")
-    p.add_argument("--augment-copies", type=int, default=8)
-    p.add_argument("--fine-tune-layers", type=int, default=27, help="top conv layers unfrozen (27 = all of MobileNet v1); 0 skips")
-    p.add_argument("--fine-tune-epochs", type=int, default=30)
-    p.add_argument("--fine-tune-lr", type=float, default=2e-4)
-    p.add_argument("--fine-tune-shots", default="20", help="shot counts that get the (slow) fine-tune column")
-    p.add_argument("--test-per-class", type=int, default=0, help="0: every photo not drawn for training")
+    p.add_argument("--draws", type=int, default=5, help="random draws of the training photos per shot count")
+    p.add_argument("--variants", default="photos,camera,openset", help="photos, camera, openset")
+    p.add_argument("--modes", action="store_true", help="also frozen / fine_tune / from_scratch side by side (slow)")
+    p.add_argument("--modes-shots", type=int, default=10)
+    p.add_argument("--modes-epochs", type=int, default=20)
 
 
-def _knn(train_x, train_y, test_x, k=5):
-    from edged_plugins.knn import KnnHead, KnnOptions
+# -- textbook baselines, on the same embeddings ------------------------------------------------
+def knn_baseline(x, y, xt, k=5):
+    sims = l2(xt) @ l2(x).T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    votes = np.zeros((len(xt), y.max() + 1))
+    for j in range(k):
+        np.add.at(votes, (np.arange(len(xt)), y[top[:, j]]), np.maximum(sims[np.arange(len(xt)), top[:, j]], 0))
+    return votes.argmax(1)
 
-    head = KnnHead(KnnOptions(k=k, threshold=-1.0))
-    head.fit(Examples(np.arange(len(train_y)), train_y, train_x, [None] * len(train_y)))
-    return np.array([head.predict(x).label for x in test_x])
+
+def ncm_baseline(x, y, xt):
+    return np.argmax(nearest_mean(l2(x), y, y.max() + 1).logits(l2(xt)), 1)
 
 
-def _linear_probe(train_x, train_y, test_x, classes):
-    import keras
+def logistic_baseline(x, y, xt):
+    """Multinomial logistic regression on standardised raw embeddings, L2 penalty 1/(C n) with C = 1."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    model = logistic_regression((x - mu) / sd, y, y.max() + 1, l2_penalty=1.0 / len(x), steps=400, scale=1.0)
+    return np.argmax(model.logits((xt - mu) / sd), 1)
 
-    keras.utils.set_random_seed(0)
-    y = np.array([classes.index(c) for c in train_y])
-    model = keras.Sequential([keras.Input((train_x.shape[1],)), keras.layers.Dense(len(classes), activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
-    model.fit(train_x, y, epochs=200, batch_size=len(train_x), verbose=0)
-    return np.array(classes)[np.argmax(model.predict(test_x, verbose=0), 1)]
+
+class Data:
+    """Photos, their model inputs and embeddings for one backbone."""
+
+    def __init__(self, images, labels, info, engine):
+        self.images, self.info, self.engine = images, info, engine
+        self.classes = sorted(set(labels.tolist()))
+        self.y = np.array([self.classes.index(l) for l in labels])
+        self.pixels = np.stack([to_pixels(img, info.input_size) for img in images])
+        self.emb = np.stack([engine.embed(p) for p in self.pixels])
+
+    def draw(self, shots: int, seed: int, classes=None):
+        rng = np.random.default_rng(seed)
+        classes = range(len(self.classes)) if classes is None else classes
+        train = np.concatenate([rng.permutation(np.flatnonzero(self.y == c))[:shots] for c in classes])
+        return train, np.setdiff1d(np.arange(len(self.y)), train)
+
+    def context(self, rows: np.ndarray) -> FitContext:
+        """What `train` gives the head: stored frames and the serving backbone (here: these photos)."""
+        return FitContext(TrainRequest(), self.info.input_size, frames=lambda ids: [self.images[i] for i in ids],
+                          pixels=lambda ids: self.pixels[np.asarray(ids)], embed=self.engine.embed)
+
+    def edged(self, rows: np.ndarray, embeddings=None, labels=None) -> ClassifierHead:
+        """edged's classifier as a user gets it from `train` defaults."""
+        emb = self.emb[rows] if embeddings is None else embeddings
+        labs = np.array([self.classes[i] for i in self.y[rows]]) if labels is None else labels
+        head = ClassifierHead(ClassifierOptions())
+        head.fit(Examples(rows, labs, emb, [None] * len(rows)), self.context(rows))
+        return head
+
+
+def _accuracy(pred_labels, truth) -> float:
+    return float(np.mean(np.asarray(pred_labels) == np.asarray(truth)))
+
+
+def photos_variant(data: Data, shots_list, draws, t) -> tuple[list, dict]:
+    rows, summary = [], {}
+    for shots in shots_list:
+        acc = {k: [] for k in ("knn", "ncm", "logistic", "edged", "cv")}
+        chosen = []
+        for draw in range(draws):
+            tr, te = data.draw(shots, 1000 * shots + draw)
+            x, y, xt, yt = data.emb[tr], data.y[tr], data.emb[te], data.y[te]
+            acc["knn"].append(_accuracy(knn_baseline(x, y, xt), yt))
+            acc["ncm"].append(_accuracy(ncm_baseline(x, y, xt), yt))
+            acc["logistic"].append(_accuracy(logistic_baseline(x, y, xt), yt))
+            head = data.edged(tr)
+            preds = [head.predict(e).scores for e in xt]
+            acc["edged"].append(_accuracy([max(s, key=s.get) for s in preds], [data.classes[i] for i in yt]))
+            acc["cv"].append(head.metrics["cv_accuracy"])
+            chosen.append(head.metrics["chosen"])
+        m = {k: float(np.mean(v)) for k, v in acc.items()}
+        summary[shots] = m
+        common = max(set(chosen), key=chosen.count)
+        rows.append([shots, f"{m['knn']:.3f}", f"{m['ncm']:.3f}", f"{m['logistic']:.3f}", f"{m['edged']:.3f}",
+                     f"{100 * (m['edged'] - m['logistic']):+.1f}", f"{m['cv']:.3f}", common])
+        print(f"  {shots} shots x {draws} draws done ({t():.0f}s)", flush=True)
+    return rows, summary
+
+
+def _jitter_video(photos: list[np.ndarray], frames_per_photo: int, rng, path: Path) -> str:
+    """A 15 fps 320x240 video: each photo held for a while by an unsteady hand (shift, zoom, light drift)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (320, 240))
+    dx = dy = 0.0
+    zoom, light = 1.0, 1.0
+    for photo in photos:
+        base = cv2.resize(photo, (320, 240))
+        for _ in range(frames_per_photo):
+            dx = float(np.clip(dx + rng.normal(0, 2), -20, 20))
+            dy = float(np.clip(dy + rng.normal(0, 2), -15, 15))
+            zoom = float(np.clip(zoom + rng.normal(0, 0.01), 0.9, 1.15))
+            light = float(np.clip(light + rng.normal(0, 0.02), 0.8, 1.2))
+            m = cv2.getRotationMatrix2D((160, 120), 0, zoom)
+            m[:, 2] += (dx, dy)
+            frame = cv2.warpAffine(base, m, (320, 240), borderMode=cv2.BORDER_REFLECT)
+            writer.write(np.clip(frame.astype(np.float32) * light, 0, 255).astype(np.uint8))
+    writer.release()
+    return str(path)
+
+
+def camera_variant(data: Data, shots_list, draws, t, tmp: Path) -> list:
+    """Taught by `capture` from a camera-like video of the shot photos (every 3rd frame: 200 ms at 15 fps)."""
+    rows = []
+    for shots in shots_list:
+        acc = {"photos": [], "frames, dedupe off": [], "frames, dedupe 0.97": []}
+        kept = {"frames, dedupe off": [], "frames, dedupe 0.97": []}
+        for draw in range(min(draws, 3)):
+            rng = np.random.default_rng(7000 + 1000 * shots + draw)
+            tr, te = data.draw(shots, 1000 * shots + draw)
+            truth = [data.classes[i] for i in data.y[te]]
+            head = data.edged(tr)
+            acc["photos"].append(_accuracy([max(s, key=s.get) for s in (head.predict(e).scores for e in data.emb[te])], truth))
+            for name, dedupe in (("frames, dedupe off", 1.0), ("frames, dedupe 0.97", 0.97)):
+                store = Store(tmp / f"store-{shots}-{draw}-{dedupe}")
+                for c in range(len(data.classes)):
+                    rows_c = tr[data.y[tr] == c]
+                    video = _jitter_video([data.images[i] for i in rows_c], 12, rng, tmp / f"v{c}.mp4")
+                    source = OpenCVSource(video, Config().source.model_copy(update={"uri": video, "loop": False}))
+                    source.open()
+                    job = CaptureJob(store, data.info.id, data.classes[c], 4 * shots, 0.0, dedupe=dedupe)
+                    n = 0
+                    while not job.done and (frame := source.read()) is not None:
+                        n += 1
+                        if n % 3 == 0:
+                            job.offer(frame.image, data.engine.embed(to_pixels(frame.image, data.info.input_size)))
+                    source.close()
+                ex = store.examples(data.info.id)
+                frames = {int(i): store.load_frame(int(i)) for i in ex.ids}
+                ctx = FitContext(TrainRequest(), data.info.input_size, frames=lambda ids: [frames[int(i)] for i in ids],
+                                 pixels=lambda ids: np.stack([to_pixels(frames[int(i)], data.info.input_size) for i in ids]),
+                                 embed=data.engine.embed)
+                h = ClassifierHead(ClassifierOptions())
+                h.fit(ex, ctx)
+                acc[name].append(_accuracy([max(s, key=s.get) for s in (h.predict(e).scores for e in data.emb[te])], truth))
+                kept[name].append(len(ex))
+                store.close()
+        rows.append([shots] + [f"{np.mean(v):.3f}" for v in acc.values()] + [f"{np.mean(v):.0f}" for v in kept.values()])
+        print(f"  camera {shots} shots done ({t():.0f}s)", flush=True)
+    return rows
+
+
+def _auroc(known_scores, unknown_scores) -> float:
+    """P(an unknown frame is more novel than a known one)."""
+    a, b = np.asarray(known_scores), np.asarray(unknown_scores)
+    ranks = np.concatenate([a, b]).argsort().argsort() + 1
+    return float((ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def openset_variant(data: Data, shots_list, draws, t) -> list:
+    rows = []
+    for shots in shots_list:
+        res = {h: {"auroc": [], "known": [], "caught": [], "false": []} for h in ("classifier", "knn")}
+        for draw in range(draws):
+            rng = np.random.default_rng(500 + draw)
+            never = rng.choice(len(data.classes), 3, replace=False)
+            known = [c for c in range(len(data.classes)) if c not in never]
+            tr, _ = data.draw(shots, 1000 * shots + draw, known)
+            te_known = np.setdiff1d(np.flatnonzero(np.isin(data.y, known)), tr)
+            te_never = np.flatnonzero(np.isin(data.y, never))
+            labels = np.array([data.classes[i] for i in data.y[tr]])
+            knn = KnnHead(KnnOptions())
+            knn.fit(Examples(tr, labels, data.emb[tr], [None] * len(tr)))
+            for name, head in (("classifier", data.edged(tr)), ("knn", knn)):
+                pk = [head.predict(e) for e in data.emb[te_known]]
+                pn = [head.predict(e) for e in data.emb[te_never]]
+                res[name]["auroc"].append(_auroc([p.novelty for p in pk], [p.novelty for p in pn]))
+                res[name]["known"].append(_accuracy([p.label for p in pk], [data.classes[i] for i in data.y[te_known]]))
+                res[name]["caught"].append(float(np.mean([p.label == UNKNOWN for p in pn])))
+                res[name]["false"].append(float(np.mean([p.label == UNKNOWN for p in pk])))
+        for name, r in res.items():
+            rows.append([shots, name] + [f"{np.mean(v):.3f}" for v in r.values()])
+        print(f"  openset {shots} shots done ({t():.0f}s)", flush=True)
+    return rows
+
+
+def modes_variant(cfg_backbone, data: Data, shots: int, epochs: int, tmp: Path) -> list:
+    """frozen / fine_tune / from_scratch through the real train path (store, worker code, versions)."""
+    tr, te = data.draw(shots, 42)
+    truth = [data.classes[i] for i in data.y[te]]
+    rows = []
+    for mode in ("frozen", "fine_tune", "from_scratch"):
+        state = tmp / f"modes-{mode}"
+        shutil.copytree(CACHE / "backbones" / data.info.id, state / "backbones" / data.info.id, dirs_exist_ok=True)
+        cfg = Config.model_validate({"state_dir": str(state), "backbone": cfg_backbone.model_dump(),
+                                     "heads": {"active": ["classifier"], "classifier": {"fine_tune_epochs": epochs}}})
+        store = Store(state / "store")
+        store.add_many([NewExample(data.images[i], data.classes[data.y[i]], data.emb[i]) for i in tr], data.info.id)
+        timer = Timer()
+        if mode == "frozen":
+            head = data.edged(tr)
+            metrics = head.metrics
+            version_dir = None
+        else:
+            result = run_train(cfg, "classifier", TrainRequest(mode=mode, epochs=epochs))
+            metrics = result["metrics"]
+            version_dir = state / "heads" / "classifier" / result["version"]
+        seconds = timer()
+        if version_dir is not None:
+            heads = HeadSet(cfg, store, data.info, head_classes(plugin_manager()))
+            predictor, fused = heads.open_head("classifier", version_dir)
+            if fused is not None:
+                pred = [fused.predict(p).label for p in data.pixels[te]]
+                served = "fine-tuned model"
+            else:
+                pred = [max(s, key=s.get) for s in (predictor.predict(e).scores for e in data.emb[te])]
+                served = "frozen head (fine-tuning skipped)"
+            tuned = metrics.get("fine_tune_val_accuracy")
+            heads.close()
+        else:
+            pred = [max(s, key=s.get) for s in (head.predict(e).scores for e in data.emb[te])]
+            served, tuned = "frozen head", None
+        store.close()
+        rows.append([mode, f"{_accuracy(pred, truth):.3f}", served, "-" if tuned is None else f"{tuned:.3f}",
+                     f"{seconds:.0f}", f"training.png: {version_dir / 'training.png'}" if version_dir else ""])
+    return rows
 
 
 def run(args) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cfg, note = backbone_config(args.alpha, args.size, args.weights)
-    if note:
-        print(note)
-    info = backbone(cfg)
-    engine = Engine(EngineOptions(info.path, num_threads=2, scaling=info.scaling))
     images, labels = load_sign_digits(args.data)
-    classes = sorted(set(labels.tolist()))
-    t = Timer()
-    pixels = np.stack([to_pixels(img, info.input_size) for img in images])
-    emb = np.stack([engine.embed(p) for p in pixels])
-    print(f"{len(images)} photos, {len(classes)} classes; backbone {info.description}; embedded in {t():.1f}s")
     shots_list = [int(s) for s in args.shots.split(",")]
-    ft_shots = {int(s) for s in args.fine_tune_shots.split(",") if s}
-    methods = ["knn k=5", "linear probe", "classifier", f"classifier+aug x{args.augment_copies}"]
-    if args.fine_tune_layers:
-        methods.append(f"+fine-tune {args.fine_tune_layers}")
-    results = {s: {m: [] for m in methods} for s in shots_list}
-    for shots in shots_list:
-        for draw in range(args.draws):
-            rng = np.random.default_rng(1000 * shots + draw)
-            train_idx, test_idx = [], []
-            for c in classes:
-                idx = rng.permutation(np.flatnonzero(labels == c))
-                train_idx.extend(idx[:shots])
-                rest = idx[shots:]
-                test_idx.extend(rest[: args.test_per_class] if args.test_per_class else rest)
-            train_idx, test_idx = np.array(train_idx), np.array(test_idx)
-            tx, ty, vx, vy = emb[train_idx], labels[train_idx], emb[test_idx], labels[test_idx]
-            acc = lambda pred: float(np.mean(pred == vy))
-            r = results[shots]
-            r["knn k=5"].append(acc(_knn(tx, ty, vx)))
-            r["linear probe"].append(acc(_linear_probe(tx, ty, vx, classes)))
-            opts = ClassifierOptions(min_per_class=2, seed=draw)
-            plain = train_classifier_head(tx, ty, opts)
-            r["classifier"].append(acc(np.array(plain.classes)[np.argmax(plain.model.predict(vx, verbose=0), 1)]))
-            aug_rng = np.random.default_rng(draw)
-            augmented = lambda rows: (learn_aug(engine, pixels[train_idx[rows]], args.augment_copies, aug_rng),
-                                      np.tile(rows, args.augment_copies))
-            aug = train_classifier_head(tx, ty, opts, augmented=augmented)
-            r[methods[3]].append(acc(np.array(aug.classes)[np.argmax(aug.model.predict(vx, verbose=0), 1)]))
-            if args.fine_tune_layers and shots in ft_shots:
-                ft_opts = ClassifierOptions(min_per_class=2, seed=draw, fine_tune_layers=args.fine_tune_layers,
-                                                  fine_tune_epochs=args.fine_tune_epochs,
-                                                  fine_tune_learning_rate=args.fine_tune_lr)
-                bb = build(cfg)
-                fused = fused_model(bb, aug.model)
-                y = np.array([aug.classes.index(c) for c in ty])
-                val = aug.val_index
-                train_rows = np.setdiff1d(np.arange(len(ty)), val)
-                fine_tune(fused, bb, pixels[train_idx[train_rows]], y[train_rows], pixels[train_idx[val]], y[val],
-                                ft_opts, info.scale, info.offset)
-                probs = fused.predict(pixels[test_idx].astype(np.float32) * info.scale + info.offset, verbose=0, batch_size=64)
-                r[methods[4]].append(acc(np.array(aug.classes)[np.argmax(probs, 1)]))
-            done = {m: round(v[-1], 3) for m, v in r.items() if v}
-            print(f"  {shots:2d} shots, draw {draw + 1}/{args.draws}: {done}  ({t():.0f}s)", flush=True)
-    rows = []
-    for shots in shots_list:
-        rows.append([shots] + [f"{np.mean(results[shots][m]):.3f}" if results[shots][m] else "-" for m in methods])
+    variants = set(args.variants.split(","))
+    final = []
+    for alpha, size, cfg, info in models(args.models):
+        engine = Engine(EngineOptions(info.path, num_threads=2, scaling=info.scaling))
+        t = Timer()
+        data = Data(images, labels, info, engine)
+        print(f"\n== {info.description}: {len(images)} photos, {len(data.classes)} classes, embedded in {t():.0f}s")
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            if "photos" in variants:
+                rows, summary = photos_variant(data, shots_list, args.draws, t)
+                print(f"photos: mean of {args.draws} draws per shot count; the rest of the set is the test split")
+                print(table(rows, ["shots", "kNN k=5", "class mean", "logistic", "edged classifier", "vs logistic",
+                                   "edged cv", "chosen most"]))
+                for shots in (5, 10):
+                    if shots in summary:
+                        s = summary[shots]
+                        final.append(f"{alpha}/{size} {shots}-shot {s['edged']:.3f} vs logistic {s['logistic']:.3f} "
+                                     f"({100 * (s['edged'] - s['logistic']):+.1f} points, target >= +5)")
+                if 20 in summary:
+                    final.append(f"{alpha}/{size} 20-shot {summary[20]['edged']:.3f} (target >= 0.93)")
+            if "camera" in variants:
+                rows = camera_variant(data, shots_list, args.draws, t, tmp)
+                print("camera: each class taught from a 15 fps jittery video of its shot photos (capture every 3rd "
+                      "frame, count 4 x shots), tested on the other photos; mean of up to 3 draws")
+                print(table(rows, ["shots", "taught on photos", "frames, dedupe off", "frames, dedupe 0.97",
+                                   "stored (off)", "stored (0.97)"]))
+            if "openset" in variants:
+                rows = openset_variant(data, shots_list, args.draws, t)
+                print("openset: 3 of the 10 classes never taught; AUROC of novelty (known vs never taught), "
+                      "accuracy on known classes counting 'unknown' as wrong, never-taught frames answered "
+                      "'unknown', known frames answered 'unknown'")
+                print(table(rows, ["shots", "head", "AUROC", "known accuracy", "unknown caught", "false unknown"]))
+            if args.modes:
+                rows = modes_variant(cfg, data, args.modes_shots, args.modes_epochs, tmp)
+                print(f"modes: {args.modes_shots} shots, one draw, {args.modes_epochs} epochs, every weighted layer "
+                      f"trainable; a fine-tuned model is served only when it beat frozen on held-out examples")
+                print(table(rows, ["mode", "test accuracy", "served", "held-out acc", "seconds", "curves"]))
+        engine.close()
     print()
-    print(table(rows, ["shots"] + methods))
-    best20 = max((np.mean(v) for v in results.get(20, {}).values() if v), default=float("nan"))
-    print("reference (../shared/data/README.md, MobileNet v1 1.0/224): 20-shot kNN 0.76, logistic regression 0.84")
-    print(f"fewshot: 20-shot best {best20:.3f} (target >= 0.93)")
+    print("fewshot: " + "; ".join(final))
     return 0
-
-
-def learn_aug(engine: Engine, images: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
-    return embed_augmented(engine.embed, images, copies, rng)

@@ -16,7 +16,7 @@ from ..mqtt.broker import local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..serve.daemon import Daemon
 from ..sources.synthetic import scene_at
-from .common import CACHE, DATA, backbone, backbone_config, table
+from .common import CACHE, DATA, models, table
 from .daemonrun import prepare_state
 
 
@@ -92,12 +92,7 @@ def run(args) -> int:
     video = make_video(args.width, args.height)
     rows, lines = [], []
     try:
-        for spec in args.models.split(","):
-            alpha, size = spec.split(":")
-            cfg, note = backbone_config(float(alpha), int(size))
-            if note:
-                print(note)
-            info = backbone(cfg)
+        for alpha, size, cfg, info in models(args.models):
             raw = _bare_fps(info, args.threads, min(args.seconds, 8.0))
             with tempfile.TemporaryDirectory() as tmp:
                 state = Path(tmp)

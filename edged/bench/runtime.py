@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 
-from edged_plugins.classifier import ClassifierOptions
-from edged_plugins.classifier_train import train_classifier_head
+from edged_plugins.classifier import ClassifierHead, ClassifierOptions
+from edged_plugins.classifier_train import keras_classifier
 
 from ..learn.convert import to_tflite
-from ..learn.finetune import fused_model
 from ..learn.keras_backbone import build
+from ..state.store import Examples
 from ..runtime.engine import Engine, EngineOptions, interpreter_module, interpreter_version
 from ..sources.preprocess import to_pixels
 from .common import DATA, MODELS, backbone, backbone_config, load_sign_digits, table
@@ -61,8 +61,9 @@ def run(args) -> int:
     train = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: args.train_per_class] for c in classes])
     test = np.setdiff1d(np.arange(len(labels)), train)
     emb = np.stack([emb_engine.embed(p) for p in pixels[train]])
-    head = train_classifier_head(emb, labels[train], ClassifierOptions(min_per_class=2))
-    fused = fused_model(build(cfg), head.model)
+    head = ClassifierHead(ClassifierOptions(augment_copies=0))
+    head.fit(Examples(train, labels[train], emb, [None] * len(train)))
+    fused = keras_classifier(build(cfg), head)
     scaled = lambda px: px.astype(np.float32) * info.scale + info.offset
 
     x = scaled(pixels[test[:1]])

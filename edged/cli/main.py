@@ -29,6 +29,8 @@ from ..serve.learning import Learning
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state import importer
+from ..serve.commands import parse
+from ..state.review import ReviewQueue
 from ..state.store import Store
 from ..state.versions import Versions
 from .demo import Demo
@@ -114,7 +116,7 @@ def cmd_collect(args) -> int:
     info, engine = open_backbone(cfg)
     store = Store(cfg.state_path / "store")
     job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0,
-                     tuple(args.box) if args.box else None)
+                     tuple(args.box) if args.box else None, dedupe=cfg.capture.dedupe)
     source = open_source(cfg.source)
     grabber = FrameGrabber(source, cfg.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size)
     grabber.start()
@@ -263,7 +265,7 @@ def cmd_train(args) -> int:
     _setup_logging("WARNING")
     offline = _Offline(cfg)
     try:
-        request = TrainRequest(epochs=args.epochs, fine_tune_layers=args.fine_tune_layers)
+        request = TrainRequest(mode=args.mode, epochs=args.epochs, fine_tune_layers=args.fine_tune_layers)
         result = offline.learning.train(args.head, request, _progress_printer())
     finally:
         offline.close()
@@ -281,6 +283,31 @@ def cmd_export(args) -> int:
     finally:
         offline.close()
     print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_review(args) -> int:
+    """The review queue on disk: list, label (stored as an example; a running daemon picks it up), discard."""
+    cfg = _load(args)
+    queue = ReviewQueue(cfg.state_path / "review", cfg.review.max_items)
+    if args.review_command == "list":
+        for item in queue.list():
+            print(json.dumps(item))
+        return 0
+    if args.review_command == "discard":
+        queue.discard(args.id)
+        print(json.dumps({"review_id": args.id, "discarded": True}))
+        return 0
+    parse("label", json.dumps({"review_id": args.id, "label": args.label}).encode())  # as the MQTT command
+    info, engine = open_backbone(cfg)
+    store = Store(cfg.state_path / "store")
+    try:
+        example, _ = queue.label(args.id, args.label, store, info.id, lambda img: embed_image(engine, img))
+        print(json.dumps({"review_id": args.id, "label": args.label, "example": example,
+                          "examples": store.counts().get(args.label, 0)}))
+    finally:
+        store.close()
+        engine.close()
     return 0
 
 
@@ -355,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a head on the stored examples (needs TensorFlow)")
     _add_config_args(p)
     p.add_argument("--head", default="classifier")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--fine-tune-layers", type=int, help="phase 2: unfreeze this many top backbone layers")
+    p.add_argument("--mode", choices=["frozen", "fine_tune", "from_scratch"], default="frozen",
+                   help="frozen: numpy on stored embeddings (no TensorFlow); fine_tune / from_scratch: the backbone "
+                        "too, in the TensorFlow worker, kept only if it beats frozen (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the head's option)")
+    p.add_argument("--fine-tune-layers", type=int, help="unfreeze this many top backbone layers (0: all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export backbone + head as one TFLite model, parity-checked")
@@ -365,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32")
     p.add_argument("--force", action="store_true", help="keep the model even if the parity check fails")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("review", help="frames kept because a head was unsure: list, label, discard")
+    rsub = p.add_subparsers(dest="review_command", required=True)
+    r = rsub.add_parser("list", help="one JSON line per kept frame")
+    _add_config_args(r)
+    r = rsub.add_parser("label", help="store a kept frame as an example of LABEL")
+    _add_config_args(r)
+    r.add_argument("id")
+    r.add_argument("label")
+    r = rsub.add_parser("discard", help="drop a kept frame")
+    _add_config_args(r)
+    r.add_argument("id")
+    p.set_defaults(func=cmd_review)
 
     for verb, helptext in (("activate", "make a model version current"), ("rollback", "return to the previous model version")):
         p = sub.add_parser(verb, help=helptext)

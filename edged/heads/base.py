@@ -71,6 +71,7 @@ class Prediction:
     scores: dict[str, float] = field(default_factory=dict)
     boxes: list[dict] = field(default_factory=list)
     model_sha: Optional[str] = None  # set when an exported or fused model (not backbone + head) answered
+    novelty: Optional[float] = None  # 0..1: how unlike the stored examples this frame is (heads that know)
 
 
 class HeadOptions(BaseModel):
@@ -87,6 +88,7 @@ class NoOptions(HeadOptions):
 class TrainRequest:
     """What a train command asked for; None means the head's own default."""
 
+    mode: str = "frozen"  # "frozen": the backbone as it is; "fine_tune": its top trained too; "from_scratch": re-initialised
     epochs: Optional[int] = None
     fine_tune_layers: Optional[int] = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +127,10 @@ class Head:
     @property
     def classes(self) -> list[str]:
         return []
+
+    def quality(self) -> dict:
+        """What the last training said about the examples (shown in status); {} when there is nothing to say."""
+        return {}
 
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:

@@ -9,6 +9,7 @@ class Topics:
         self.status = f"{self.base}/status"
         self.stats = f"{self.base}/stats"
         self.snapshot = f"{self.base}/snapshot"
+        self.review = f"{self.base}/review"
         self.commands = f"{self.base}/cmd/+"
         self.fleet_commands = f"{prefix}/fleet/cmd/+"
 

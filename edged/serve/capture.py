@@ -13,8 +13,14 @@ from ..state.store import NewExample, Store
 
 
 class CaptureJob:
+    """Frames are due every `interval_s` from the start (not from the last one stored). With `dedupe` < 1 a
+    frame whose embedding is at least that similar to the last kept one is skipped: a still camera gives
+    near-copies, which teach nothing and make the quality report lie. Ends at `count`, or at `timeout_s`
+    with what it has."""
+
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
-                 box: Optional[tuple] = None, responder=None, corr_id=None):
+                 box: Optional[tuple] = None, responder=None, corr_id=None, dedupe: float = 1.0,
+                 timeout_s: Optional[float] = None):
         self.store = store
         self.backbone_id = backbone_id
         self.label = label
@@ -23,26 +29,45 @@ class CaptureJob:
         self.box = tuple(box) if box is not None else None
         self.responder = responder
         self.corr_id = corr_id
+        self.dedupe = dedupe
+        self.timeout_s = timeout_s
         self.stored = 0
+        self.skipped = 0
         self.started = time.monotonic()
-        self._next_due = 0.0
+        self._next_due = self.started
+        self._last: Optional[np.ndarray] = None
 
     @property
     def done(self) -> bool:
         return self.stored >= self.count
 
+    @property
+    def timed_out(self) -> bool:
+        return self.timeout_s is not None and time.monotonic() - self.started > self.timeout_s
+
+    def _duplicate(self, embedding: np.ndarray) -> bool:
+        if self.dedupe >= 1.0 or self._last is None or embedding is None:
+            return False
+        v = np.reshape(embedding, -1).astype(np.float32)
+        similarity = float(v @ self._last / max(np.linalg.norm(v) * np.linalg.norm(self._last), 1e-12))
+        return similarity >= self.dedupe
+
     def offer(self, image: np.ndarray, embedding: np.ndarray) -> bool:
-        """Store this frame if one is due; True once it is durably on disk."""
+        """Store this frame if one is due and it is not a near-copy of the last kept; True once it is on disk."""
         now = time.monotonic()
         if self.done or now < self._next_due:
             return False
+        if self._duplicate(embedding):
+            self.skipped += 1
+            return False
         self.store.add(NewExample(image, self.label, embedding, self.box), self.backbone_id)
         self.stored += 1
-        self._next_due = now + self.interval_s
+        self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
+        self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)
         return True
 
     def progress(self) -> dict:
-        return {"label": self.label, "stored": self.stored, "count": self.count,
+        return {"label": self.label, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
                 "seconds": round(time.monotonic() - self.started, 2)}
 
 

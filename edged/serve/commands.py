@@ -19,22 +19,28 @@ class _Cmd(BaseModel):
     id: CorrelationId = Field(None, description="correlation id, echoed in the reply")
 
 
-def _check_label(v: str) -> str:
-    if not LABEL_RE.match(v):
-        raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space; not starting with a space or punctuation")
-    return v
+class _Labelled(_Cmd):
+    """A command naming a label: 1-64 letters, digits, '_', '-', '.', space."""
 
-
-class Capture(_Cmd):
     label: str
-    count: int = Field(10, ge=1, le=10_000)
-    interval_ms: int = Field(200, ge=0, le=3_600_000)
-    box: Optional[tuple[float, float, float, float]] = Field(None, description="x1, y1, x2, y2 in [0, 1] of the frame")
 
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v: str) -> str:
-        return _check_label(v)
+        if not LABEL_RE.match(v):
+            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space; "
+                             "not starting with a space or punctuation")
+        return v
+
+
+class Capture(_Labelled):
+    count: int = Field(10, ge=1, le=10_000)
+    interval_ms: int = Field(200, ge=0, le=3_600_000)
+    box: Optional[tuple[float, float, float, float]] = Field(None, description="x1, y1, x2, y2 in [0, 1] of the frame")
+    dedupe: Optional[float] = Field(None, ge=0.5, le=1.0, description="skip frames at least this similar to the last "
+                                                                      "kept one (1 = keep all); default [capture]")
+    timeout_s: Optional[float] = Field(None, gt=0, le=86_400, description="end with what was stored by then; "
+                                                                           "default [capture]")
 
     @model_validator(mode="after")
     def _box_ordered(self):
@@ -45,12 +51,8 @@ class Capture(_Cmd):
         return self
 
 
-class Forget(_Cmd):
-    label: str
-    @field_validator("label")
-    @classmethod
-    def _label_ok(cls, v: str) -> str:
-        return _check_label(v)
+class Forget(_Labelled):
+    pass
 
 
 class Empty(_Cmd):
@@ -72,7 +74,9 @@ class Activate(_Cmd):
 
 
 class Train(_Cmd):
-    head: str = Field("knn", max_length=64)
+    head: str = Field("classifier", max_length=64)
+    mode: Literal["frozen", "fine_tune", "from_scratch"] = Field(
+        "frozen", description="frozen: numpy on stored embeddings; fine_tune / from_scratch: the backbone too (TensorFlow)")
     epochs: Optional[int] = Field(None, ge=1, le=10_000)
     fine_tune_layers: Optional[int] = Field(None, ge=0, le=1000)
 
@@ -87,6 +91,14 @@ class Rollback(_Cmd):
     model: str = Field(max_length=64)
 
 
+class Label(_Labelled):
+    review_id: str = Field(pattern=r"^[0-9a-f]{12}$", description="id of a review item (edged/<device>/review)")
+
+
+class Discard(_Cmd):
+    review_id: str = Field(pattern=r"^[0-9a-f]{12}$")
+
+
 COMMANDS: dict[str, type[_Cmd]] = {
     "capture": Capture,
     "forget": Forget,
@@ -97,6 +109,9 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "train": Train,
     "export": Export,
     "rollback": Rollback,
+    "review": Empty,
+    "label": Label,
+    "discard": Discard,
 }
 
 

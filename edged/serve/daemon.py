@@ -16,6 +16,7 @@ from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
+from ..state.review import ReviewQueue
 from ..state.store import Store
 from .backbone import open_backbone, reembed_missing
 from .capture import CaptureDesk
@@ -26,6 +27,7 @@ from .headset import HeadSet
 from .jobs import JobRunner
 from .learning import Learning
 from .notify import Notifier
+from .review import Reviewer
 from .telemetry import StageTimes, Telemetry
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,10 @@ class Daemon:
         self.heads = HeadSet(self.cfg, self.store, self.backbone, classes)
         self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
                                    self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt)
+        self.reviews = ReviewQueue(self.cfg.state_path / "review", self.cfg.review.max_items)
+        self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self._announce_review, self.stop)
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self._publish_prediction,
-                              self.telemetry.changed, self.notifier.watchdog)
+                              self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider)
         return self.heads.close
 
     def _start_learning(self):
@@ -103,11 +107,13 @@ class Daemon:
     def _start_commands(self):
         handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
                                    self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
-                                   self._publish_snapshot, self.stop)
+                                   self._publish_snapshot, self.cfg.capture, self.reviews, self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
+        self.reviewer.start()
 
         def stop():
+            self.reviewer.join()
             self.dispatcher.join(5)
             self.jobs.join(10)  # a train/export child is told to stop through the stop event
 
@@ -173,10 +179,16 @@ class Daemon:
             "model": self.backbone.id,
             "model_sha": pred.model_sha or self.model_sha,
         }
+        if pred.novelty is not None:
+            payload["novelty"] = pred.novelty
         if self.mqtt is not None:
             self.mqtt.publish(self.mqtt.topics.prediction(head), payload)
         if self.cfg.serve.print_predictions:
             print(f"{head}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
+
+    def _announce_review(self, item: dict) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(self.mqtt.topics.review, {**item, "thumbnail": f"review/{item['id']}/frame.jpg"}, qos=1)
 
     def _publish_snapshot(self, jpeg: bytes) -> Optional[str]:
         if self.mqtt is None:

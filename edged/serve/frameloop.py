@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class FrameLoop:
     def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes,
                  publish: Callable[[str, Prediction, object, float], None], changed: Callable[[], None],
-                 watchdog: Callable[[], None]):
+                 watchdog: Callable[[], None], review: Optional[Callable] = None):
         self.engine = engine
         self.heads = heads
         self.captures = captures
@@ -26,6 +26,7 @@ class FrameLoop:
         self.publish = publish
         self.changed = changed
         self.watchdog = watchdog
+        self.review = review
         self.last_frame = None
         self.frames_seen = 0
 
@@ -43,6 +44,8 @@ class FrameLoop:
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:
             self.publish(name, pred, frame, latency_ms)
+        if self.review is not None and job is None:
+            self.review(frame, embedding, predictions)
         t3 = time.perf_counter()
         times = self.times
         times.invoke += t1 - t0
@@ -55,13 +58,15 @@ class FrameLoop:
     def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
         try:
             if not job.offer(frame.image, embedding):
+                if job.timed_out:
+                    self._finish(job)
                 return
             self.heads.learned(embedding, job.label, job.box)
         except Exception as e:
             log.exception("capture failed")
             self._finish(job, error=f"capture stopped after {job.stored} examples: {type(e).__name__}: {e}")
             return
-        if job.done:
+        if job.done or job.timed_out:
             self._finish(job)
         elif job.stored % 10 == 0:
             job.responder.progress(job.progress())
@@ -74,5 +79,8 @@ class FrameLoop:
             return
         result = job.progress()
         result["examples"] = job.store.counts().get(job.label, 0)
+        if not job.done:
+            result["note"] = (f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: "
+                              f"{job.skipped} frames were too similar to the last kept one (dedupe)")
         log.info("capture of %r done: %d stored", job.label, job.stored)
         job.responder.done(result)

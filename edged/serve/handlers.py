@@ -10,9 +10,10 @@ import cv2
 
 from ..errors import CommandError
 from ..heads.base import TrainRequest
+from ..state.review import ReviewQueue
 from ..state.store import Store
 from .capture import CaptureDesk, CaptureJob
-from .commands import Activate, Capture, Empty, Export, Forget, Rollback, Train
+from .commands import Activate, Capture, Discard, Empty, Export, Forget, Label, Rollback, Train
 from .dispatch import DEFERRED, Handler, Responder
 from .headset import HeadSet
 from .jobs import JobRunner, run_reporting
@@ -25,7 +26,7 @@ class CommandHandlers:
     def __init__(self, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
-                 stop=None):
+                 capture_cfg, reviews: ReviewQueue, stop=None):
         self.store = store
         self.backbone_id = backbone_id
         self.heads = heads
@@ -36,16 +37,21 @@ class CommandHandlers:
         self.changed = changed  # the status changed: publish it soon
         self.last_frame = last_frame
         self.publish_snapshot = publish_snapshot
+        self.capture_cfg = capture_cfg
+        self.reviews = reviews
         self.stop = stop
 
     def table(self) -> dict[str, Handler]:
         return {"capture": self.capture, "forget": self.forget, "status": self.status, "snapshot": self.snapshot,
                 "heads": self.list_heads, "activate": self.activate, "train": self.train, "export": self.export,
-                "rollback": self.rollback}
+                "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard}
 
     def capture(self, cmd: Capture, responder: Responder):
+        cfg = self.capture_cfg
+        timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.box,
-                         responder=responder, corr_id=cmd.id)
+                         responder=responder, corr_id=cmd.id, timeout_s=timeout,
+                         dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe)
         self.captures.start(job)
         log.info("capture of %d %r examples started", cmd.count, cmd.label)
         self.changed()
@@ -73,7 +79,7 @@ class CommandHandlers:
         return {**result, "active": self.heads.active}
 
     def train(self, cmd: Train, responder: Responder):
-        request = TrainRequest(epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
+        request = TrainRequest(mode=cmd.mode, epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
         self._job(f"train {cmd.head}", cmd.id, responder,
                   lambda: self.learning.train(cmd.head, request, responder.progress, self.stop))
         return DEFERRED
@@ -105,3 +111,19 @@ class CommandHandlers:
     def status(self, cmd: Empty, responder: Responder) -> dict:
         self.changed()
         return self.status_fn()
+
+    def list_review(self, cmd: Empty, responder: Responder) -> dict:
+        return {"items": self.reviews.list()}
+
+    def label(self, cmd: Label, responder: Responder) -> dict:
+        example_id, embedding = self.reviews.label(cmd.review_id, cmd.label, self.store, self.backbone_id,
+                                                   self.learning.embed_image)
+        self.heads.learned(embedding, cmd.label)
+        log.info("review item %s stored as an example of %r", cmd.review_id, cmd.label)
+        self.changed()
+        return {"review_id": cmd.review_id, "label": cmd.label, "example": example_id,
+                "examples": self.store.counts().get(cmd.label, 0)}
+
+    def discard(self, cmd: Discard, responder: Responder) -> dict:
+        self.reviews.discard(cmd.review_id)
+        return {"review_id": cmd.review_id, "discarded": True}

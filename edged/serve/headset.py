@@ -196,6 +196,9 @@ class HeadSet:
                 entry["model"] = {"version": m.folder.name, "quantization": m.meta.get("quantization"), "sha256": m.sha[:16]}
             if name in errors:
                 entry["error"] = errors[name]
+            quality = head.quality() if head is not None else {}
+            if quality:
+                entry["quality"] = quality
             out[name] = entry
         return out
 

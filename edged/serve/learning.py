@@ -33,6 +33,8 @@ class Learning:
         self.backbone = backbone
         self.heads = heads
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
+        self._embed_lock = threading.Lock()
+        self._embedder: Optional[Engine] = None
 
     def start(self) -> None:
         if self.cfg.trainer.preload:
@@ -42,6 +44,14 @@ class Learning:
         if name not in self.heads.classes:
             raise HeadError(f"{job}.head: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
         return self.heads.classes[name]
+
+    def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
+        """Embed one frame off the frame loop, with an interpreter of its own."""
+        with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=1,
+                                                      interpreter=self.cfg.runtime.interpreter, scaling=self.backbone.scaling))
+            return self._embedder.embed(to_pixels(image_bgr, self.backbone.input_size))
 
     def fit_context(self, request: TrainRequest) -> FitContext:
         """Frames and an embedder of the fit's own (the frame loop's interpreter is not shared across threads)."""
@@ -66,7 +76,8 @@ class Learning:
         """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in."""
         cls = self._class(name, "train")
         if cls.trains_in_worker(request):
-            params = {"epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers, "params": request.params}
+            params = {"mode": request.mode, "epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers,
+                      "params": request.params}
             result = self.worker.run(self.cfg, "train", name, params, progress, stop)
             head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
             if fused is None and not head.ready:

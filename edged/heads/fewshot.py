@@ -1,0 +1,271 @@
+"""Few-shot learning on frozen embeddings, in numpy: feature transform, candidate classifiers, k-fold selection.
+
+What is known to work for transfer on frozen CNN features, small enough for a Pi:
+* a power transform (square root of the ReLU features), L2 normalisation and centring on the
+  training mean (Hu et al. 2021, "Leveraging the feature distribution in transfer-based few-shot
+  learning"): it makes class clusters closer to Gaussian and cosine distances more telling;
+* nearest class mean (cosine), the imprinted-weights starting point (Qi et al. 2018);
+* a cosine classifier initialised from the class means (imprinting) and then trained, and
+  multinomial logistic regression with an L2 penalty;
+* augmented copies of the training frames (flip, crop, colour) embedded by the serving backbone.
+Which candidate wins is decided by stratified k-fold cross-validation on the stored examples
+(leave-one-out per class at 5 shots), never by a tiny held-out split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+Augment = Optional[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]  # train rows -> (embeddings, rows)
+
+
+# -- features -------------------------------------------------------------------------------
+def l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class FeatureTransform:
+    """sign(x)·|x|^power, L2 normalised, centred on the training mean, L2 normalised again."""
+
+    power: float = 0.5
+    mean: Optional[np.ndarray] = None
+
+    def base(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if self.power != 1.0:
+            x = np.sign(x) * np.abs(x) ** self.power
+        return l2(x)
+
+    def fit(self, x: np.ndarray) -> "FeatureTransform":
+        self.mean = self.base(x).mean(axis=0)
+        return self
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = self.base(x)
+        if self.mean is not None:
+            z = z - self.mean
+        return l2(z)
+
+
+# -- classifiers ------------------------------------------------------------------------------
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_means(z: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    return l2(np.stack([z[y == c].mean(axis=0) for c in range(n_classes)]))
+
+
+@dataclass
+class LinearModel:
+    """logits = scale * (z @ W + b); W is (d, C). Cosine models keep W's columns unit length and b = 0."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    scale: float = 1.0
+    cosine: bool = False
+
+    def logits(self, z: np.ndarray) -> np.ndarray:
+        w = l2(self.weights.T).T if self.cosine else self.weights
+        return self.scale * (z @ w + self.bias)
+
+    def probabilities(self, z: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(z))
+
+
+def nearest_mean(z, y, n_classes, scale: float = 10.0, **_) -> LinearModel:
+    return LinearModel(class_means(z, y, n_classes).T.copy(), np.zeros(n_classes, np.float32), scale, cosine=True)
+
+
+def _adam_fit(params: list[np.ndarray], grad_fn, steps: int, lr: float) -> None:
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t in range(1, steps + 1):
+        grads = grad_fn()
+        for p, g, mi, vi in zip(params, grads, m, v):
+            mi *= 0.9
+            mi += 0.1 * g
+            vi *= 0.999
+            vi += 0.001 * g * g
+            p -= lr * (mi / (1 - 0.9 ** t)) / (np.sqrt(vi / (1 - 0.999 ** t)) + 1e-8)
+
+
+def logistic_regression(z, y, n_classes, l2_penalty: float = 1e-3, steps: int = 300, lr: float = 0.05,
+                        scale: float = 10.0, **_) -> LinearModel:
+    """Multinomial logistic regression (full-batch Adam) on scaled features; starts from the class means."""
+    n = len(z)
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    w = class_means(z, y, n_classes).T.astype(np.float32).copy()
+    b = np.zeros(n_classes, np.float32)
+
+    def grads():
+        p = softmax(scale * (z @ w + b))
+        d = (p - onehot) * (scale / n)
+        return [z.T @ d + l2_penalty * w, d.sum(axis=0)]
+
+    _adam_fit([w, b], grads, steps, lr)
+    return LinearModel(w, b, scale)
+
+
+def cosine_classifier(z, y, n_classes, scale: float = 16.0, steps: int = 150, lr: float = 0.01, **_) -> LinearModel:
+    """Imprinted weights (the class means) fine-tuned with cross-entropy on the cosine logits."""
+    n = len(z)
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    w = class_means(z, y, n_classes).T.astype(np.float32).copy()
+
+    def grads():
+        norms = np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+        wn = w / norms
+        p = softmax(scale * (z @ wn))
+        d = (p - onehot) * (scale / n)
+        g_wn = z.T @ d
+        # through the column normalisation: (I - wn wn^T) g / |w|
+        g_w = (g_wn - wn * (wn * g_wn).sum(axis=0, keepdims=True)) / norms
+        return [g_w]
+
+    _adam_fit([w], grads, steps, lr)
+    return LinearModel(w, np.zeros(n_classes, np.float32), scale, cosine=True)
+
+
+LEARNERS = {"nearest_mean": nearest_mean, "cosine": cosine_classifier, "logistic": logistic_regression}
+
+
+@dataclass
+class Candidate:
+    name: str
+    learner: str
+    params: dict = field(default_factory=dict)
+    augment: bool = False
+
+    def fit(self, z, y, n_classes) -> LinearModel:
+        return LEARNERS[self.learner](z, y, n_classes, **self.params)
+
+
+DEFAULT_CANDIDATES = [
+    Candidate("nearest class mean", "nearest_mean"),
+    Candidate("cosine (imprinted)", "cosine"),
+    Candidate("logistic C=1e-3", "logistic", {"l2_penalty": 1e-3}),
+    Candidate("logistic C=1e-2", "logistic", {"l2_penalty": 1e-2}),
+    Candidate("cosine (imprinted) + augmented", "cosine", augment=True),
+    Candidate("logistic C=1e-3 + augmented", "logistic", {"l2_penalty": 1e-3}, augment=True),
+]
+
+
+# -- cross-validation -------------------------------------------------------------------------
+def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    """k folds of row indices, each class spread over the folds as evenly as it can be."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        for j, i in enumerate(idx):
+            folds[(j + offset) % k].append(int(i))
+        offset += len(idx)
+    return [np.array(sorted(f), int) for f in folds if f]
+
+
+@dataclass
+class Evaluation:
+    candidate: Candidate
+    accuracy: float
+    predictions: np.ndarray  # out-of-fold predicted class per row
+
+
+def cross_validate(embeddings: np.ndarray, y: np.ndarray, n_classes: int, candidates: list[Candidate],
+                   augment: Augment = None, power: float = 0.5, folds: int = 5, seed: int = 0,
+                   progress: Optional[Callable[[dict], None]] = None) -> list[Evaluation]:
+    """Out-of-fold accuracy of every candidate; the transform is fitted on each training fold only."""
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    splits = stratified_folds(y, k, seed)
+    extra_z = extra_rows = None
+    if augment is not None and any(c.augment for c in candidates):
+        extra_z, extra_rows = augment(np.arange(len(y)))
+    preds = {c.name: np.zeros(len(y), int) for c in candidates}
+    for f, test in enumerate(splits):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        transform = FeatureTransform(power).fit(embeddings[train])
+        z_train, z_test = transform(embeddings[train]), transform(embeddings[test])
+        if extra_z is not None:
+            keep = np.isin(extra_rows, train)
+            z_aug, y_aug = transform(extra_z[keep]), y[extra_rows[keep]]
+        for c in candidates:
+            if c.augment and extra_z is not None:
+                model = c.fit(np.concatenate([z_train, z_aug]), np.concatenate([y[train], y_aug]), n_classes)
+            else:
+                model = c.fit(z_train, y[train], n_classes)
+            preds[c.name][test] = np.argmax(model.logits(z_test), axis=1)
+        if progress:
+            progress({"phase": "cross-validation", "epoch": f + 1, "epochs": len(splits)})
+    return [Evaluation(c, float(np.mean(preds[c.name] == y)), preds[c.name]) for c in candidates]
+
+
+# -- knowing when it does not know --------------------------------------------------------------
+def loo_mean_similarity(z: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each example's cosine similarity to the mean of the *other* examples of its class."""
+    sums = np.stack([z[y == c].sum(axis=0) for c in range(n_classes)])
+    counts = np.bincount(y, minlength=n_classes)
+    out = np.empty(len(z), np.float32)
+    for i in range(len(z)):
+        c = y[i]
+        if counts[c] < 2:
+            out[i] = 1.0
+            continue
+        rest = (sums[c] - z[i]) / (counts[c] - 1)
+        out[i] = float(z[i] @ rest / max(np.linalg.norm(rest), 1e-12))
+    return out
+
+
+def novelty(similarity: float, reference: np.ndarray) -> float:
+    """The share of stored examples that sat closer to their class than this frame sits to its best class (0..1)."""
+    if not len(reference):
+        return 0.0
+    return 1.0 - float(np.searchsorted(reference, similarity, side="right")) / len(reference)  # reference is sorted
+
+
+# -- the quality report -------------------------------------------------------------------------
+def quality_report(y: np.ndarray, oof: np.ndarray, classes: list[str], embeddings: np.ndarray,
+                   target: float = 0.9) -> dict:
+    """Per-class cross-validated accuracy, the most confused pairs, duplicate and imbalance warnings, advice."""
+    counts = np.bincount(y, minlength=len(classes))
+    per_class = {classes[c]: round(float(np.mean(oof[y == c] == c)), 3) for c in range(len(classes)) if counts[c]}
+    confusion = np.zeros((len(classes), len(classes)), int)
+    for t, p in zip(y, oof):
+        confusion[t, p] += 1
+    pairs = []
+    for a in range(len(classes)):
+        for b in range(a + 1, len(classes)):
+            n = int(confusion[a, b] + confusion[b, a])
+            if n:
+                pairs.append({"pair": [classes[a], classes[b]], "confusions": n})
+    pairs.sort(key=lambda p: -p["confusions"])
+    warnings, advice = [], []
+    z = l2(embeddings)
+    for c in range(len(classes)):
+        rows = np.flatnonzero(y == c)
+        if len(rows) > 1:
+            sims = z[rows] @ z[rows].T
+            near = int(np.sum(np.triu(sims > 0.995, 1).any(axis=0)))
+            if near >= max(2, len(rows) // 3):
+                warnings.append(f"{classes[c]}: {near} of {len(rows)} examples are near-duplicates of another "
+                                f"(a still camera?): move the object or the camera between captures")
+    if counts.max() > 3 * max(counts[counts > 0].min(), 1):
+        warnings.append(f"imbalanced: {classes[int(np.argmax(counts))]} has {int(counts.max())} examples, "
+                        f"{classes[int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))]} "
+                        f"{int(counts[counts > 0].min())}")
+    for c in range(len(classes)):
+        if counts[c] and per_class[classes[c]] < target:
+            more = int(max(5, counts[c]))
+            worst = next((p["pair"] for p in pairs if classes[c] in p["pair"]), None)
+            why = f" (most often confused with {[x for x in worst if x != classes[c]][0]})" if worst else ""
+            advice.append(f"add about {more} more examples of {classes[c]}{why}")
+    return {"per_class_accuracy": per_class, "confused_pairs": pairs[:5], "confusion": confusion.tolist(),
+            "classes": classes, "counts": {classes[c]: int(counts[c]) for c in range(len(classes))},
+            "warnings": warnings, "advice": advice}

@@ -118,7 +118,7 @@ class ServeConfig(_Strict):
 
 
 class CaptureConfig(_Strict):
-    dedupe: float = Field(0.97, ge=0.5, le=1.0, description="skip frames at least this similar (cosine of embeddings) "
+    dedupe: float = Field(0.99, ge=0.5, le=1.0, description="skip frames at least this similar (cosine of embeddings) "
                                                             "to the last kept one; 1 = keep every frame")
     timeout_s: float = Field(120.0, gt=0, description="a capture ends with what it has after count x interval + this")
 
@@ -129,6 +129,14 @@ class ReviewConfig(_Strict):
     min_score: float = Field(0.5, ge=0, le=1, description="keep a frame whose best score is under this")
     min_interval_s: float = Field(10.0, ge=0, description="at most one frame kept per this many seconds")
     max_items: int = Field(200, ge=1, le=100_000, description="oldest items are dropped beyond this")
+
+
+class WebConfig(_Strict):
+    enabled: bool = Field(False, description="serve the teach page (live view, capture, train, models) over HTTP")
+    host: str = Field("127.0.0.1", description="address to listen on; any other than loopback needs a token")
+    port: int = Field(8080, ge=1, le=65535)
+    token: Optional[str] = Field(None, min_length=8, description="required from every client (header, cookie or ?token=)")
+    fps: float = Field(5.0, gt=0, le=30, description="live view frames per second (encoded off the frame loop)")
 
 
 class TrainerConfig(_Strict):
@@ -150,6 +158,7 @@ class Config(_Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("device")
     @classmethod

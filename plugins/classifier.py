@@ -19,7 +19,7 @@ from pydantic import Field
 
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
-from edged.heads.fewshot import (DEFAULT_CANDIDATES, FeatureTransform, LinearModel, class_means, cross_validate,
+from edged.heads.fewshot import (DEFAULT_CANDIDATES, FeatureTransform, LinearModel, choose, class_means, cross_validate,
                                  l2, loo_mean_similarity, novelty, quality_report)
 from edged.sources.augment import embed_augmented
 from edged.state.store import Examples
@@ -34,7 +34,9 @@ class ClassifierOptions(HeadOptions):
     unknown_quantile: float = Field(0.1, ge=0, lt=1, description="'unknown' below this quantile of the stored "
                                                                   "examples' similarity to their own class; 0 = never")
     candidates: list[str] = Field(default_factory=lambda: [c.name for c in DEFAULT_CANDIDATES],
-                                  description="which learners cross-validation chooses among")
+                                  description="learners cross-validation chooses among; the first is the default")
+    switch_margin: float = Field(0.02, ge=0, le=1, description="cross-validated accuracy another learner needs over "
+                                                               "the default to replace it")
     seed: int = 0
     # fine_tune / from_scratch modes (TensorFlow worker)
     fine_tune_layers: int = Field(0, ge=0, le=1000, description="0: every layer with weights")
@@ -98,6 +100,7 @@ class ClassifierHead(Head):
         y = np.array([classes.index(l) for l in examples.labels.tolist()])
         wanted = set(self.options.candidates)
         candidates = [c for c in DEFAULT_CANDIDATES if c.name in wanted]
+        candidates.sort(key=lambda c: self.options.candidates.index(c.name))
         if not candidates:
             raise HeadError(f"heads.classifier.candidates: none of {sorted(wanted)} is known; "
                             f"known: {[c.name for c in DEFAULT_CANDIDATES]}")
@@ -109,7 +112,7 @@ class ClassifierHead(Head):
         cached = (lambda rows: cache) if cache is not None else None
         evals = cross_validate(examples.embeddings, y, len(classes), candidates, cached, self.options.power,
                                self.options.folds, self.options.seed, progress)
-        best = max(evals, key=lambda e: e.accuracy)  # ties keep the simpler, earlier candidate
+        best = choose(evals, self.options.switch_margin)
         self.transform = FeatureTransform(self.options.power).fit(examples.embeddings)
         z = self.transform(examples.embeddings)
         if best.candidate.augment and cache is not None:

@@ -33,7 +33,7 @@ def broker():
 
     b = MosquittoBroker().start()
     yield b
-    b.stop()
+    b.close()
 
 
 # -- backbones: converted once per test session, copied into each state dir -------------------

@@ -30,7 +30,7 @@ def test_config_check_bad_value_names_path(tmp_path):
 
 
 def test_config_check_good_file_and_example(tmp_path):
-    result = _edged("config", "check", "systemd/edged.example.toml")
+    result = _edged("config", "check", "edged/cli/systemd/edged.example.toml")
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 

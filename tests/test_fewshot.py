@@ -158,7 +158,7 @@ def test_dedupe_keeps_fewer_frames_from_a_still_video(make_state, tmp_path):
         source = OpenCVSource(path, SourceConfig(uri=path, loop=False))
         source.open()
         store = Store(tmp_path / f"store-{name}")
-        job = CaptureJob(store, info.id, name, 40, 0.0, dedupe=0.97)  # the [capture] default
+        job = CaptureJob(store, info.id, name, 40, 0.0, dedupe=0.97)  # a still camera at 0.25/128 sits near 0.98
         while (frame := source.read()) is not None:
             job.offer(frame.image, engine.embed(to_pixels(frame.image, info.input_size)))
         kept[name] = (job.stored, job.skipped)

@@ -24,9 +24,10 @@ LAYERS = {
     "edged.state": 3,
     "edged.heads": 4, "edged.mqtt": 4,
     "edged.serve": 5,
-    "edged.cli": 6,
-    "edged.learn": 7, "edged.__main__": 7,
-    "edged.bench": 8,
+    "edged.web": 6,
+    "edged.cli": 7,
+    "edged.learn": 8, "edged.__main__": 8,
+    "edged.bench": 9,
 }
 TENSORFLOW = ("tensorflow", "keras")
 # Only these may import TensorFlow, Keras or edged.learn: the learn package, benchmarks, heads' trainer modules.

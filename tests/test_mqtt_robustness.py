@@ -44,7 +44,7 @@ def test_broker_outage_reconnects_and_resumes(tmp_path, make_state, daemons):
         probe.close()
         assert d.stop() == 0
     finally:
-        broker.stop()
+        broker.close()
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd not installed")
@@ -82,7 +82,7 @@ def test_username_password_required(tmp_path, make_state, daemons):
         assert "refused" in d_bad.output() or "Not authorized" in d_bad.output() or "not authorised" in d_bad.output().lower()
         assert d_good.stop() == 0 and d_bad.stop() == 0
     finally:
-        broker.stop()
+        broker.close()
 
 
 def test_fleet_command_reaches_every_device(broker, probe, tmp_path, make_state, daemons):

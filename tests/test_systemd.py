@@ -16,7 +16,7 @@ def _localised(tmp_path, name):
     """The unit with ExecStart pointing at this machine's `edged`."""
     edged = shutil.which("edged")
     assert edged, "edged console script not installed"
-    text = (ROOT / "systemd" / name).read_text().replace("/usr/local/bin/edged", edged)
+    text = (ROOT / "edged" / "cli" / "systemd" / name).read_text().replace("/opt/edged/bin/edged", edged)
     path = tmp_path / name
     path.write_text(text)
     return path

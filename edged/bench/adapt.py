@@ -73,7 +73,7 @@ def run(args) -> int:
                 stop_daemon(proc)
                 probe.close()
     finally:
-        broker.stop()
+        broker.close()
     print(f"{args.examples} stored sign-digits examples, classifier head (head only: the serving backbone is reused), "
           f"{info.description}; training runs in a TensorFlow worker process, the daemon keeps serving")
     print(table(rows, ["command", "reply s", "first new prediction s", "val accuracy"]))

@@ -62,7 +62,7 @@ def run(args) -> int:
                 stop_daemon(proc)
                 probe.close()
     finally:
-        broker.stop()
+        broker.close()
     base_rss, base_anon, base_s = _imports_rss("import numpy, cv2, paho.mqtt.client, ai_edge_litert.interpreter")
     tf_rss, tf_anon, tf_s = _imports_rss("import tensorflow")
     rows.append(["edged run (serving, kNN, MQTT)", f"{serve_rss:.0f}", f"{serve_anon:.0f}", f"{cold:.2f} s to first prediction"])

@@ -6,16 +6,18 @@ import argparse
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..config import Config
-from ..mqtt.broker import local_broker
+from ..mqtt.broker import free_port, local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..serve.daemon import Daemon
 from ..sources.synthetic import scene_at
+from ..web.server import web_component
 from .common import CACHE, DATA, models, table
 from .daemonrun import prepare_state
 
@@ -26,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
+    p.add_argument("--web", action="store_true", help="also run the first model with the teach page open in a client "
+                                                      "(MJPEG live view + event stream) and compare")
 
 
 def make_video(width: int, height: int, frames: int = 300) -> Path:
@@ -60,23 +64,39 @@ def _bare_fps(info, threads: int, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path):
+def _read_forever(url: str, stop: threading.Event) -> None:
+    """A page's worth of HTTP reading: the stream is consumed as a browser would, until told to stop."""
+    with urllib.request.urlopen(url, timeout=10) as stream:
+        while not stop.is_set() and stream.read(65536):
+            pass
+
+
+def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path, web: bool = False):
+    port = free_port()
     cfg = Config.model_validate({
         "device": "bench", "state_dir": str(state), "log_level": "WARNING",
         "source": {"uri": str(video), "realtime": False, "loop": True},
         "backbone": info_cfg.model_dump(), "runtime": {"num_threads": threads},
         "mqtt": {"port": broker_port, "stats_interval_s": 1000},
+        "web": {"enabled": web, "port": port},
     })
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, extra=(("web", web_component(cfg.web)),) if web else ())
     daemon.start()
     runner = threading.Thread(target=daemon.run)
     runner.start()
+    readers, reading = [], threading.Event()
+    if web:
+        for path in ("/api/live.mjpg", "/api/events"):
+            readers.append(threading.Thread(target=_read_forever, args=(f"http://127.0.0.1:{port}{path}", reading),
+                                            daemon=True))
+            readers[-1].start()
     time.sleep(2.0)  # warm-up
     g, t = daemon.grabber, daemon.times
     start = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)
     time.sleep(seconds)
     end = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)
     published = daemon.mqtt.published if daemon.mqtt else 0
+    reading.set()
     daemon.stop.set()
     runner.join()
     daemon.shutdown()
@@ -106,11 +126,28 @@ def run(args) -> int:
             lines.append(f"pipeline {alpha}/{size}: {fps / raw:.3f} x raw invoke fps (target >= 0.87), "
                          f"non-model cost {overhead_ms:.3f} ms/frame" + (" (target <= 1 ms)" if float(alpha) <= 0.25 else ""))
     finally:
-        broker.stop()
+        broker.close()
     print(f"source: {args.width}x{args.height} mp4 decoded by OpenCV, kNN head (50 examples), MQTT publish to a local broker; "
           f"decode+preprocess run in the grabber thread, overlapped with inference; {args.threads} interpreter threads")
     print(table(rows, ["model", "raw fps", "pipeline fps", "ratio", "decode ms", "preproc ms", "invoke ms", "head ms",
                        "publish ms", "non-model ms"]))
     for line in lines:
         print(line)
+    if args.web:
+        alpha, size, cfg, info = next(models(args.models.split(",")[0]))
+        broker = local_broker()
+        try:
+            results = {}
+            for web in (False, True, False, True):  # alternated, so that drift on the machine hits both alike
+                with tempfile.TemporaryDirectory() as tmp:
+                    cap = cv2.VideoCapture(str(video))
+                    prepare_state(Path(tmp), info, [(cap.read()[1], f"c{i % 5}") for i in range(50)])
+                    fps, _, _ = _pipeline(cfg, video, broker.port, args.threads, args.seconds, Path(tmp), web)
+                results.setdefault(web, []).append(fps)
+        finally:
+            broker.close()
+        without, with_page = np.mean(results[False]), np.mean(results[True])
+        print(f"teach page: {alpha}/{size} pipeline {without:.1f} fps without a client, {with_page:.1f} fps with one "
+              f"reading the MJPEG live view ({5:g} fps) and the event stream (two runs each, alternated)")
+        print(f"pipeline web: {with_page / without:.3f} x the fps without the page open (target >= 0.95)")
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import BackboneError, SourceError
-from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version
+from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version, load_delegate
 from ..sources import open_source
 from ..state.backbones import backbone_id
 
@@ -36,7 +36,7 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
         mod = None
     if mod is not None:
         try:
-            mod.load_delegate(EDGETPU_LIBRARY)
+            load_delegate(mod, EDGETPU_LIBRARY)
             _line(True, "edgetpu", f"{EDGETPU_LIBRARY} loaded")
         except Exception as e:
             level = False if cfg.runtime.delegate == "edgetpu" else None

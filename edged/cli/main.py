@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,11 +17,13 @@ import cv2
 
 from pydantic import ValidationError
 
+from .. import __version__
 from ..config import Config, format_validation_error, load_config, read_config_data
 from ..errors import ConfigError, EdgedError
 from ..heads.base import TrainRequest
 from ..heads.options import check_head_config
 from ..heads.registry import head_classes, plugin_manager, plugin_sources
+from ..mqtt.requests import BrokerClient, parse_cli_payload
 from ..serve.backbone import embed_image, open_backbone, reembed_missing
 from ..serve.capture import CaptureJob
 from ..serve.daemon import Daemon
@@ -33,15 +36,22 @@ from ..serve.commands import parse
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from ..state.versions import Versions
+from .checks import check_meaning
 from .demo import Demo
+from .install import install
 from .doctor import run_doctor
 
 log = logging.getLogger("edged")
 
 
 def _setup_logging(level: str) -> None:
+    """edged's own log at `level`; TensorFlow, absl and OpenCV chatter only at DEBUG."""
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if level != "DEBUG":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # inherited by the worker and the backbone builder
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _load(args) -> Config:
@@ -67,6 +77,11 @@ def cmd_config_check(args) -> int:
         problems += [f"{origin}: {p}" for p in check_head_config(partial, head_classes(plugin_manager(partial.plugins_dir)))]
     except (ValidationError, EdgedError):
         pass  # already reported above
+    if cfg is not None:
+        errors, warnings = check_meaning(cfg)
+        problems += [f"{origin}: {p}" for p in errors]
+        for w in warnings:
+            print(f"warning: {origin}: {w}", file=sys.stderr)
     if problems:
         raise ConfigError("\n".join(problems))
     print(f"{args.file}: ok (device {cfg.device!r}, source {cfg.source.uri!r}, backbone {cfg.backbone.family})")
@@ -83,6 +98,16 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _web_components(cfg: Config) -> tuple:
+    if not cfg.web.enabled:
+        return ()
+    try:
+        from ..web.server import web_component  # optional: aiohttp is the `web` extra
+    except ImportError as e:
+        raise ConfigError(f"web.enabled needs aiohttp, which is not installed: pip install 'edged[web]' ({e})") from None
+    return (("web", web_component(cfg.web)),)
+
+
 def cmd_run(args) -> int:
     demo = None
     if args.demo:
@@ -90,12 +115,17 @@ def cmd_run(args) -> int:
         cfg = demo.config()
     else:
         cfg = _load(args)
+    errors, warnings = check_meaning(cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
     if args.print:
         cfg.serve.print_predictions = True
     _setup_logging(cfg.log_level)
+    for w in warnings:
+        log.warning("%s", w)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    daemon = Daemon(cfg, stop)
+    daemon = Daemon(cfg, stop, _web_components(cfg))
     try:
         if demo is not None:
             demo.start(cfg)
@@ -286,6 +316,62 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_command(args) -> int:
+    """Send a command to a running daemon over the broker and wait for its final reply."""
+    cfg = _load(args)
+    payload = parse_cli_payload(args.payload)
+    device = args.device or cfg.device
+    base = f"{cfg.mqtt.prefix}/{device}"
+    with BrokerClient(cfg.mqtt) as client:
+        reply = client.request(f"{base}/cmd/{args.name}", f"{base}/reply/{args.name}", payload, args.timeout,
+                               _progress_printer())
+    if reply.get("ok"):
+        print(json.dumps(reply.get("result"), default=str))
+        return 0
+    print(f"error: {reply.get('error')}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args) -> int:
+    """The daemon's retained status (its last word, or the broker's `offline` will)."""
+    cfg = _load(args)
+    device = args.device or cfg.device
+    with BrokerClient(cfg.mqtt) as client:
+        status = client.retained(f"{cfg.mqtt.prefix}/{device}/status", args.timeout)
+    if status is None:
+        print(f"error: no status for device {device!r} on {cfg.mqtt.host}:{cfg.mqtt.port}: has it ever run here?",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2 if args.pretty else None, default=str))
+    return 0 if status.get("state") == "online" else 3
+
+
+def cmd_install_service(args) -> int:
+    for line in install(Path(args.root), args.user, chown=not args.no_chown):
+        print(line)
+    if Path(args.root) == Path("/"):
+        print("next: sudo systemctl daemon-reload && sudo systemctl enable --now edged   (or edged@<camera> per camera)")
+    return 0
+
+
+def cmd_examples(args) -> int:
+    """Stored examples on disk: list, delete, relabel (a running daemon picks the change up)."""
+    cfg = _load(args)
+    store = Store(cfg.state_path / "store")
+    try:
+        if args.examples_command == "list":
+            for row in store.list(args.label, args.limit):
+                print(json.dumps(row))
+        elif args.examples_command == "delete":
+            print(json.dumps({"deleted": store.delete(args.ids), "counts": store.counts()}))
+        else:
+            parse("relabel", json.dumps({"ids": args.ids, "label": args.label}).encode())  # as the MQTT command
+            print(json.dumps({"relabelled": store.relabel(args.ids, args.label), "counts": store.counts()}))
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_review(args) -> int:
     """The review queue on disk: list, label (stored as an example; a running daemon picks it up), discard."""
     cfg = _load(args)
@@ -346,8 +432,17 @@ def cmd_doctor(args) -> int:
     return run_doctor(_load(args), args.timeout)
 
 
+class HelpfulParser(argparse.ArgumentParser):
+    """Every `edged` (sub)command shows each option's default in its help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edged", description=__doc__)
+    parser = HelpfulParser(prog="edged", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="serve: camera -> backbone -> heads -> MQTT")
@@ -358,43 +453,82 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="store N labelled frames from the source")
     _add_config_args(p)
-    p.add_argument("--label", required=True)
-    p.add_argument("--count", type=int, default=10)
-    p.add_argument("--interval-ms", type=int, default=200)
-    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"))
+    p.add_argument("--label", required=True, help="label of the frames stored")
+    p.add_argument("--count", type=int, default=10, help="frames to store")
+    p.add_argument("--interval-ms", type=int, default=200, help="time between stored frames")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="the object's box in [0, 1] frame coordinates, for the box head")
     p.add_argument("--timeout", type=float, default=60.0, help="give up when no frame arrives for this long")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("import", help="store a labelled data set: class folders or Pascal VOC boxes")
     _add_config_args(p)
-    p.add_argument("format", choices=["folders", "voc"])
-    p.add_argument("folder")
+    p.add_argument("format", choices=["folders", "voc"], help="folders: FOLDER/<label>/*.jpg; voc: Pascal VOC boxes")
+    p.add_argument("folder", help="the data set's folder")
     p.add_argument("--label", help="voc: store every box under this label instead of the object name")
-    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="stop after this many images (0: all)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("predict", help="print predictions for image files")
     _add_config_args(p)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--head", action="append", help="head(s) to use instead of heads.active")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--head", action="append", help="head(s) to use instead of heads.active (changes nothing on disk)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train a head on the stored examples (needs TensorFlow)")
     _add_config_args(p)
-    p.add_argument("--head", default="classifier")
+    p.add_argument("--head", default="classifier", help="head to train")
     p.add_argument("--mode", choices=["frozen", "fine_tune", "from_scratch"], default="frozen",
                    help="frozen: numpy on stored embeddings (no TensorFlow); fine_tune / from_scratch: the backbone "
-                        "too, in the TensorFlow worker, kept only if it beats frozen (default: %(default)s)")
+                        "too, in the TensorFlow worker, kept only if it beats frozen")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the head's option)")
     p.add_argument("--fine-tune-layers", type=int, help="unfreeze this many top backbone layers (0: all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export backbone + head as one TFLite model, parity-checked")
     _add_config_args(p)
-    p.add_argument("--head", default="classifier")
-    p.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32")
+    p.add_argument("--head", default="classifier", help="head to export")
+    p.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32", help="TFLite precision")
     p.add_argument("--force", action="store_true", help="keep the model even if the parity check fails")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cmd", help="send a command to a running daemon and wait for its reply",
+                       description="edged cmd [--config F] NAME [JSON | --key value ...], e.g. "
+                                   "edged cmd capture --label mug --count 20, or edged cmd train '{\"head\": \"classifier\"}'")
+    _add_config_args(p)
+    p.add_argument("--device", help="device to command (default: the config's device)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the final reply")
+    p.add_argument("name", help="capture, train, export, activate, rollback, forget, status, heads, review, label, ...")
+    p.add_argument("payload", nargs=argparse.REMAINDER, help="a JSON object, or --key value pairs")
+    p.set_defaults(func=cmd_command)
+
+    p = sub.add_parser("install-service", help="systemd units for this installation, /etc/edged, /var/lib/edged")
+    p.add_argument("--root", default="/", help="install under this folder instead of / (for packaging or a look)")
+    p.add_argument("--user", default="edged", help="the service's user and group")
+    p.add_argument("--no-chown", action="store_true", help="leave owners alone (modes are still set)")
+    p.set_defaults(func=cmd_install_service)
+
+    p = sub.add_parser("status", help="a running daemon's retained status")
+    _add_config_args(p)
+    p.add_argument("--device", help="device (default: the config's device)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the retained status")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("examples", help="stored examples: list, delete, relabel")
+    esub = p.add_subparsers(dest="examples_command", required=True)
+    e = esub.add_parser("list", help="one JSON line per example, newest first")
+    _add_config_args(e)
+    e.add_argument("--label", help="only this label")
+    e.add_argument("--limit", type=int, default=100, help="at most this many")
+    e = esub.add_parser("delete", help="remove examples by id")
+    _add_config_args(e)
+    e.add_argument("ids", type=int, nargs="+", help="example ids (edged examples list)")
+    e = esub.add_parser("relabel", help="give examples another label")
+    _add_config_args(e)
+    e.add_argument("label", help="the right label")
+    e.add_argument("ids", type=int, nargs="+", help="example ids (edged examples list)")
+    p.set_defaults(func=cmd_examples)
 
     p = sub.add_parser("review", help="frames kept because a head was unsure: list, label, discard")
     rsub = p.add_subparsers(dest="review_command", required=True)
@@ -402,11 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(r)
     r = rsub.add_parser("label", help="store a kept frame as an example of LABEL")
     _add_config_args(r)
-    r.add_argument("id")
-    r.add_argument("label")
+    r.add_argument("id", help="review item id (edged review list)")
+    r.add_argument("label", help="label to store the frame under")
     r = rsub.add_parser("discard", help="drop a kept frame")
     _add_config_args(r)
-    r.add_argument("id")
+    r.add_argument("id", help="review item id (edged review list)")
     p.set_defaults(func=cmd_review)
 
     for verb, helptext in (("activate", "make a model version current"), ("rollback", "return to the previous model version")):
@@ -414,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.add_argument("--model", required=True, help="head name whose exported models to switch")
         if verb == "activate":
-            p.add_argument("--version", required=True)
+            p.add_argument("--version", required=True, help="version to make current, e.g. v3")
         p.set_defaults(func=cmd_versions, versions_command=verb)
 
     p = sub.add_parser("bench", help="benchmarks printing side-by-side ratios",
@@ -429,14 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check interpreter, delegate, camera, broker, TensorFlow")
     _add_config_args(p)
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("config", help="config tools")
     csub = p.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("check", help="validate a config file")
-    c.add_argument("file")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.add_argument("file", help="TOML config file")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. mqtt.port=1884")
     c.add_argument("--show", action="store_true", help="print the resolved config")
     c.set_defaults(func=cmd_config_check)
 

@@ -148,14 +148,25 @@ class Candidate:
         return LEARNERS[self.learner](z, y, n_classes, **self.params)
 
 
+# The first candidate that can run is the default; cross-validation replaces it only by a clear margin,
+# because picking the best of several noisy k-fold scores at 5 shots mostly picks noise (measured on
+# sign-digits: always-logistic+augmented 0.748 at 5 shots, best-of-six by CV 0.732).
 DEFAULT_CANDIDATES = [
-    Candidate("nearest class mean", "nearest_mean"),
-    Candidate("cosine (imprinted)", "cosine"),
-    Candidate("logistic C=1e-3", "logistic", {"l2_penalty": 1e-3}),
-    Candidate("logistic C=1e-2", "logistic", {"l2_penalty": 1e-2}),
+    Candidate("logistic + augmented", "logistic", {"l2_penalty": 1e-3}, augment=True),
+    Candidate("logistic", "logistic", {"l2_penalty": 1e-3}),
     Candidate("cosine (imprinted) + augmented", "cosine", augment=True),
-    Candidate("logistic C=1e-3 + augmented", "logistic", {"l2_penalty": 1e-3}, augment=True),
+    Candidate("cosine (imprinted)", "cosine"),
+    Candidate("nearest class mean", "nearest_mean"),
 ]
+
+
+def choose(evals: list["Evaluation"], margin: float) -> "Evaluation":
+    """The first (default) candidate, unless another beats it by at least `margin` of cross-validated accuracy."""
+    best = evals[0]
+    for e in evals[1:]:
+        if e.accuracy >= best.accuracy + margin and e.accuracy > evals[0].accuracy + margin:
+            best = e
+    return best
 
 
 # -- cross-validation -------------------------------------------------------------------------

@@ -33,7 +33,12 @@ def base_model(cfg: BackboneConfig) -> keras.Model:
     shape = (cfg.input_size, cfg.input_size, 3)
     kwargs = dict(input_shape=shape, alpha=cfg.alpha, include_top=False)
     if cfg.weights == "imagenet":
-        return _APPS[cfg.family](weights="imagenet", **kwargs)
+        try:
+            return _APPS[cfg.family](weights="imagenet", **kwargs)
+        except Exception as e:
+            raise BackboneError(f"backbone.weights = 'imagenet': getting Keras' ImageNet weights failed "
+                                f"({type(e).__name__}: {str(e)[:200]}); offline, set backbone.weights to a local "
+                                f".weights.h5 file, or 'none' for random weights") from None
     keras.utils.set_random_seed(cfg.seed)
     model = _APPS[cfg.family](weights=None, **kwargs)
     if cfg.weights == "none":

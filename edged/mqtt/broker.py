@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import socket
 import subprocess
@@ -30,11 +31,19 @@ def wait_for_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def find_mosquitto() -> Optional[str]:
+    """mosquitto on the PATH or in Debian's sbin; EDGED_MOSQUITTO names another binary, or 'none' to hide it."""
+    choice = os.environ.get("EDGED_MOSQUITTO")
+    if choice:
+        return None if choice == "none" else choice
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
 class MosquittoBroker:
     """`start()` launches mosquitto on 127.0.0.1:port; `stop()` kills it. Restartable on the same port."""
 
     def __init__(self, port: Optional[int] = None, extra_config: str = ""):
-        self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        self.binary = find_mosquitto()
         if self.binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         self.port = port or free_port()
@@ -63,9 +72,17 @@ class MosquittoBroker:
                 self.proc.wait()
             self.proc = None
 
+    def close(self) -> None:
+        """Stop and remove its temporary folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 class AmqttBroker:
-    """An in-process broker for machines without mosquitto (pip install 'edged[demo]')."""
+    """An in-process broker for machines without mosquitto (pip install 'edged[demo]'). It speaks MQTT 3.1.1:
+    clients of the demo connect with `mqtt.protocol = "3.1.1"` (amqtt refuses edged's MQTT 5 will)."""
+
+    protocol = "3.1.1"
 
     def __init__(self, port: Optional[int] = None):
         import amqtt  # noqa: F401  (ImportError tells the caller to install it)
@@ -109,6 +126,8 @@ class AmqttBroker:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop = None
+
+    close = stop
 
 
 def local_broker(port: Optional[int] = None):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -53,6 +57,45 @@ class EngineOptions:
     delegate: str = "none"  # none | edgetpu
     interpreter: str = "auto"
     scaling: Scaling = Scaling()
+    quiet: bool = True  # keep the interpreter's native start-up lines ("Created ... XNNPACK delegate") off stderr
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Point file descriptor 2 at /dev/null for a moment: native libraries print there, not through Python."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def load_delegate(mod, library: str):
+    """`mod.load_delegate(library)` without the 'Exception ignored in Delegate.__del__' noise a failed load leaves."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if "Delegate" not in repr(getattr(unraisable, "object", "")):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        try:
+            return mod.load_delegate(library)
+        except Exception as e:  # noqa: BLE001  (any failure means: no delegate)
+            message = str(e)
+        gc.collect()  # the half-made Delegate dies here, with the hook in place
+        raise EngineError(message)
+    finally:
+        sys.unraisablehook = previous
 
 
 class InputAdapter:
@@ -119,7 +162,7 @@ class Engine:
         delegates = []
         if options.delegate == "edgetpu":
             try:
-                delegates = [mod.load_delegate(EDGETPU_LIBRARY)]
+                delegates = [load_delegate(mod, EDGETPU_LIBRARY)]
                 self.delegate = "edgetpu"
             except Exception as e:
                 log.warning("Edge TPU delegate unavailable (%s); running on the CPU", e)
@@ -127,8 +170,9 @@ class Engine:
         if delegates:
             kwargs["experimental_delegates"] = delegates
         try:
-            self.interpreter = mod.Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with native_stderr_silenced(options.quiet):
+                self.interpreter = mod.Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         except Exception as e:
             raise EngineError(f"cannot load model {path}: {e}") from e
         inputs = self.interpreter.get_input_details()

@@ -26,6 +26,9 @@ def build_in_child(cfg: Config) -> None:
     log.info("backbone %s is not cached: converting it once in a child process", backbone_id(cfg.backbone))
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
+        said = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+        if said:  # the builder's own message names the key
+            raise BackboneError(said[-1])
         tail = "\n".join(line for line in result.stderr.strip().splitlines() if "TensorSpec" not in line)[-2000:]
         raise BackboneError(f"building backbone failed:\n{tail}")
 

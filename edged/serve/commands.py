@@ -75,6 +75,7 @@ class Activate(_Cmd):
 
 class Train(_Cmd):
     head: str = Field("classifier", max_length=64)
+    activate: bool = Field(True, description="make the trained head predict (added to the active heads)")
     mode: Literal["frozen", "fine_tune", "from_scratch"] = Field(
         "frozen", description="frozen: numpy on stored embeddings; fine_tune / from_scratch: the backbone too (TensorFlow)")
     epochs: Optional[int] = Field(None, ge=1, le=10_000)
@@ -95,6 +96,20 @@ class Label(_Labelled):
     review_id: str = Field(pattern=r"^[0-9a-f]{12}$", description="id of a review item (edged/<device>/review)")
 
 
+class ListExamples(_Cmd):
+    label: Optional[str] = Field(None, max_length=64, description="only this label")
+    limit: int = Field(100, ge=1, le=10_000)
+    offset: int = Field(0, ge=0)
+
+
+class Delete(_Cmd):
+    ids: list[int] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
+
+
+class Relabel(_Labelled):
+    ids: list[int] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
+
+
 class Discard(_Cmd):
     review_id: str = Field(pattern=r"^[0-9a-f]{12}$")
 
@@ -112,6 +127,10 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "review": Empty,
     "label": Label,
     "discard": Discard,
+    "examples": ListExamples,
+    "models": Empty,
+    "delete": Delete,
+    "relabel": Relabel,
 }
 
 

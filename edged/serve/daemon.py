@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg: Config, stop: Optional[threading.Event] = None):
+    def __init__(self, cfg: Config, stop: Optional[threading.Event] = None,
+                 extra: tuple[tuple[str, Callable[["Daemon"], Optional[Callable[[], None]]]], ...] = ()):
         self.cfg = cfg
+        self.extra = extra  # (name, start(daemon) -> stop) started last, stopped first (e.g. the web page)
+        self.latest: dict[str, dict] = {}  # the last prediction payload per head, for readers off the frame loop
         self.stop = stop or threading.Event()
         self.notifier = Notifier()
         self.captures = CaptureDesk()
@@ -50,7 +53,7 @@ class Daemon:
         """(name, start) in start order; each start returns the function that stops it."""
         return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
                 ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
-                ("source", self._start_source)]
+                ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
     def start(self) -> None:
         self.cfg.state_path.mkdir(parents=True, exist_ok=True)
@@ -181,6 +184,7 @@ class Daemon:
         }
         if pred.novelty is not None:
             payload["novelty"] = pred.novelty
+        self.latest[head] = payload
         if self.mqtt is not None:
             self.mqtt.publish(self.mqtt.topics.prediction(head), payload)
         if self.cfg.serve.print_predictions:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from typing import Callable, Optional
 
 import cv2
 
-from ..errors import CommandError
+from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..state.review import ReviewQueue
 from ..state.store import Store
+from ..state.versions import Versions
 from .capture import CaptureDesk, CaptureJob
-from .commands import Activate, Capture, Discard, Empty, Export, Forget, Label, Rollback, Train
+from .commands import (Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Relabel, Rollback,
+                       Train)
 from .dispatch import DEFERRED, Handler, Responder
 from .headset import HeadSet
 from .jobs import JobRunner, run_reporting
@@ -44,7 +47,9 @@ class CommandHandlers:
     def table(self) -> dict[str, Handler]:
         return {"capture": self.capture, "forget": self.forget, "status": self.status, "snapshot": self.snapshot,
                 "heads": self.list_heads, "activate": self.activate, "train": self.train, "export": self.export,
-                "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard}
+                "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard,
+                "examples": self.list_examples, "delete": self.delete, "relabel": self.relabel,
+                "models": self.list_models}
 
     def capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
@@ -70,23 +75,50 @@ class CommandHandlers:
             self.heads.activate(cmd.heads)
         if cmd.model is not None:
             result = self.learning.use_model(cmd.model, cmd.version)
+        log.info("activated %s", result or {"heads": cmd.heads})
         self.changed()
         return {**result, "active": self.heads.active}
 
     def rollback(self, cmd: Rollback, responder: Responder) -> dict:
         result = self.learning.rollback_model(cmd.model)
+        log.info("rolled back %s to %s", cmd.model, result["version"])
         self.changed()
         return {**result, "active": self.heads.active}
 
+    def _known(self, head: str, command: str) -> None:
+        if head not in self.heads.classes:
+            raise HeadError(f"{command}.head: unknown head {head!r}; installed: {sorted(self.heads.classes)}")
+
     def train(self, cmd: Train, responder: Responder):
+        self._known(cmd.head, "train")
         request = TrainRequest(mode=cmd.mode, epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
-        self._job(f"train {cmd.head}", cmd.id, responder,
-                  lambda: self.learning.train(cmd.head, request, responder.progress, self.stop))
+
+        def work() -> dict:
+            responder.progress({"phase": "starting", "step": f"training {cmd.head} ({cmd.mode})"})
+            log.info("training %s (%s)", cmd.head, cmd.mode)
+            result = self.learning.train(cmd.head, request, responder.progress, self.stop)
+            if cmd.activate and cmd.head not in self.heads.active:
+                self.heads.activate(self.heads.active + [cmd.head])
+            result["active"] = cmd.head in self.heads.active
+            if not result["active"]:
+                result["note"] = f"{cmd.head} is trained but not predicting: activate {{\"heads\": [..., \"{cmd.head}\"]}}"
+            log.info("trained %s %s: %s", cmd.head, result.get("version"),
+                     {k: v for k, v in result.get("metrics", {}).items() if k in ("cv_accuracy", "chosen", "fine_tune")})
+            return result
+
+        self._job(f"train {cmd.head}", cmd.id, responder, work)
         return DEFERRED
 
     def export(self, cmd: Export, responder: Responder):
-        self._job(f"export {cmd.head} {cmd.quantize}", cmd.id, responder,
-                  lambda: self.learning.export(cmd.head, cmd.quantize, cmd.force, responder.progress, self.stop))
+        self._known(cmd.head, "export")
+
+        def work() -> dict:
+            responder.progress({"phase": "starting", "step": f"exporting {cmd.head} as {cmd.quantize}"})
+            result = self.learning.export(cmd.head, cmd.quantize, cmd.force, responder.progress, self.stop)
+            log.info("exported %s %s (%s), parity %s", cmd.head, result["model_version"], cmd.quantize, result["parity"])
+            return result
+
+        self._job(f"export {cmd.head} {cmd.quantize}", cmd.id, responder, work)
         return DEFERRED
 
     def _job(self, what: str, corr_id, responder: Responder, work) -> None:
@@ -127,3 +159,48 @@ class CommandHandlers:
     def discard(self, cmd: Discard, responder: Responder) -> dict:
         self.reviews.discard(cmd.review_id)
         return {"review_id": cmd.review_id, "discarded": True}
+
+    def list_examples(self, cmd: ListExamples, responder: Responder) -> dict:
+        return {"examples": self.store.list(cmd.label, cmd.limit, cmd.offset), "counts": self.store.counts()}
+
+    def delete(self, cmd: Delete, responder: Responder) -> dict:
+        removed = self.store.delete(cmd.ids)
+        self.heads.refit_incremental()
+        log.info("deleted %d examples", removed)
+        self.changed()
+        return {"deleted": removed, "counts": self.store.counts()}
+
+    def relabel(self, cmd: Relabel, responder: Responder) -> dict:
+        changed = self.store.relabel(cmd.ids, cmd.label)
+        self.heads.refit_incremental()
+        log.info("relabelled %d examples as %r", changed, cmd.label)
+        self.changed()
+        return {"relabelled": changed, "label": cmd.label, "counts": self.store.counts()}
+
+    def list_models(self, cmd: Empty, responder: Responder) -> dict:
+        """Per head: trained versions with their metrics, exported models with precision and parity, what serves."""
+        state = self.learning.cfg.state_path
+        out = {}
+        for name in sorted(self.heads.classes):
+            trained, exported = Versions(state / "heads" / name), Versions(state / "models" / name)
+            out[name] = {
+                "active": name in self.heads.active,
+                "serving_model": name in self.heads.models,
+                "versions": [_summary(trained.root / v / "head.json", v, trained.current()) for v in trained.versions()],
+                "models": [_summary(exported.root / v / "metadata.json", v, exported.current()) for v in exported.versions()],
+            }
+        return {"heads": out}
+
+
+def _summary(meta_path, version: str, current) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    metrics = meta.get("metrics", {})
+    keep = {k: metrics[k] for k in ("cv_accuracy", "chosen", "val_accuracy", "val_iou", "fine_tune") if k in metrics}
+    out = {"version": version, "current": version == current, "metrics": keep}
+    for key in ("quantization", "parity", "bytes", "created"):
+        if key in meta:
+            out[key] = meta[key]
+    return out

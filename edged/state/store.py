@@ -161,6 +161,37 @@ class Store:
             (self.frames / name).unlink(missing_ok=True)
         return len(frames)
 
+    def list(self, label: Optional[str] = None, limit: int = 100, offset: int = 0) -> list[dict]:
+        """Stored examples, newest first: id, label, time, frame file, box."""
+        query = "SELECT id, label, ts, frame, box FROM examples"
+        params: tuple = ()
+        if label is not None:
+            query += " WHERE label = ?"
+            params = (label,)
+        query += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        with self._lock:
+            rows = self._db.execute(query, params + (limit, offset)).fetchall()
+        return [{"id": r[0], "label": r[1], "ts": round(r[2], 3), "frame": f"store/frames/{r[3]}",
+                 "box": json.loads(r[4]) if r[4] else None} for r in rows]
+
+    def delete(self, ids: list[int]) -> int:
+        """Remove these examples (rows, embeddings, frames); returns how many existed."""
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            frames = [r[0] for r in self._db.execute(f"SELECT frame FROM examples WHERE id IN ({marks})", ids)]
+            with self._db:
+                self._db.execute(f"DELETE FROM examples WHERE id IN ({marks})", ids)
+        for name in frames:
+            (self.frames / name).unlink(missing_ok=True)
+        return len(frames)
+
+    def relabel(self, ids: list[int], label: str) -> int:
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            with self._db:
+                cur = self._db.execute(f"UPDATE examples SET label = ? WHERE id IN ({marks})", [label, *ids])
+        return cur.rowcount
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT label, COUNT(*) FROM examples GROUP BY label").fetchall()

@@ -1,0 +1,135 @@
+"""Talking to running daemons over the broker: send a command and wait for its final reply, read retained topics.
+
+Requests use MQTT 5 request/response (a response topic of our own plus correlation data) when the
+config speaks MQTT 5, and the daemon's `<device>/reply/<command>` topic with a correlation id otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import ssl
+import time
+import uuid
+from typing import Callable, Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config import MqttConfig
+from ..errors import EdgedError
+
+
+class BrokerClient:
+    def __init__(self, cfg: MqttConfig, name: str = "cli"):
+        self.cfg = cfg
+        self.v5 = cfg.protocol == "5"
+        self.inbox: "queue.Queue[tuple[str, bytes, object]]" = queue.Queue()
+        self.session = uuid.uuid4().hex[:10]
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edged-{name}-{self.session}",
+                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            self.client.tls_set(ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile,
+                                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED)
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload, getattr(m, "properties", None)))
+        self.connected = False
+
+    def __enter__(self) -> "BrokerClient":
+        try:
+            self.client.connect(self.cfg.host, self.cfg.port, keepalive=30)
+        except OSError as e:
+            raise EdgedError(f"cannot reach the broker at {self.cfg.host}:{self.cfg.port} (mqtt.host / mqtt.port): {e}") from None
+        self.client.loop_start()
+        self.connected = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        result, _ = self.client.subscribe(topic, qos=qos)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise EdgedError(f"cannot subscribe to {topic}")
+
+    def messages(self, until: float):
+        """(topic, payload, properties) as they arrive, until the monotonic deadline."""
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                yield self.inbox.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+
+    def request(self, topic: str, reply_topic: str, payload: dict, timeout: float,
+                on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+        """Publish a command and return its final reply (raises EdgedError when none comes by `timeout`)."""
+        corr = payload.setdefault("id", f"{self.session}-{uuid.uuid4().hex[:8]}")
+        props = None
+        if self.v5:
+            reply_topic = f"{self.cfg.prefix}/clients/{self.session}/reply"
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply_topic
+            props.CorrelationData = str(corr).encode()
+        self.subscribe(reply_topic)
+        time.sleep(0.05)  # let the subscription settle before the reply can arrive
+        self.client.publish(topic, json.dumps(payload), qos=1, properties=props).wait_for_publish(10)
+        for _, data, _ in self.messages(time.monotonic() + timeout):
+            try:
+                reply = json.loads(data)
+            except ValueError:
+                continue
+            if reply.get("id") != corr:
+                continue
+            if not reply.get("final", True):
+                if on_progress:
+                    on_progress(reply.get("result", {}).get("progress", reply.get("result")))
+                continue
+            return reply
+        raise EdgedError(f"no reply to {topic} within {timeout:g} s: is the daemon running and on this broker?")
+
+    def retained(self, topic: str, wait: float = 2.0) -> Optional[dict]:
+        """The retained message on `topic` (None when there is none)."""
+        self.subscribe(topic)
+        for got, data, _ in self.messages(time.monotonic() + wait):
+            if got == topic:
+                try:
+                    return json.loads(data)
+                except ValueError:
+                    return None
+        return None
+
+
+def parse_cli_payload(words: list[str]) -> dict:
+    """`{"label": "cup"}` or `--label cup --count 20` -> a payload dict (values read as JSON when they parse)."""
+    if len(words) == 1 and words[0].lstrip().startswith("{"):
+        try:
+            value = json.loads(words[0])
+        except ValueError as e:
+            raise EdgedError(f"payload is not valid JSON: {e}") from None
+        return value
+    out, key = {}, None
+    for word in words:
+        if word.startswith("--"):
+            if key is not None:
+                out[key] = True
+            key = word[2:].replace("-", "_")
+            if not key:
+                raise EdgedError("empty option name '--'")
+        elif key is None:
+            raise EdgedError(f"unexpected {word!r}: give a JSON object or --key value pairs")
+        else:
+            try:
+                out[key] = json.loads(word)
+            except ValueError:
+                out[key] = word
+            key = None
+    if key is not None:
+        out[key] = True
+    return out

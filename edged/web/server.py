@@ -1,0 +1,250 @@
+"""The teach page: an aiohttp server in its own thread and event loop, beside the daemon.
+
+No business logic here: every action is a command sent through the daemon's dispatcher (the same
+validation and replies as MQTT); the page reads frames and predictions the frame loop already made.
+The live view is encoded on this thread at `[web] fps`, so a browser never slows the frame loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+from aiohttp import web
+
+from ..config import WebConfig
+from ..errors import CorrelationId, EdgedError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+ID_PATTERN = r"[0-9a-f]{12}"
+
+
+class WebResponder:
+    """A Responder answering an HTTP request: the final reply resolves a future, progress goes to every page."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, events: "Events"):
+        self.corr_id: CorrelationId = None
+        self.loop, self.name, self.events = loop, name, events
+        self.future: asyncio.Future = loop.create_future()
+
+    def _resolve(self, payload: dict) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.future.done() or self.future.set_result(payload))
+
+    def progress(self, result: dict) -> None:
+        self.events.publish("progress", {"command": self.name, "id": self.corr_id, "progress": result})
+
+    def done(self, result: dict) -> None:
+        self._resolve({"id": self.corr_id, "command": self.name, "ok": True, "final": True, "result": result})
+
+    def fail(self, error: str) -> None:
+        self._resolve({"id": self.corr_id, "command": self.name, "ok": False, "final": True, "error": error})
+
+
+class Events:
+    """Fan-out of server-sent events to every connected page (thread-safe publish)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queues: set[asyncio.Queue] = set()
+
+    def publish(self, kind: str, data: dict) -> None:
+        message = f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+        def put():
+            for q in list(self.queues):
+                if q.qsize() < 100:
+                    q.put_nowait(message)
+
+        self.loop.call_soon_threadsafe(put)
+
+
+class WebServer:
+    def __init__(self, cfg: WebConfig, daemon):
+        self.cfg = cfg
+        self.daemon = daemon
+        self.loop = asyncio.new_event_loop()
+        self.events = Events(self.loop)
+        self.runner: Optional[web.AppRunner] = None
+        self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.clients = 0
+        self.closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "WebServer":
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error is not None:
+            raise EdgedError(f"web: cannot listen on {self.cfg.host}:{self.cfg.port}: {self._error}")
+        log.info("teach page on http://%s:%d/", self.cfg.host, self.cfg.port)
+        return self
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.runner = web.AppRunner(self.app(), access_log=None)
+            self.loop.run_until_complete(self.runner.setup())
+            self.loop.run_until_complete(web.TCPSite(self.runner, self.cfg.host, self.cfg.port).start())
+        except BaseException as e:  # noqa: BLE001  (reported by start())
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.create_task(self._ticker())
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        self.closing = True  # the live and event streams end; then the runner can close
+
+        def wake():
+            for q in list(self.events.queues):
+                q.put_nowait(None)
+
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(wake)
+        if self.runner is not None and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    # -- the app -----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=70 * 1024)
+        app.router.add_get("/", self.index)
+        app.router.add_static("/static/", STATIC)
+        app.router.add_get("/api/live.mjpg", self.live)
+        app.router.add_get("/api/events", self.sse)
+        app.router.add_post("/api/cmd/{name}", self.command)
+        app.router.add_get(r"/api/example/{id:\d+}.jpg", self.example_frame)
+        app.router.add_get(r"/api/review/{id:" + ID_PATTERN + r"}.jpg", self.review_frame)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        token = self.cfg.token
+        if token is None:
+            return await handler(request)
+        given = request.query.get("token") or request.cookies.get("edged_token") or ""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer "):]
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "a token is required: open the page as /?token=..."}, status=401)
+        response = await handler(request)
+        if request.query.get("token") and isinstance(response, web.StreamResponse) and not response.prepared:
+            response.set_cookie("edged_token", token, httponly=True, samesite="Strict")
+        return response
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def command(self, request: web.Request) -> web.Response:
+        """POST /api/cmd/<name> with a JSON body: the dispatcher runs it; the final reply is the response."""
+        name = request.match_info["name"]
+        body = await request.read()
+        responder = WebResponder(self.loop, name[:64], self.events)
+        self.daemon.dispatcher.submit(name, body, responder)
+        reply = await responder.future
+        return web.json_response(reply, status=200 if reply["ok"] else 400, dumps=lambda o: json.dumps(o, default=str))
+
+    def _jpeg(self, image) -> Optional[bytes]:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        return data.tobytes() if ok else None
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """MJPEG of what the backbone sees (the centre crop the model is given), at [web] fps."""
+        response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
+                                               "Cache-Control": "no-store"})
+        await response.prepare(request)
+        self.clients += 1
+        last = None
+        try:
+            while not self.closing:
+                frame = self.daemon.loop.last_frame
+                if frame is not None and frame is not last and frame.pixels is not None:
+                    last = frame
+                    jpeg = await self.loop.run_in_executor(None, self._jpeg, cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR))
+                    if jpeg:
+                        await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                             + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                await asyncio.sleep(1.0 / self.cfg.fps)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.clients -= 1
+        return response
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.events.queues.add(queue)
+        try:
+            await response.write(self._status_event().encode())
+            while not self.closing:
+                message = await queue.get()
+                if message is None:
+                    break
+                await response.write(message.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.events.queues.discard(queue)
+        return response
+
+    def _status_event(self) -> str:
+        return f"event: status\ndata: {json.dumps(self.daemon.telemetry.status(), default=str)}\n\n"
+
+    async def _ticker(self) -> None:
+        """Predictions at the live view's rate, status every 2 s, new review items: to every open page."""
+        last_status, last_review = 0.0, None
+        while True:
+            await asyncio.sleep(1.0 / self.cfg.fps)
+            if not self.events.queues:
+                continue
+            self.events.publish("predictions", dict(self.daemon.latest))
+            now = time.monotonic()
+            if now - last_status > 2.0:
+                last_status = now
+                self.events.publish("status", self.daemon.telemetry.status())
+                items = self.daemon.reviews.list()
+                newest = items[-1]["id"] if items else None
+                if newest != last_review:
+                    last_review = newest
+                    self.events.publish("review", {"items": items[-30:]})
+
+    async def example_frame(self, request: web.Request) -> web.Response:
+        example_id = int(request.match_info["id"])
+        try:
+            image = await self.loop.run_in_executor(None, self.daemon.store.load_frame, example_id)
+        except EdgedError as e:
+            raise web.HTTPNotFound(text=str(e)) from None
+        return web.Response(body=self._jpeg(cv2.resize(image, (96, int(96 * image.shape[0] / image.shape[1])))),
+                            content_type="image/jpeg")
+
+    async def review_frame(self, request: web.Request) -> web.Response:
+        path = self.daemon.reviews.folder / request.match_info["id"] / "frame.jpg"
+        if not path.is_file():
+            raise web.HTTPNotFound(text="no such review item")
+        return web.FileResponse(path)
+
+
+def web_component(cfg: WebConfig):
+    """The daemon component that serves the page: start(daemon) -> stop."""
+
+    def start(daemon):
+        server = WebServer(cfg, daemon).start()
+        daemon.web = server
+        return server.stop
+
+    return start

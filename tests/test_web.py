@@ -1,0 +1,172 @@
+"""The teach page: auth, the command layer over HTTP, and a real headless Chromium teaching two labels end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import ROOT, SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config, \
+    write_config, write_video
+
+pytest.importorskip("aiohttp")
+TOKEN = "test-token-123"
+
+
+def _get(url, headers=None, timeout=5):
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout)
+
+
+def _wait_http(url, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return _get(url)
+        except urllib.error.HTTPError as e:
+            return e
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} never answered")
+
+
+def _web_daemon(broker, daemons, make_state, tmp_path, source, settings, token=TOKEN, host="127.0.0.1"):
+    from edged.mqtt.broker import free_port
+
+    port = free_port()
+    state = make_state(settings)
+    extra = f'\n[web]\nenabled = true\nhost = "{host}"\nport = {port}\n' + (f'token = "{token}"\n' if token else "")
+    cfg = write_config(tmp_path / "web.toml", toml_config(state, broker.port, source, settings, "web1", extra))
+    return daemons(cfg, tmp_path / "web.log"), port, cfg, state
+
+
+def test_bound_wide_without_a_token_refuses_to_start(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "c.toml", '[web]\nenabled = true\nhost = "0.0.0.0"\n')
+    out = subprocess.run([sys.executable, "-m", "edged", "run", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "web.token: required when web.host is '0.0.0.0'" in out.stderr
+
+
+def test_token_required_for_page_stream_and_commands(broker, daemons, make_state, tmp_path):
+    d, port, _, _ = _web_daemon(broker, daemons, make_state, tmp_path, "synthetic:clutter=2", backbone_settings("none"))
+    base = f"http://127.0.0.1:{port}"
+    first = _wait_http(f"{base}/")
+    assert first.status == 401
+    for path in ("/api/live.mjpg", "/api/events", "/static/app.js", "/api/example/1.jpg"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(base + path)
+        assert e.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get(f"{base}/api/live.mjpg", {"Authorization": "Bearer wrong-token-00"})
+    assert e.value.code == 401
+    page = _get(f"{base}/?token={TOKEN}")
+    assert page.status == 200 and "edged_token=" in page.headers["Set-Cookie"]
+    stream = _get(f"{base}/api/live.mjpg", {"Authorization": f"Bearer {TOKEN}"})
+    assert stream.read(7) == b"--frame"
+    bad = urllib.request.Request(f"{base}/api/cmd/capture", data=b'{"label": "../x"}', headers={"Cookie": f"edged_token={TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=10)
+    assert e.value.code == 400 and "capture.label" in json.loads(e.value.read())["error"]
+    assert d.stop() == 0
+
+
+def _browser(download_dir: Path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    options = Options()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000", f"--user-data-dir={download_dir / 'profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _segments(tmp_path) -> str:
+    """A looping video: 2 s of ten sign-digit 'one' photos, then 2 s of 'five'."""
+    ones = [cv2.imread(str(p)) for p in sorted((SIGN_DIGITS / "1").glob("*"))[:10]]
+    fives = [cv2.imread(str(p)) for p in sorted((SIGN_DIGITS / "5").glob("*"))[:10]]
+    frames = [img for img in ones for _ in range(6)] + [img for img in fives for _ in range(6)]
+    return write_video(tmp_path / "segments.mp4", frames, fps=30.0)
+
+
+def _segment(pos: int) -> str:
+    return "one" if pos % 120 < 60 else "five"
+
+
+@needs_sign_digits
+@needs_weights
+def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_state, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings = backbone_settings(str(WEIGHTS_025), input_size=128)
+    d, port, _, _ = _web_daemon(broker, daemons, make_state, tmp_path, _segments(tmp_path), settings)
+    _wait_http(f"http://127.0.0.1:{port}/")
+    browser = _browser(tmp_path)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/?token={TOKEN}")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.execute_script("return document.getElementById('live').naturalWidth") > 0)
+        for label in ("one", "five"):
+            browser.find_element(By.ID, "new-label").send_keys(label)
+            browser.find_element(By.ID, "add-label").click()
+
+        def shown(head):
+            """(frame position, label) the page shows for `head`, read in one step (the panel redraws 5x a second)."""
+            return b_js(f"const h = document.querySelector('#predictions .head[data-head={head}]');"
+                        f"return h ? [Number(h.dataset.pos), h.dataset.label] : null;")
+
+        def b_js(script):
+            return browser.execute_script(script)
+
+        def count(label):
+            return b_js(f"return (status.examples || {{}})['{label}'] || 0")
+
+        def capture_in(label):
+            wait.until(lambda b: (s := shown("knn")) and 10 <= s[0] % 60 <= 20 and _segment(s[0]) == label)
+            b_js(f"document.querySelector('.label-row[data-label={label}] button.capture10').click()")
+            wait.until(lambda b: count(label) >= 10)
+
+        # a first example so that the kNN head predicts, and the page shows frame positions
+        b_js("api('capture', {label: 'seed', count: 1, interval_ms: 0})")
+        wait.until(lambda b: shown("knn"))
+        capture_in("one")
+        capture_in("five")
+        b_js("api('forget', {label: 'seed'})")
+        wait.until(lambda b: count("seed") == 0)
+        wait.until(lambda b: b_js("return document.querySelectorAll('.label-row[data-label=one] .thumbs img').length") > 0)
+        browser.find_element(By.ID, "train").click()
+        wait.until(lambda b: b.find_elements(By.ID, "cv-accuracy"))
+        assert "cross-validated accuracy" in browser.find_element(By.ID, "cv-accuracy").text
+        assert browser.find_elements(By.CSS_SELECTOR, "#confusion tr")
+        # the classifier's shown prediction follows the video: "one" during its segment, "five" during the other
+        seen = {"one": [], "five": []}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and min(len(v) for v in seen.values()) < 8:
+            s = shown("classifier")
+            if s and 8 <= s[0] % 60 <= 52:
+                seen[_segment(s[0])].append(s[1])
+            time.sleep(0.2)
+        browser.save_screenshot(str(artifacts / "web.png"))
+        for truth, labels in seen.items():
+            assert len(labels) >= 8 and labels.count(truth) / len(labels) >= 0.8, (truth, labels)
+    finally:
+        browser.quit()
+    assert d.stop() == 0

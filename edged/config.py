@@ -52,6 +52,12 @@ class RuntimeConfig(_Strict):
     num_threads: int = Field(2, ge=1, le=64)
     delegate: Literal["none", "edgetpu"] = "none"
     interpreter: Literal["auto", "litert", "tflite_runtime", "tensorflow"] = "auto"
+    precision: Literal["auto", "float32", "int8"] = Field(
+        "auto", description="auto: serve the int8 backbone when it is faster here and its embeddings match float's")
+    int8_calibration: Literal["store", "blank"] = Field(
+        "store", description="representative frames for int8: stored frames topped up from the source; "
+                             "'blank' (black frames) only to see the parity check refuse a bad calibration")
+    calibration_frames: int = Field(200, ge=10, le=5000)
 
 
 class HeadsConfig(BaseModel):

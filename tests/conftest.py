@@ -48,11 +48,14 @@ def prebuilt_backbones(tmp_root: Path, settings: dict) -> Path:
     """Folder holding `backbones/<id>/` for `settings`; converted with Keras once per session."""
     key = json.dumps(settings, sort_keys=True)
     if key not in _BACKBONE_CACHE:
-        from edged.config import BackboneConfig
-        from edged.learn.backbones import build_backbone
+        from edged.config import BackboneConfig, Config
+        from edged.learn.backbones import build_backbone, build_int8
 
         folder = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
         build_backbone(BackboneConfig(**settings), folder)
+        # the int8 twin too (calibrated on synthetic scenes), so that daemons do not each build it at start
+        build_int8(Config.model_validate({"state_dir": str(folder), "backbone": settings,
+                                          "runtime": {"calibration_frames": 100}}))
         _BACKBONE_CACHE[key] = folder
     return _BACKBONE_CACHE[key]
 

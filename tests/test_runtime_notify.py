@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings
+from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings, needs_weights
 from edged.runtime.scaling import Scaling
 from edged.sources.preprocess import to_pixels
 from edged.runtime.engine import Engine, EngineOptions, InputAdapter, interpreter_module
@@ -147,3 +147,44 @@ def test_keras_file_backbone_cut_at_named_layer(tmp_path):
     bad = cfg.model_copy(update={"cut_layer": "conv_pw_99_relu"})
     with pytest.raises(BackboneError, match="cut_layer.*conv_pw_99_relu"):
         build_backbone(bad, tmp_path)
+
+
+@needs_weights
+@pytest.mark.skipif(not SIGN_DIGITS.is_dir(), reason="../shared/data absent")
+def test_daemon_serves_int8_when_faster_and_falls_back_on_bad_calibration(broker, probe, daemons, make_state, tmp_path):
+    """runtime.precision = auto: int8 when it is faster here and matches float; a blank calibration fails parity."""
+    import json
+
+    from conftest import WEIGHTS_025, toml_config, write_config, write_video
+
+    settings = backbone_settings(str(WEIGHTS_025), input_size=128)
+    for name, extra in (("good", ""), ("bad", '[runtime]\nint8_calibration = "blank"\n')):
+        state = make_state(settings, name=f"state-{name}")
+        from edged.config import load_config
+        from edged.serve.backbone import embed_image, open_backbone
+        from edged.sources.synthetic import scene_at
+        from edged.state.store import NewExample, Store
+
+        cfg = load_config(None, [f"state_dir='{state}'"] + [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()])
+        info, engine = open_backbone(cfg)
+        store = Store(state / "store")
+        scenes = [(scene_at(3, i, 320, 240, shape, 0).image, shape) for shape in ("triangle", "rectangle") for i in range(15)]
+        store.add_many([NewExample(img, label, embed_image(engine, img)) for img, label in scenes], info.id)
+        store.close()
+        for f in (state / "backbones").rglob("backbone-int8.*"):
+            f.unlink()  # built at start: calibrated on the stored frames (good) or on black frames (bad)
+        text = toml_config(state, broker.port, "synthetic:clutter=0", settings, f"p{name}").replace("[mqtt]", extra + "[mqtt]")
+        d = daemons(write_config(tmp_path / f"{name}.toml", text), tmp_path / f"{name}.log")
+        status = probe.wait_online(f"p{name}", timeout=120)
+        bb = status["backbone"]
+        parity, speed = bb["parity"], bb["speed_ms"]
+        assert set(speed) == {"float32", "int8"} and speed["int8"] > 0 and parity["frames"]
+        if name == "good":
+            holds = parity["cosine"] >= 0.99 and all(a >= 0.99 for a in parity["agreement"].values())
+            faster = speed["int8"] * 1.1 <= speed["float32"]
+            assert bb["precision"] == ("int8" if holds and faster else "float32"), bb
+            assert holds and set(parity["agreement"]) == {"knn"}, bb  # measured: cosine 0.995, kNN agreement 1.0
+        else:
+            assert bb["precision"] == "float32" and "parity failed" in bb["reason"], bb
+            assert "black frames" in parity["calibration"]
+        assert d.stop() == 0

@@ -97,15 +97,15 @@ def _browser(download_dir: Path):
 
 
 def _segments(tmp_path) -> str:
-    """A looping video: 2 s of ten sign-digit 'one' photos, then 2 s of 'five'."""
+    """A looping video: 3 s of ten sign-digit 'one' photos, then 3 s of 'five'."""
     ones = [cv2.imread(str(p)) for p in sorted((SIGN_DIGITS / "1").glob("*"))[:10]]
     fives = [cv2.imread(str(p)) for p in sorted((SIGN_DIGITS / "5").glob("*"))[:10]]
-    frames = [img for img in ones for _ in range(6)] + [img for img in fives for _ in range(6)]
+    frames = [img for img in ones for _ in range(9)] + [img for img in fives for _ in range(9)]
     return write_video(tmp_path / "segments.mp4", frames, fps=30.0)
 
 
 def _segment(pos: int) -> str:
-    return "one" if pos % 120 < 60 else "five"
+    return "one" if pos % 180 < 90 else "five"
 
 
 @needs_sign_digits
@@ -140,7 +140,7 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
             return b_js(f"return (status.examples || {{}})['{label}'] || 0")
 
         def capture_in(label):
-            wait.until(lambda b: (s := shown("knn")) and 10 <= s[0] % 60 <= 20 and _segment(s[0]) == label)
+            wait.until(lambda b: (s := shown("knn")) and 5 <= s[0] % 90 <= 15 and _segment(s[0]) == label)
             b_js(f"document.querySelector('.label-row[data-label={label}] button.capture10').click()")
             wait.until(lambda b: count(label) >= 10)
 
@@ -161,7 +161,7 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and min(len(v) for v in seen.values()) < 8:
             s = shown("classifier")
-            if s and 8 <= s[0] % 60 <= 52:
+            if s and 10 <= s[0] % 90 <= 80:
                 seen[_segment(s[0])].append(s[1])
             time.sleep(0.2)
         browser.save_screenshot(str(artifacts / "web.png"))

@@ -16,6 +16,7 @@ from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
+from ..state.backbones import int8_path
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from .backbone import open_backbone, reembed_missing
@@ -27,6 +28,7 @@ from .headset import HeadSet
 from .jobs import JobRunner
 from .learning import Learning
 from .notify import Notifier
+from .precision import choose_precision
 from .review import Reviewer
 from .telemetry import StageTimes, Telemetry
 
@@ -52,7 +54,7 @@ class Daemon:
     def components(self) -> list[tuple[str, Callable[[], Optional[Callable[[], None]]]]]:
         """(name, start) in start order; each start returns the function that stops it."""
         return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
-                ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
+                ("precision", self._start_precision), ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
                 ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
     def start(self) -> None:
@@ -89,18 +91,27 @@ class Daemon:
         self.model_sha = file_sha256(self.backbone.path)[:16]
         reembed_missing(self.store, self.backbone, self.engine)
         self._store_version = self.store.data_version()
-        return self.engine.close
+        return None  # the engine that serves is closed by the precision step
 
     def _start_heads(self):
         classes = head_classes(plugin_manager(self.cfg.plugins_dir))
         self.heads = HeadSet(self.cfg, self.store, self.backbone, classes)
+        return self.heads.close
+
+    def _start_precision(self):
+        """Serve the int8 backbone when it is faster here and answers like float (edged.serve.precision)."""
+        self.engine, self.precision = choose_precision(self.cfg, self.backbone, self.engine, self.store, self.heads)
+        log.info("backbone precision %s: %s", self.precision["precision"], self.precision["reason"])
+        if self.precision["precision"] == "int8":
+            self.model_sha = file_sha256(int8_path(self.backbone))[:16]
         self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
-                                   self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt)
+                                   self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt,
+                                   self.precision)
         self.reviews = ReviewQueue(self.cfg.state_path / "review", self.cfg.review.max_items)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self._announce_review, self.stop)
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self._publish_prediction,
                               self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider)
-        return self.heads.close
+        return self.engine.close
 
     def _start_learning(self):
         self.learning = Learning(self.cfg, self.store, self.backbone, self.heads)

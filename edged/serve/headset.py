@@ -134,6 +134,10 @@ class HeadSet:
         self.choice.save(self.active, list(self.models))
 
     # -- serving -----------------------------------------------------------------------------
+    def embedding_heads(self) -> dict[str, Head]:
+        """Active heads that answer from the backbone's embedding (not from a TFLite model of their own)."""
+        return {n: h for n, model, h in self._plan() if model is None and h is not None and h.ready}
+
     def _plan(self):
         with self._lock:
             return [(n, self.models.get(n) or self.fused.get(n), self.instances.get(n)) for n in self.active]

@@ -31,8 +31,9 @@ class Telemetry:
     """Builds status and stats from the running parts; `changed()` asks for a status publish soon."""
 
     def __init__(self, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
-                 grabber: Callable[[], object], link: Callable[[], object]):
+                 grabber: Callable[[], object], link: Callable[[], object], precision: Optional[dict] = None):
         self.cfg, self.backbone, self.engine, self.model_sha = cfg, backbone, engine, model_sha
+        self.precision = precision or {"precision": "float32"}
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
         self.grabber, self.link = grabber, link
         self._dirty = threading.Event()
@@ -52,7 +53,7 @@ class Telemetry:
             "ts": round(time.time(), 3),
             "model": self.backbone.id,
             "model_sha": self.model_sha,
-            "backbone": self.backbone.description,
+            "backbone": {"description": self.backbone.description, **self.precision},
             "interpreter": self.engine.interpreter_name,
             "delegate": self.engine.delegate,
             "heads": self.heads.describe(),

@@ -118,6 +118,14 @@ def lookup_backbone(cfg: BackboneConfig, state_dir: Path) -> BackboneInfo | None
     return None
 
 
+INT8_FILE = "backbone-int8.tflite"
+
+
+def int8_path(info: BackboneInfo) -> Path:
+    """Where the full-integer twin of a float backbone lives (beside it, in its cache folder)."""
+    return Path(info.path).with_name(INT8_FILE)
+
+
 def store_backbone(cfg: BackboneConfig, state_dir: Path, tflite: bytes, output_dim: int) -> BackboneInfo:
     """Write a converted backbone into the cache (model first, then the metadata that makes it visible)."""
     folder = cache_folder(cfg, state_dir)

@@ -10,6 +10,8 @@ interchangeable, so heads trained on float embeddings keep working.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import subprocess
@@ -45,7 +47,7 @@ def build_int8_in_child(cfg: Config) -> None:
         raise EdgedError(said[-1] if said else f"int8 backbone build failed: {result.stderr[-500:]}")
 
 
-def check_frames(store: Store, info: BackboneInfo, n: int = 100) -> tuple[list[np.ndarray], str]:
+def check_frames(store: Store, info: BackboneInfo, n: int = 60) -> tuple[list[np.ndarray], str]:
     """Stored frames as model inputs; synthetic scenes when the store has too few to say anything."""
     ids = store.examples(info.id).ids
     if len(ids) > n:
@@ -57,7 +59,7 @@ def check_frames(store: Store, info: BackboneInfo, n: int = 100) -> tuple[list[n
     return frames + scenes, f"{len(frames)} stored frames + {len(scenes)} synthetic scenes"
 
 
-def _ms(engine: Engine, pixels: np.ndarray, n: int = 20) -> float:
+def _ms(engine: Engine, pixels: np.ndarray, n: int = 10) -> float:
     for _ in range(3):
         engine.run(pixels)
     times = []
@@ -122,6 +124,17 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         report["reason"] = "runtime.precision = int8" if rt.precision == "int8" else \
             f"int8 is {speed['float32'] / speed['int8']:.2f}x faster here and its parity holds"
         float_engine.close()
+        release_freed_memory()
         return int8, report
     int8.close()
+    release_freed_memory()
     return float_engine, report
+
+
+def release_freed_memory() -> None:
+    """Hand the closed interpreter's arenas back to the system (glibc keeps freed heap otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do

@@ -31,22 +31,26 @@ class KnnOptions(HeadOptions):
 
 def vote(sims: np.ndarray, label_ids: np.ndarray, labels: list[str], k: int, threshold: float) -> Prediction:
     """Similarity-weighted vote of the k most similar rows; 'unknown' when the best is under `threshold`."""
-    k = min(k, len(sims))
-    top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
-    votes = np.bincount(label_ids[top], weights=np.maximum(sims[top], 0.0), minlength=len(labels))
-    total = votes.sum()
-    scores = {labels[i]: float(votes[i] / total) for i in np.flatnonzero(votes)} if total > 0 else {}
-    best = float(sims[top].max())
-    if best < threshold or not scores:
+    # Runs on every frame: plain numpy methods, no helpers that wrap them.
+    top = (-sims).argpartition(k - 1)[:k] if k < len(sims) else slice(None)
+    near = sims[top]
+    votes = np.bincount(label_ids[top], weights=near.clip(0.0, None), minlength=len(labels))
+    total = float(votes.sum())
+    best = float(near.max())
+    if total <= 0:
+        return Prediction(UNKNOWN, best, {})
+    scores = {labels[i]: float(votes[i]) / total for i in votes.nonzero()[0]}
+    if best < threshold:
         return Prediction(UNKNOWN, best, scores)
-    winner = labels[int(np.argmax(votes))]
+    winner = labels[int(votes.argmax())]
     return Prediction(winner, scores[winner], scores)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    if x.ndim == 1:  # one query per frame: a dot product is several times cheaper than linalg.norm
+        return x / max(float(np.sqrt(x @ x)), 1e-12)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class KnnHead(Head):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -178,6 +179,22 @@ class Config(_Strict):
         return Path(self.state_dir).expanduser()
 
 
+def redact_uri(uri: str) -> str:
+    """`rtsp://user:secret@cam/...` -> `rtsp://user:***@cam/...`: for status, logs and printouts."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", uri)
+
+
+def redacted_dump(cfg: "Config") -> dict:
+    """The config as a dict with every secret replaced by '***'."""
+    data = cfg.model_dump()
+    data["source"]["uri"] = redact_uri(data["source"]["uri"])
+    if data["mqtt"].get("password"):
+        data["mqtt"]["password"] = "***"
+    if data["web"].get("token"):
+        data["web"]["token"] = "***"
+    return data
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
@@ -238,4 +255,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    return json.dumps(cfg.model_dump(), indent=2)
+    return json.dumps(redacted_dump(cfg), indent=2)

@@ -18,7 +18,7 @@ import cv2
 from pydantic import ValidationError
 
 from .. import __version__
-from ..config import Config, format_validation_error, load_config, read_config_data
+from ..config import Config, dump_config, format_validation_error, load_config, read_config_data, redact_uri
 from ..errors import ConfigError, EdgedError
 from ..heads.base import TrainRequest
 from ..heads.options import check_head_config
@@ -84,9 +84,9 @@ def cmd_config_check(args) -> int:
             print(f"warning: {origin}: {w}", file=sys.stderr)
     if problems:
         raise ConfigError("\n".join(problems))
-    print(f"{args.file}: ok (device {cfg.device!r}, source {cfg.source.uri!r}, backbone {cfg.backbone.family})")
+    print(f"{args.file}: ok (device {cfg.device!r}, source {redact_uri(cfg.source.uri)!r}, backbone {cfg.backbone.family})")
     if args.show:
-        print(cfg.model_dump_json(indent=2))
+        print(dump_config(cfg))  # secrets shown as ***
     return 0
 
 

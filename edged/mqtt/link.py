@@ -31,6 +31,10 @@ class IncomingCommand:
     correlation_data: Optional[bytes] = None
 
 
+def valid_level(name: str) -> bool:
+    return bool(name) and not any(c in name for c in "+#/\0") and len(name) <= 64
+
+
 def dumps(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), default=str).encode()
 
@@ -98,14 +102,18 @@ class MqttLink:
 
     # paho callbacks run in paho's network thread: keep them short.
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
-        if reason_code.is_failure:
-            log.error("MQTT connection refused by %s:%s: %s", self.cfg.host, self.cfg.port, reason_code)
-            return
-        log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
-        client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)])
-        client.publish(self.topics.status, dumps(self.online_status()), qos=1, retain=True)
-        self.connected.set()
-        self._flush()
+        # Runs in paho's network thread: an exception here would end that thread, and with it every reconnect.
+        try:
+            if reason_code.is_failure:
+                log.error("MQTT connection refused by %s:%s: %s", self.cfg.host, self.cfg.port, reason_code)
+                return
+            log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
+            client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)])
+            self.connected.set()
+            self.publish_status()
+            self._flush()
+        except Exception:
+            log.exception("MQTT connect handling failed (the link stays up)")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self.connected.clear()
@@ -113,8 +121,18 @@ class MqttLink:
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg):
+        if msg.retain:
+            # A retained command would run again at every reconnect of every device: commands are events.
+            log.warning("ignored a retained command on %s (publish commands without retain)", msg.topic[:200])
+            return
         name = msg.topic.rsplit("/", 1)[-1]
         props = getattr(msg, "properties", None)
+        try:
+            self._deliver(name, msg, props)
+        except Exception:
+            log.exception("command on %s not handled", msg.topic[:200])
+
+    def _deliver(self, name, msg, props) -> None:
         self.on_command(
             IncomingCommand(
                 name=name,
@@ -131,7 +149,7 @@ class MqttLink:
                 if not self.queue or not self.connected.is_set():
                     return
                 topic, data, qos, retain, props = self.queue.popleft()
-            self.client.publish(topic, data, qos=qos, retain=retain, properties=props)
+            self._publish_now(topic, data, qos, retain, props)
 
     def publish(self, topic: str, payload, retain: bool = False, qos: Optional[int] = None, properties=None) -> None:
         """Hand the message to the sender thread: the caller (the frame loop) never waits on the network."""
@@ -158,8 +176,10 @@ class MqttLink:
     def _send(self, topic: str, payload, qos: int, retain: bool, properties) -> None:
         data = payload if isinstance(payload, (bytes, bytearray)) else dumps(payload)
         if self.connected.is_set():
-            info = self.client.publish(topic, data, qos=qos, retain=retain, properties=properties)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            rc = self._publish_now(topic, data, qos, retain, properties)
+            if rc is None:
+                return  # refused for good (a bad topic): queueing it would only fail again
+            if rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published += 1
                 return
         with self._lock:
@@ -171,14 +191,25 @@ class MqttLink:
                 self.queue_dropped += 1
             self.queue.append((topic, data, qos, retain, properties))
 
+    def _publish_now(self, topic: str, data, qos: int, retain: bool, properties) -> Optional[int]:
+        """paho's publish; a topic it refuses (wildcards, empty, too long) is dropped and counted, never raised."""
+        try:
+            return self.client.publish(topic, data, qos=qos, retain=retain, properties=properties).rc
+        except (ValueError, TypeError) as e:
+            self.queue_dropped += 1
+            log.warning("not published to %r: %s", topic[:200], e)
+            return None
+
     def publish_status(self) -> None:
         self.publish(self.topics.status, self.online_status(), retain=True, qos=1)
 
     def reply(self, command: IncomingCommand, payload: dict) -> None:
-        """Reply on the MQTT 5 response topic when given, else on <base>/reply/<command>."""
+        """Reply on the MQTT 5 response topic when it is a valid topic, else on <base>/reply/<command>."""
         props = None
         if self._v5 and command.correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = command.correlation_data
-        topic = command.response_topic or self.topics.reply(command.name)
+        topic = command.response_topic
+        if not topic or any(c in topic for c in "+#\0") or len(topic.encode()) > 65535:
+            topic = self.topics.reply(command.name if valid_level(command.name) else "invalid")
         self.publish(topic, payload, qos=1, properties=props)

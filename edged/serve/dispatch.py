@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from typing import Callable, Optional, Protocol
 
 from ..errors import CommandError, CorrelationId, EdgedError
@@ -33,8 +34,40 @@ class Responder(Protocol):
 Handler = Callable[[object, Responder], object]
 
 
+class Remembered:
+    """Forwards to a responder and keeps its final reply, so that a repeated command id gets the same reply."""
+
+    def __init__(self, inner: Responder, memory: "OrderedDict", key):
+        self.inner, self.memory, self.key = inner, memory, key
+        self.corr_id = inner.corr_id
+
+    def _forward_id(self) -> None:
+        self.inner.corr_id = self.corr_id
+
+    def progress(self, result: dict) -> None:
+        self._forward_id()
+        self.inner.progress(result)
+
+    def done(self, result: dict) -> None:
+        self._forward_id()
+        self.memory[self.key] = ("done", result)
+        self.inner.done(result)
+
+    def fail(self, error: str) -> None:
+        self._forward_id()
+        self.memory[self.key] = ("fail", error)
+        self.inner.fail(error)
+
+
 class Dispatcher:
-    """Commands run one at a time on the dispatcher's thread, in arrival order."""
+    """Commands run one at a time on the dispatcher's thread, in arrival order.
+
+    Commands are idempotent by id: a command whose (name, id) was seen before is not run again — a QoS 1
+    duplicate of `rollback` must not go back two versions. A finished one gets its reply again; one still
+    running (a capture, a train) gets its reply once, when it ends.
+    """
+
+    REMEMBER = 1024
 
     def __init__(self, handlers: dict[str, Handler], stop: threading.Event, queue_size: int = 256):
         missing = sorted(set(COMMANDS) - set(handlers))
@@ -45,6 +78,7 @@ class Dispatcher:
         self.stop = stop
         self.queue: "queue.Queue[tuple[str, bytes, Responder]]" = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._loop, name="commands", daemon=True)
+        self.memory: OrderedDict = OrderedDict()  # (name, id) -> ("running",) | ("done", result) | ("fail", error)
 
     def start(self) -> None:
         self._thread.start()
@@ -72,6 +106,20 @@ class Dispatcher:
         try:
             command = parse(name, payload)
             responder.corr_id = command.id
+            if command.id is not None:
+                key = (name, command.id)
+                seen = self.memory.get(key)
+                if seen is not None:
+                    log.info("command %s id %r seen before: not run again", name, command.id)
+                    if seen[0] == "done":
+                        responder.done(seen[1])
+                    elif seen[0] == "fail":
+                        responder.fail(seen[1])
+                    return
+                self.memory[key] = ("running",)
+                while len(self.memory) > self.REMEMBER:
+                    self.memory.popitem(last=False)
+                responder = Remembered(responder, self.memory, key)
             result = self.handlers[name](command, responder)
         except CommandError as e:
             if e.corr_id is not None:

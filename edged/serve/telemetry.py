@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import __version__
+from ..config import redact_uri
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Telemetry:
             "heads": self.heads.describe(),
             "active": self.heads.active,
             "examples": self.store.counts(),
-            "source": {"uri": self.cfg.source.uri, "state": g.state if g else "starting", "error": g.error if g else None},
+            "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.state if g else "starting", "error": g.error if g else None},
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
             "tensorflow_imported": "tensorflow" in sys.modules,

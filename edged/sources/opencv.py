@@ -7,7 +7,7 @@ from typing import Optional
 
 import cv2
 
-from ..config import SourceConfig
+from ..config import SourceConfig, redact_uri
 from ..errors import SourceError
 from .base import Frame, Source
 
@@ -19,7 +19,7 @@ class OpenCVSource(Source):
         self.is_camera = uri.isdigit()
         self.is_stream = "://" in uri
         self.live = self.is_camera or self.is_stream
-        self.description = f"camera {uri}" if self.is_camera else uri
+        self.description = f"camera {uri}" if self.is_camera else redact_uri(uri)
         self._cap: Optional[cv2.VideoCapture] = None
         self._pos = 0
         self.fps = cfg.fps

@@ -149,6 +149,8 @@ class WebConfig(_Strict):
 class TrainerConfig(_Strict):
     preload: bool = Field(False, description="start the TensorFlow worker with the daemon (fast first train, ~600 MB)")
     idle_exit_s: float = Field(600.0, gt=0, description="stop the worker after this long without jobs")
+    job_timeout_s: float = Field(3600.0, gt=0, description="a train or export job with no result by then is "
+                                                          "killed and answered with an error")
 
 
 class Config(_Strict):

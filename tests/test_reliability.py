@@ -76,3 +76,77 @@ def test_camera_credentials_stay_out_of_status_logs_and_config_show(broker, prob
     show = subprocess.run([sys.executable, "-m", "edged", "config", "check", str(cfg), "--show"], capture_output=True,
                           text=True)
     assert show.returncode == 0 and secret not in show.stdout + show.stderr and '"password": "***"' in show.stdout
+
+
+def _worker_children(pid: int) -> list[int]:
+    out = []
+    for status in __import__("pathlib").Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(next(l.split()[1] for l in text.splitlines() if l.startswith("PPid:")))
+        if ppid == pid and b"edged.learn.worker" in cmdline and "State:\tZ" not in text:
+            out.append(int(status.parent.name))
+    return out
+
+
+def test_a_hung_or_cancelled_training_job_is_answered_and_the_worker_is_reaped(broker, probe, daemons, make_state,
+                                                                                   tmp_path):
+    from edged.config import load_config
+    from edged.serve.backbone import embed_image, open_backbone
+    from edged.sources.synthetic import scene_at
+    from edged.state.store import NewExample, Store
+
+    settings = backbone_settings("none")
+    state = make_state(settings, name="state-hang")
+    cfg = load_config(None, [f"state_dir='{state}'"] + [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()])
+    info, engine = open_backbone(cfg)
+    store = Store(state / "store")
+    store.add_many([NewExample(img, shape, embed_image(engine, img)) for shape in ("triangle", "rectangle")
+                    for img in (scene_at(2, i, 160, 120, shape, 2).image for i in range(10))], info.id)
+    store.close()
+    text = toml_config(state, broker.port, "synthetic:clutter=2", settings, "hang") + "\n[trainer]\njob_timeout_s = 3\n"
+    d = daemons(write_config(tmp_path / "hang.toml", text), tmp_path / "hang.log")
+    probe.wait_online("hang")
+    t0 = time.monotonic()
+    reply = probe.request("hang", "train", {"head": "classifier", "mode": "fine_tune", "epochs": 500}, timeout=90)
+    assert not reply["ok"] and "no result after trainer.job_timeout_s = 3 s" in reply["error"], reply
+    assert time.monotonic() - t0 < 60
+    probe.wait_for(lambda t, p, r: t == "edged/hang/prediction/knn", 10)  # serving went on
+    assert _worker_children(d.proc.pid) == []  # killed and reaped: no zombie, no orphan
+    # cancel: the next job starts a fresh worker; `cancel` stops it
+    probe.send("hang", "train", {"head": "classifier", "mode": "fine_tune", "epochs": 500, "id": "long"})
+    probe.wait_for(lambda t, p, r: t == "edged/hang/reply/train" and json.loads(p).get("id") == "long", 20)  # started
+    cancelled = probe.request("hang", "cancel", {})
+    assert cancelled["ok"] and cancelled["result"]["job"] == "train classifier"
+    final = probe.wait_for(lambda t, p, r: t == "edged/hang/reply/train" and json.loads(p).get("id") == "long"
+                           and json.loads(p)["final"], 20)
+    assert "stopped: cancelled" in json.loads(final[1])["error"]
+    assert probe.request("hang", "status", {})["result"]["job"] is None
+    assert d.stop() == 0
+
+
+def test_stale_staging_folders_and_orphan_frames_are_cleaned(tmp_path):
+    import os
+
+    import numpy as np
+
+    from edged.state.store import NewExample, Store
+    from edged.state.versions import Versions
+
+    versions = Versions(tmp_path / "heads" / "knn")
+    stale, fresh = versions.staging(), versions.staging()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert versions.clean_staging() == 1 and not stale.exists() and fresh.exists() and versions.versions() == []
+    store = Store(tmp_path / "store")
+    store.add(NewExample(np.zeros((8, 8, 3), np.uint8), "a", np.ones(3)), "bb")
+    orphan = store.frames / "deadbeef.jpg"
+    orphan.write_bytes(b"x")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    young = store.frames / "young.jpg"
+    young.write_bytes(b"x")
+    assert store.collect_orphans() == 1 and not orphan.exists() and young.exists()
+    assert store.counts() == {"a": 1} and len(list(store.frames.glob("*.jpg"))) == 2
+    store.close()

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -63,8 +65,22 @@ def _emit(obj) -> None:
     sys.stdout.flush()
 
 
+def exit_with_parent(parent: int) -> None:
+    """A daemon thread: when the daemon dies the worker is re-parented; then it stops at once, mid-job too,
+    so that it never goes on to commit and activate a version alone."""
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve_jobs() -> int:
     """Warm worker: import TensorFlow once, then run one JSON job per stdin line until stdin closes."""
+    exit_with_parent(os.getppid())
     if TENSORFLOW_MISSING:
         _emit({"error": NO_TENSORFLOW.format(job="training"), "fatal": True})
         return 2

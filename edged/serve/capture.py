@@ -33,6 +33,7 @@ class CaptureJob:
         self.timeout_s = timeout_s
         self.stored = 0
         self.skipped = 0
+        self.cancelled = False
         self.started = time.monotonic()
         self._next_due = self.started
         self._last: Optional[np.ndarray] = None

@@ -129,6 +129,7 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "discard": Discard,
     "examples": ListExamples,
     "models": Empty,
+    "cancel": Empty,
     "delete": Delete,
     "relabel": Relabel,
 }

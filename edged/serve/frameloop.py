@@ -56,6 +56,10 @@ class FrameLoop:
         self.watchdog()
 
     def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
+        if job.cancelled:
+            self._finish(job, error=f"capture of {job.label!r} cancelled after {job.stored} of {job.count} "
+                                    f"examples (those are kept)")
+            return
         try:
             if not job.offer(frame.image, embedding):
                 if job.timed_out:

@@ -49,7 +49,7 @@ class CommandHandlers:
                 "heads": self.list_heads, "activate": self.activate, "train": self.train, "export": self.export,
                 "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard,
                 "examples": self.list_examples, "delete": self.delete, "relabel": self.relabel,
-                "models": self.list_models}
+                "models": self.list_models, "cancel": self.cancel}
 
     def capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
@@ -190,6 +190,17 @@ class CommandHandlers:
                 "models": [_summary(exported.root / v / "metadata.json", v, exported.current()) for v in exported.versions()],
             }
         return {"heads": out}
+
+
+    def cancel(self, cmd: Empty, responder: Responder) -> dict:
+        """Stop the running capture (its stored examples are kept) and the running TensorFlow job."""
+        capture = self.captures.current
+        if capture is not None:
+            capture.cancelled = True
+        job = self.jobs.running
+        stopped_job = self.learning.cancel()
+        log.info("cancel: capture %s, job %s", capture.label if capture else None, job if stopped_job else None)
+        return {"capture": capture.label if capture else None, "job": job if stopped_job else None}
 
 
 def _summary(meta_path, version: str, current) -> dict:

@@ -37,6 +37,15 @@ class Learning:
         self._embedder: Optional[Engine] = None
 
     def start(self) -> None:
+        state = self.cfg.state_path
+        for kind in ("heads", "models"):
+            for name in self.heads.classes:
+                removed = Versions(state / kind / name).clean_staging()
+                if removed:
+                    log.info("removed %d stale staging folders under %s/%s", removed, kind, name)
+        orphans = self.store.collect_orphans()
+        if orphans:
+            log.info("removed %d frame files no example points at", orphans)
         if self.cfg.trainer.preload:
             self.worker.preload()
 
@@ -137,6 +146,10 @@ class Learning:
         except VersionError as e:
             raise HeadError(str(e)) from None
         return self.use_model(name, previous)
+
+    def cancel(self) -> bool:
+        """Stop the running TensorFlow job, if any."""
+        return self.worker.cancel()
 
     def close(self) -> None:
         self.worker.close()

@@ -40,6 +40,7 @@ class TrainerWorker:
         self._lock = threading.Lock()
         self._last_used = time.monotonic()
         self._closed = threading.Event()
+        self._cancel: Optional[threading.Event] = None
         threading.Thread(target=self._reaper, name="trainer-idle", daemon=True).start()
 
     def _reaper(self) -> None:
@@ -92,8 +93,18 @@ class TrainerWorker:
 
         threading.Thread(target=start, name="trainer-preload", daemon=True).start()
 
+    def cancel(self) -> bool:
+        """Stop the running job (the worker is killed; the next job starts a fresh one). False when idle."""
+        cancel = self._cancel
+        if cancel is None:
+            return False
+        cancel.set()
+        return True
+
     def run(self, cfg: Config, job: str, head: str, params: dict, on_progress=None,
             stop: Optional[threading.Event] = None) -> dict:
+        cancel = threading.Event()
+        self._cancel = cancel  # cancellable from now on, even while the worker starts
         with self._lock:
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
@@ -102,15 +113,22 @@ class TrainerWorker:
             proc.stdin.write(json.dumps({"job": job, "config": json.loads(cfg.model_dump_json()), "head": head,
                                          "params": params}) + "\n")
             proc.stdin.flush()
-            done = threading.Event()
-            if stop is not None:
-                def watch():
-                    while not done.is_set():
-                        if stop.wait(0.5):
-                            proc.terminate()
-                            return
+            done, why = threading.Event(), []
+            deadline = time.monotonic() + cfg.trainer.job_timeout_s
 
-                threading.Thread(target=watch, daemon=True).start()
+            def watch():
+                """Kill the worker when the job is cancelled, runs past its time, or the daemon stops."""
+                while not done.wait(0.25):
+                    reason = ("cancelled" if cancel.is_set() else
+                              "the daemon is stopping" if stop is not None and stop.is_set() else
+                              f"no result after trainer.job_timeout_s = {cfg.trainer.job_timeout_s:g} s"
+                              if time.monotonic() > deadline else None)
+                    if reason:
+                        why.append(reason)
+                        proc.kill()
+                        return
+
+            threading.Thread(target=watch, name="trainer-watch", daemon=True).start()
             result, error = None, None
             try:
                 for line in proc.stdout:
@@ -127,10 +145,14 @@ class TrainerWorker:
                     elif msg.get("done"):
                         break
                 else:
-                    self.proc = None  # the worker died mid-job
-                    raise TrainingError(f"{job} of {head!r}: trainer worker exited ({proc.wait()}): {self._tail()}")
+                    self.proc = None  # the worker died mid-job (or was killed): reaped here, the next job starts afresh
+                    code = proc.wait()
+                    if why:
+                        raise TrainingError(f"{job} of {head!r} stopped: {why[0]}; the daemon serves on")
+                    raise TrainingError(f"{job} of {head!r}: trainer worker exited ({code}): {self._tail()}")
             finally:
                 done.set()
+                self._cancel = None
                 self._last_used = time.monotonic()
         if error:
             raise TrainingError(error)

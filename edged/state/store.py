@@ -78,6 +78,18 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
 
+    def collect_orphans(self, older_than_s: float = 3600.0) -> int:
+        """Delete frame files no row points at (a kill between the JPEG and its row) and temp files of torn writes."""
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT frame FROM examples")}
+        removed = 0
+        for path in self.frames.iterdir():
+            if path.name not in known and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:

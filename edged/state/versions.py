@@ -84,3 +84,13 @@ class Versions:
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
+
+    def clean_staging(self, older_than_s: float = 3600.0) -> int:
+        """Remove staging folders a killed trainer left behind (never mistaken for versions: no `vN` name)."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        stale = [p for p in self.root.glob(".staging-*") if p.is_dir() and p.stat().st_mtime < cutoff]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(stale)

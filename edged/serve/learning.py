@@ -54,30 +54,26 @@ class Learning:
             raise HeadError(f"{job}.head: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
         return self.heads.classes[name]
 
-    def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
-        """Embed one frame off the frame loop, with an interpreter of its own."""
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed off the frame loop (whose interpreter is not shared across threads) with one interpreter of
+        our own, built on first use and kept for the next train or label."""
         with self._embed_lock:
             if self._embedder is None:
-                self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=1,
+                self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
                                                       interpreter=self.cfg.runtime.interpreter, scaling=self.backbone.scaling))
-            return self._embedder.embed(to_pixels(image_bgr, self.backbone.input_size))
+            return self._embedder.embed(pixels)
+
+    def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
+        return self.embed_pixels(to_pixels(image_bgr, self.backbone.input_size))
 
     def fit_context(self, request: TrainRequest) -> FitContext:
-        """Frames and an embedder of the fit's own (the frame loop's interpreter is not shared across threads)."""
+        """Stored frames and the serving backbone's embedding, for an in-process fit."""
         size = self.backbone.input_size
-        engine: dict = {}
-
-        def embed(pixels: np.ndarray) -> np.ndarray:
-            if "e" not in engine:
-                engine["e"] = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
-                                                   interpreter=self.cfg.runtime.interpreter, scaling=self.backbone.scaling))
-            return engine["e"].embed(pixels)
-
         return FitContext(
             request=request, input_size=size,
             frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
             pixels=lambda ids: np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids]),
-            embed=embed,
+            embed=self.embed_pixels,
         )
 
     def train(self, name: str, request: TrainRequest, progress: Progress = None,
@@ -153,3 +149,7 @@ class Learning:
 
     def close(self) -> None:
         self.worker.close()
+        with self._embed_lock:
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None

@@ -1,4 +1,11 @@
-"""Keras training of the box head (imported only by the TensorFlow worker): class + box from the feature map."""
+"""Keras training of the single-box head (imported only by the TensorFlow worker).
+
+The box is built well-formed by the model itself: a centre (sigmoid) and a half-size (sigmoid,
+at least MIN_HALF) give corners x1 = centre - half < x2 = centre + half for any input, trained or
+not; `decode` clips them to the frame. Loss, epochs and fine-tuning are chosen on
+validation (k folds on small sets), and a head that does not beat the training set's mean box on
+validation is committed but not activated.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +17,22 @@ import numpy as np
 from edged.errors import HeadError
 from edged.heads.base import Progress
 from edged.heads.curves import plot_curves
-from edged.learn.context import ExportSpec, TrainContext
-from edged.learn.finetune import set_trainable_top
-from edged.learn.loop import Best, run_epochs, shuffled_batches
+from edged.heads.geometry import iou_numpy
+from edged.heads.splits import validation_splits
+from edged.learn.context import BoxFrames, ExportSpec, TrainContext
+from edged.learn.loop import shuffled_batches
+from edged.learn.select import Plan, choose_and_train
 from edged.sources.augment import augment_batch
-from edged_plugins.boxes import BoxOptions, iou_numpy
+from edged_plugins.boxes import BoxOptions
+
+MIN_HALF = 0.01  # half the least box side the model can output
 
 
 def giou(a, b):
-    """Generalised IoU of (…, 4) x1 y1 x2 y2 boxes (Keras ops, differentiable)."""
+    """Generalised IoU of (…, 4) well-formed x1 y1 x2 y2 boxes (Keras ops, differentiable)."""
     ops = keras.ops
     ax1, ay1, ax2, ay2 = [a[..., i] for i in range(4)]
     bx1, by1, bx2, by2 = [b[..., i] for i in range(4)]
-    ax1, ax2 = ops.minimum(ax1, ax2), ops.maximum(ax1, ax2)
-    ay1, ay2 = ops.minimum(ay1, ay2), ops.maximum(ay1, ay2)
     area_a = (ax2 - ax1) * (ay2 - ay1)
     area_b = (bx2 - bx1) * (by2 - by1)
     iw = ops.maximum(ops.minimum(ax2, bx2) - ops.maximum(ax1, bx1), 0.0)
@@ -34,42 +43,59 @@ def giou(a, b):
     return inter / union - (hull - union) / hull
 
 
-def box_loss(n_classes: int, kind: str):
-    """Output = class part (n_classes probabilities, or 1 indicator when n_classes == 1) + 4 box numbers.
+def box_term(kind: str, box_true, box_pred):
+    """Per-row box loss: L1 of the corners (x4, so it weighs like IoU), plus 1 - GIoU for 'giou_l1'."""
+    l1 = 4.0 * keras.ops.mean(keras.ops.abs(box_true - box_pred), axis=-1)
+    return l1 + (1.0 - giou(box_true, box_pred)) if kind == "giou_l1" else l1
 
-    "mse" is the seed's loss: class part and box both in [0, 1] units (the seed scaled the
-    indicator by the canvas size because its box was in pixels; normalising the box instead
-    weighs the two alike in the same way). "giou" adds 1 - GIoU, which optimises overlap directly.
-    """
+
+def box_loss(n_classes: int, kind: str):
+    """Output = class part (probabilities, or one indicator for one class) + 4 corners."""
     ops = keras.ops
 
     def loss(y_true, y_pred):
-        cls_true, cls_pred = y_true[:, :n_classes], y_pred[:, :n_classes]
-        box_true, box_pred = y_true[:, n_classes:], y_pred[:, n_classes:]
-        cls = ops.mean(ops.square(cls_true - cls_pred), axis=-1)
-        box = ops.mean(ops.square(box_true - box_pred), axis=-1)
-        if kind == "giou":
-            return cls + box + (1.0 - giou(box_true, box_pred))
-        return cls + box
+        cls_true, cls_pred = y_true[:, :n_classes], ops.clip(y_pred[:, :n_classes], 1e-6, 1 - 1e-6)
+        if n_classes == 1:
+            cls = -ops.mean(cls_true * ops.log(cls_pred) + (1 - cls_true) * ops.log(1 - cls_pred), axis=-1)
+        else:
+            cls = -ops.sum(cls_true * ops.log(cls_pred), axis=-1)
+        return cls + box_term(kind, y_true[:, n_classes:], y_pred[:, n_classes:])
 
     return loss
 
 
-def box_model(feature_model: keras.Model, n_classes: int, opts: BoxOptions) -> keras.Model:
-    """Spatial feature map -> 1x1 conv -> flatten -> dense -> [class probabilities | box]."""
+def corners(raw_centre, raw_size):
+    """(cx, cy) and (w, h) logits -> ordered corners, built from stock layers (portable to TFLite).
+
+    Not clipped here: a clip has no gradient outside [0, 1], and a box grown past the frame would
+    stay stuck there. `decode` clips to the frame.
+    """
+    centre = keras.layers.Activation("sigmoid", name="box_centre")(raw_centre)
+    half = keras.layers.Activation("sigmoid")(raw_size)
+    half = keras.layers.Rescaling(0.5 - MIN_HALF, offset=MIN_HALF, name="box_half")(half)
+    lo = keras.layers.Subtract(name="box_lo")([centre, half])
+    hi = keras.layers.Add(name="box_hi")([centre, half])
+    return keras.layers.Concatenate(name="box_corners")([lo, hi])
+
+
+def box_model(feature_model: keras.Model, n_classes: int, hidden: int) -> keras.Model:
+    """Spatial feature map -> 1x1 conv -> flatten -> dense -> [class probabilities | x1 y1 x2 y2]."""
     inputs = keras.Input(feature_model.input_shape[1:], name="image")
-    fmap = feature_model(inputs)
-    x = keras.layers.Conv2D(64, 1, activation="relu", name="box_reduce")(fmap)
+    x = keras.layers.Conv2D(64, 1, name="box_reduce")(feature_model(inputs))
+    # normalised before the dense layers: raw ReLU6 maps flattened saturate the box sigmoids at the start
+    x = keras.layers.BatchNormalization(name="box_norm")(x)
+    x = keras.layers.ReLU(name="box_reduce_relu")(x)
     x = keras.layers.Flatten(name="box_flatten")(x)
-    x = keras.layers.Dense(opts.hidden, activation="relu", name="box_hidden")(x)
+    x = keras.layers.Dense(hidden, activation="relu", name="box_hidden")(x)
     x = keras.layers.Dropout(0.1, name="box_dropout")(x)
-    cls_act = "softmax" if n_classes > 1 else "sigmoid"
-    cls = keras.layers.Dense(n_classes, activation=cls_act, name="box_class")(x)
-    box = keras.layers.Dense(4, activation="sigmoid", name="box_coords")(x)
+    cls = keras.layers.Dense(n_classes, activation="softmax" if n_classes > 1 else "sigmoid", name="box_class")(x)
+    # zero kernels: every box starts as the centred quarter-frame and moves from there
+    box = corners(keras.layers.Dense(2, kernel_initializer="zeros", name="box_centre_logits")(x),
+                  keras.layers.Dense(2, kernel_initializer="zeros", name="box_size_logits")(x))
     return keras.Model(inputs, keras.layers.Concatenate(name="box_out")([cls, box]), name="box_regressor")
 
 
-def box_targets(labels: list[str], classes: list[str], boxes: np.ndarray) -> np.ndarray:
+def targets(labels: list[str], classes: list[str], boxes: np.ndarray) -> np.ndarray:
     if len(classes) == 1:
         cls = np.ones((len(labels), 1), np.float32)
     else:
@@ -78,63 +104,73 @@ def box_targets(labels: list[str], classes: list[str], boxes: np.ndarray) -> np.
     return np.concatenate([cls, np.asarray(boxes, np.float32)], axis=1)
 
 
-def train_boxes(feature_model: keras.Model, images: np.ndarray, labels: list[str], boxes: np.ndarray,
-                val_images: np.ndarray, val_labels: list[str], val_boxes: np.ndarray, scale: float, offset: float,
-                opts: BoxOptions, progress: Progress = None) -> tuple[keras.Model, list[str], dict]:
-    """Train frozen-base then (optionally) fine-tuned box regressor on frames; best epoch by val IoU."""
+def mean_box_iou(boxes: np.ndarray, splits) -> float:
+    """The baseline: each split's training mean box, scored on its validation boxes."""
+    return float(np.mean([iou_numpy(np.tile(boxes[tr].mean(0), (len(va), 1)), boxes[va]).mean() for tr, va in splits]))
+
+
+def train_box_head(feature_factory, frames: BoxFrames, scale: float, offset: float, opts: BoxOptions,
+                   progress: Progress = None) -> tuple[keras.Model, list[str], dict]:
+    """Choose loss / epochs / fine-tuning on validation, train, and say whether the head beats the mean box."""
     keras.utils.set_random_seed(opts.seed)
+    images = frames.pixels
+    boxes = np.stack([b[0] for _, b in frames.objects]).astype(np.float32)
+    labels = [names[0] for names, _ in frames.objects]
     classes = sorted(set(labels))
     n = len(classes)
-    model = box_model(feature_model, n, opts)
-    rng = np.random.default_rng(opts.seed)
-    val_x = val_images.astype(np.float32) * scale + offset
-    best = Best("val_iou", "max")
+    splits = validation_splits(len(images), opts.folds, opts.split_above, opts.seed)
+    x_all = images.astype(np.float32) * scale + offset
 
-    def make(idx):
-        batch, bxs = augment_batch(images[idx], boxes[idx], rng) if opts.augment else (images[idx], boxes[idx])
-        return batch.astype(np.float32) * scale + offset, box_targets([labels[i] for i in idx], classes, bxs)
+    def batches(rows, rng):
+        def make(idx):
+            idx = rows[idx]
+            batch, bxs = augment_batch(images[idx], boxes[idx], rng) if opts.augment else (images[idx], boxes[idx])
+            return batch.astype(np.float32) * scale + offset, targets([labels[i] for i in idx], classes, bxs)
+        return shuffled_batches(len(rows), opts.batch_size, rng, make)
 
-    def evaluate() -> dict:
-        pred = model.predict(val_x, verbose=0, batch_size=32)
-        return {"val_iou": float(iou_numpy(pred[:, n:], val_boxes).mean())}
+    def score(model, rows):
+        pred = model.predict(x_all[rows], verbose=0, batch_size=32)
+        return float(iou_numpy(np.clip(pred[:, n:n + 4], 0, 1), boxes[rows]).mean())
 
-    batches = shuffled_batches(len(images), opts.batch_size, rng, make)
-    feature_model.trainable = False
-    model.compile(optimizer=keras.optimizers.Adam(opts.learning_rate), loss=box_loss(n, opts.loss))
-    history = run_epochs(model, opts.epochs, batches, evaluate, best, "head", progress)
-    opened = []
-    if opts.fine_tune_layers:
-        opened = set_trainable_top(feature_model, opts.fine_tune_layers)
-        model.compile(optimizer=keras.optimizers.Adam(opts.fine_tune_learning_rate), loss=box_loss(n, opts.loss))
-        more = run_epochs(model, opts.fine_tune_epochs, batches, evaluate, best, "fine_tune", progress)
-        history = {k: history.get(k, []) + more.get(k, []) for k in set(history) | set(more)}
-    pred = model.predict(val_x, verbose=0, batch_size=32)
-    metrics = {"val_iou": round(float(iou_numpy(pred[:, n:], val_boxes).mean()), 4), "fine_tuned_layers": opened,
-               "train_examples": len(images), "val_examples": len(val_images), "loss": opts.loss}
-    if n > 1:
-        metrics["val_class_accuracy"] = round(float(np.mean([classes[i] for i in np.argmax(pred[:, :n], 1)] == np.array(val_labels))), 4)
-    return model, classes, {"history": history, **metrics}
+    def build(loss):
+        features = feature_factory()
+        return box_model(features, n, opts.hidden), features
+
+    plan = Plan(opts.losses, opts.epochs, opts.learning_rate, opts.fine_tune_layers, opts.fine_tune_epochs,
+                opts.fine_tune_learning_rate, opts.seed)
+    model, choice = choose_and_train(build, lambda kind: box_loss(n, kind), batches, score, splits, plan, progress)
+    baseline = mean_box_iou(boxes, splits)
+    beats = choice.score >= baseline + opts.min_gain
+    metrics = {
+        "val_iou": round(choice.score, 4), "mean_box_iou": round(baseline, 4), "beats_mean_box": bool(beats),
+        "validation": f"{len(splits)}-fold" if len(splits) > 1 else "held-out fifth",
+        "loss": choice.loss, "fine_tuned": choice.fine_tuned, "epochs": choice.epochs,
+        "fine_tune_epochs": choice.fine_tune_epochs, "candidates": choice.candidates, "train_examples": len(images),
+        "classes": classes,
+    }
+    if not beats:
+        metrics["note"] = (f"validation IoU {choice.score:.3f} does not beat the mean box ({baseline:.3f}) by "
+                           f"{opts.min_gain}: this version is kept but not activated; add frames with varied "
+                           f"positions, or check the boxes")
+    return model, classes, {"history": choice.history, **metrics}
 
 
 def train(context: TrainContext, progress: Progress = None) -> dict:
     opts = context.requested_options()
-    images, boxes, labels = context.frames_with_boxes()
-    if len(images) < 5:
-        raise HeadError(f"need at least 5 frames with boxes to train, have {len(images)}")
-    order = np.random.default_rng(opts.seed).permutation(len(images))
-    n_val = max(1, int(round(len(images) * opts.val_fraction)))
-    val, train_rows = order[:n_val], order[n_val:]
-    layer = None if opts.feature_layer == "auto" else opts.feature_layer
+    frames = context.box_frames().single()
+    if len(frames) < 5:
+        raise HeadError(f"need at least 5 frames holding one box each to train, have {len(frames)} "
+                        f"(frames with several boxes train the 'objects' head)")
     bb = context.backbone
-    model, classes, metrics = train_boxes(
-        context.feature_map(layer), images[train_rows], [labels[i] for i in train_rows], boxes[train_rows],
-        images[val], [labels[i] for i in val], boxes[val], bb.scale, bb.offset, opts, progress)
+    model, classes, metrics = train_box_head(lambda: context.feature_map(opts.feature_layer), frames, bb.scale,
+                                             bb.offset, opts, progress)
     history = metrics.pop("history")
     model.save(context.folder / "fused.keras")
-    context.write_model(context.folder, ExportSpec(model, classes, metrics), "float32", images[val], progress=progress)
+    context.write_model(context.folder, ExportSpec(model, classes, metrics), "float32", frames.pixels[:100], progress=progress)
     (context.folder / "head.json").write_text(json.dumps({"head": "boxes", "classes": classes, "metrics": metrics,
                                                           "options": opts.model_dump()}, indent=2))
-    plot_curves(history, context.folder / "training.png", "box regressor")
+    plot_curves(history, context.folder / "training.png", "box regressor (validation IoU)")
+    metrics["activate"] = metrics["beats_mean_box"]
     return metrics
 
 
@@ -144,5 +180,5 @@ def export_model(context: TrainContext) -> ExportSpec:
         raise HeadError("head 'boxes' has no trained version: train it first")
     meta = json.loads((folder / "head.json").read_text())
     model = keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False)
-    with_box = np.array([i for i, b in zip(context.examples.ids, context.examples.boxes) if b is not None])
-    return ExportSpec(model, meta["classes"], meta.get("metrics", {}), with_box if len(with_box) else None)
+    ids = context.box_frames().single().ids
+    return ExportSpec(model, meta["classes"], meta.get("metrics", {}), ids if len(ids) else None)

@@ -57,7 +57,7 @@ def test_heads_lists_builtin_heads():
     result = _edged("heads")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
-    assert rows == {"boxes": "boxes", "classifier": "classes", "knn": "classes"}
+    assert rows == {"boxes": "boxes", "classifier": "classes", "knn": "classes", "objects": "boxes"}
 
 
 def test_doctor_reports_parts(broker, tmp_path):
@@ -113,5 +113,7 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
         from edged.state.store import Store
 
         stored = Store(state / "store").examples(backbone_id(BackboneConfig(**settings)))
-        boxes = [b for b in stored.boxes if b]
-        assert len(boxes) == 5 and all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in boxes)
+        with_boxes = [objs for label, objs in zip(stored.labels, stored.objects) if label == "raccoon"]
+        boxes = [b for objs in with_boxes for _, b in objs]
+        assert len(with_boxes) == 5 and all(with_boxes) and len(boxes) >= 5
+        assert all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in boxes)

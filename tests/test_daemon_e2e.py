@@ -227,3 +227,23 @@ def test_malformed_commands_get_error_replies_and_serving_continues(synthetic_da
     ok = probe.request(DEVICE, "status", {})
     assert ok["ok"] and ok["result"]["examples"] == {"triangle": 36, "rectangle": 36}
     assert d.stop() == 0
+
+
+def test_capture_with_several_boxes_over_mqtt(broker, probe, daemons, make_state, tmp_path):
+    """`capture` with a list of labelled boxes: stored with every box (frame coordinates), listed by `examples`."""
+    backbone = backbone_settings("none", input_size=96)
+    d = _run(daemons, tmp_path, make_state(backbone), broker.port, "synthetic:objects=2,frames=6", backbone, "objects")
+    _status(probe)
+    boxes = [{"box": [0.05, 0.1, 0.3, 0.5], "label": "car"}, {"box": [0.5, 0.5, 0.95, 0.9]}]
+    reply = probe.request(DEVICE, "capture", {"label": "driveway", "count": 3, "interval_ms": 0, "boxes": boxes},
+                          timeout=90)
+    assert reply["ok"] and reply["result"]["stored"] == 3, reply
+    bad = probe.request(DEVICE, "capture", {"label": "x", "boxes": [{"box": [0.9, 0.1, 0.2, 0.5]}]})
+    assert not bad["ok"] and "boxes" in bad["error"], bad
+    listed = probe.request(DEVICE, "examples", {"label": "driveway"})["result"]["examples"]
+    assert len(listed) == 3
+    for example in listed:
+        assert example["box"] is None  # two objects: not a single-box example
+        assert example["boxes"] == [{"label": "car", "box": [0.05, 0.1, 0.3, 0.5]},
+                                    {"label": "driveway", "box": [0.5, 0.5, 0.95, 0.9]}]
+    assert d.stop() == 0

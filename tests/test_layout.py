@@ -32,7 +32,7 @@ LAYERS = {
 TENSORFLOW = ("tensorflow", "keras")
 # Only these may import TensorFlow, Keras or edged.learn: the learn package, benchmarks, heads' trainer modules.
 MAY_TRAIN = ("edged.learn", "edged.bench", "edged_plugins.classifier_train", "edged_plugins.boxes_train",
-             "edged_plugins.knn_train")
+             "edged_plugins.knn_train", "edged_plugins.objects_train")
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 
@@ -30,7 +31,7 @@ from ..serve.daemon import Daemon
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources import FrameGrabber, open_source
-from ..sources.preprocess import to_pixels
+from ..sources.preprocess import FrameView, to_pixels
 from ..state import importer
 from ..serve.commands import parse
 from ..state.review import ReviewQueue
@@ -145,8 +146,8 @@ def cmd_collect(args) -> int:
     _install_signal_handlers(stop)
     info, engine = open_backbone(cfg)
     store = Store(cfg.state_path / "store")
-    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0,
-                     tuple(args.box) if args.box else None, dedupe=cfg.capture.dedupe)
+    objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
+    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe)
     source = open_source(cfg.source)
     grabber = FrameGrabber(source, cfg.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size)
     grabber.start()
@@ -174,6 +175,10 @@ def cmd_collect(args) -> int:
         engine.close()
 
 
+def _path_or_none(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
+
+
 def cmd_import(args) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level)
@@ -183,10 +188,20 @@ def cmd_import(args) -> int:
     if not root.is_dir():
         print(f"error: not a folder: {root}", file=sys.stderr)
         return 1
-    items = importer.voc(root, args.label) if args.format == "voc" else importer.class_folders(root)
+    skipped = importer.Skipped()
+    try:
+        if args.format == "voc":
+            annotations, images = importer.voc_folders(root, _path_or_none(args.annotations), _path_or_none(args.images))
+            items = importer.voc(annotations, images, args.label, skipped)
+        else:
+            items = importer.class_folders(root)
+    except EdgedError as e:
+        store.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     batch, total = [], 0
     try:
-        for example in importer.examples(items, lambda img: embed_image(engine, img), args.limit):
+        for example in importer.examples(items, lambda img: embed_image(engine, img), args.limit, skipped):
             batch.append(example)
             if len(batch) == 50:
                 total += len(store.add_many(batch, info.id))
@@ -195,7 +210,7 @@ def cmd_import(args) -> int:
         if batch:
             total += len(store.add_many(batch, info.id))
         print(file=sys.stderr)
-        print(json.dumps({"imported": total, "examples": store.counts()}))
+        print(json.dumps({"imported": total, "examples": store.counts(), "skipped": skipped.report()}))
     finally:
         store.close()
         engine.close()
@@ -220,9 +235,9 @@ def cmd_predict(args) -> int:
                 status = 1
                 continue
             t0 = time.perf_counter()
-            pixels = to_pixels(img, engine.input_size)
-            emb = engine.embed(pixels) if heads.needs_embedding else None
-            for name, pred in heads.predict(emb, pixels):
+            view = FrameView(img, engine.input_size)
+            emb = engine.embed(view.pixels) if heads.needs_embedding else None
+            for name, pred in heads.predict(emb, view):
                 print(json.dumps({"image": path, "head": name, "label": pred.label, "score": round(pred.score, 4),
                                   "scores": {k: round(v, 4) for k, v in pred.scores.items()}, "boxes": pred.boxes,
                                   "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}))
@@ -416,7 +431,7 @@ BENCHES = {
     "pipeline": "full daemon loop vs bare interpreter invoke, per-stage breakdown",
     "runtime": "Keras eager vs TFLite float32/float16/int8 speed, int8 accuracy on sign-digits",
     "knn": "kNN query time at 1k/10k/100k stored 1024-d examples, exact vs compact, with accuracy",
-    "detect": "box regression mean IoU on raccoon photos and synthetic scenes vs the mean-box baseline",
+    "detect": "box heads (single box, objects grid) on raccoon photos and multi-shape synthetic scenes vs the mean box",
 }
 
 
@@ -456,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", required=True, help="label of the frames stored")
     p.add_argument("--count", type=int, default=10, help="frames to store")
     p.add_argument("--interval-ms", type=int, default=200, help="time between stored frames")
-    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
-                   help="the object's box in [0, 1] frame coordinates, for the box head")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), action="append",
+                   help="an object's box in [0, 1] frame coordinates, for the box heads (repeat for several)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up when no frame arrives for this long")
     p.set_defaults(func=cmd_collect)
 
@@ -466,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["folders", "voc"], help="folders: FOLDER/<label>/*.jpg; voc: Pascal VOC boxes")
     p.add_argument("folder", help="the data set's folder")
     p.add_argument("--label", help="voc: store every box under this label instead of the object name")
+    p.add_argument("--annotations", help="voc: the XML folder (default FOLDER/annotations or FOLDER/Annotations)")
+    p.add_argument("--images", help="voc: the image folder (default FOLDER/images or FOLDER/JPEGImages)")
     p.add_argument("--limit", type=int, default=0, help="stop after this many images (0: all)")
     p.set_defaults(func=cmd_import)
 

@@ -14,6 +14,10 @@ A head is a class registered through the ``register_heads(register)`` hook. It d
 ``incremental``
     True when :meth:`Head.add` learns one example at once (the kNN head). Such heads are rebuilt from
     the store with :meth:`Head.fit` at start and after another process changed the store.
+``frame_fit``
+    How a frame fits the model input: ``"crop"`` (the centre square; the default) or
+    ``"letterbox"`` (the whole frame, padded: box heads, so objects near the edges are seen). Boxes
+    in predictions are mapped back to the frame's coordinates.
 ``trainer``
     ``None``, or the dotted name of a sibling module with the head's Keras training. Only the
     TensorFlow worker process imports it (see :mod:`edged.learn.context` for what it receives), so
@@ -113,6 +117,7 @@ class Head:
     Options: ClassVar[type] = NoOptions
     incremental: ClassVar[bool] = False
     trainer: ClassVar[Optional[str]] = None
+    frame_fit: ClassVar[str] = "crop"
     # Least `agreement` between an exported model and its Keras original for the export to pass.
     parity_tolerance: ClassVar[dict[str, float]] = {"float32": 0.99, "float16": 0.98, "int8": 0.9}
     parity_measure: ClassVar[str] = "top-1 agreement"

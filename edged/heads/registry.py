@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = {
     "knn": "edged_plugins.knn",
     "classifier": "edged_plugins.classifier",
     "boxes": "edged_plugins.boxes",
+    "objects": "edged_plugins.objects",
 }
 
 

@@ -24,3 +24,17 @@ def balanced_split(labels: np.ndarray, val_fraction: float = 0.2, min_per_class:
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.array(sorted(train)), np.array(sorted(val))
+
+
+def validation_splits(n: int, folds: int, split_above: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, val) index pairs: k folds for small sets (every frame validates once), one held-out fifth from
+    `split_above` frames on."""
+    if n < 4:
+        raise TrainingError(f"need at least 4 frames to train and validate, have {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    if n >= split_above:
+        n_val = max(1, n // 5)
+        return [(np.sort(order[n_val:]), np.sort(order[:n_val]))]
+    parts = np.array_split(order, min(folds, n))
+    return [(np.sort(np.concatenate([p for j, p in enumerate(parts) if j != i])), np.sort(part))
+            for i, part in enumerate(parts)]

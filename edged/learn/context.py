@@ -31,7 +31,7 @@ from ..files import file_sha256, write_atomic
 from ..heads.base import Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.augment import embed_augmented
-from ..sources.preprocess import crop_box, to_pixels
+from ..sources.preprocess import fit_frame
 from ..state.backbones import BackboneInfo
 from ..state.store import Examples, Store
 from ..state.versions import Versions
@@ -48,12 +48,22 @@ class ExportSpec:
     decode: dict = field(default_factory=dict)  # extra metadata the head's `decode` needs
 
 
-def box_in_crop(box, shape) -> np.ndarray:
-    """A full-frame normalised box -> normalised to the centre crop the model sees."""
-    cx1, cy1, cx2, cy2 = crop_box(shape)
-    w, h = cx2 - cx1, cy2 - cy1
-    x1, y1, x2, y2 = box
-    return np.clip(np.array([(x1 - cx1) / w, (y1 - cy1) / h, (x2 - cx1) / w, (y2 - cy1) / h], np.float32), 0, 1)
+@dataclass
+class BoxFrames:
+    """Stored frames with boxes, as a box head's model sees them (fitted by the head's `frame_fit`)."""
+
+    ids: np.ndarray  # example ids
+    pixels: np.ndarray  # (n, S, S, 3) RGB uint8
+    labels: list[str]  # the example's label
+    objects: list[tuple[list[str], np.ndarray]]  # per frame: object labels and (k, 4) boxes in model coordinates
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def single(self) -> "BoxFrames":
+        """Only the frames holding exactly one object."""
+        keep = [i for i, (names, _) in enumerate(self.objects) if len(names) == 1]
+        return BoxFrames(self.ids[keep], self.pixels[keep], [self.labels[i] for i in keep], [self.objects[i] for i in keep])
 
 
 class TrainContext:
@@ -73,10 +83,10 @@ class TrainContext:
         return self.options.model_copy(update=updates)
 
     # -- data ------------------------------------------------------------------------------
-    def pixels(self, ids) -> np.ndarray:
-        """Stored frames as the model sees them: centre-cropped RGB uint8 (n, S, S, 3)."""
-        size = self.backbone.input_size
-        return np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids])
+    def pixels(self, ids, fit: Optional[str] = None) -> np.ndarray:
+        """Stored frames as the model sees them (the head's `frame_fit` by default): RGB uint8 (n, S, S, 3)."""
+        size, fit = self.backbone.input_size, fit or self.head.frame_fit
+        return np.stack([fit_frame(self.store.load_frame(int(i)), size, fit)[0] for i in ids])
 
     def scaled(self, pixels: np.ndarray) -> np.ndarray:
         """RGB uint8 pixels -> the float32 input of the Keras backbone."""
@@ -86,23 +96,27 @@ class TrainContext:
         """Embeddings of `copies` augmented versions of each frame in `rows`, from the TFLite backbone."""
         engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads, scaling=self.backbone.scaling))
         try:
-            extra = embed_augmented(engine.embed, self.pixels(ids[rows]), copies, np.random.default_rng(seed))
+            extra = embed_augmented(engine.embed, self.pixels(ids[rows], "crop"), copies, np.random.default_rng(seed))
         finally:
             engine.close()
         return extra, np.tile(rows, copies)
 
-    def frames_with_boxes(self):
-        """(pixels, boxes in crop coordinates, labels) of every stored example that has a box."""
+    def box_frames(self) -> BoxFrames:
+        """Every stored example with boxes, fitted as the head's model sees it, boxes mapped to match."""
         examples = self.examples
-        keep = [i for i, b in enumerate(examples.boxes) if b is not None]
+        keep = [i for i, objs in enumerate(examples.objects) if objs]
         if not keep:
-            raise HeadError("no stored example has a box: capture with {\"box\": [x1, y1, x2, y2]}")
-        images, boxes = [], []
+            raise HeadError("no stored example has a box: capture with {\"box\": [x1, y1, x2, y2]} "
+                            "or {\"boxes\": [{\"box\": [...], \"label\": ...}]}")
+        pixels, objects = [], []
         for i in keep:
             frame = self.store.load_frame(int(examples.ids[i]))
-            images.append(to_pixels(frame, self.backbone.input_size))
-            boxes.append(box_in_crop(examples.boxes[i], frame.shape))
-        return np.stack(images), np.stack(boxes), [str(examples.labels[i]) for i in keep]
+            px, placement = fit_frame(frame, self.backbone.input_size, self.head.frame_fit)
+            pixels.append(px)
+            names = [label for label, _ in examples.objects[i]]
+            boxes = np.stack([placement.to_model(box) for _, box in examples.objects[i]]).astype(np.float32)
+            objects.append((names, boxes))
+        return BoxFrames(examples.ids[keep], np.stack(pixels), [str(examples.labels[i]) for i in keep], objects)
 
     # -- models ----------------------------------------------------------------------------
     def keras_backbone(self) -> keras.Model:
@@ -110,7 +124,13 @@ class TrainContext:
         return keras_backbone.build(self.cfg.backbone)
 
     def feature_map(self, layer: Optional[str] = None) -> keras.Model:
-        """The backbone cut at `layer` (default: its configured cut) without pooling: (H, W, C) features."""
+        """A fresh backbone (its own weights) without pooling, cut at `layer`: (H, W, C) features.
+
+        `layer` None is the configured cut; "auto" is the deepest layer at 1/16 of the input, a grid
+        fine enough to place boxes (conv_pw_11 in MobileNet v1).
+        """
+        if layer == "auto":
+            return keras_backbone.feature_map(self.cfg.backbone, stride=16)
         cfg = self.cfg.backbone.model_copy(update={"cut_layer": layer}) if layer else self.cfg.backbone
         return keras_backbone.feature_map(cfg)
 
@@ -129,7 +149,8 @@ class TrainContext:
         write_atomic(folder / "model.tflite", data)
         meta = {
             "head": self.head.name, "kind": self.head.kind, "labels": spec.labels, "input_size": self.backbone.input_size,
-            "preprocessing": {"crop": "centre", "colour": "RGB", "scale": self.backbone.scale, "offset": self.backbone.offset},
+            "preprocessing": {"fit": self.head.frame_fit, "colour": "RGB", "scale": self.backbone.scale,
+                              "offset": self.backbone.offset},
             "backbone": self.backbone.id, "quantization": quantize, "sha256": file_sha256(folder / "model.tflite"),
             "bytes": len(data), "metrics": spec.metrics, "decode": spec.decode, "created": time.time(),
         }

@@ -50,11 +50,15 @@ def run_train(cfg: Config, head: str, request: TrainRequest, progress: Progress 
             if not len(context.examples):
                 raise HeadError("the store has no examples for this backbone yet: capture some first")
             metrics = trainer_module(context.head, "train").train(context, progress)
-            version = versions.commit(staging)
+            activate = bool(metrics.pop("activate", True))  # a trainer may judge its own result not good enough
+            version = versions.commit(staging, activate=activate)
         except BaseException:
             versions.discard(staging)
             raise
-        return {"head": head, "version": version, "metrics": metrics}
+        result = {"head": head, "version": version, "activated": activate, "metrics": metrics}
+        if not activate:
+            result["note"] = metrics.get("note") or f"{head} {version} kept but not activated"
+        return result
     finally:
         store.close()
 

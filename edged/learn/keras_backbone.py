@@ -94,9 +94,20 @@ def build(cfg: BackboneConfig) -> keras.Model:
     return truncate(base_model(cfg), cut_layer(cfg), cfg.pooling)
 
 
-def feature_map(cfg: BackboneConfig) -> keras.Model:
-    """The backbone cut at its layer, without pooling: (H, W, C) features for box regression."""
+def feature_map(cfg: BackboneConfig, stride: int = 0) -> keras.Model:
+    """The backbone cut at its layer, without pooling: (H, W, C) features for box heads.
+
+    With `stride`, the cut is instead the deepest layer whose map is 1/stride of the input.
+    """
     model = base_model(cfg)
-    name = cut_layer(cfg)
+    name = layer_at_stride(model, stride) if stride else cut_layer(cfg)
     out = model.get_layer(name).output if name else model.output
     return keras.Model(model.inputs, out, name="feature_map")
+
+
+def layer_at_stride(model: keras.Model, stride: int) -> str:
+    size = model.input_shape[1]
+    found = [layer.name for layer in model.layers if len(layer.output.shape) == 4 and layer.output.shape[1] == size // stride]
+    if not found:
+        raise ValueError(f"{model.name} has no layer at 1/{stride} of its {size}px input")
+    return found[-1]

@@ -54,13 +54,18 @@ class FusedModel:
         self.sha = sha
         self.labels = self.meta["labels"]
         self.input_size = self.meta["input_size"]
+        self.fit = self.meta.get("preprocessing", {}).get("fit", "crop")  # how a frame fits its input
 
     def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
         return self.engine.run(pixels)
 
-    def predict(self, pixels: np.ndarray):
+    def predict(self, pixels: np.ndarray, placement=None):
+        """Decode the model's answer for `pixels` (fitted as `self.fit` says); boxes mapped to the frame by `placement`."""
         pred = self.decoder(self.engine.run(pixels), self.meta)
         pred.model_sha = self.sha[:16]
+        if placement is not None:
+            for item in pred.boxes:
+                item["box"] = placement.to_frame(item["box"])
         return pred
 
     def close(self) -> None:

@@ -19,14 +19,15 @@ class CaptureJob:
     with what it has."""
 
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
-                 box: Optional[tuple] = None, responder=None, corr_id=None, dedupe: float = 1.0,
+                 objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
                  timeout_s: Optional[float] = None):
         self.store = store
         self.backbone_id = backbone_id
         self.label = label
         self.count = count
         self.interval_s = interval_s
-        self.box = tuple(box) if box is not None else None
+        self.objects = list(objects) if objects else None
+        self.box = self.objects[0][1] if self.objects and len(self.objects) == 1 else None
         self.responder = responder
         self.corr_id = corr_id
         self.dedupe = dedupe
@@ -61,7 +62,7 @@ class CaptureJob:
         if self._duplicate(embedding):
             self.skipped += 1
             return False
-        self.store.add(NewExample(image, self.label, embedding, self.box), self.backbone_id)
+        self.store.add(NewExample(image, self.label, embedding, objects=self.objects), self.backbone_id)
         self.stored += 1
         self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
         self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)

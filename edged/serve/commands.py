@@ -33,10 +33,31 @@ class _Labelled(_Cmd):
         return v
 
 
+def _check_box(box) -> None:
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+        raise ValueError("box must be x1 < x2 and y1 < y2, all within [0, 1]")
+
+
+class LabelledBox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in [0, 1] of the frame")
+    label: Optional[str] = Field(None, description="the object's label, default the capture's")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        _check_box(self.box)
+        if self.label is not None and not LABEL_RE.match(self.label):
+            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
+        return self
+
+
 class Capture(_Labelled):
     count: int = Field(10, ge=1, le=10_000)
     interval_ms: int = Field(200, ge=0, le=3_600_000)
     box: Optional[tuple[float, float, float, float]] = Field(None, description="x1, y1, x2, y2 in [0, 1] of the frame")
+    boxes: Optional[list[LabelledBox]] = Field(None, min_length=1, max_length=100,
+                                               description="several objects: [{box, label?}, ...] in frame coordinates")
     dedupe: Optional[float] = Field(None, ge=0.5, le=1.0, description="skip frames at least this similar to the last "
                                                                       "kept one (1 = keep all); default [capture]")
     timeout_s: Optional[float] = Field(None, gt=0, le=86_400, description="end with what was stored by then; "
@@ -45,10 +66,16 @@ class Capture(_Labelled):
     @model_validator(mode="after")
     def _box_ordered(self):
         if self.box is not None:
-            x1, y1, x2, y2 = self.box
-            if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
-                raise ValueError("box must be x1 < x2 and y1 < y2, all within [0, 1]")
+            if self.boxes is not None:
+                raise ValueError("give box (one object) or boxes (several), not both")
+            _check_box(self.box)
         return self
+
+    def objects(self) -> Optional[list[tuple[str, tuple]]]:
+        """(label, box) of every object in the frame, or None when the capture has no box."""
+        if self.boxes is not None:
+            return [(b.label or self.label, tuple(b.box)) for b in self.boxes]
+        return [(self.label, tuple(self.box))] if self.box is not None else None
 
 
 class Forget(_Labelled):

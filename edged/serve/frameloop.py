@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from ..heads.base import Prediction
 from ..runtime.engine import Engine
+from ..sources.preprocess import FrameView
 from .capture import CaptureDesk, CaptureJob
 from .headset import HeadSet
 from .telemetry import StageTimes
@@ -39,7 +40,7 @@ class FrameLoop:
         self.last_frame = frame
         if job is not None:
             self._capture_step(job, frame, embedding)
-        predictions = self.heads.predict(embedding, frame.pixels)
+        predictions = self.heads.predict(embedding, FrameView(frame.image, self.engine.input_size, frame.pixels))
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:

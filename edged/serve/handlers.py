@@ -54,7 +54,7 @@ class CommandHandlers:
     def capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
-        job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.box,
+        job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
                          responder=responder, corr_id=cmd.id, timeout_s=timeout,
                          dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe)
         self.captures.start(job)

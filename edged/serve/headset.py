@@ -18,6 +18,7 @@ from ..errors import EdgedError, HeadError
 from ..heads.base import Head, Prediction
 from ..heads.options import head_options
 from ..runtime.fused import FusedModel
+from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.serving import ServingChoice
 from ..state.store import Store
@@ -146,11 +147,12 @@ class HeadSet:
     def needs_embedding(self) -> bool:
         return any(model is None and head is not None for _, model, head in self._plan())
 
-    def predict(self, embedding: Optional[np.ndarray], pixels: np.ndarray) -> list[tuple[str, Prediction]]:
+    def predict(self, embedding: Optional[np.ndarray], view: FrameView) -> list[tuple[str, Prediction]]:
+        """Predictions of the active heads; boxes in the frame's coordinates."""
         out = []
         for name, model, head in self._plan():
             if model is not None:
-                out.append((name, model.predict(pixels)))
+                out.append((name, model.predict(*view.fitted(model.fit))))
             elif head is not None and head.ready:
                 out.append((name, head.predict(embedding)))
         return out

@@ -84,6 +84,8 @@ class Learning:
             params = {"mode": request.mode, "epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers,
                       "params": request.params}
             result = self.worker.run(self.cfg, "train", name, params, progress, stop)
+            if not result.get("activated", True):
+                return result  # committed for inspection; the version serving now stays
             head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
             if fused is None and not head.ready:
                 raise HeadError(f"trained {name!r} but its new version could not be loaded")

@@ -24,25 +24,49 @@ def _crop_window(rng: np.random.Generator, size: int, box: Optional[np.ndarray],
 def augment_batch(images: np.ndarray, boxes: Optional[np.ndarray], rng: np.random.Generator,
                   min_scale: float = 0.75, flip: bool = True, brightness: float = 0.2):
     """images: (n, S, S, 3) uint8; boxes: (n, 4) normalised x1 y1 x2 y2 or None. Returns new arrays."""
+    if boxes is None:
+        out, _ = augment_objects(images, None, rng, min_scale, flip, brightness)
+        return out, None
+    out, objects = augment_objects(images, [np.asarray(b, np.float32)[None] for b in boxes], rng, min_scale, flip,
+                                   brightness, keep_all=True)
+    return out, np.concatenate(objects).astype(np.float32)
+
+
+def augment_objects(images: np.ndarray, objects: Optional[list[np.ndarray]], rng: np.random.Generator,
+                    min_scale: float = 0.75, flip: bool = True, brightness: float = 0.2, keep_all: bool = False,
+                    min_visible: float = 0.4):
+    """images: (n, S, S, 3) uint8; objects: per image a (k, 4) array of boxes, or None.
+
+    The crop keeps every box of an image inside when their union fits. Boxes cut by the crop are
+    clipped; those left with less than `min_visible` of their area are dropped (unless `keep_all`).
+    Returns (images, per-image box arrays and, unless keep_all, the kept rows' indices).
+    """
     n, size = images.shape[0], images.shape[1]
     out = np.empty_like(images)
-    out_boxes = None if boxes is None else np.array(boxes, np.float32, copy=True)
+    out_objects = []
     for i in range(n):
-        box = None if boxes is None else out_boxes[i]
-        x, y, s = _crop_window(rng, size, box, min_scale)
+        boxes = None if objects is None else np.asarray(objects[i], np.float32).reshape(-1, 4)
+        union = None if boxes is None or not len(boxes) else np.array(
+            [boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+        x, y, s = _crop_window(rng, size, union, min_scale)
         img = cv2.resize(images[i, y:y + s, x:x + s], (size, size), interpolation=cv2.INTER_LINEAR)
-        if box is not None:
-            b = (box * size - [x, y, x, y]) / s
-            out_boxes[i] = np.clip(b, 0.0, 1.0)
+        if boxes is not None:
+            moved = (boxes * size - [x, y, x, y]) / s
+            clipped = np.clip(moved, 0.0, 1.0)
+            area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+            visible = area(clipped) / np.maximum(area(moved), 1e-9)
+            boxes = clipped if keep_all else clipped[visible >= min_visible]
+            keep = np.arange(len(clipped)) if keep_all else np.flatnonzero(visible >= min_visible)
         if flip and rng.random() < 0.5:
             img = img[:, ::-1]
-            if box is not None:
-                x1, y1, x2, y2 = out_boxes[i]
-                out_boxes[i] = [1 - x2, y1, 1 - x1, y2]
+            if boxes is not None and len(boxes):
+                boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
         if brightness:
             img = np.clip(img.astype(np.float32) * rng.uniform(1 - brightness, 1 + brightness), 0, 255).astype(np.uint8)
         out[i] = img
-    return out, out_boxes
+        if boxes is not None:
+            out_objects.append(boxes if keep_all else (boxes, keep))
+    return out, (out_objects if objects is not None else None)
 
 
 def embed_augmented(embed, images: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:

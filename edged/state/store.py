@@ -44,7 +44,12 @@ class Examples:
     ids: np.ndarray  # int64 (n,)
     labels: np.ndarray  # str (n,)
     embeddings: np.ndarray  # float32 (n, d)
-    boxes: list[Optional[tuple[float, float, float, float]]]
+    boxes: list[Optional[tuple[float, float, float, float]]]  # the box of a one-object example, else None
+    objects: Optional[list[list[tuple[str, tuple]]]] = None  # every (label, box) of each example; [] for none
+
+    def __post_init__(self):
+        if self.objects is None:
+            self.objects = [[(str(l), tuple(b))] if b is not None else [] for l, b in zip(self.labels, self.boxes)]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,6 +66,29 @@ class NewExample:
     embedding: np.ndarray
     box: Optional[tuple[float, float, float, float]] = None
     ts: Optional[float] = None
+    objects: Optional[list[tuple[str, tuple]]] = None  # several labelled boxes (instead of `box`)
+
+
+Box = tuple[float, float, float, float]
+
+
+def encode_objects(label: str, box: Optional[Box], objects: Optional[list[tuple[str, Box]]]) -> Optional[str]:
+    """The `box` column: `[x1, y1, x2, y2]` for one box of the example's label, else `[{"label", "box"}, ...]`."""
+    if objects:
+        if len(objects) == 1 and objects[0][0] == label:
+            box = objects[0][1]
+        else:
+            return json.dumps([{"label": l, "box": [float(v) for v in b]} for l, b in objects])
+    return json.dumps([float(v) for v in box]) if box is not None else None
+
+
+def decode_objects(label: str, column: Optional[str]) -> list[tuple[str, Box]]:
+    if not column:
+        return []
+    value = json.loads(column)
+    if value and isinstance(value[0], dict):
+        return [(str(o["label"]), tuple(float(v) for v in o["box"])) for o in value]
+    return [(label, tuple(float(v) for v in value))]
 
 
 class Store:
@@ -105,7 +133,7 @@ class Store:
                 raise StoreError("JPEG encoding failed")
             uid = uuid.uuid4().hex
             write_atomic(self.frames / f"{uid}.jpg", jpeg.tobytes())
-            box = json.dumps([float(v) for v in item.box]) if item.box is not None else None
+            box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
             rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes()))
         ids = []
@@ -144,8 +172,9 @@ class Store:
         ids = np.array([r[0] for r in rows], np.int64)
         labels = np.array([r[1] for r in rows])
         emb = np.stack([np.frombuffer(r[3], np.float32) for r in rows])
-        boxes = [tuple(json.loads(r[2])) if r[2] else None for r in rows]
-        return Examples(ids, labels, emb, boxes)
+        objects = [decode_objects(r[1], r[2]) for r in rows]
+        boxes = [objs[0][1] if len(objs) == 1 else None for objs in objects]
+        return Examples(ids, labels, emb, boxes, objects)
 
     def missing_embeddings(self, backbone: str) -> list[tuple[int, Path]]:
         """Examples with no embedding for `backbone` (e.g. after the backbone changed)."""
@@ -183,8 +212,13 @@ class Store:
         query += " ORDER BY id DESC LIMIT ? OFFSET ?"
         with self._lock:
             rows = self._db.execute(query, params + (limit, offset)).fetchall()
-        return [{"id": r[0], "label": r[1], "ts": round(r[2], 3), "frame": f"store/frames/{r[3]}",
-                 "box": json.loads(r[4]) if r[4] else None} for r in rows]
+        out = []
+        for r in rows:
+            objs = decode_objects(r[1], r[4])
+            out.append({"id": r[0], "label": r[1], "ts": round(r[2], 3), "frame": f"store/frames/{r[3]}",
+                        "box": list(objs[0][1]) if len(objs) == 1 else None,
+                        "boxes": [{"label": l, "box": list(b)} for l, b in objs]})
+        return out
 
     def delete(self, ids: list[int]) -> int:
         """Remove these examples (rows, embeddings, frames); returns how many existed."""

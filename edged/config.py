@@ -35,6 +35,10 @@ class SourceConfig(_Strict):
     height: int = Field(480, ge=16, le=8192)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0, le=600, description="a stream that sends nothing this long is lost "
+                                                                   "(and reopened)")
+    stall_after_s: float = Field(3.0, gt=0, description="a live source with no frame for this long is reported "
+                                                        "'stalled' (the watchdog is not fed either)")
     seed: int = 0
 
 
@@ -105,10 +109,17 @@ class MqttConfig(_Strict):
     tls: Optional[TlsConfig] = None
     keepalive: int = Field(30, ge=5, le=3600)
     protocol: Literal["3.1.1", "5"] = "5"
-    offline_queue: int = Field(1000, ge=0, le=1_000_000, description="messages kept while the broker is away")
+    offline_queue: int = Field(10_000, ge=0, le=1_000_000, description="QoS 1/2 messages kept while the broker is away "
+                                                                     "or has not acknowledged them")
+    offline_queue_bytes: int = Field(8 << 20, ge=0, description="and at most this many bytes of them")
+    max_inflight: int = Field(20, ge=1, le=65535, description="unacknowledged QoS 1/2 messages on the wire; keep it at "
+                                                              "or under the broker's max_inflight_messages (mosquitto: 20)")
+    session_expiry_s: int = Field(0, ge=0, description="MQTT 5: the broker keeps this device's subscriptions (and the "
+                                                       "QoS 1 commands sent to it) this long while it is away; 0 = clean")
     stats_interval_s: float = Field(10.0, gt=0)
     reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0, description="longest wait between reconnect attempts: the link is back "
+                                                          "within this of the broker's return")
 
     @field_validator("prefix")
     @classmethod

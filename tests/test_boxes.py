@@ -207,14 +207,14 @@ def test_a_head_that_cannot_beat_the_mean_box_is_reported_and_not_activated(make
 
     settings = backbone_settings("none", input_size=96)
     cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.fine_tune_layers=0",
-               "heads.options.boxes.losses=['l1']")
+               "heads.options.boxes.losses=['l1']", "heads.options.boxes.folds=2")
     scenes = [scene_at(5, i, 96, 96) for i in range(12)]
     for s in scenes:
         s.objects = [(s.label, (0.2, 0.2, 0.6, 0.6))]
     info, engine, store = _fill(cfg, scenes)
     result = run_train(cfg, "boxes", TrainRequest())
     assert result["activated"] is False and "mean box" in result["note"]
-    assert result["metrics"]["mean_box_iou"] == pytest.approx(1.0) and result["metrics"]["validation"] == "4-fold"
+    assert result["metrics"]["mean_box_iou"] == pytest.approx(1.0) and result["metrics"]["validation"] == "2-fold"
     versions = Versions(cfg.state_path / "heads" / "boxes")
     assert versions.versions() == ["v1"] and versions.current() is None  # kept for a look, not served
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
@@ -250,6 +250,16 @@ def test_objects_head_finds_two_shapes_in_one_frame(make_state):
     ap = mean_average_precision(found, truths)
     # stated target for this small run (240 frames, 25 frozen epochs): both shapes found in >= 60% of frames
     assert two >= 0.6 and ap >= 0.5, (two, ap, result["metrics"])
+    # int8 export: the same parity check as every export (matched-box F1 against the Keras model)
+    from edged.learn.jobs import run_export
+
+    exported = run_export(cfg, "objects", "int8")
+    assert exported["parity"]["passed"] and exported["parity"]["value"] >= 0.9, exported["parity"]
+    heads.serve_model("objects", heads.open_model(Versions(cfg.state_path / "models" / "objects").current_path(), "objects"))
+    scene = scene_at(12, 0, 160, 120, clutter=6, objects=2)
+    ((_, pred),) = heads.predict(None, FrameView(scene.image, 128))
+    _assert_well_formed([b["box"] for b in pred.boxes] or [[0, 0, 1, 1]])
+    assert pred.model_sha == heads.models["objects"].sha[:16] and heads.models["objects"].meta["quantization"] == "int8"
     heads.close(), store.close(), engine.close()
 
 

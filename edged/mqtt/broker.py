@@ -42,7 +42,7 @@ def find_mosquitto() -> Optional[str]:
 class MosquittoBroker:
     """`start()` launches mosquitto on 127.0.0.1:port; `stop()` kills it. Restartable on the same port."""
 
-    def __init__(self, port: Optional[int] = None, extra_config: str = ""):
+    def __init__(self, port: Optional[int] = None, extra_config: str = "", persistence: bool = False):
         self.binary = find_mosquitto()
         if self.binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -50,7 +50,8 @@ class MosquittoBroker:
         self.dir = Path(tempfile.mkdtemp(prefix="edged-mosquitto-"))
         self.conf = self.dir / "mosquitto.conf"
         # `user`: when started as root, mosquitto would switch to its own user and lose access to our files.
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        kept = f"persistence true\npersistence_location {self.dir}/\n" if persistence else "persistence false\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{kept}"
                              f"user {getpass.getuser()}\n{extra_config}")
         self.proc: Optional[subprocess.Popen] = None
 

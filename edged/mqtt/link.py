@@ -1,4 +1,11 @@
-"""paho 2.x link: topics, LWT, retained status, QoS, TLS, reconnect, bounded offline queue, command intake."""
+"""paho 2.x link: topics, LWT, retained status, QoS, TLS, reconnect, bounded offline queue, command intake.
+
+One queue for what must arrive: QoS 1/2 messages go straight to paho, which keeps them (in order,
+resent after a reconnect) until the broker acknowledges them — bounded by `offline_queue` messages
+and `offline_queue_bytes` bytes, drops counted. QoS 0 messages are sent when connected and dropped
+(counted) otherwise: that is what QoS 0 means. `published` counts acknowledged messages (QoS 0:
+written to the socket).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -48,10 +56,14 @@ class MqttLink:
         self.on_command = on_command
         self.online_status = online_status
         self.connected = threading.Event()
-        self.queue: deque = deque()
-        self.queue_dropped = 0
+        self.queue_dropped = 0  # QoS 1/2 messages refused: offline queue full (messages or bytes), or a bad topic
+        self.dropped_offline = 0  # QoS 0 messages while the broker was away
         self.published = 0
+        self._pending: dict[int, int] = {}  # mid -> bytes, QoS 1/2 messages not yet acknowledged
+        self._pending_bytes = 0
+        self._early_acks: set[int] = set()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._v5 = cfg.protocol == "5"
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -68,12 +80,14 @@ class MqttLink:
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.will_set(self.topics.status, dumps(OFFLINE), qos=1, retain=True)
         self.client.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)), int(max(1, cfg.reconnect_max_s)))
-        self.client.max_queued_messages_set(max(cfg.offline_queue, 100))
+        self.client.max_queued_messages_set(max(cfg.offline_queue, 1))
+        self.client.max_inflight_messages_set(cfg.max_inflight)
         self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self._outbox: deque = deque()
-        self._outbox_max = max(cfg.offline_queue, 1000)
+        self._outbox_max = max(cfg.offline_queue, 1000)  # between callers and the sender thread
         self._outbox_lock = threading.Lock()
         self._outbox_ready = threading.Event()
         self._sender_thread = threading.Thread(target=self._sender, name="mqtt-send", daemon=True)
@@ -82,7 +96,11 @@ class MqttLink:
         self._sender_thread.start()
         kwargs = {}
         if self._v5:
-            kwargs["clean_start"] = True
+            kwargs["clean_start"] = self.cfg.session_expiry_s == 0
+            if self.cfg.session_expiry_s:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.cfg.session_expiry_s
+                kwargs["properties"] = props
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kwargs)
         self.client.loop_start()
 
@@ -111,7 +129,6 @@ class MqttLink:
             client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)])
             self.connected.set()
             self.publish_status()
-            self._flush()
         except Exception:
             log.exception("MQTT connect handling failed (the link stays up)")
 
@@ -143,14 +160,6 @@ class MqttLink:
             )
         )
 
-    def _flush(self) -> None:
-        while True:
-            with self._lock:
-                if not self.queue or not self.connected.is_set():
-                    return
-                topic, data, qos, retain, props = self.queue.popleft()
-            self._publish_now(topic, data, qos, retain, props)
-
     def publish(self, topic: str, payload, retain: bool = False, qos: Optional[int] = None, properties=None) -> None:
         """Hand the message to the sender thread: the caller (the frame loop) never waits on the network."""
         qos = self.cfg.qos if qos is None else qos
@@ -175,30 +184,62 @@ class MqttLink:
 
     def _send(self, topic: str, payload, qos: int, retain: bool, properties) -> None:
         data = payload if isinstance(payload, (bytes, bytearray)) else dumps(payload)
-        if self.connected.is_set():
-            rc = self._publish_now(topic, data, qos, retain, properties)
-            if rc is None:
-                return  # refused for good (a bad topic): queueing it would only fail again
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                self.published += 1
-                return
-        with self._lock:
-            if self.cfg.offline_queue == 0:
-                self.queue_dropped += 1
-                return
-            if len(self.queue) >= self.cfg.offline_queue:
-                self.queue.popleft()
-                self.queue_dropped += 1
-            self.queue.append((topic, data, qos, retain, properties))
-
-    def _publish_now(self, topic: str, data, qos: int, retain: bool, properties) -> Optional[int]:
-        """paho's publish; a topic it refuses (wildcards, empty, too long) is dropped and counted, never raised."""
+        if qos == 0 and not self.connected.is_set():
+            self.dropped_offline += 1
+            return
+        if qos > 0 and not self._room_for(len(data)):
+            self.queue_dropped += 1
+            return
         try:
-            return self.client.publish(topic, data, qos=qos, retain=retain, properties=properties).rc
-        except (ValueError, TypeError) as e:
+            info = self.client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+        except (ValueError, TypeError) as e:  # a topic paho refuses (wildcards, empty, too long): never raised
             self.queue_dropped += 1
             log.warning("not published to %r: %s", topic[:200], e)
-            return None
+            return
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.queue_dropped += 1
+            return
+        if qos == 0:
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self.dropped_offline += 1
+            return
+        with self._lock:  # kept by paho (also when not connected: NO_CONN) until acknowledged
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+            else:
+                self._pending[info.mid] = len(data)
+                self._pending_bytes += len(data)
+
+    def _room_for(self, size: int, wait_s: float = 1.0) -> bool:
+        """Is there room in the offline queue? While connected, wait a little for acknowledgements to make some
+        (a burst drains at the broker's pace); while away, answer at once."""
+        deadline = time.monotonic() + wait_s
+        with self._room:
+            while (len(self._pending) >= max(self.cfg.offline_queue, 1)
+                   or self._pending_bytes + size > self.cfg.offline_queue_bytes):
+                left = deadline - time.monotonic()
+                if not self.connected.is_set() or left <= 0:
+                    return False
+                self._room.wait(min(left, 0.1))
+            return True
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        with self._room:
+            self._room.notify_all()
+            self.published += 1
+            size = self._pending.pop(mid, None)
+            if size is None:
+                self._early_acks.add(mid)  # acknowledged before `_send` recorded it (or QoS 0, harmless)
+                if len(self._early_acks) > 10_000:
+                    self._early_acks.clear()
+            else:
+                self._pending_bytes -= size
+
+    @property
+    def queued(self) -> int:
+        """QoS 1/2 messages handed to paho and not yet acknowledged."""
+        with self._lock:
+            return len(self._pending)
 
     def publish_status(self) -> None:
         self.publish(self.topics.status, self.online_status(), retain=True, qos=1)

@@ -60,7 +60,7 @@ class Telemetry:
             "heads": self.heads.describe(),
             "active": self.heads.active,
             "examples": self.store.counts(),
-            "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.state if g else "starting", "error": g.error if g else None},
+            "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.health if g else "starting", "error": g.error if g else None},
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
             "tensorflow_imported": "tensorflow" in sys.modules,
@@ -69,7 +69,7 @@ class Telemetry:
     def maybe_publish_status(self, notify: Callable[[str], None]) -> None:
         """Publish the status when the source state changed or something asked for it."""
         g = self.grabber()
-        key = (g.state, g.error) if g else ("starting", None)
+        key = (g.health, g.error) if g else ("starting", None)
         if key != self._key or self._dirty.is_set():
             self._key = key
             self._dirty.clear()
@@ -102,11 +102,13 @@ class Telemetry:
             },
             "interpreter": self.engine.interpreter_name,
             "delegate": self.engine.delegate,
-            "source_state": g.state,
+            "source_state": g.health,
             "reconnects": g.reconnects,
+            "bad_frames": g.bad_frames,
         }
         link: Optional[object] = self.link()
         if link is not None:
-            stats["mqtt_queued"] = len(link.queue)
+            stats["mqtt_queued"] = link.queued
             stats["mqtt_dropped"] = link.queue_dropped
+            stats["mqtt_dropped_offline_qos0"] = link.dropped_offline
         return stats

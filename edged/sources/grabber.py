@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 
 from ..config import SourceConfig
@@ -17,10 +18,29 @@ from .base import Frame, Source
 log = logging.getLogger(__name__)
 
 
+def as_bgr(image) -> np.ndarray:
+    """A decoded frame as 3-channel uint8 BGR; SourceError for what cannot be one."""
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
+        raise SourceError(f"not an image: {getattr(image, 'shape', type(image).__name__)}")
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.number):
+            raise SourceError(f"not an image: dtype {image.dtype}")
+        image = np.clip(np.nan_to_num(image), 0, 255).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[2] != 3:
+        raise SourceError(f"not an image: {image.shape[2]} channels")
+    return image
+
+
 class FrameGrabber:
     """Reads and preprocesses frames in its own thread; keeps only the newest `queue_size` frames.
 
-    States: starting, ok, camera_lost (reconnecting with backoff), ended (file finished).
+    States: starting, ok, camera_lost (reconnecting with backoff), ended (file finished); `health` adds
+    stalled (a live source open but silent for `stall_after_s`). Frames that cannot be used (empty, odd
+    shapes or types, a preprocessing error) are skipped and counted in `bad_frames`.
     """
 
     def __init__(
@@ -40,7 +60,9 @@ class FrameGrabber:
         self.error: Optional[str] = None
         self.captured = 0
         self.dropped = 0
-        self.reconnects = 0
+        self.reconnects = 0  # times the source was opened again after it was lost
+        self.bad_frames = 0
+        self.last_frame_at: Optional[float] = None  # monotonic time of the last usable frame
         self.decode_s = 0.0
         self.preprocess_s = 0.0
         self._thread = threading.Thread(target=self._run, name="grabber", daemon=True)
@@ -50,6 +72,16 @@ class FrameGrabber:
 
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
+
+    @property
+    def health(self) -> str:
+        """The state, or 'stalled' when an open live source has sent nothing usable for `stall_after_s`."""
+        state = self.state
+        if state == "ok" and self.source.live:
+            since = self.last_frame_at
+            if since is not None and time.monotonic() - since > self.cfg.stall_after_s:
+                return "stalled"
+        return state
 
     def get(self, timeout: float) -> Optional[Frame]:
         try:
@@ -94,7 +126,6 @@ class FrameGrabber:
             if self.stop.wait(delay):
                 return False
             delay = min(delay * 2, self.cfg.reconnect_max_s)
-            self.reconnects += 1
         return False
 
     def _run(self) -> None:
@@ -102,8 +133,12 @@ class FrameGrabber:
         backpressure = not self.source.live and not paced
         try:
             while not self.stop.is_set():
-                if self.state != "ok" and not self._open_with_backoff():
-                    return
+                if self.state != "ok":
+                    reopening = self.state == "camera_lost"
+                    if not self._open_with_backoff():
+                        return
+                    self.reconnects += reopening
+                self.last_frame_at = time.monotonic()  # a fresh open is not a stall
                 next_due = time.monotonic()
                 while not self.stop.is_set():
                     t0 = time.perf_counter()
@@ -119,8 +154,17 @@ class FrameGrabber:
                         log.info("%s ended", self.source.description)
                         return
                     t1 = time.perf_counter()
-                    frame.pixels = self.preprocess(frame.image)
+                    try:
+                        frame.image = as_bgr(frame.image)
+                        frame.pixels = self.preprocess(frame.image)
+                    except Exception as e:  # one garbage frame must not end the grabber (and with it serving)
+                        self.bad_frames += 1
+                        if self.bad_frames in (1, 10, 100) or self.bad_frames % 1000 == 0:
+                            log.warning("%s: unusable frame skipped (%d so far): %s", self.source.description,
+                                        self.bad_frames, e)
+                        continue
                     t2 = time.perf_counter()
+                    self.last_frame_at = time.monotonic()
                     self.decode_s += t1 - t0
                     self.preprocess_s += t2 - t1
                     self.captured += 1

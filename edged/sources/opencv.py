@@ -29,8 +29,10 @@ class OpenCVSource(Source):
             cap = cv2.VideoCapture(int(self.uri))
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
-        elif self.is_stream:
-            cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG)
+        elif self.is_stream:  # a stalled stream must fail a read, not block the grabber for good
+            timeout_ms = int(self.cfg.read_timeout_s * 1000)
+            cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
         else:
             if not Path(self.uri).is_file():
                 raise SourceError(f"video file not found: {self.uri}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -23,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig
+from ..errors import ConfigError
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,33 @@ class IncomingCommand:
 
 def valid_level(name: str) -> bool:
     return bool(name) and not any(c in name for c in "+#/\0") and len(name) <= 64
+
+
+def check_broker_certificate(cfg: MqttConfig, timeout_s: float = 5.0) -> None:
+    """With TLS, verify the broker's certificate and host name once before serving.
+
+    A broker that cannot be reached is not an error here (it may come later; the link retries), but
+    a certificate that does not verify will not fix itself: ConfigError, so the daemon says why and
+    does not start.
+    """
+    tls = cfg.tls
+    if tls is None or tls.insecure:
+        return
+    context = ssl.create_default_context(cafile=tls.ca_certs) if tls.ca_certs else ssl.create_default_context()
+    if tls.certfile:
+        context.load_cert_chain(tls.certfile, tls.keyfile)
+    try:
+        with socket.create_connection((cfg.host, cfg.port), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=cfg.host):
+                return
+    except ssl.SSLCertVerificationError as e:
+        raise ConfigError(f"mqtt.tls: the broker at {cfg.host}:{cfg.port} presented a certificate that does not verify "
+                          f"({e.verify_message}); not connecting. Fix mqtt.host / mqtt.tls.ca_certs or the broker's "
+                          f"certificate") from None
+    except ssl.SSLError as e:
+        log.warning("MQTT TLS check with %s:%s failed: %s (the link keeps trying)", cfg.host, cfg.port, e)
+    except OSError as e:
+        log.warning("MQTT broker %s:%s not reachable yet: %s (the link keeps trying)", cfg.host, cfg.port, e)
 
 
 def dumps(payload) -> bytes:

@@ -12,7 +12,7 @@ from ..config import Config
 from ..files import file_sha256
 from ..heads.base import Prediction
 from ..heads.registry import head_classes, plugin_manager
-from ..mqtt.link import IncomingCommand, MqttLink
+from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
@@ -136,6 +136,7 @@ class Daemon:
     def _start_mqtt(self):
         if not self.cfg.mqtt.enabled:
             return None
+        check_broker_certificate(self.cfg.mqtt)
         self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status)
         self.mqtt.start()
         return self.mqtt.stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -56,20 +57,28 @@ def embed_image(engine: Engine, image_bgr: np.ndarray) -> np.ndarray:
     return engine.embed(to_pixels(image_bgr, engine.input_size))
 
 
-def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine) -> int:
-    """Compute embeddings for examples stored under another backbone (frames are kept for this)."""
+def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine,
+                    progress: Optional[Callable[[int, int], None]] = None, batch: int = 100) -> int:
+    """Compute embeddings for examples stored under another backbone (frames are kept for this).
+
+    Committed every `batch` frames, so work done before a crash is kept; `progress(done, total)` after each.
+    """
     missing = store.missing_embeddings(backbone.id)
     if not missing:
         return 0
     log.info("embedding %d stored frames for backbone %s", len(missing), backbone.id)
-    pairs = []
+    pairs, done = [], 0
     for i, (example_id, path) in enumerate(missing, 1):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             log.warning("example %d: frame %s unreadable; skipped", example_id, path)
-            continue
-        pairs.append((example_id, embed_image(engine, img)))
-        if i % 100 == 0:
+        else:
+            pairs.append((example_id, embed_image(engine, img)))
+        if len(pairs) >= batch or i == len(missing):
+            store.set_embeddings(backbone.id, pairs)
+            done += len(pairs)
+            pairs = []
             log.info("  %d/%d", i, len(missing))
-    store.set_embeddings(backbone.id, pairs)
-    return len(pairs)
+            if progress:
+                progress(i, len(missing))
+    return done

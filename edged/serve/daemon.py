@@ -89,7 +89,8 @@ class Daemon:
     def _start_backbone(self):
         self.backbone, self.engine = open_backbone(self.cfg)
         self.model_sha = file_sha256(self.backbone.path)[:16]
-        reembed_missing(self.store, self.backbone, self.engine)
+        reembed_missing(self.store, self.backbone, self.engine,
+                        lambda done, total: self.notifier.extend_start(60, f"embedding stored frames {done}/{total}"))
         self._store_version = self.store.data_version()
         return None  # the engine that serves is closed by the precision step
 

@@ -43,6 +43,13 @@ class Notifier:
             self._last_watchdog = now
             self.send("WATCHDOG=1")
 
+    def extend_start(self, seconds: float, status: str = "") -> None:
+        """Long start-up work (re-embedding a large store): ask systemd for `seconds` more before it gives up."""
+        lines = [f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}"]
+        if status:
+            lines.append(f"STATUS={status}")
+        self.send(*lines)
+
     def stopping(self) -> None:
         self.send("STOPPING=1")
 

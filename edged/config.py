@@ -139,6 +139,9 @@ class CaptureConfig(_Strict):
     dedupe: float = Field(0.99, ge=0.5, le=1.0, description="skip frames at least this similar (cosine of embeddings) "
                                                             "to the last kept one; 1 = keep every frame")
     timeout_s: float = Field(120.0, gt=0, description="a capture ends with what it has after count x interval + this")
+    max_per_label: int = Field(0, ge=0, description="keep at most this many examples of a label, the oldest pruned "
+                                                    "after each capture; 0 = no cap")
+    max_total: int = Field(0, ge=0, description="keep at most this many examples in all; 0 = no cap")
 
 
 class ReviewConfig(_Strict):

@@ -17,6 +17,7 @@ from edged.heads.registry import head_classes, plugin_manager
 from edged.serve.backbone import embed_image, open_backbone
 from edged.serve.headset import HeadSet
 from edged.state.store import NewExample, Store
+from edged.sources.preprocess import FrameView
 from edged.sources.synthetic import scene_at
 
 
@@ -99,7 +100,8 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     from edged.sources.preprocess import to_pixels
 
     px = [to_pixels(img, 128) for img, _, _ in held]
-    float_scores = [heads.predict(engine.embed(p), p)[0][1].scores for p in px]
+    float_scores = [heads.predict(engine.embed(p), FrameView(img, 128, p))[0][1].scores
+                    for p, (img, _, _) in zip(px, held)]
     float_labels = [max(s, key=s.get) for s in float_scores]  # the best class, even where it answers "unknown"
     int8_labels = [model.predict(p).label for p in px]
     truth = [label for _, label, _ in held]
@@ -215,7 +217,7 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     assert served["version"] == "v1"
     from edged.sources.preprocess import to_pixels
 
-    px = to_pixels(items[0][0], 96)
+    px = FrameView(items[0][0], 96)
     assert heads.predict(None, px)[0][1].label == "triangle"
 
     root = cfg.state_path / "models" / "knn"

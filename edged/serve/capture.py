@@ -20,7 +20,7 @@ class CaptureJob:
 
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
                  objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
-                 timeout_s: Optional[float] = None):
+                 timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0):
         self.store = store
         self.backbone_id = backbone_id
         self.label = label
@@ -32,6 +32,7 @@ class CaptureJob:
         self.corr_id = corr_id
         self.dedupe = dedupe
         self.timeout_s = timeout_s
+        self.caps = (max_per_label, max_total)  # the store's example caps, applied when the capture ends
         self.stored = 0
         self.skipped = 0
         self.cancelled = False
@@ -67,6 +68,10 @@ class CaptureJob:
         self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
         self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)
         return True
+
+    def prune(self) -> int:
+        """Apply the example caps (oldest first); how many examples were removed."""
+        return self.store.prune(self.label, *self.caps) if any(self.caps) else 0
 
     def progress(self) -> dict:
         return {"label": self.label, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,

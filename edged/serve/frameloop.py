@@ -78,11 +78,20 @@ class FrameLoop:
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
         self.captures.finish(job)
+        pruned = 0
+        try:
+            pruned = job.prune()
+            if pruned:
+                self.heads.refit_incremental()
+        except Exception as e:
+            log.warning("pruning the store to its caps failed: %s", e)
         self.changed()
         if error:
             job.responder.fail(error)
             return
         result = job.progress()
+        if pruned:
+            result["pruned_oldest"] = pruned
         result["examples"] = job.store.counts().get(job.label, 0)
         if not job.done:
             result["note"] = (f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -60,11 +61,20 @@ class Telemetry:
             "heads": self.heads.describe(),
             "active": self.heads.active,
             "examples": self.store.counts(),
+            "store": self._store_figures(),
             "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.health if g else "starting", "error": g.error if g else None},
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
             "tensorflow_imported": "tensorflow" in sys.modules,
         }
+
+    def _store_figures(self) -> dict:
+        cap = self.cfg.capture
+        try:
+            free = shutil.disk_usage(self.cfg.state_path).free
+        except OSError:
+            free = None
+        return {"max_per_label": cap.max_per_label or None, "max_total": cap.max_total or None, "free_bytes": free}
 
     def maybe_publish_status(self, notify: Callable[[str], None]) -> None:
         """Publish the status when the source state changed or something asked for it."""

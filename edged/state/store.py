@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -125,7 +126,23 @@ class Store:
                 self._db = None
 
     def add_many(self, items: Iterable[NewExample], backbone: str) -> list[int]:
-        """Write frames, then all rows in one transaction; return the new ids."""
+        """Write frames, then all rows in one transaction; return the new ids.
+
+        A full disk raises StoreError saying so; nothing half-written stays (temp files are removed,
+        the transaction rolls back, frames of rows not committed are deleted).
+        """
+        written: list[Path] = []
+        try:
+            return self._add_many(items, backbone, written)
+        except (OSError, sqlite3.OperationalError) as e:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if getattr(e, "errno", None) == errno.ENOSPC or "full" in str(e).lower():
+                raise StoreError(f"disk full: no space left for examples in {self.folder} (free some space, or set "
+                                 f"[capture] max_per_label / max_total to keep the store bounded)") from None
+            raise StoreError(f"cannot store the example in {self.folder}: {e}") from None
+
+    def _add_many(self, items: Iterable[NewExample], backbone: str, written: list[Path]) -> list[int]:
         rows = []
         for item in items:
             ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
@@ -133,6 +150,7 @@ class Store:
                 raise StoreError("JPEG encoding failed")
             uid = uuid.uuid4().hex
             write_atomic(self.frames / f"{uid}.jpg", jpeg.tobytes())
+            written.append(self.frames / f"{uid}.jpg")
             box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
             rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes()))
@@ -237,6 +255,19 @@ class Store:
             with self._db:
                 cur = self._db.execute(f"UPDATE examples SET label = ? WHERE id IN ({marks})", [label, *ids])
         return cur.rowcount
+
+    def prune(self, label: str, max_per_label: int = 0, max_total: int = 0) -> int:
+        """Delete the oldest examples beyond the caps (0 = no cap): of `label` first, then of the whole store."""
+        doomed: list[int] = []
+        with self._lock:
+            if max_per_label:
+                rows = self._db.execute("SELECT id FROM examples WHERE label = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
+                                        (label, max_per_label)).fetchall()
+                doomed += [r[0] for r in rows]
+            if max_total:
+                rows = self._db.execute("SELECT id FROM examples ORDER BY id DESC LIMIT -1 OFFSET ?", (max_total,)).fetchall()
+                doomed += [r[0] for r in rows if r[0] not in doomed]
+        return self.delete(doomed) if doomed else 0
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-train", type=int, default=1000)
     p.add_argument("--synthetic-test", type=int, default=200)
     p.add_argument("--only", choices=["raccoon", "synthetic"], help="run one data set")
+    p.add_argument("--test-folds", type=int, default=1,
+                   help="VOC set: 1 = one held-out fifth; K > 1 = K-fold cross-testing, every photo tested once "
+                        "by heads trained without it (figures pooled over all photos)")
     p.add_argument("--heads", default="boxes,objects", help="heads compared (default both)")
     p.add_argument("--epochs", type=int, help="override both heads' default epochs (quick runs)")
     p.add_argument("--options", type=json.loads, default={},
@@ -144,11 +147,24 @@ def run(args) -> int:
         else:
             images, objects = load_voc(folder)
             order = np.random.default_rng(0).permutation(len(images))
-            n_test = len(images) // 5
+            folds = np.array_split(order, args.test_folds) if args.test_folds > 1 else [order[:len(images) // 5]]
             pick = lambda rows: ([images[i] for i in rows], [objects[i] for i in rows])
-            row, fig = evaluate(folder.name, cfg, Split(*pick(order[n_test:]), args.size),
-                                Split(*pick(order[:n_test]), args.size), args, t)
-            rows.append(row)
+            pooled = []
+            for k, test_rows in enumerate(folds):
+                train_rows = order[~np.isin(order, test_rows)]
+                name = folder.name if len(folds) == 1 else f"{folder.name} fold {k + 1}/{len(folds)}"
+                row, fig = evaluate(name, cfg, Split(*pick(train_rows), args.size), Split(*pick(test_rows), args.size),
+                                    args, t)
+                rows.append(row)
+                pooled.append((len(test_rows), sum(len(o) == 1 for o in pick(test_rows)[1]), fig))
+            if len(folds) > 1:  # fold means weighted by photos (mAP) or one-object photos (IoU)
+                fig = {key: float(np.average([f[key] for _, _, f in pooled],
+                                             weights=[n if "mAP" in key else n1 for n, n1, _ in pooled]))
+                       for key in pooled[0][2]}
+                rows.append([f"{folder.name} (all folds)", len(images) - len(folds[0]), len(images),
+                             sum(n1 for _, n1, _ in pooled), f"{fig['mean box IoU']:.3f}"]
+                            + [f"{fig[k]:.3f}" if k in fig else "-" for k in ("boxes IoU", "boxes mAP50", "objects IoU",
+                                                                           "objects mAP50")])
             lines.append((folder.name, fig))
     if args.only in (None, "synthetic"):
         row, fig = evaluate("synthetic 1-3 shapes", cfg, Split(*synthetic(1, args.synthetic_train), args.size),

@@ -43,16 +43,11 @@ class BoxOptions(FrameTrainingOptions):
     min_gain: float = Field(0.02, ge=0, le=1, description="IoU the head must gain over the mean box to be activated")
 
 
-class BoxHead(Head):
-    """Class + one box (x1, y1, x2, y2) regressed from the backbone's spatial features."""
+class FusedBoxHead(Head):
+    """What the box heads share: trained on whole (letterboxed) frames in the worker, served from a fused model."""
 
-    name = "boxes"
     kind = "boxes"
     frame_fit = "letterbox"
-    Options = BoxOptions
-    trainer = "edged_plugins.boxes_train"
-    parity_tolerance = {"float32": 0.98, "float16": 0.95, "int8": 0.8}
-    parity_measure = "mean IoU"
 
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:
@@ -61,6 +56,16 @@ class BoxHead(Head):
     @property
     def ready(self) -> bool:
         return False  # served only from its fused model
+
+
+class BoxHead(FusedBoxHead):
+    """Class + one box (x1, y1, x2, y2) regressed from the backbone's spatial features."""
+
+    name = "boxes"
+    Options = BoxOptions
+    trainer = "edged_plugins.boxes_train"
+    parity_tolerance = {"float32": 0.98, "float16": 0.95, "int8": 0.8}
+    parity_measure = "mean IoU"
 
     @classmethod
     def decode(cls, outputs: list[np.ndarray], meta: dict) -> Prediction:

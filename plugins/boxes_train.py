@@ -165,20 +165,38 @@ def train(context: TrainContext, progress: Progress = None) -> dict:
     model, classes, metrics = train_box_head(lambda: context.feature_map(opts.feature_layer), frames, bb.scale,
                                              bb.offset, opts, progress)
     history = metrics.pop("history")
-    model.save(context.folder / "fused.keras")
-    context.write_model(context.folder, ExportSpec(model, classes, metrics), "float32", frames.pixels[:100], progress=progress)
-    (context.folder / "head.json").write_text(json.dumps({"head": "boxes", "classes": classes, "metrics": metrics,
-                                                          "options": opts.model_dump()}, indent=2))
-    plot_curves(history, context.folder / "training.png", "box regressor (validation IoU)")
+    save_version(context, ExportSpec(model, classes, metrics), frames.pixels[:100], opts, history,
+                 "box regressor (validation IoU)", progress)
     metrics["activate"] = metrics["beats_mean_box"]
     return metrics
 
 
-def export_model(context: TrainContext) -> ExportSpec:
+def save_version(context: TrainContext, spec: ExportSpec, check_pixels: np.ndarray, opts, history: dict, title: str,
+                 progress: Progress = None) -> None:
+    """A trained box head version: the Keras model, its float32 TFLite twin, head.json and the training curves."""
+    spec.model.save(context.folder / "fused.keras")
+    context.write_model(context.folder, spec, "float32", check_pixels, progress=progress)
+    (context.folder / "head.json").write_text(json.dumps({"head": context.head.name, "classes": spec.labels,
+                                                          "metrics": spec.metrics, "options": opts.model_dump()}, indent=2))
+    plot_curves(history, context.folder / "training.png", title)
+
+
+def load_version(context: TrainContext) -> tuple[keras.Model, dict]:
+    """The current trained version's Keras model and head.json."""
     folder = context.current_version()
     if folder is None or not (folder / "fused.keras").is_file():
-        raise HeadError("head 'boxes' has no trained version: train it first")
+        raise HeadError(f"head {context.head.name!r} has no trained version: train it first")
     meta = json.loads((folder / "head.json").read_text())
-    model = keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False)
-    ids = context.box_frames().single().ids
+    return keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False), meta
+
+
+def box_example_ids(context: TrainContext, single: bool) -> np.ndarray:
+    """Stored examples with boxes (exactly one with `single`), for the export's parity check; no frame is read."""
+    ex = context.examples
+    return np.array([i for i, objs in zip(ex.ids, ex.objects) if (len(objs) == 1 if single else objs)], np.int64)
+
+
+def export_model(context: TrainContext) -> ExportSpec:
+    model, meta = load_version(context)
+    ids = box_example_ids(context, single=True)
     return ExportSpec(model, meta["classes"], meta.get("metrics", {}), ids if len(ids) else None)

@@ -17,9 +17,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edged.heads import Head, Prediction, TrainRequest, hookimpl
+from edged.heads import Prediction, hookimpl
 from edged.heads.geometry import matched_f1, nms, well_formed
-from edged_plugins.boxes import FrameTrainingOptions
+from edged_plugins.boxes import FrameTrainingOptions, FusedBoxHead
 
 
 class ObjectsOptions(FrameTrainingOptions):
@@ -59,24 +59,14 @@ def decode_grid(grid: np.ndarray, labels: list[str], threshold: float, nms_iou: 
     return found[:limit]
 
 
-class ObjectsHead(Head):
+class ObjectsHead(FusedBoxHead):
     """Labelled boxes, as many as the frame holds."""
 
     name = "objects"
-    kind = "boxes"
-    frame_fit = "letterbox"
     Options = ObjectsOptions
     trainer = "edged_plugins.objects_train"
     parity_tolerance = {"float32": 0.97, "float16": 0.95, "int8": 0.85}
     parity_measure = "mean F1 of boxes matched at IoU 0.5"
-
-    @classmethod
-    def trains_in_worker(cls, request: TrainRequest) -> bool:
-        return True
-
-    @property
-    def ready(self) -> bool:
-        return False  # served only from its fused model
 
     @classmethod
     def decode(cls, outputs: list[np.ndarray], meta: dict) -> Prediction:

@@ -8,21 +8,19 @@ validation (k folds on small sets).
 
 from __future__ import annotations
 
-import json
 
 import keras
 import numpy as np
 
 from edged.errors import HeadError
 from edged.heads.base import Progress
-from edged.heads.curves import plot_curves
 from edged.heads.geometry import mean_average_precision
 from edged.heads.splits import validation_splits
 from edged.learn.context import BoxFrames, ExportSpec, TrainContext
 from edged.learn.loop import shuffled_batches
 from edged.learn.select import Plan, choose_and_train
 from edged.sources.augment import augment_objects
-from edged_plugins.boxes_train import MIN_HALF, box_term
+from edged_plugins.boxes_train import MIN_HALF, box_example_ids, box_term, load_version, save_version
 from edged_plugins.objects import ObjectsOptions, decode_grid
 
 
@@ -154,21 +152,13 @@ def train(context: TrainContext, progress: Progress = None) -> dict:
     model, classes, metrics = train_objects_head(lambda: context.feature_map(opts.feature_layer), frames, bb.scale,
                                                  bb.offset, opts, progress)
     history = metrics.pop("history")
-    model.save(context.folder / "fused.keras")
     spec = ExportSpec(model, classes, metrics, decode=decode_options(opts, metrics["grid"]))
-    context.write_model(context.folder, spec, "float32", frames.pixels[:100], progress=progress)
-    (context.folder / "head.json").write_text(json.dumps({"head": "objects", "classes": classes, "metrics": metrics,
-                                                          "options": opts.model_dump()}, indent=2))
-    plot_curves(history, context.folder / "training.png", "objects (validation mAP@0.5)")
+    save_version(context, spec, frames.pixels[:100], opts, history, "objects (validation mAP@0.5)", progress)
     return metrics
 
 
 def export_model(context: TrainContext) -> ExportSpec:
-    folder = context.current_version()
-    if folder is None or not (folder / "fused.keras").is_file():
-        raise HeadError("head 'objects' has no trained version: train it first")
-    meta = json.loads((folder / "head.json").read_text())
-    model = keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False)
+    model, meta = load_version(context)
     opts = ObjectsOptions(**meta["options"])
-    return ExportSpec(model, meta["classes"], meta.get("metrics", {}), context.box_frames().ids,
+    return ExportSpec(model, meta["classes"], meta.get("metrics", {}), box_example_ids(context, single=False),
                       decode=decode_options(opts, meta["metrics"]["grid"]))

@@ -167,6 +167,25 @@ class TrainerConfig(_Strict):
                                                           "killed and answered with an error")
 
 
+class FleetConfig(_Strict):
+    follow: list[str] = Field(default_factory=list, description="model (head) names to fetch when another device "
+                              "publishes them, check on this device's examples and serve")
+    take_examples: bool = Field(False, description="store examples other devices share (same backbone only)")
+    min_accuracy: float = Field(0.6, ge=0, le=1, description="a fetched classifier must score at least this on this "
+                                "device's stored examples of its labels to be served; else it is kept staged")
+    chunk_bytes: int = Field(256 * 1024, ge=1024, le=64 << 20, description="size of one retained chunk of a share")
+    max_share_bytes: int = Field(64 << 20, ge=1024, description="largest model, head or example set sent or taken")
+    thumbnail_px: int = Field(160, ge=32, le=1024, description="longest side of the frames sent with shared examples")
+
+
+class HomeAssistantConfig(_Strict):
+    enabled: bool = Field(False, description="announce this device to Home Assistant (MQTT discovery)")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    capture_count: int = Field(5, ge=1, le=1000, description="frames a label button captures")
+    snapshot_interval_s: float = Field(30.0, ge=0, description="publish a retained snapshot for the image entity this "
+                                       "often; 0 = only on the snapshot command")
+
+
 class Config(_Strict):
     device: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "edged")
     state_dir: str = "./state"
@@ -182,6 +201,8 @@ class Config(_Strict):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("device")
     @classmethod

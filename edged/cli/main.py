@@ -39,6 +39,7 @@ from ..state.store import Store
 from ..state.versions import Versions
 from .checks import check_meaning
 from .demo import Demo
+from .fleet import add_fleet_parser
 from .install import install
 from .doctor import run_doctor
 
@@ -519,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="capture, train, export, activate, rollback, forget, status, heads, review, label, ...")
     p.add_argument("payload", nargs=argparse.REMAINDER, help="a JSON object, or --key value pairs")
     p.set_defaults(func=cmd_command)
+
+    add_fleet_parser(sub, _add_config_args, _load)
 
     p = sub.add_parser("install-service", help="systemd units for this installation, /etc/edged, /var/lib/edged")
     p.add_argument("--root", default="/", help="install under this folder instead of / (for packaging or a look)")

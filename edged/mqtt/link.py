@@ -81,7 +81,9 @@ class MqttLink:
 
     def __init__(self, cfg: MqttConfig, device: str, on_command: Callable[[IncomingCommand], None], online_status: Callable[[], dict]):
         self.cfg = cfg
+        self.device = device
         self.topics = Topics(cfg.prefix, device)
+        self._routes: list[tuple[str, int, Callable[[str, bytes, bool], None]]] = []  # filter, qos, callback
         self.on_command = on_command
         self.online_status = online_status
         self.connected = threading.Event()
@@ -121,6 +123,13 @@ class MqttLink:
         self._outbox_ready = threading.Event()
         self._sender_thread = threading.Thread(target=self._sender, name="mqtt-send", daemon=True)
 
+    def route(self, topic_filter: str, callback: Callable[[str, bytes, bool], None], qos: int = 1) -> None:
+        """Subscribe `topic_filter` (at every connect) and hand its messages to `callback(topic, payload, retained)`
+        instead of the command intake. The callback runs in paho's thread: it must only queue work."""
+        self._routes.append((topic_filter, qos, callback))
+        if self.connected.is_set():
+            self.client.subscribe(topic_filter, qos=qos)
+
     def start(self) -> None:
         self._sender_thread.start()
         kwargs = {}
@@ -155,7 +164,8 @@ class MqttLink:
                 log.error("MQTT connection refused by %s:%s: %s", self.cfg.host, self.cfg.port, reason_code)
                 return
             log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
-            client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)])
+            client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)]
+                             + [(f, qos) for f, qos, _ in self._routes])
             self.connected.set()
             self.publish_status()
         except Exception:
@@ -167,6 +177,13 @@ class MqttLink:
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg):
+        for topic_filter, _, callback in self._routes:
+            if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                try:
+                    callback(msg.topic, msg.payload, bool(msg.retain))
+                except Exception:
+                    log.exception("message on %s not handled", msg.topic[:200])
+                return
         if msg.retain:
             # A retained command would run again at every reconnect of every device: commands are events.
             log.warning("ignored a retained command on %s (publish commands without retain)", msg.topic[:200])

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class MqttResponder:
-    """A Responder (see edged.serve.dispatch) publishing `{"id", "command", "ok", "final", "result" | "error"}`."""
+    """A Responder (see edged.serve.dispatch) publishing `{"id", "device", "command", "ok", "final", "result" | "error"}`."""
 
     def __init__(self, link: MqttLink, incoming: IncomingCommand):
         self.link = link
@@ -19,7 +19,8 @@ class MqttResponder:
         self.corr_id: CorrelationId = None
 
     def _send(self, ok: bool, final: bool, result=None, error=None) -> None:
-        payload = {"id": self.corr_id, "command": self.incoming.name[:64], "ok": ok, "final": final}
+        payload = {"id": self.corr_id, "device": self.link.device, "command": self.incoming.name[:64], "ok": ok,
+                   "final": final}
         if ok:
             payload["result"] = result
         else:

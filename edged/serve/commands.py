@@ -137,6 +137,23 @@ class Relabel(_Labelled):
     ids: list[int] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
 
 
+class Publish(_Cmd):
+    model: str = Field(max_length=64, description="the head whose model (or head version) is shared")
+    kind: Literal["model", "head"] = Field("model", description="model: exported TFLite; head: trained on embeddings")
+    version: Optional[str] = Field(None, pattern=r"^v\d{1,6}$", description="default the current version")
+
+
+class Share(_Cmd):
+    label: Optional[str] = Field(None, description="only this label's examples; default all taught here")
+
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v):
+        if v is not None and not LABEL_RE.match(v):
+            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
+        return v
+
+
 class Discard(_Cmd):
     review_id: str = Field(pattern=r"^[0-9a-f]{12}$")
 
@@ -159,6 +176,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "cancel": Empty,
     "delete": Delete,
     "relabel": Relabel,
+    "publish": Publish,
+    "share": Share,
 }
 
 

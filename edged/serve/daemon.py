@@ -30,6 +30,7 @@ from .learning import Learning
 from .notify import Notifier
 from .precision import choose_precision
 from .review import Reviewer
+from .sharing import Sharing
 from .telemetry import StageTimes, Telemetry
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Daemon:
         """(name, start) in start order; each start returns the function that stops it."""
         return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
                 ("precision", self._start_precision), ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
-                ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
+                ("fleet", self._start_fleet), ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
     def start(self) -> None:
         self.cfg.state_path.mkdir(parents=True, exist_ok=True)
@@ -120,9 +121,12 @@ class Daemon:
         return self.learning.close
 
     def _start_commands(self):
+        self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, lambda: self.mqtt,
+                               self.telemetry.changed, self.stop)
+        self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
                                    self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
-                                   self._publish_snapshot, self.cfg.capture, self.reviews, self.stop)
+                                   self._publish_snapshot, self.cfg.capture, self.reviews, self.sharing, self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()
@@ -141,6 +145,13 @@ class Daemon:
         self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status)
         self.mqtt.start()
         return self.mqtt.stop
+
+    def _start_fleet(self):
+        """Follow what other devices share (models, head versions, examples) when [fleet] asks for it."""
+        if self.mqtt is None:
+            return None
+        self.sharing.start(self.mqtt.route)
+        return self.sharing.join
 
     def _start_source(self):
         self.source = open_source(self.cfg.source)
@@ -163,7 +174,7 @@ class Daemon:
             if now >= stats_due:
                 stats_due = now + cfg.mqtt.stats_interval_s
                 if self.mqtt is not None:
-                    self.mqtt.publish(self.mqtt.topics.stats, self.telemetry.stats())
+                    self.mqtt.publish(self.mqtt.topics.stats, self.telemetry.stats(), retain=True)  # `fleet ls` reads it
                 self._sync_store()
             self.telemetry.maybe_publish_status(self.notifier.status)
             if frame is None:

@@ -15,12 +15,13 @@ from ..state.review import ReviewQueue
 from ..state.store import Store
 from ..state.versions import Versions
 from .capture import CaptureDesk, CaptureJob
-from .commands import (Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Relabel, Rollback,
-                       Train)
+from .commands import (Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Publish, Relabel,
+                       Rollback, Share, Train)
 from .dispatch import DEFERRED, Handler, Responder
 from .headset import HeadSet
 from .jobs import JobRunner, run_reporting
 from .learning import Learning
+from .sharing import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class CommandHandlers:
     def __init__(self, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
-                 capture_cfg, reviews: ReviewQueue, stop=None):
+                 capture_cfg, reviews: ReviewQueue, sharing: Sharing, stop=None):
         self.store = store
         self.backbone_id = backbone_id
         self.heads = heads
@@ -42,6 +43,7 @@ class CommandHandlers:
         self.publish_snapshot = publish_snapshot
         self.capture_cfg = capture_cfg
         self.reviews = reviews
+        self.sharing = sharing
         self.stop = stop
 
     def table(self) -> dict[str, Handler]:
@@ -49,7 +51,13 @@ class CommandHandlers:
                 "heads": self.list_heads, "activate": self.activate, "train": self.train, "export": self.export,
                 "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard,
                 "examples": self.list_examples, "delete": self.delete, "relabel": self.relabel,
-                "models": self.list_models, "cancel": self.cancel}
+                "models": self.list_models, "cancel": self.cancel, "publish": self.publish, "share": self.share}
+
+    def publish(self, cmd: Publish, responder: Responder) -> dict:
+        return self.sharing.publish(cmd.model, cmd.kind, cmd.version, responder.progress)
+
+    def share(self, cmd: Share, responder: Responder) -> dict:
+        return self.sharing.share_examples(cmd.label, responder.progress)
 
     def capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg

@@ -38,6 +38,7 @@ class Telemetry:
         self.precision = precision or {"precision": "float32"}
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
         self.grabber, self.link = grabber, link
+        self.sections: dict[str, Callable[[], dict]] = {}  # more of the status, from parts started later
         self._dirty = threading.Event()
         self._key = None
         self._mark = (time.monotonic(), 0, 0)
@@ -66,6 +67,7 @@ class Telemetry:
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
             "tensorflow_imported": "tensorflow" in sys.modules,
+            **{name: describe() for name, describe in list(self.sections.items())},
         }
 
     def _store_figures(self) -> dict:

@@ -68,6 +68,9 @@ class NewExample:
     box: Optional[tuple[float, float, float, float]] = None
     ts: Optional[float] = None
     objects: Optional[list[tuple[str, tuple]]] = None  # several labelled boxes (instead of `box`)
+    uid: Optional[str] = None  # kept when the example comes from another device (the same example is stored once)
+    origin: Optional[str] = None  # the device it was taught on; None: this one
+    jpeg: Optional[bytes] = None  # the frame as JPEG already (a shared thumbnail): stored as is
 
 
 Box = tuple[float, float, float, float]
@@ -106,6 +109,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(examples)")}
+        if "origin" not in columns:  # stores from before fleet sharing
+            self._db.execute("ALTER TABLE examples ADD COLUMN origin TEXT")
 
     def collect_orphans(self, older_than_s: float = 3600.0) -> int:
         """Delete frame files no row points at (a kill between the JPEG and its row) and temp files of torn writes."""
@@ -145,24 +151,28 @@ class Store:
     def _add_many(self, items: Iterable[NewExample], backbone: str, written: list[Path]) -> list[int]:
         rows = []
         for item in items:
-            ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if not ok:
-                raise StoreError("JPEG encoding failed")
-            uid = uuid.uuid4().hex
-            write_atomic(self.frames / f"{uid}.jpg", jpeg.tobytes())
+            if item.jpeg is not None:
+                data = item.jpeg
+            else:
+                ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+                if not ok:
+                    raise StoreError("JPEG encoding failed")
+                data = jpeg.tobytes()
+            uid = item.uid or uuid.uuid4().hex
+            write_atomic(self.frames / f"{uid}.jpg", data)
             written.append(self.frames / f"{uid}.jpg")
             box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
-            rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes()))
+            rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes(), item.origin))
         ids = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for uid, label, ts, frame, box, vector in rows:
+                for uid, label, ts, frame, box, vector, origin in rows:
                     cur.execute(
-                        "INSERT INTO examples (uid, label, ts, frame, box) VALUES (?, ?, ?, ?, ?)",
-                        (uid, label, ts, frame, box),
+                        "INSERT INTO examples (uid, label, ts, frame, box, origin) VALUES (?, ?, ?, ?, ?, ?)",
+                        (uid, label, ts, frame, box, origin),
                     )
                     ids.append(cur.lastrowid)
                     cur.execute(
@@ -194,6 +204,25 @@ class Store:
         boxes = [objs[0][1] if len(objs) == 1 else None for objs in objects]
         return Examples(ids, labels, emb, boxes, objects)
 
+    def known_uids(self, uids: list[str]) -> set[str]:
+        marks = ",".join("?" * len(uids))
+        with self._lock:
+            return {r[0] for r in self._db.execute(f"SELECT uid FROM examples WHERE uid IN ({marks})", uids)} if uids else set()
+
+    def own_examples(self, backbone: str, label: Optional[str] = None) -> list[dict]:
+        """Examples taught on this device (not received from another) with their embedding for `backbone`:
+        uid, label, ts, box column, vector bytes, frame path — what `share` sends."""
+        query = ("SELECT e.uid, e.label, e.ts, e.box, m.vector, e.frame FROM examples e JOIN embeddings m "
+                 "ON m.example_id = e.id AND m.backbone = ? WHERE e.origin IS NULL")
+        params: tuple = (backbone,)
+        if label is not None:
+            query += " AND e.label = ?"
+            params += (label,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY e.id", params).fetchall()
+        return [{"uid": r[0], "label": r[1], "ts": r[2], "box": r[3], "vector": r[4], "frame": self.frames / r[5]}
+                for r in rows]
+
     def missing_embeddings(self, backbone: str) -> list[tuple[int, Path]]:
         """Examples with no embedding for `backbone` (e.g. after the backbone changed)."""
         with self._lock:
@@ -222,7 +251,7 @@ class Store:
 
     def list(self, label: Optional[str] = None, limit: int = 100, offset: int = 0) -> list[dict]:
         """Stored examples, newest first: id, label, time, frame file, box."""
-        query = "SELECT id, label, ts, frame, box FROM examples"
+        query = "SELECT id, label, ts, frame, box, origin FROM examples"
         params: tuple = ()
         if label is not None:
             query += " WHERE label = ?"
@@ -235,7 +264,7 @@ class Store:
             objs = decode_objects(r[1], r[4])
             out.append({"id": r[0], "label": r[1], "ts": round(r[2], 3), "frame": f"store/frames/{r[3]}",
                         "box": list(objs[0][1]) if len(objs) == 1 else None,
-                        "boxes": [{"label": l, "box": list(b)} for l, b in objs]})
+                        "boxes": [{"label": l, "box": list(b)} for l, b in objs], "origin": r[5]})
         return out
 
     def delete(self, ids: list[int]) -> int:

@@ -1,0 +1,156 @@
+"""The fleet as the broker sees it: devices from their retained status and stats, commands sent to many and answered
+per device. Nothing here is a registry: every answer is read from the broker at the time of asking."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .requests import BrokerClient
+
+
+@dataclass
+class Device:
+    """One row of `edged fleet ls`, built from `<prefix>/<device>/status` and `<prefix>/<device>/stats`."""
+
+    name: str
+    status: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def online(self) -> bool:
+        return self.status.get("state") == "online"
+
+    @property
+    def last_seen(self) -> Optional[float]:
+        seen = [v for v in (self.status.get("ts"), self.stats.get("ts")) if isinstance(v, (int, float))]
+        return max(seen) if seen else None
+
+    def row(self) -> dict:
+        heads = self.status.get("heads") or {}
+        models = {name: {k: h["model"].get(k) for k in ("version", "sha256", "quantization")}
+                  for name, h in heads.items() if isinstance(h, dict) and isinstance(h.get("model"), dict)}
+        versions = {name: h.get("version") for name, h in heads.items() if isinstance(h, dict) and h.get("version")}
+        examples = self.status.get("examples") or {}
+        latency = self.stats.get("latency_ms") or {}
+        return {
+            "device": self.name,
+            "state": self.status.get("state", "unknown"),
+            "version": self.status.get("version"),
+            "source": (self.status.get("source") or {}).get("state"),
+            "active": self.status.get("active") or [],
+            "backbone": self.status.get("model"),
+            "model_sha": self.status.get("model_sha"),
+            "models": models,
+            "head_versions": versions,
+            "examples": examples,
+            "fps": self.stats.get("fps_out"),
+            "p99_ms": latency.get("p99"),
+            "last_seen": self.last_seen,
+        }
+
+
+def _json(data: bytes) -> Optional[dict]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def device_of(prefix: str, topic: str, leaf: str) -> Optional[str]:
+    """`<prefix>/<device>/<leaf>` -> device, else None."""
+    parts = topic.split("/")
+    head = prefix.split("/")
+    if len(parts) != len(head) + 2 or parts[:len(head)] != head or parts[-1] != leaf or parts[len(head)] == "fleet":
+        return None
+    return parts[len(head)]
+
+
+def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wait_s: float = 5.0,
+                 expect: int = 0) -> dict[str, Device]:
+    """Every device with a retained status. The broker sends retained messages right after the subscription; the
+    listing ends `quiet_s` after the last one (at once when `expect` devices have sent status and stats; at
+    `max_wait_s` in any case)."""
+    devices: dict[str, Device] = {}
+    client.subscribe(f"{prefix}/+/status")
+    client.subscribe(f"{prefix}/+/stats")
+    start = last = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - start >= max_wait_s or now - last >= (quiet_s if devices else quiet_s + 1.0):
+            break
+        if expect and len(devices) >= expect and all(d.status and d.stats for d in devices.values()):
+            break
+        try:
+            topic, data, _ = client.inbox.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        last = time.monotonic()
+        for leaf in ("status", "stats"):
+            name = device_of(prefix, topic, leaf)
+            body = _json(data) if name is not None else None
+            if body is not None:
+                setattr(devices.setdefault(name, Device(name)), leaf, body)
+    return devices
+
+
+@dataclass
+class Outcome:
+    device: str
+    ok: Optional[bool] = None  # None: no reply by the deadline
+    result: object = None
+    error: Optional[str] = None
+    ms: Optional[float] = None
+
+    @property
+    def state(self) -> str:
+        return "no reply" if self.ok is None else ("ok" if self.ok else "error")
+
+
+def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices: Optional[Iterable[str]],
+         timeout: float, known: Optional[Iterable[str]] = None) -> dict[str, Outcome]:
+    """Send `command` to `devices` (None: the fleet topic, expecting `known` devices) and collect one final reply per
+    device by `timeout` seconds. Replies are matched by correlation id; they come on the MQTT 5 response topic, or on
+    `<prefix>/<device>/reply/<command>` from devices or bridges speaking MQTT 3.1.1."""
+    corr = str(payload.setdefault("id", f"fleet-{uuid.uuid4().hex[:12]}"))
+    response_topic = f"{prefix}/clients/{client.session}/reply"
+    client.subscribe(response_topic)
+    client.subscribe(f"{prefix}/+/reply/{command}")
+    targets = list(devices) if devices else None
+    outcomes = {d: Outcome(d) for d in (targets or known or [])}
+    data = json.dumps(payload)
+    props = None
+    if client.v5:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = response_topic
+        props.CorrelationData = corr.encode()
+    sent = time.monotonic()
+    topics = [f"{prefix}/{d}/cmd/{command}" for d in targets] if targets else [f"{prefix}/fleet/cmd/{command}"]
+    for topic in topics:
+        client.client.publish(topic, data, qos=1, properties=props)
+    deadline = sent + timeout
+    for topic, body, _ in client.messages(deadline):
+        reply = _json(body)
+        if reply is None or str(reply.get("id")) != corr or not reply.get("final", True):
+            continue
+        name = reply.get("device") or device_of(prefix, topic.rsplit("/", 1)[0], "reply")
+        if not name or (targets is not None and name not in outcomes):
+            continue
+        out = outcomes.setdefault(name, Outcome(name))
+        if out.ok is not None:
+            continue
+        out.ok = bool(reply.get("ok"))
+        out.result, out.error = reply.get("result"), reply.get("error")
+        out.ms = (time.monotonic() - sent) * 1000
+        if outcomes and all(o.ok is not None for o in outcomes.values()) and (targets or known):
+            break
+    return outcomes
+

@@ -1,0 +1,323 @@
+"""What one device learned, for the others: models, head versions and examples as retained parcels on the broker.
+
+Publishing packs a version folder (or this device's own examples) and hands the chunks and manifest to the MQTT
+link. Following takes parcels of the names in `[fleet] follow` (and examples when `take_examples`), verifies the
+sha256 and that they fit this device (backbone id, input size), stores them through the same versioned path as
+a local train or export, checks them on this device's own examples, and serves them — or keeps them staged and
+says why in the status. Parcels are applied on a thread of their own, never in the MQTT thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from ..config import Config
+from ..errors import EdgedError, HeadError
+from ..files import write_atomic
+from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, share_base
+from ..sources.preprocess import FrameView
+from ..state.backbones import BackboneInfo
+from ..state.bundles import BundleError, pack_folder, unpack_into
+from ..state.store import NewExample, Store, decode_objects
+from ..state.versions import Versions
+from .commands import LABEL_RE
+from .headset import HeadSet
+from .learning import Learning
+
+log = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9a-f]{32}$")
+CHECK_EXAMPLES = 200
+
+
+class Sharing:
+    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet, learning: Learning,
+                 link: Callable[[], object], changed: Callable[[], None], stop: threading.Event):
+        self.cfg, self.store, self.backbone, self.heads, self.learning = cfg, store, backbone, heads, learning
+        self.link, self.changed, self.stop = link, changed, stop
+        self.fleet = cfg.fleet
+        self.prefix = cfg.mqtt.prefix
+        self.assembler = Assembler(self.prefix, self.fleet.max_share_bytes)
+        self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
+        self.received: dict[str, dict] = {}  # "kind/name" -> what became of the last parcel
+        self.published: dict[str, dict] = {}
+        self._memory = cfg.state_path / "fleet.json"  # parcels handled, so a reconnect does not apply them again
+        self._seen: dict[str, str] = self._load_memory()
+        self._thread = threading.Thread(target=self._run, name="fleet-share", daemon=True)
+
+    # -- status ----------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"follow": list(self.fleet.follow), "take_examples": self.fleet.take_examples,
+                "received": dict(self.received), "published": dict(self.published)}
+
+    def _load_memory(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self._memory.read_text()).get("seen", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _remember(self, key: str, sha: str) -> None:
+        self._seen[key] = sha
+        write_atomic(self._memory, json.dumps({"seen": self._seen}).encode())
+
+    # -- following -------------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        filters = []
+        for name in self.fleet.follow:
+            filters += [share_base(self.prefix, "model", name) + "/#", share_base(self.prefix, "head", name) + "/#"]
+        if self.fleet.take_examples:
+            filters.append(f"{self.prefix}/fleet/share/examples/#")
+        return filters
+
+    def start(self, route: Callable[[str, Callable[[str, bytes, bool], None]], None]) -> None:
+        for topic_filter in self.subscriptions():
+            route(topic_filter, self._arrived)
+        self._thread.start()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self.inbox.put(("", b""))
+        self._thread.join(timeout)
+
+    def _arrived(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            self.inbox.put_nowait((topic, payload))
+        except queue.Full:
+            log.warning("fleet share inbox full; dropped a message on %s", topic[:200])
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                topic, payload = self.inbox.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if not topic:
+                return
+            kind, name = (topic.split("/fleet/share/", 1)[-1].split("/") + ["", ""])[:2]
+            try:
+                parcel = self.assembler.feed(topic, payload)
+                if parcel is not None:
+                    self.apply(parcel)
+            except (ShareError, BundleError, HeadError, EdgedError) as e:
+                self._report(kind, name, {"state": "refused", "reason": str(e)})
+            except Exception as e:
+                log.exception("fleet share on %s failed", topic[:200])
+                self._report(kind, name, {"state": "refused", "reason": f"internal error: {e}"})
+
+    def _report(self, kind: str, name: str, outcome: dict) -> None:
+        key = f"{kind}/{name}"
+        self.received[key] = {**outcome, "ts": round(time.time(), 3)}
+        level = logging.WARNING if outcome.get("state") == "refused" else logging.INFO
+        log.log(level, "fleet %s: %s", key, outcome)
+        self.changed()
+
+    def apply(self, parcel: Parcel) -> None:
+        """Take a verified parcel: check that it fits, store it as a version (or examples), check it, serve it."""
+        m = parcel.manifest
+        key = f"{parcel.kind}/{parcel.name}"
+        if m.get("device") == self.cfg.device:
+            return  # our own publication coming back
+        if self._seen.get(key) == m["sha256"]:
+            return  # handled before this restart or reconnect
+        origin = {"from": m.get("device"), "sha256": m["sha256"][:16], "source_version": m.get("version")}
+        if m.get("backbone") != self.backbone.id:
+            self._remember(key, m["sha256"])
+            raise ShareError(f"{key} from {m.get('device')!r} was made for backbone {m.get('backbone')!r}; this device "
+                             f"serves {self.backbone.id!r}: refused")
+        if parcel.kind == "examples":
+            outcome = self._take_examples(parcel)
+        else:
+            if parcel.name not in self.heads.classes:
+                self._remember(key, m["sha256"])
+                raise ShareError(f"{key}: head {parcel.name!r} is not installed here ({sorted(self.heads.classes)})")
+            if m.get("input_size") != self.backbone.input_size:
+                self._remember(key, m["sha256"])
+                raise ShareError(f"{key} takes {m.get('input_size')}px frames; this device's backbone takes "
+                                 f"{self.backbone.input_size}px: refused")
+            outcome = self._take_version(parcel)
+        self._remember(key, m["sha256"])
+        self._report(parcel.kind, parcel.name, {**origin, **outcome})
+
+    def _take_version(self, parcel: Parcel) -> dict:
+        root = "models" if parcel.kind == "model" else "heads"
+        versions = Versions(self.cfg.state_path / root / parcel.name)
+        staging = versions.staging()
+        try:
+            unpack_into(parcel.data, staging)
+            version = versions.commit(staging, activate=False)
+        except BaseException:
+            versions.discard(staging)
+            raise
+        folder = versions.root / version
+        check = self._check(parcel, folder)
+        if check.get("accuracy") is not None and check["accuracy"] < self.fleet.min_accuracy:
+            return {"state": "staged", "version": version, "check": check,
+                    "reason": f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples is under "
+                              f"fleet.min_accuracy {self.fleet.min_accuracy}"}
+        if parcel.kind == "model":
+            self.learning.use_model(parcel.name, version)
+        else:
+            versions.activate(version)
+            head, fused = self.heads.open_head(parcel.name, folder)
+            self.heads.swap(parcel.name, head, fused)
+            if parcel.name not in self.heads.active:
+                self.heads.activate(self.heads.active + [parcel.name])
+        return {"state": "active", "version": version, "check": check}
+
+    def _check(self, parcel: Parcel, folder: Path) -> dict:
+        """Accuracy on this device's stored examples of the labels the model knows (classifiers only)."""
+        if parcel.kind == "model":
+            model = self.heads.open_model(folder, parcel.name)
+            try:
+                if model.meta.get("kind") != "classes":
+                    return {"accuracy": None, "note": "no check for box models"}
+                examples = self.store.examples(self.backbone.id)
+                keep = [i for i, label in enumerate(examples.labels) if label in set(model.labels)][:CHECK_EXAMPLES]
+                if not keep:
+                    return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
+                hits = 0
+                for i in keep:
+                    image = self.store.load_frame(int(examples.ids[i]))
+                    pixels, placement = FrameView(image, model.input_size).fitted(model.fit)
+                    hits += model.predict(pixels, placement).label == examples.labels[i]
+            finally:
+                model.close()
+        else:
+            head, fused = self.heads.open_head(parcel.name, folder)
+            try:
+                if fused is not None or head.kind != "classes":
+                    return {"accuracy": None, "note": "no check for this head"}
+                examples = self.store.examples(self.backbone.id)
+                known = set(head.classes)
+                keep = [i for i, label in enumerate(examples.labels) if label in known][:CHECK_EXAMPLES]
+                if not keep:
+                    return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
+                hits = sum(head.predict(examples.embeddings[i]).label == examples.labels[i] for i in keep)
+            finally:
+                if fused is not None:
+                    fused.close()
+                head.close()
+        return {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
+
+    def _take_examples(self, parcel: Parcel) -> dict:
+        with io.BytesIO(parcel.data) as buf:
+            try:
+                bundle = np.load(buf, allow_pickle=False)
+                meta = json.loads(bytes(bundle["meta"]).decode())
+                vectors = np.asarray(bundle["embeddings"], np.float32)
+                blob, offsets = bytes(bundle["thumbnails"]), np.asarray(bundle["offsets"], np.int64)
+            except (ValueError, KeyError, OSError) as e:
+                raise ShareError(f"examples/{parcel.name}: unreadable example set ({e})") from None
+        rows = meta.get("examples", [])
+        if len(rows) != len(vectors) or len(offsets) != len(rows) + 1:
+            raise ShareError(f"examples/{parcel.name}: {len(rows)} rows, {len(vectors)} embeddings, "
+                             f"{len(offsets) - 1} thumbnails")
+        if len(rows) and vectors.shape[1] != self.backbone.output_dim:
+            raise ShareError(f"examples/{parcel.name}: {vectors.shape[1]}-d embeddings; this backbone gives "
+                             f"{self.backbone.output_dim}")
+        uids = [str(r.get("uid", "")) for r in rows]
+        if not all(_UID.match(u) for u in uids):
+            raise ShareError(f"examples/{parcel.name}: an example uid is not 32 hex digits")
+        bad = [r.get("label") for r in rows if not isinstance(r.get("label"), str) or not LABEL_RE.match(r["label"])
+               or not isinstance(r.get("box"), (str, type(None)))]
+        if bad:
+            raise ShareError(f"examples/{parcel.name}: {len(bad)} examples with a label or box that is not valid, "
+                             f"e.g. label {str(bad[0])[:70]!r}")
+        known = self.store.known_uids(uids)
+        origin = str(parcel.manifest.get("device") or parcel.name)[:64]
+        items = []
+        for i, row in enumerate(rows):
+            if uids[i] in known:
+                continue
+            label = str(row["label"])
+            objects = decode_objects(label, row.get("box"))
+            items.append(NewExample(image=None, label=label, embedding=vectors[i], ts=float(row.get("ts") or time.time()),
+                                    objects=objects or None, uid=uids[i], origin=origin,
+                                    jpeg=blob[offsets[i]:offsets[i + 1]]))
+        if items:
+            self.store.add_many(items, self.backbone.id)
+            self.heads.refit_incremental()
+        return {"state": "stored", "added": len(items), "already_known": len(known),
+                "labels": sorted({r["label"] for r in rows})}
+
+    # -- publishing ------------------------------------------------------------------------
+    def _send(self, kind: str, name: str, data: bytes, manifest: dict, progress) -> dict:
+        link = self.link()
+        if link is None:
+            raise EdgedError("publish: MQTT is disabled here ([mqtt] enabled = false); nothing to share on")
+        messages = pack(self.prefix, kind, name, data, {**manifest, "device": self.cfg.device,
+                                                        "backbone": self.backbone.id,
+                                                        "input_size": self.backbone.input_size},
+                        self.fleet.chunk_bytes, self.fleet.max_share_bytes)
+        for i, (topic, payload) in enumerate(messages):
+            link.publish(topic, payload, retain=True, qos=1)
+            if progress and i % 16 == 0:
+                progress({"stage": "publishing", "chunk": i, "chunks": len(messages) - 1})
+        manifest = json.loads(messages[-1][1])
+        previous = self.published.get(f"{kind}/{name}")
+        if previous and previous["sha256"] != manifest["sha256"]:
+            for i in range(previous["chunks"]):  # the older parcel's chunks are no longer needed by anyone
+                link.publish(f"{share_base(self.prefix, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
+        summary = {"kind": kind, "name": name, "topic": messages[-1][0], "sha256": manifest["sha256"],
+                   "bytes": manifest["size"], "chunks": manifest["chunks"], "version": manifest.get("version")}
+        self.published[f"{kind}/{name}"] = summary
+        self.changed()
+        return summary
+
+    def publish(self, name: str, kind: str = "model", version: Optional[str] = None, progress=None) -> dict:
+        """Share a model (exported TFLite) or a head version (trained on embeddings) with the fleet."""
+        if name not in self.heads.classes:
+            raise HeadError(f"publish.model: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
+        versions = Versions(self.cfg.state_path / ("models" if kind == "model" else "heads") / name)
+        version = version or versions.current()
+        if version is None or version not in versions.versions():
+            have = versions.versions()
+            raise HeadError(f"publish.version: no {kind} version {version or '(current)'} of {name!r}; have {have or 'none'}"
+                            + ("; export it first" if kind == "model" and not have else ""))
+        folder = versions.root / version
+        manifest = {"version": version}
+        meta_path = folder / "metadata.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            manifest.update({"labels": meta.get("labels"), "quantization": meta.get("quantization"),
+                             "metrics": meta.get("parity")})
+        else:
+            manifest["labels"] = self.heads.describe().get(name, {}).get("classes")
+        return self._send(kind, name, pack_folder(folder), manifest, progress)
+
+    def share_examples(self, label: Optional[str] = None, progress=None) -> dict:
+        """Share the examples taught on this device (embeddings, labels, boxes, small frames) with the fleet."""
+        rows = self.store.own_examples(self.backbone.id, label)
+        if not rows:
+            raise EdgedError("share: no examples taught on this device" + (f" with label {label!r}" if label else ""))
+        thumbs, offsets = [], [0]
+        for row in rows:
+            image = cv2.imread(str(row["frame"]), cv2.IMREAD_COLOR)
+            if image is None:
+                jpeg = b""
+            else:
+                scale = self.fleet.thumbnail_px / max(image.shape[:2])
+                if scale < 1:
+                    image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                                       interpolation=cv2.INTER_AREA)
+                jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+            thumbs.append(jpeg)
+            offsets.append(offsets[-1] + len(jpeg))
+        meta = {"examples": [{"uid": r["uid"], "label": r["label"], "ts": r["ts"],
+                              "box": r["box"]} for r in rows]}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 embeddings=np.stack([np.frombuffer(r["vector"], np.float32) for r in rows]),
+                 thumbnails=np.frombuffer(b"".join(thumbs), np.uint8), offsets=np.asarray(offsets, np.int64))
+        labels = sorted({r["label"] for r in rows})
+        return self._send("examples", self.cfg.device, buf.getvalue(), {"labels": labels, "examples": len(rows)}, progress)

@@ -1,0 +1,183 @@
+"""The fleet on a real broker: `edged fleet ls/send` against daemon subprocesses, and sharing models and examples."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, backbone_settings, toml_config, write_config
+from edged.config import load_config
+from edged.mqtt.parcels import pack
+from edged.serve.backbone import embed_image, open_backbone
+from edged.sources.synthetic import scene_at
+from edged.state.store import NewExample, Store
+
+
+def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):
+    settings = backbone_settings("none")
+    state = make_state(settings, name=f"state-{device}")
+    return write_config(tmp_path / f"{device}.toml", toml_config(state, port, source, settings, device, extra)), state
+
+
+def _cli_config(tmp_path, port) -> str:
+    return str(write_config(tmp_path / "cli.toml", f'device = "cli"\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'))
+
+
+def edged(*args, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def _wait_stats(probe, devices, timeout=60):
+    seen = set()
+
+    def all_in(t, p, r):
+        parts = t.split("/")
+        if len(parts) == 3 and parts[2] == "stats":
+            seen.add(parts[1])
+        return seen >= set(devices)
+
+    probe.wait_for(all_in, timeout)
+
+
+def test_fleet_ls_and_send_against_two_daemons(broker, probe, tmp_path, make_state, daemons):
+    ds = {dev: daemons(_config(tmp_path, make_state, broker.port, dev)[0], tmp_path / f"{dev}.log") for dev in ("fa", "fb")}
+    _wait_stats(probe, ds)
+    cli = _cli_config(tmp_path, broker.port)
+
+    listed = edged("fleet", "ls", "--json", "--config", cli)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["device"]: r for r in json.loads(listed.stdout)}
+    assert {"fa", "fb"} <= set(rows)
+    for dev in ("fa", "fb"):
+        assert rows[dev]["state"] == "online" and rows[dev]["active"] == ["knn"] and rows[dev]["fps"] is not None
+        assert rows[dev]["backbone"] and rows[dev]["last_seen"] > time.time() - 30
+    table = edged("fleet", "ls", "--config", cli)
+    assert table.returncode == 0 and "DEVICE" in table.stdout and "fa" in table.stdout and "online" in table.stdout
+
+    every = edged("fleet", "send", "--json", "--config", cli, "--timeout", "5", "status")
+    assert every.returncode == 0, every.stdout + every.stderr
+    results = {r["device"]: r for r in json.loads(every.stdout)}
+    assert results["fa"]["result"] == "ok" and results["fb"]["result"] == "ok"
+    assert results["fa"]["reply"]["device"] == "fa"
+
+    named = edged("fleet", "send", "--device", "fa", "--device", "fb", "--device", "ghost",
+                  "--config", cli, "--timeout", "3", "status")
+    assert named.returncode == 1, named.stdout
+    lines = {line.split()[0]: line for line in named.stdout.splitlines()[1:]}
+    assert "no reply" in lines["ghost"] and " ok " in lines["fa"] + " " and " ok " in lines["fb"] + " "
+
+    bad = edged("fleet", "send", "--device", "fa", "--config", cli, "--timeout", "5", "capture", '{"label": "!!"}')
+    assert bad.returncode == 1 and "error" in bad.stdout and "capture.label" in bad.stdout
+
+    ds["fb"].stop(signal.SIGKILL)  # no goodbye: the broker's will marks it offline
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = {r["device"]: r for r in json.loads(edged("fleet", "ls", "--json", "--config", cli).stdout)}
+        if rows["fb"]["state"] == "offline":
+            break
+        time.sleep(1)
+    assert rows["fb"]["state"] == "offline" and rows["fa"]["state"] == "online"
+    assert ds["fa"].stop() == 0
+
+
+def _prefill(state):
+    settings = backbone_settings("none")
+    cfg = load_config(None, [f"state_dir='{state}'"] + [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()])
+    info, engine = open_backbone(cfg)
+    store = Store(cfg.state_path / "store")
+    items = [NewExample(img, shape, embed_image(engine, img))
+             for shape in ("triangle", "rectangle")
+             for img in (scene_at(0, i, 640, 480, shape, clutter=2).image for i in range(12))]
+    store.add_many(items, info.id)
+    store.close()
+    engine.close()
+    return info.id
+
+
+def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, probe, tmp_path, make_state, daemons):
+    cfg_a, state_a = _config(tmp_path, make_state, broker.port, "sha", source="synthetic:clutter=2")
+    backbone_id = _prefill(state_a)
+    # random-weight backbone: the classifier is weak, and B checks it on A's thumbnails
+    follow = '\n[fleet]\nfollow = ["classifier"]\ntake_examples = true\nmin_accuracy = 0.3\n'
+    cfg_b, _ = _config(tmp_path, make_state, broker.port, "shb", follow, source="synthetic:clutter=2")
+    a = daemons(cfg_a, tmp_path / "a.log")
+    b = daemons(cfg_b, tmp_path / "b.log")
+    _wait_stats(probe, ["sha", "shb"])
+
+    # examples first: B's kNN learns A's labels with no capture on B
+    shared = probe.request("sha", "share", {}, timeout=30)
+    assert shared["ok"], shared
+    assert shared["result"]["kind"] == "examples" and shared["result"]["bytes"] > 0
+
+    def knn_knows(t, p, r):
+        return t == "edged/shb/prediction/knn" and json.loads(p)["label"] in ("triangle", "rectangle")
+
+    probe.wait_for(knn_knows, 30)
+    listed = probe.request("shb", "examples", {"limit": 100})["result"]
+    rows = listed["examples"]
+    assert len(rows) == 24 and {r["origin"] for r in rows} == {"sha"}
+    again = probe.request("sha", "share", {}, timeout=30)  # the same examples once more: stored once
+    assert again["ok"]
+
+    # a model: trained (numpy) and exported (TensorFlow worker) on A, published, fetched, checked and served by B
+    assert probe.request("sha", "train", {"head": "classifier"}, timeout=120)["ok"]
+    exported = probe.request("sha", "export", {"head": "classifier", "quantize": "float32"}, timeout=300)
+    assert exported["ok"], exported
+    assert probe.request("sha", "activate", {"model": "classifier"})["ok"]
+    published = probe.request("sha", "publish", {"model": "classifier"}, timeout=60)
+    assert published["ok"], published
+    sha = published["result"]["sha256"]
+
+    def b_serves(t, p, r):
+        if t != "edged/shb/status":
+            return False
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("model/classifier", {})
+        return got.get("state") in ("active", "staged", "refused")
+
+    status = json.loads(probe.wait_for(b_serves, 60)[1])
+    got = status["fleet"]["received"]["model/classifier"]
+    assert got["state"] == "active", got
+    assert got["from"] == "sha" and got["sha256"] == sha[:16]
+    assert got["check"]["examples"] == 24 and got["check"]["accuracy"] >= 0.3
+    model_sha = status["heads"]["classifier"]["model"]["sha256"]
+    assert "classifier" in status["active"]
+
+    # the same frames give the same labels on both devices (same scene seed, same model file)
+    both: dict[int, dict] = {}
+
+    def ten_in_common(t, p, r):
+        if t in ("edged/sha/prediction/classifier", "edged/shb/prediction/classifier"):
+            msg = json.loads(p)
+            both.setdefault(msg["pos"], {})[t.split("/")[1]] = (msg["label"], msg["model_sha"])
+        return sum(len(v) == 2 for v in both.values()) >= 10
+
+    probe.wait_for(ten_in_common, 30)
+    pairs = [v for v in both.values() if len(v) == 2]
+    assert all(v["sha"] == v["shb"] for v in pairs), pairs
+    assert all(v["shb"][1] == model_sha for v in pairs)
+
+    # a tampered chunk and a model for another backbone are refused; B keeps serving what it had
+    model_file = (state_a / "models" / "classifier" / "v1" / "model.tflite").read_bytes()
+    for data, manifest, why in (
+        (model_file + b"tamper", {"device": "evil", "backbone": backbone_id, "input_size": 96}, "sha256 mismatch"),
+        (model_file + b"other", {"device": "evil", "backbone": "mobilenet_v9-x", "input_size": 96}, "backbone"),
+    ):
+        messages = pack("edged", "model", "classifier", data, manifest, 64 * 1024, 1 << 30)
+        if why == "sha256 mismatch":
+            topic, chunk = messages[0]
+            messages[0] = (topic, b"X" + chunk[1:])
+        for topic, payload in messages:
+            probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+        def refused(t, p, r, why=why):
+            got = json.loads(p).get("fleet", {}).get("received", {}).get("model/classifier", {}) if t == "edged/shb/status" else {}
+            return got.get("state") == "refused" and why in got.get("reason", "")
+
+        status = json.loads(probe.wait_for(refused, 30)[1])
+        assert status["heads"]["classifier"]["model"]["sha256"] == model_sha
+    for t in [t for t, _ in messages]:
+        probe.client.publish(t, b"", qos=1, retain=True)
+    assert a.stop() == 0 and b.stop() == 0, b.output()

@@ -25,6 +25,7 @@ from .dispatch import Dispatcher
 from .frameloop import FrameLoop
 from .handlers import CommandHandlers
 from .headset import HeadSet
+from .homeassistant import HomeAssistant
 from .jobs import JobRunner
 from .learning import Learning
 from .notify import Notifier
@@ -56,7 +57,8 @@ class Daemon:
         """(name, start) in start order; each start returns the function that stops it."""
         return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
                 ("precision", self._start_precision), ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
-                ("fleet", self._start_fleet), ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
+                ("fleet", self._start_fleet), ("homeassistant", self._start_homeassistant),
+                ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
     def start(self) -> None:
         self.cfg.state_path.mkdir(parents=True, exist_ok=True)
@@ -152,6 +154,18 @@ class Daemon:
             return None
         self.sharing.start(self.mqtt.route)
         return self.sharing.join
+
+    def _start_homeassistant(self):
+        if self.mqtt is None:
+            return None
+        return HomeAssistant(self.cfg, self.mqtt, self._entities, lambda: self.loop.last_frame, self.stop).start()
+
+    def _entities(self) -> tuple[list[str], list[str], str]:
+        """What Home Assistant shows: the active heads, every known label, the backbone."""
+        labels = set(self.store.counts())
+        for head in self.heads.describe().values():
+            labels.update(head.get("classes") or [])
+        return list(self.heads.active), sorted(labels), self.backbone.description
 
     def _start_source(self):
         self.source = open_source(self.cfg.source)

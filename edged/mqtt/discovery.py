@@ -1,0 +1,80 @@
+"""Home Assistant MQTT discovery: one device-based discovery payload describing a daemon's entities.
+
+The payload goes retained to `<discovery_prefix>/device/<node>/config`; it names the daemon's own topics, so
+Home Assistant reads predictions, stats, status and snapshots, and presses buttons by publishing `capture`
+commands. Built from plain values (no MQTT client here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from .topics import Topics
+
+ORIGIN = {"name": "edged", "support_url": "https://github.com/edged/edged"}
+
+
+def node_id(device: str) -> str:
+    return "edged_" + re.sub(r"[^a-zA-Z0-9_-]", "_", device)
+
+
+def discovery_topic(discovery_prefix: str, device: str) -> str:
+    return f"{discovery_prefix}/device/{node_id(device)}/config"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())[:48] or "x"
+
+
+@dataclass
+class DeviceFacts:
+    device: str
+    version: str
+    model: str  # the backbone's description
+    heads: list[str]  # active heads: one sensor each
+    labels: list[str]  # known labels: one capture button each
+    capture_count: int
+
+
+def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str] | None = None) -> dict:
+    """The device-based discovery config. `removed` (component id -> platform) are sent with only their platform,
+    which is how Home Assistant is told to drop an entity of a device payload."""
+    node = node_id(facts.device)
+    components: dict[str, dict] = {}
+    for head in facts.heads:
+        components[f"{node}_head_{_slug(head)}"] = {
+            "platform": "sensor", "name": f"{head}", "unique_id": f"{node}_head_{_slug(head)}",
+            "state_topic": topics.prediction(head), "value_template": "{{ value_json.label }}",
+            "json_attributes_topic": topics.prediction(head),
+            "json_attributes_template": "{{ {'score': value_json.score, 'scores': value_json.scores} | tojson }}",
+            "icon": "mdi:eye",
+        }
+    for label in facts.labels:
+        cid = f"{node}_teach_{_slug(label)}"
+        components[cid] = {
+            "platform": "button", "name": f"this is {label}", "unique_id": cid,
+            "command_topic": f"{topics.base}/cmd/capture",
+            "payload_press": json.dumps({"label": label, "count": facts.capture_count}), "icon": "mdi:school",
+        }
+    components[f"{node}_snapshot"] = {"platform": "image", "name": "snapshot", "unique_id": f"{node}_snapshot",
+                                       "image_topic": topics.snapshot, "content_type": "image/jpeg"}
+    components[f"{node}_fps"] = {"platform": "sensor", "name": "fps", "unique_id": f"{node}_fps",
+                                  "state_topic": topics.stats, "value_template": "{{ value_json.fps_out }}",
+                                  "unit_of_measurement": "fps", "state_class": "measurement", "entity_category": "diagnostic"}
+    components[f"{node}_examples"] = {"platform": "sensor", "name": "examples", "unique_id": f"{node}_examples",
+                                       "state_topic": topics.status,
+                                       "value_template": "{{ value_json.examples.values() | sum }}",
+                                       "state_class": "measurement", "entity_category": "diagnostic"}
+    for cid, platform in (removed or {}).items():
+        components.setdefault(cid, {"platform": platform})
+    return {
+        "device": {"identifiers": [node], "name": facts.device, "manufacturer": "edged", "model": facts.model,
+                   "sw_version": facts.version},
+        "origin": {**ORIGIN, "sw_version": facts.version},
+        "availability": [{"topic": topics.status, "value_template": "{{ value_json.state }}",
+                          "payload_available": "online", "payload_not_available": "offline"}],
+        "qos": 1,
+        "components": components,
+    }

@@ -1,0 +1,80 @@
+"""Home Assistant discovery for a running daemon: published retained at start, again when Home Assistant's birth
+message arrives, updated when heads or labels change, removed (empty retained payload) once disabled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+import cv2
+
+from .. import __version__
+from ..config import Config
+from ..files import write_atomic
+from ..mqtt.discovery import DeviceFacts, discovery_payload, discovery_topic
+from ..mqtt.link import MqttLink
+
+log = logging.getLogger(__name__)
+
+
+class HomeAssistant:
+    def __init__(self, cfg: Config, link: MqttLink, describe: Callable[[], tuple[list[str], list[str], str]],
+                 last_frame: Callable[[], object], stop: threading.Event):
+        self.cfg, self.ha = cfg, cfg.homeassistant
+        self.link, self.describe, self.last_frame, self.stop = link, describe, last_frame, stop
+        self.topic = discovery_topic(self.ha.discovery_prefix, cfg.device)
+        self.marker = cfg.state_path / "homeassistant.json"  # where discovery was published, to remove it later
+        self._birth = threading.Event()
+        self._last: Optional[dict] = None
+        self._thread = threading.Thread(target=self._run, name="homeassistant", daemon=True)
+
+    def start(self) -> Optional[Callable[[], None]]:
+        if not self.ha.enabled:
+            self._remove_old()
+            return None
+        self.link.route(f"{self.ha.discovery_prefix}/status", self._on_birth)
+        write_atomic(self.marker, json.dumps({"topic": self.topic}).encode())
+        self._thread.start()
+        return lambda: self._thread.join(5)
+
+    def _remove_old(self) -> None:
+        try:
+            topic = json.loads(self.marker.read_text())["topic"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        self.link.publish(topic, b"", retain=True, qos=1)
+        self.marker.unlink(missing_ok=True)
+        log.info("Home Assistant discovery removed from %s", topic)
+
+    def _on_birth(self, topic: str, payload: bytes, retained: bool) -> None:
+        if payload.strip() == b"online":
+            self._birth.set()
+
+    def payload(self) -> dict:
+        heads, labels, model = self.describe()
+        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count)
+        current = discovery_payload(self.link.topics, facts)
+        removed = {}
+        if self._last is not None:
+            removed = {cid: c["platform"] for cid, c in self._last["components"].items()
+                       if cid not in current["components"] and len(c) > 1}
+        return discovery_payload(self.link.topics, facts, removed) if removed else current
+
+    def _run(self) -> None:
+        next_snapshot = time.monotonic()
+        while not self.stop.wait(0.5):
+            payload = self.payload()
+            if payload != self._last or self._birth.is_set():
+                self._birth.clear()
+                self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
+                self._last = payload
+            if self.ha.snapshot_interval_s and time.monotonic() >= next_snapshot:
+                next_snapshot = time.monotonic() + self.ha.snapshot_interval_s
+                frame = self.last_frame()
+                if frame is not None:
+                    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                    if ok:
+                        self.link.publish(self.link.topics.snapshot, jpeg.tobytes(), retain=True, qos=0)

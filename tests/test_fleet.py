@@ -181,3 +181,10 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     for t in [t for t, _ in messages]:
         probe.client.publish(t, b"", qos=1, retain=True)
     assert a.stop() == 0 and b.stop() == 0, b.output()
+
+
+def test_bench_fleet_runs_small():
+    done = edged("bench", "fleet", "--devices", "5", "--rounds", "1", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("fleet send: ") and "collect 5 replies (target <= 1 s)" in last

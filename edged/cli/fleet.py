@@ -66,8 +66,6 @@ def cmd_ls(cfg: Config, args) -> int:
             if not args.watch:
                 return 0
             time.sleep(args.watch)
-            client.client.unsubscribe([f"{cfg.mqtt.prefix}/+/status", f"{cfg.mqtt.prefix}/+/stats"])
-            time.sleep(0.05)
 
 
 def send_and_report(cfg: Config, command: str, payload: dict, devices: list[str], timeout: float, as_json: bool) -> int:

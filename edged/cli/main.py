@@ -433,6 +433,7 @@ BENCHES = {
     "runtime": "Keras eager vs TFLite float32/float16/int8 speed, int8 accuracy on sign-digits",
     "knn": "kNN query time at 1k/10k/100k stored 1024-d examples, exact vs compact, with accuracy",
     "detect": "box heads (single box, objects grid) on raccoon photos and multi-shape synthetic scenes vs the mean box",
+    "fleet": "fleet ls / fleet send against N simulated devices on one broker, next to the raw round trip",
     "soak": "a long run with a command every few seconds: RSS, open files and threads sampled, must stay flat",
 }
 

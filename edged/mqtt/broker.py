@@ -51,7 +51,8 @@ class MosquittoBroker:
         self.conf = self.dir / "mosquitto.conf"
         # `user`: when started as root, mosquitto would switch to its own user and lose access to our files.
         kept = f"persistence true\npersistence_location {self.dir}/\n" if persistence else "persistence false\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{kept}"
+        # set_tcp_nodelay: replies are not held back by Nagle's algorithm (see edged.mqtt.link.no_delay)
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{kept}"
                              f"user {getpass.getuser()}\n{extra_config}")
         self.proc: Optional[subprocess.Popen] = None
 

@@ -74,31 +74,37 @@ def device_of(prefix: str, topic: str, leaf: str) -> Optional[str]:
     return parts[len(head)]
 
 
-def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wait_s: float = 5.0,
-                 expect: int = 0) -> dict[str, Device]:
-    """Every device with a retained status. The broker sends retained messages right after the subscription; the
-    listing ends `quiet_s` after the last one (at once when `expect` devices have sent status and stats; at
-    `max_wait_s` in any case)."""
+def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wait_s: float = 5.0) -> dict[str, Device]:
+    """Every device with a retained status (and its retained stats).
+
+    The broker sends retained messages when it takes the subscription; a message we then publish to a topic of our
+    own comes after them, so its arrival ends the listing. Where it cannot come (an ACL), the listing ends `quiet_s`
+    after the last message, at `max_wait_s` in any case.
+    """
     devices: dict[str, Device] = {}
+    sync = f"{prefix}/clients/{client.session}/sync"
     client.subscribe(f"{prefix}/+/status")
     client.subscribe(f"{prefix}/+/stats")
+    client.subscribe(sync)
+    client.client.publish(sync, b"", qos=1)
     start = last = time.monotonic()
     while True:
         now = time.monotonic()
-        if now - start >= max_wait_s or now - last >= (quiet_s if devices else quiet_s + 1.0):
-            break
-        if expect and len(devices) >= expect and all(d.status and d.stats for d in devices.values()):
+        if now - start >= max_wait_s or (now - last >= quiet_s and now - start >= 1.0):
             break
         try:
             topic, data, _ = client.inbox.get(timeout=0.02)
         except queue.Empty:
             continue
+        if topic == sync:
+            break
         last = time.monotonic()
         for leaf in ("status", "stats"):
             name = device_of(prefix, topic, leaf)
             body = _json(data) if name is not None else None
             if body is not None:
                 setattr(devices.setdefault(name, Device(name)), leaf, body)
+    client.client.unsubscribe([f"{prefix}/+/status", f"{prefix}/+/stats", sync])
     return devices
 
 

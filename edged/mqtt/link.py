@@ -72,6 +72,17 @@ def check_broker_certificate(cfg: MqttConfig, timeout_s: float = 5.0) -> None:
         log.warning("MQTT broker %s:%s not reachable yet: %s (the link keeps trying)", cfg.host, cfg.port, e)
 
 
+def no_delay(client: mqtt.Client) -> None:
+    """Small packets go out at once: with Nagle's algorithm a reply written right after an acknowledgement waits
+    for the broker's delayed ACK (about 40 ms a hop, measured by `edged bench fleet`)."""
+    sock = client.socket()
+    if sock is not None and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 def dumps(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), default=str).encode()
 
@@ -164,6 +175,7 @@ class MqttLink:
                 log.error("MQTT connection refused by %s:%s: %s", self.cfg.host, self.cfg.port, reason_code)
                 return
             log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
+            no_delay(client)
             client.subscribe([(self.topics.commands, 1), (self.topics.fleet_commands, 1)]
                              + [(f, qos) for f, qos, _ in self._routes])
             self.connected.set()

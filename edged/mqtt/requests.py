@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig
 from ..errors import EdgedError
+from .link import no_delay
 
 
 class BrokerClient:
@@ -43,6 +44,7 @@ class BrokerClient:
             self.client.connect(self.cfg.host, self.cfg.port, keepalive=30)
         except OSError as e:
             raise EdgedError(f"cannot reach the broker at {self.cfg.host}:{self.cfg.port} (mqtt.host / mqtt.port): {e}") from None
+        no_delay(self.client)
         self.client.loop_start()
         self.connected = True
         return self

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import CommandError, CorrelationId
+from ..state.store import LABEL_RE
 
 MAX_PAYLOAD = 64 * 1024
-LABEL_RE = re.compile(r"^[\w][\w .\-]{0,63}$")
 
 
 class _Cmd(BaseModel):

@@ -9,18 +9,14 @@ says why in the status. Parcels are applied on a thread of their own, never in t
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import cv2
-import numpy as np
 
 from ..config import Config
 from ..errors import EdgedError, HeadError
@@ -28,16 +24,14 @@ from ..files import write_atomic
 from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, share_base
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
-from ..state.bundles import BundleError, pack_folder, unpack_into
+from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.store import NewExample, Store, decode_objects
 from ..state.versions import Versions
-from .commands import LABEL_RE
 from .headset import HeadSet
 from .learning import Learning
 
 log = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9a-f]{32}$")
 CHECK_EXAMPLES = 200
 
 
@@ -210,45 +204,23 @@ class Sharing:
         return {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
 
     def _take_examples(self, parcel: Parcel) -> dict:
-        with io.BytesIO(parcel.data) as buf:
-            try:
-                bundle = np.load(buf, allow_pickle=False)
-                meta = json.loads(bytes(bundle["meta"]).decode())
-                vectors = np.asarray(bundle["embeddings"], np.float32)
-                blob, offsets = bytes(bundle["thumbnails"]), np.asarray(bundle["offsets"], np.int64)
-            except (ValueError, KeyError, OSError) as e:
-                raise ShareError(f"examples/{parcel.name}: unreadable example set ({e})") from None
-        rows = meta.get("examples", [])
-        if len(rows) != len(vectors) or len(offsets) != len(rows) + 1:
-            raise ShareError(f"examples/{parcel.name}: {len(rows)} rows, {len(vectors)} embeddings, "
-                             f"{len(offsets) - 1} thumbnails")
-        if len(rows) and vectors.shape[1] != self.backbone.output_dim:
-            raise ShareError(f"examples/{parcel.name}: {vectors.shape[1]}-d embeddings; this backbone gives "
-                             f"{self.backbone.output_dim}")
-        uids = [str(r.get("uid", "")) for r in rows]
-        if not all(_UID.match(u) for u in uids):
-            raise ShareError(f"examples/{parcel.name}: an example uid is not 32 hex digits")
-        bad = [r.get("label") for r in rows if not isinstance(r.get("label"), str) or not LABEL_RE.match(r["label"])
-               or not isinstance(r.get("box"), (str, type(None)))]
-        if bad:
-            raise ShareError(f"examples/{parcel.name}: {len(bad)} examples with a label or box that is not valid, "
-                             f"e.g. label {str(bad[0])[:70]!r}")
+        try:
+            examples = unpack_examples(parcel.data, self.backbone.output_dim)
+        except BundleError as e:
+            raise ShareError(f"examples/{parcel.name}: {e}") from None
+        uids = [r["uid"] for r in examples.rows]
         known = self.store.known_uids(uids)
         origin = str(parcel.manifest.get("device") or parcel.name)[:64]
-        items = []
-        for i, row in enumerate(rows):
-            if uids[i] in known:
-                continue
-            label = str(row["label"])
-            objects = decode_objects(label, row.get("box"))
-            items.append(NewExample(image=None, label=label, embedding=vectors[i], ts=float(row.get("ts") or time.time()),
-                                    objects=objects or None, uid=uids[i], origin=origin,
-                                    jpeg=blob[offsets[i]:offsets[i + 1]]))
+        items = [NewExample(image=None, label=row["label"], embedding=examples.embeddings[i],
+                            ts=float(row.get("ts") or time.time()),
+                            objects=decode_objects(row["label"], row.get("box")) or None, uid=row["uid"], origin=origin,
+                            jpeg=examples.frames[i])
+                 for i, row in enumerate(examples.rows) if row["uid"] not in known]
         if items:
             self.store.add_many(items, self.backbone.id)
             self.heads.refit_incremental()
         return {"state": "stored", "added": len(items), "already_known": len(known),
-                "labels": sorted({r["label"] for r in rows})}
+                "labels": sorted({r["label"] for r in examples.rows})}
 
     # -- publishing ------------------------------------------------------------------------
     def _send(self, kind: str, name: str, data: bytes, manifest: dict, progress) -> dict:
@@ -300,24 +272,6 @@ class Sharing:
         rows = self.store.own_examples(self.backbone.id, label)
         if not rows:
             raise EdgedError("share: no examples taught on this device" + (f" with label {label!r}" if label else ""))
-        thumbs, offsets = [], [0]
-        for row in rows:
-            image = cv2.imread(str(row["frame"]), cv2.IMREAD_COLOR)
-            if image is None:
-                jpeg = b""
-            else:
-                scale = self.fleet.thumbnail_px / max(image.shape[:2])
-                if scale < 1:
-                    image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                                       interpolation=cv2.INTER_AREA)
-                jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
-            thumbs.append(jpeg)
-            offsets.append(offsets[-1] + len(jpeg))
-        meta = {"examples": [{"uid": r["uid"], "label": r["label"], "ts": r["ts"],
-                              "box": r["box"]} for r in rows]}
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                 embeddings=np.stack([np.frombuffer(r["vector"], np.float32) for r in rows]),
-                 thumbnails=np.frombuffer(b"".join(thumbs), np.uint8), offsets=np.asarray(offsets, np.int64))
+        data = pack_examples(rows, self.fleet.thumbnail_px)
         labels = sorted({r["label"] for r in rows})
-        return self._send("examples", self.cfg.device, buf.getvalue(), {"labels": labels, "examples": len(rows)}, progress)
+        return self._send("examples", self.cfg.device, data, {"labels": labels, "examples": len(rows)}, progress)

@@ -1,12 +1,22 @@
-"""A version folder as one byte string (an uncompressed tar) and back, refusing anything but plain files."""
+"""What travels between devices as bytes: a version folder (an uncompressed tar of plain files) and a set of
+examples (embeddings, labels, boxes, JPEG frames) — and back, checked."""
 
 from __future__ import annotations
 
 import io
+import json
+import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from ..errors import EdgedError
+from .store import LABEL_RE
+
+_UID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class BundleError(EdgedError):
@@ -45,3 +55,58 @@ def unpack_into(data: bytes, folder: Path, max_files: int = 1000) -> list[str]:
     except (tarfile.TarError, EOFError) as e:
         raise BundleError(f"not a readable bundle: {e}") from None
     return names
+
+
+@dataclass
+class ExampleSet:
+    """Examples as they travel between devices: rows (uid, label, ts, box column), embeddings, JPEG frames."""
+
+    rows: list[dict]
+    embeddings: np.ndarray
+    frames: list[bytes]
+
+
+def pack_examples(rows: list[dict], longest_side: int) -> bytes:
+    """`Store.own_examples` rows -> bytes: embeddings, labels, boxes and each frame as a JPEG of `longest_side` px
+    at most (box coordinates are relative to the frame, so they hold at any size)."""
+    frames, offsets = [], [0]
+    for row in rows:
+        image = cv2.imread(str(row["frame"]), cv2.IMREAD_COLOR)
+        jpeg = b""
+        if image is not None:
+            scale = longest_side / max(image.shape[:2])
+            if scale < 1:
+                image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                                   interpolation=cv2.INTER_AREA)
+            jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        frames.append(jpeg)
+        offsets.append(offsets[-1] + len(jpeg))
+    meta = {"examples": [{"uid": r["uid"], "label": r["label"], "ts": r["ts"], "box": r["box"]} for r in rows]}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+             embeddings=np.stack([np.frombuffer(r["vector"], np.float32) for r in rows]),
+             frames=np.frombuffer(b"".join(frames), np.uint8), offsets=np.asarray(offsets, np.int64))
+    return buf.getvalue()
+
+
+def unpack_examples(data: bytes, dim: int) -> ExampleSet:
+    """Bytes from `pack_examples`, checked: sizes agree, `dim`-d embeddings, uids of 32 hex digits, valid labels."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as bundle:
+            meta = json.loads(bytes(bundle["meta"]).decode())
+            vectors = np.asarray(bundle["embeddings"], np.float32)
+            blob, offsets = bytes(bundle["frames"]), np.asarray(bundle["offsets"], np.int64)
+    except (ValueError, KeyError, OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"unreadable example set ({e})") from None
+    rows = meta.get("examples") if isinstance(meta, dict) else None
+    if not isinstance(rows, list) or len(rows) != len(vectors) or len(offsets) != len(rows) + 1:
+        raise BundleError("example set: rows, embeddings and frames do not agree")
+    if len(rows) and (vectors.ndim != 2 or vectors.shape[1] != dim):
+        raise BundleError(f"example set: embeddings of shape {vectors.shape}; this backbone gives {dim}-d")
+    for row in rows:
+        if not isinstance(row, dict) or not _UID.match(str(row.get("uid", ""))):
+            raise BundleError("example set: an example uid is not 32 hex digits")
+        if not isinstance(row.get("label"), str) or not LABEL_RE.match(row["label"]) or not isinstance(row.get("box"), (str, type(None))):
+            raise BundleError(f"example set: label {str(row.get('label'))[:70]!r} or its box is not valid")
+    frames = [blob[offsets[i]:offsets[i + 1]] for i in range(len(rows))]
+    return ExampleSet(rows, vectors, frames)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -18,6 +19,8 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import write_atomic
+
+LABEL_RE = re.compile(r"^[\w][\w .\-]{0,63}$")  # what a label may be: 1-64 letters, digits, '_', '-', '.', space
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (

@@ -170,6 +170,9 @@ class TrainerConfig(_Strict):
 class FleetConfig(_Strict):
     follow: list[str] = Field(default_factory=list, description="model (head) names to fetch when another device "
                               "publishes them, check on this device's examples and serve")
+    trainer: Literal["auto", "local", "remote"] = Field("auto", description="where fine-tuning and export run: "
+                                                        "auto = here with TensorFlow, else on a trainer node "
+                                                        "(edged trainer --fleet); local; remote")
     take_examples: bool = Field(False, description="store examples other devices share (same backbone only)")
     min_accuracy: float = Field(0.6, ge=0, le=1, description="a fetched classifier must score at least this on this "
                                 "device's stored examples of its labels to be served; else it is kept staged")

@@ -188,3 +188,47 @@ def test_bench_fleet_runs_small():
     assert done.returncode == 0, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("fleet send: ") and "collect 5 replies (target <= 1 s)" in last
+
+
+def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker, probe, tmp_path, make_state, daemons):
+    from test_daemon_adapt import BLOCK_TF
+
+    cfg, state = _config(tmp_path, make_state, broker.port, "bare")
+    _prefill(state)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_TF)
+    d = daemons(cfg, tmp_path / "bare.log", {"PYTHONPATH": str(site)})
+    _wait_stats(probe, ["bare"])
+    alone = probe.request("bare", "export", {"head": "classifier"}, timeout=30)
+    assert not alone["ok"] and "no trainer node is online" in alone["error"]
+
+    settings = backbone_settings("none")
+    trainer_state = make_state(settings, name="trainer-state")
+    trainer_cfg = write_config(tmp_path / "trainer.toml", toml_config(trainer_state, broker.port, "synthetic:", settings, "big"))
+    trainer = subprocess.Popen([sys.executable, "-m", "edged", "trainer", "--fleet", "--config", str(trainer_cfg)],
+                               cwd=ROOT, stdout=open(tmp_path / "trainer.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "online", 60)
+        status = probe.request("bare", "status", {})["result"]
+        assert status["trainers"] == {"big": "online"} and status["tensorflow_imported"] is False
+
+        # fine-tuning (backbone layers too) runs on the trainer; the device commits and serves the version it gets
+        tuned = probe.request("bare", "train", {"head": "classifier", "mode": "fine_tune", "epochs": 1}, timeout=300)
+        assert tuned["ok"], tuned
+        assert tuned["result"]["trainer"] == "big" and tuned["result"]["version"] == "v1"
+        assert (state / "heads" / "classifier" / "v1").is_dir()
+
+        exported = probe.request("bare", "export", {"head": "classifier", "quantize": "float32"}, timeout=300)
+        assert exported["ok"], exported
+        assert exported["result"]["trainer"] == "big" and exported["result"]["parity"]["passed"]
+        used = probe.request("bare", "activate", {"model": "classifier"})
+        assert used["ok"], used
+        pred = json.loads(probe.wait_for(lambda t, p, r: t == "edged/bare/prediction/classifier", 30)[1])
+        assert pred["model_sha"] == used["result"]["sha256"] and pred["label"] in ("triangle", "rectangle", "unknown")
+        assert probe.request("bare", "status", {})["result"]["tensorflow_imported"] is False
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(30) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "offline", 20)
+    assert d.stop() == 0

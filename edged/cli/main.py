@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..config import Config, dump_config, format_validation_error, load_config, read_config_data, redact_uri
-from ..errors import ConfigError, EdgedError
+from ..errors import NO_TENSORFLOW, ConfigError, EdgedError
 from ..heads.base import TrainRequest
 from ..heads.options import check_head_config
 from ..heads.registry import head_classes, plugin_manager, plugin_sources
@@ -28,6 +28,8 @@ from ..mqtt.requests import BrokerClient, parse_cli_payload
 from ..serve.backbone import embed_image, open_backbone, reembed_missing
 from ..serve.capture import CaptureJob
 from ..serve.daemon import Daemon
+from ..serve.trainer_node import TrainerNode
+from ..serve.worker import tensorflow_available
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources import FrameGrabber, open_source
@@ -362,6 +364,20 @@ def cmd_status(args) -> int:
     return 0 if status.get("state") == "online" else 3
 
 
+def cmd_trainer(args) -> int:
+    """Train and export for the fleet's devices that have no TensorFlow, until stopped."""
+    cfg = _load(args)
+    _setup_logging(cfg.log_level)
+    if not args.fleet:
+        raise EdgedError("edged trainer serves devices over the broker: give --fleet")
+    if not tensorflow_available():
+        raise EdgedError(NO_TENSORFLOW.format(job="a trainer node"))
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    TrainerNode(cfg, args.name or cfg.device, stop).run()
+    return 0
+
+
 def cmd_install_service(args) -> int:
     for line in install(Path(args.root), args.user, chown=not args.no_chown):
         print(line)
@@ -523,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_command)
 
     add_fleet_parser(sub, _add_config_args, _load)
+
+    p = sub.add_parser("trainer", help="train and export for devices without TensorFlow, over the broker")
+    _add_config_args(p)
+    p.add_argument("--fleet", action="store_true", help="take jobs from the devices on the configured broker")
+    p.add_argument("--name", help="this trainer's name (default: the config's device name)")
+    p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("install-service", help="systemd units for this installation, /etc/edged, /var/lib/edged")
     p.add_argument("--root", default="/", help="install under this folder instead of / (for packaging or a look)")

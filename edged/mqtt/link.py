@@ -90,10 +90,11 @@ def dumps(payload) -> bytes:
 class MqttLink:
     """Publishes without blocking the caller; queues (bounded) while the broker is away."""
 
-    def __init__(self, cfg: MqttConfig, device: str, on_command: Callable[[IncomingCommand], None], online_status: Callable[[], dict]):
+    def __init__(self, cfg: MqttConfig, device: str, on_command: Callable[[IncomingCommand], None],
+                 online_status: Callable[[], dict], topics: Optional[Topics] = None):
         self.cfg = cfg
         self.device = device
-        self.topics = Topics(cfg.prefix, device)
+        self.topics = topics or Topics(cfg.prefix, device)
         self._routes: list[tuple[str, int, Callable[[str, bytes, bool], None]]] = []  # filter, qos, callback
         self.on_command = on_command
         self.online_status = online_status

@@ -16,7 +16,7 @@ from typing import Optional
 
 from ..errors import EdgedError
 
-KINDS = ("model", "head", "examples")
+KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.serve.remote_trainer)
 
 
 class ShareError(EdgedError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 class Topics:
-    def __init__(self, prefix: str, device: str):
-        self.base = f"{prefix}/{device}"
+    def __init__(self, prefix: str, device: str, base: str | None = None):
+        self.base = base or f"{prefix}/{device}"
         self.status = f"{self.base}/status"
         self.stats = f"{self.base}/stats"
         self.snapshot = f"{self.base}/snapshot"
@@ -18,3 +18,12 @@ class Topics:
 
     def reply(self, command: str) -> str:
         return f"{self.base}/reply/{command}"
+
+
+def trainer_topics(prefix: str, name: str) -> Topics:
+    """A trainer node's own tree, `<prefix>/fleet/trainers/<name>/...`: its retained status (and will) at the root,
+    where devices look for trainers without reading every device's status."""
+    topics = Topics(prefix, name, base=f"{prefix}/fleet/trainers/{name}")
+    topics.status = topics.base
+    topics.fleet_commands = topics.commands
+    return topics

@@ -30,6 +30,7 @@ from .jobs import JobRunner
 from .learning import Learning
 from .notify import Notifier
 from .precision import choose_precision
+from .remote_trainer import RemoteTrainer
 from .review import Reviewer
 from .sharing import Sharing
 from .telemetry import StageTimes, Telemetry
@@ -149,9 +150,15 @@ class Daemon:
         return self.mqtt.stop
 
     def _start_fleet(self):
-        """Follow what other devices share (models, head versions, examples) when [fleet] asks for it."""
+        """Follow what other devices share (models, head versions, examples) when [fleet] asks for it; find
+        trainer nodes for TensorFlow jobs."""
         if self.mqtt is None:
             return None
+        remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt)
+        for topic_filter, callback in remote.routes():
+            self.mqtt.route(topic_filter, callback)
+        self.learning.remote = remote
+        self.telemetry.sections["trainers"] = remote.describe
         self.sharing.start(self.mqtt.route)
         return self.sharing.join
 

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import Config
-from ..errors import HeadError, VersionError
+from ..errors import NO_TENSORFLOW, HeadError, TrainingError, VersionError
 from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
@@ -21,7 +21,8 @@ from ..state.backbones import BackboneInfo
 from ..state.store import Store
 from ..state.versions import Versions
 from .headset import HeadSet
-from .worker import TrainerWorker
+from .remote_trainer import RemoteTrainer
+from .worker import TrainerWorker, tensorflow_available
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Learning:
         self.backbone = backbone
         self.heads = heads
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
+        self.remote: Optional[RemoteTrainer] = None  # set once MQTT is up (edged.serve.remote_trainer)
         self._embed_lock = threading.Lock()
         self._embedder: Optional[Engine] = None
 
@@ -83,7 +85,7 @@ class Learning:
         if cls.trains_in_worker(request):
             params = {"mode": request.mode, "epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers,
                       "params": request.params}
-            result = self.worker.run(self.cfg, "train", name, params, progress, stop)
+            result = self._run_job("train", name, params, progress, stop)
             if not result.get("activated", True):
                 return result  # committed for inspection; the version serving now stays
             head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
@@ -111,10 +113,22 @@ class Learning:
                stop: Optional[threading.Event] = None) -> dict:
         """Export a fused model; when a model already serves this head, the new one replaces it."""
         self._class(name, "export")
-        result = self.worker.run(self.cfg, "export", name, {"quantize": quantize, "force": force}, progress, stop)
+        result = self._run_job("export", name, {"quantize": quantize, "force": force}, progress, stop)
         if name in self.heads.models:
             self.use_model(name)
         return result
+
+    def _run_job(self, job: str, name: str, params: dict, progress: Progress, stop: Optional[threading.Event]) -> dict:
+        """A TensorFlow job: in the worker process here, or on a trainer node ([fleet] trainer)."""
+        where = self.cfg.fleet.trainer
+        if where == "remote" or (where == "auto" and not tensorflow_available()):
+            if self.remote is None:
+                raise TrainingError(NO_TENSORFLOW.format(job=job) + "; a trainer node needs [mqtt] enabled")
+            if where == "auto" and self.remote.available() is None:
+                raise TrainingError(NO_TENSORFLOW.format(job=job) + ", and no trainer node is online "
+                                    "(edged trainer --fleet on a machine with TensorFlow)")
+            return self.remote.run(job, name, params, progress, stop)
+        return self.worker.run(self.cfg, job, name, params, progress, stop)
 
     def use_model(self, name: str, version: Optional[str] = None) -> dict:
         """Serve head `name` from its exported model (`version`, default the current one)."""

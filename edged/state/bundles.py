@@ -9,6 +9,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -89,8 +90,9 @@ def pack_examples(rows: list[dict], longest_side: int) -> bytes:
     return buf.getvalue()
 
 
-def unpack_examples(data: bytes, dim: int) -> ExampleSet:
-    """Bytes from `pack_examples`, checked: sizes agree, `dim`-d embeddings, uids of 32 hex digits, valid labels."""
+def unpack_examples(data: bytes, dim: Optional[int]) -> ExampleSet:
+    """Bytes from `pack_examples`, checked: sizes agree, `dim`-d embeddings (any when None), uids of 32 hex digits,
+    valid labels."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as bundle:
             meta = json.loads(bytes(bundle["meta"]).decode())
@@ -101,7 +103,7 @@ def unpack_examples(data: bytes, dim: int) -> ExampleSet:
     rows = meta.get("examples") if isinstance(meta, dict) else None
     if not isinstance(rows, list) or len(rows) != len(vectors) or len(offsets) != len(rows) + 1:
         raise BundleError("example set: rows, embeddings and frames do not agree")
-    if len(rows) and (vectors.ndim != 2 or vectors.shape[1] != dim):
+    if len(rows) and (vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim)):
         raise BundleError(f"example set: embeddings of shape {vectors.shape}; this backbone gives {dim}-d")
     for row in rows:
         if not isinstance(row, dict) or not _UID.match(str(row.get("uid", ""))):

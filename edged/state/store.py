@@ -212,12 +212,12 @@ class Store:
         with self._lock:
             return {r[0] for r in self._db.execute(f"SELECT uid FROM examples WHERE uid IN ({marks})", uids)} if uids else set()
 
-    def own_examples(self, backbone: str, label: Optional[str] = None) -> list[dict]:
-        """Examples taught on this device (not received from another) with their embedding for `backbone`:
-        uid, label, ts, box column, vector bytes, frame path — what `share` sends."""
+    def own_examples(self, backbone: str, label: Optional[str] = None, include_received: bool = False) -> list[dict]:
+        """Examples taught on this device (with `include_received`, also those from others) with their embedding
+        for `backbone`: uid, label, ts, box column, vector bytes, frame path — what `share` sends."""
         query = ("SELECT e.uid, e.label, e.ts, e.box, m.vector, e.frame FROM examples e JOIN embeddings m "
-                 "ON m.example_id = e.id AND m.backbone = ? WHERE e.origin IS NULL")
-        params: tuple = (backbone,)
+                 "ON m.example_id = e.id AND m.backbone = ? WHERE (e.origin IS NULL OR ?)")
+        params: tuple = (backbone, include_received)
         if label is not None:
             query += " AND e.label = ?"
             params += (label,)

@@ -168,11 +168,15 @@ class Daemon:
         return HomeAssistant(self.cfg, self.mqtt, self._entities, lambda: self.loop.last_frame, self.stop).start()
 
     def _entities(self) -> tuple[list[str], list[str], str]:
-        """What Home Assistant shows: the active heads, every known label, the backbone."""
-        labels = set(self.store.counts())
-        for head in self.heads.describe().values():
+        """What Home Assistant shows: the active heads, every known label, the backbone and served models (so a
+        model swap updates the discovery)."""
+        labels, served = set(self.store.counts()), []
+        for name, head in sorted(self.heads.describe().items()):
             labels.update(head.get("classes") or [])
-        return list(self.heads.active), sorted(labels), self.backbone.description
+            if head.get("model"):
+                served.append(f"{name} {head['model']['version']}")
+        model = self.backbone.description + (f"; serving {', '.join(served)}" if served else "")
+        return list(self.heads.active), sorted(labels), model
 
     def _start_source(self):
         self.source = open_source(self.cfg.source)

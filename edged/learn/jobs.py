@@ -63,7 +63,7 @@ def run_train(cfg: Config, head: str, request: TrainRequest, progress: Progress 
         store.close()
 
 
-def _representative(context: TrainContext, n: int = 100) -> np.ndarray:
+def _representative(context: TrainContext, n: int = 300) -> np.ndarray:
     ids = context.examples.ids
     if len(ids) > n:
         ids = np.random.default_rng(0).choice(ids, n, replace=False)

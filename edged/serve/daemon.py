@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 from .. import __version__
 from ..config import Config
 from ..files import file_sha256
+from ..runtime.memory import release_file_pages, release_free_memory
 from ..heads.base import Prediction
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
@@ -71,6 +73,8 @@ class Daemon:
         log.info("edged %s serving device %r: %s via %s (%s), heads %s, source %s",
                  __version__, self.cfg.device, self.backbone.description, self.engine.interpreter_name,
                  self.engine.delegate, ",".join(self.heads.active), self.source.description)
+        release_free_memory()
+        release_file_pages(os.path.realpath(self.engine.options.model_path))
         self.notifier.ready(f"serving {self.source.description}")
 
     def shutdown(self) -> None:

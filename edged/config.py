@@ -40,6 +40,11 @@ class SourceConfig(_Strict):
     stall_after_s: float = Field(3.0, gt=0, description="a live source with no frame for this long is reported "
                                                         "'stalled' (the watchdog is not fed either)")
     seed: int = 0
+    decode_threads: int = Field(1, ge=0, le=64, description="threads OpenCV may use to decode and resize frames; 1 "
+                                "leaves the cores to the interpreter (measured by `edged bench pipeline`); 0 = OpenCV's "
+                                "default, all cores")
+    nice: int = Field(0, ge=0, le=19, description="scheduling niceness of the thread that decodes frames (Linux): "
+                      "above 0 it yields the cores to the interpreter's threads")
 
 
 class BackboneConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,14 @@ def as_bgr(image) -> np.ndarray:
     if image.shape[2] != 3:
         raise SourceError(f"not an image: {image.shape[2]} channels")
     return image
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness (Linux sets it per thread); elsewhere nothing happens."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as e:
+        log.info("grabber niceness not set: %s", e)
 
 
 class FrameGrabber:
@@ -68,6 +77,8 @@ class FrameGrabber:
         self._thread = threading.Thread(target=self._run, name="grabber", daemon=True)
 
     def start(self) -> None:
+        if self.cfg.decode_threads:
+            cv2.setNumThreads(self.cfg.decode_threads)  # OpenCV's own loops (resize, colour) stay on this thread
         self._thread.start()
 
     def join(self, timeout: float = 5.0) -> None:
@@ -129,6 +140,8 @@ class FrameGrabber:
         return False
 
     def _run(self) -> None:
+        if self.cfg.nice:
+            lower_thread_priority(self.cfg.nice)
         paced = self.cfg.realtime and not self.source.live
         backpressure = not self.source.live and not paced
         try:

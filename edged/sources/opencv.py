@@ -24,6 +24,10 @@ class OpenCVSource(Source):
         self._pos = 0
         self.fps = cfg.fps
 
+    def _thread_params(self) -> list[int]:
+        threads = self.cfg.decode_threads
+        return [cv2.CAP_PROP_N_THREADS, threads] if threads and hasattr(cv2, "CAP_PROP_N_THREADS") else []
+
     def open(self) -> None:
         if self.is_camera:
             cap = cv2.VideoCapture(int(self.uri))
@@ -32,11 +36,15 @@ class OpenCVSource(Source):
         elif self.is_stream:  # a stalled stream must fail a read, not block the grabber for good
             timeout_ms = int(self.cfg.read_timeout_s * 1000)
             cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+                                   + self._thread_params())
         else:
             if not Path(self.uri).is_file():
                 raise SourceError(f"video file not found: {self.uri}")
-            cap = cv2.VideoCapture(self.uri)
+            cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, self._thread_params())
+            if not cap.isOpened():  # a format FFmpeg does not take: any backend OpenCV has
+                cap.release()
+                cap = cv2.VideoCapture(self.uri)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.description}")

@@ -122,8 +122,21 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     again = probe.request("sha", "share", {}, timeout=30)  # the same examples once more: stored once
     assert again["ok"]
 
-    # a model: trained (numpy) and exported (TensorFlow worker) on A, published, fetched, checked and served by B
+    # a head version trained on embeddings (numpy, a few KB) is shared the same way and predicts on B
     assert probe.request("sha", "train", {"head": "classifier"}, timeout=120)["ok"]
+    head_share = probe.request("sha", "publish", {"model": "classifier", "kind": "head"}, timeout=60)
+    assert head_share["ok"] and head_share["result"]["bytes"] < 200_000, head_share
+
+    def b_took_head(t, p, r):
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("head/classifier", {}) if t == "edged/shb/status" else {}
+        return got.get("state") in ("active", "staged", "refused")
+
+    got = json.loads(probe.wait_for(b_took_head, 60)[1])["fleet"]["received"]["head/classifier"]
+    assert got["state"] == "active" and got["check"]["examples"] == 24, got
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == "edged/shb/prediction/classifier", 30)[1])
+    assert set(pred["scores"]) == {"triangle", "rectangle"}
+
+    # a model: exported (TensorFlow worker) on A, published, fetched, checked and served by B
     exported = probe.request("sha", "export", {"head": "classifier", "quantize": "float32"}, timeout=300)
     assert exported["ok"], exported
     assert probe.request("sha", "activate", {"model": "classifier"})["ok"]

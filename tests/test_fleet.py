@@ -122,6 +122,11 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     again = probe.request("sha", "share", {}, timeout=30)  # the same examples once more: stored once
     assert again["ok"]
 
+    nothing = probe.request("sha", "publish", {"model": "classifier"}, timeout=30)
+    assert not nothing["ok"] and "no model version" in nothing["error"] and "export it first" in nothing["error"]
+    unknown = probe.request("sha", "publish", {"model": "nope"}, timeout=30)
+    assert not unknown["ok"] and "unknown head 'nope'" in unknown["error"]
+
     # a head version trained on embeddings (numpy, a few KB) is shared the same way and predicts on B
     assert probe.request("sha", "train", {"head": "classifier"}, timeout=120)["ok"]
     head_share = probe.request("sha", "publish", {"model": "classifier", "kind": "head"}, timeout=60)
@@ -225,6 +230,8 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
         probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "online", 60)
         status = probe.request("bare", "status", {})["result"]
         assert status["trainers"] == {"big": "online"} and status["tensorflow_imported"] is False
+        listed = edged("fleet", "ls", "--config", _cli_config(tmp_path, broker.port))
+        assert "trainers: big (online, 0 jobs done)" in listed.stdout, listed.stdout
 
         # fine-tuning (backbone layers too) runs on the trainer; the device commits and serves the version it gets
         tuned = probe.request("bare", "train", {"head": "classifier", "mode": "fine_tune", "epochs": 1}, timeout=300)

@@ -55,7 +55,8 @@ def outcome_table(outcomes: dict[str, Outcome]) -> str:
 def cmd_ls(cfg: Config, args) -> int:
     with BrokerClient(cfg.mqtt, "fleet") as client:
         while True:
-            devices = list_devices(client, cfg.mqtt.prefix, max_wait_s=args.timeout)
+            trainers: dict = {}
+            devices = list_devices(client, cfg.mqtt.prefix, max_wait_s=args.timeout, trainers=trainers)
             if args.json:
                 print(json.dumps([devices[n].row() for n in sorted(devices)], default=str), flush=True)
             else:
@@ -63,6 +64,10 @@ def cmd_ls(cfg: Config, args) -> int:
                     print("\033[2J\033[H", end="")
                 print(device_table(devices) if devices else f"no devices on {cfg.mqtt.host}:{cfg.mqtt.port} "
                       f"under {cfg.mqtt.prefix}/", flush=True)
+                if trainers:
+                    print("trainers: " + ", ".join(f"{name} ({t.get('state', '?')}, {t.get('jobs_done', 0)} jobs done"
+                                                   + (", busy" if t.get("job") else "") + ")"
+                                                   for name, t in sorted(trainers.items())), flush=True)
             if not args.watch:
                 return 0
             time.sleep(args.watch)

@@ -74,8 +74,9 @@ def device_of(prefix: str, topic: str, leaf: str) -> Optional[str]:
     return parts[len(head)]
 
 
-def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wait_s: float = 5.0) -> dict[str, Device]:
-    """Every device with a retained status (and its retained stats).
+def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wait_s: float = 5.0,
+                 trainers: Optional[dict] = None) -> dict[str, Device]:
+    """Every device with a retained status (and its retained stats); trainer nodes' statuses go into `trainers`.
 
     The broker sends retained messages when it takes the subscription; a message we then publish to a topic of our
     own comes after them, so its arrival ends the listing. Where it cannot come (an ACL), the listing ends `quiet_s`
@@ -85,6 +86,9 @@ def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wa
     sync = f"{prefix}/clients/{client.session}/sync"
     client.subscribe(f"{prefix}/+/status")
     client.subscribe(f"{prefix}/+/stats")
+    trainer_topic = f"{prefix}/fleet/trainers/+"
+    if trainers is not None:
+        client.subscribe(trainer_topic)
     client.subscribe(sync)
     client.client.publish(sync, b"", qos=1)
     start = last = time.monotonic()
@@ -99,12 +103,17 @@ def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wa
         if topic == sync:
             break
         last = time.monotonic()
+        if trainers is not None and topic.startswith(trainer_topic[:-1]) and "/" not in topic[len(trainer_topic) - 1:]:
+            body = _json(data)
+            if body is not None:
+                trainers[topic.rsplit("/", 1)[-1]] = body
+            continue
         for leaf in ("status", "stats"):
             name = device_of(prefix, topic, leaf)
             body = _json(data) if name is not None else None
             if body is not None:
                 setattr(devices.setdefault(name, Device(name)), leaf, body)
-    client.client.unsubscribe([f"{prefix}/+/status", f"{prefix}/+/stats", sync])
+    client.client.unsubscribe([f"{prefix}/+/status", f"{prefix}/+/stats", sync, trainer_topic])
     return devices
 
 

@@ -57,7 +57,7 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     # Home Assistant restarts: its birth message brings the discovery again
     probe.drain()
     probe.client.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
-    again = json.loads(probe.wait_for(lambda t, p, r: t == TOPIC and not r, 10)[1])
+    again = json.loads(probe.wait_for(lambda t, p, r: t == TOPIC and not r, 30)[1])
     assert again["components"].keys() == updated["components"].keys()
 
     # disabled: the retained discovery is removed

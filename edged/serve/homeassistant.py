@@ -66,15 +66,22 @@ class HomeAssistant:
     def _run(self) -> None:
         next_snapshot = time.monotonic()
         while not self.stop.wait(0.5):
-            payload = self.payload()
-            if payload != self._last or self._birth.is_set():
-                self._birth.clear()
-                self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
-                self._last = payload
-            if self.ha.snapshot_interval_s and time.monotonic() >= next_snapshot:
-                next_snapshot = time.monotonic() + self.ha.snapshot_interval_s
-                frame = self.last_frame()
-                if frame is not None:
-                    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-                    if ok:
-                        self.link.publish(self.link.topics.snapshot, jpeg.tobytes(), retain=True, qos=0)
+            try:
+                next_snapshot = self._tick(next_snapshot)
+            except Exception:  # a bad moment (e.g. a head swapping) must not end discovery for good
+                log.exception("Home Assistant discovery update failed; trying again")
+
+    def _tick(self, next_snapshot: float) -> float:
+        payload = self.payload()
+        if payload != self._last or self._birth.is_set():
+            self._birth.clear()
+            self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
+            self._last = payload
+        if self.ha.snapshot_interval_s and time.monotonic() >= next_snapshot:
+            next_snapshot = time.monotonic() + self.ha.snapshot_interval_s
+            frame = self.last_frame()
+            if frame is not None:
+                ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                if ok:
+                    self.link.publish(self.link.topics.snapshot, jpeg.tobytes(), retain=True, qos=0)
+        return next_snapshot

@@ -45,9 +45,13 @@ class Sharing:
         self.assembler = Assembler(self.prefix, self.fleet.max_share_bytes)
         self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
         self.received: dict[str, dict] = {}  # "kind/name" -> what became of the last parcel
-        self.published: dict[str, dict] = {}
-        self._memory = cfg.state_path / "fleet.json"  # parcels handled, so a reconnect does not apply them again
-        self._seen: dict[str, str] = self._load_memory()
+        # parcels handled (a reconnect does not apply them again) and published (their chunks are cleared when a
+        # newer one replaces them, also after a restart)
+        self._memory = cfg.state_path / "fleet.json"
+        self._memory_lock = threading.Lock()
+        memory = self._load_memory()
+        self._seen: dict[str, str] = dict(memory.get("seen", {}))
+        self.published: dict[str, dict] = dict(memory.get("published", {}))
         self._thread = threading.Thread(target=self._run, name="fleet-share", daemon=True)
 
     # -- status ----------------------------------------------------------------------------
@@ -55,15 +59,21 @@ class Sharing:
         return {"follow": list(self.fleet.follow), "take_examples": self.fleet.take_examples,
                 "received": dict(self.received), "published": dict(self.published)}
 
-    def _load_memory(self) -> dict[str, str]:
+    def _load_memory(self) -> dict:
         try:
-            return dict(json.loads(self._memory.read_text()).get("seen", {}))
-        except (OSError, ValueError, AttributeError):
+            memory = json.loads(self._memory.read_text())
+        except (OSError, ValueError):
             return {}
+        return memory if isinstance(memory, dict) else {}
+
+    def _note(self, table: dict, key: str, value) -> None:
+        """Record a handled or published parcel on disk (publish and follow run on different threads)."""
+        with self._memory_lock:
+            table[key] = value
+            write_atomic(self._memory, json.dumps({"seen": self._seen, "published": self.published}).encode())
 
     def _remember(self, key: str, sha: str) -> None:
-        self._seen[key] = sha
-        write_atomic(self._memory, json.dumps({"seen": self._seen}).encode())
+        self._note(self._seen, key, sha)
 
     # -- following -------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -242,7 +252,7 @@ class Sharing:
                 link.publish(f"{share_base(self.prefix, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
         summary = {"kind": kind, "name": name, "topic": messages[-1][0], "sha256": manifest["sha256"],
                    "bytes": manifest["size"], "chunks": manifest["chunks"], "version": manifest.get("version")}
-        self.published[f"{kind}/{name}"] = summary
+        self._note(self.published, f"{kind}/{name}", summary)
         self.changed()
         return summary
 

@@ -184,7 +184,8 @@ class Store:
                     )
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    cur.execute("ROLLBACK")
                 raise
         return ids
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..mqtt.broker import local_broker
-from .common import DATA, backbone, backbone_config, load_sign_digits, table
+from .common import DATA, bench_backbone, load_sign_digits, table
 from .daemonrun import Probe, prepare_state, start_daemon, stop_daemon, write_config
 
 
@@ -26,10 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .pipeline import make_video
 
-    cfg, note = backbone_config(args.alpha, args.size)
-    if note:
-        print(note)
-    info = backbone(cfg)
+    cfg, info = bench_backbone(args.alpha, args.size)
     images, labels = load_sign_digits(args.data)
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(labels))[: args.examples]

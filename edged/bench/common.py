@@ -49,14 +49,19 @@ def backbone(cfg: BackboneConfig) -> BackboneInfo:
     return build_backbone(cfg, CACHE)
 
 
+def bench_backbone(alpha: float, size: int) -> tuple[BackboneConfig, BackboneInfo]:
+    """The config (its note printed when the weights are random) and the converted backbone."""
+    cfg, note = backbone_config(alpha, size)
+    if note:
+        print(note)
+    return cfg, backbone(cfg)
+
+
 def models(specs: str):
     """`alpha:size,alpha:size` -> (alpha, size, config, converted backbone) for each, notes printed."""
     for spec in specs.split(","):
         alpha, size = spec.split(":")
-        cfg, note = backbone_config(float(alpha), int(size))
-        if note:
-            print(note)
-        yield alpha, size, cfg, backbone(cfg)
+        yield (alpha, size, *bench_backbone(float(alpha), int(size)))
 
 
 def load_sign_digits(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:

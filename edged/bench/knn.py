@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples
-from .common import DATA, backbone, backbone_config, load_sign_digits, table
+from .common import DATA, bench_backbone, load_sign_digits, table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,10 +41,7 @@ def _time_queries(head, queries) -> float:
 
 
 def run(args) -> int:
-    cfg, note = backbone_config(args.alpha, args.size)
-    if note:
-        print(note)
-    info = backbone(cfg)
+    cfg, info = bench_backbone(args.alpha, args.size)
     engine = Engine(EngineOptions(info.path, num_threads=2, scaling=info.scaling))
     images, labels = load_sign_digits(args.data)
     emb = np.stack([engine.embed(to_pixels(img, info.input_size)) for img in images])

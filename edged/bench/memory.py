@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 
 from ..mqtt.broker import local_broker
-from .common import backbone, backbone_config, table
+from .common import bench_backbone, table
 from .daemonrun import Probe, prepare_state, rss_mb, start_daemon, stop_daemon, write_config
 
 _HOLD = "import sys, time; t = time.perf_counter(); {imports}; print(time.perf_counter() - t, flush=True); sys.stdin.read()"
@@ -37,10 +37,7 @@ def _imports_rss(imports: str) -> tuple[float, float]:
 def run(args) -> int:
     from .pipeline import make_video
 
-    cfg, note = backbone_config(args.alpha, args.size)
-    if note:
-        print(note)
-    info = backbone(cfg)
+    cfg, info = bench_backbone(args.alpha, args.size)
     broker = local_broker()
     video = make_video(640, 480)
     rows = []

@@ -15,7 +15,7 @@ from ..learn.keras_backbone import build
 from ..state.store import Examples
 from ..runtime.engine import Engine, EngineOptions, interpreter_module, interpreter_version
 from ..sources.preprocess import to_pixels
-from .common import DATA, MODELS, backbone, backbone_config, load_sign_digits, table
+from .common import DATA, MODELS, bench_backbone, load_sign_digits, table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,10 +49,7 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    cfg, note = backbone_config(args.alpha, args.size)
-    if note:
-        print(note)
-    info = backbone(cfg)
+    cfg, info = bench_backbone(args.alpha, args.size)
     emb_engine = Engine(EngineOptions(info.path, num_threads=args.threads, scaling=info.scaling))
     images, labels = load_sign_digits(args.data)
     pixels = np.stack([to_pixels(img, info.input_size) for img in images])

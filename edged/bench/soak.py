@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 
 from ..mqtt.broker import local_broker
-from .common import backbone, backbone_config, table
+from .common import bench_backbone, table
 from .daemonrun import Probe, prepare_state, rss_mb, start_daemon, stop_daemon, write_config
 
 COMMANDS = [("status", {}), ("capture", {"label": "soak", "count": 3, "interval_ms": 50}), ("examples", {"limit": 5}),
@@ -36,10 +36,7 @@ def _sample(pid: int) -> tuple[float, int, int]:
 def run(args) -> int:
     from .pipeline import make_video
 
-    cfg, note = backbone_config(args.alpha, args.size)
-    if note:
-        print(note)
-    info = backbone(cfg)
+    cfg, info = bench_backbone(args.alpha, args.size)
     broker = local_broker()
     video = make_video(640, 480)
     samples, answered, sent = [], 0, 0

@@ -25,7 +25,7 @@ from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, share_base
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
-from ..state.store import NewExample, Store, decode_objects
+from ..state.store import Store
 from ..state.versions import Versions
 from .headset import HeadSet
 from .learning import Learning
@@ -221,11 +221,7 @@ class Sharing:
         uids = [r["uid"] for r in examples.rows]
         known = self.store.known_uids(uids)
         origin = str(parcel.manifest.get("device") or parcel.name)[:64]
-        items = [NewExample(image=None, label=row["label"], embedding=examples.embeddings[i],
-                            ts=float(row.get("ts") or time.time()),
-                            objects=decode_objects(row["label"], row.get("box")) or None, uid=row["uid"], origin=origin,
-                            jpeg=examples.frames[i])
-                 for i, row in enumerate(examples.rows) if row["uid"] not in known]
+        items = examples.new_examples(origin, known)
         if items:
             self.store.add_many(items, self.backbone.id)
             self.heads.refit_incremental()

@@ -28,7 +28,7 @@ from ..mqtt.replies import MqttResponder
 from ..mqtt.topics import trainer_topics
 from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
-from ..state.store import NewExample, Store, decode_objects
+from ..state.store import Store
 from ..state.versions import Versions
 from .worker import TrainerWorker
 
@@ -150,11 +150,7 @@ class TrainerNode:
             raise EdgedError(f"job examples: {e}") from None
         store = Store(store_dir)
         try:
-            store.add_many([NewExample(image=None, label=row["label"], embedding=examples.embeddings[i],
-                                       ts=float(row.get("ts") or time.time()),
-                                       objects=decode_objects(row["label"], row.get("box")) or None, uid=row["uid"],
-                                       origin=device, jpeg=examples.frames[i])
-                            for i, row in enumerate(examples.rows)], bid)
+            store.add_many(examples.new_examples(device), bid)
         finally:
             store.close()
         sent_head = job_dir / "head"

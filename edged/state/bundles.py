@@ -7,6 +7,7 @@ import io
 import json
 import re
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import EdgedError
-from .store import LABEL_RE
+from .store import LABEL_RE, NewExample, decode_objects
 
 _UID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -65,6 +66,14 @@ class ExampleSet:
     rows: list[dict]
     embeddings: np.ndarray
     frames: list[bytes]
+
+    def new_examples(self, origin: str, skip: frozenset | set = frozenset()) -> list[NewExample]:
+        """What `Store.add_many` takes: the examples whose uid is not in `skip`, taught on device `origin`."""
+        return [NewExample(image=None, label=row["label"], embedding=self.embeddings[i],
+                           ts=float(row.get("ts") or time.time()),
+                           objects=decode_objects(row["label"], row.get("box")) or None, uid=row["uid"],
+                           origin=origin, jpeg=self.frames[i])
+                for i, row in enumerate(self.rows) if row["uid"] not in skip]
 
 
 def pack_examples(rows: list[dict], longest_side: int) -> bytes:

@@ -8,7 +8,6 @@ camera, no model. So the figures are the broker and the fleet protocol, not infe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
@@ -23,6 +22,7 @@ from ..mqtt.fleet import list_devices, send
 from ..mqtt.link import IncomingCommand, MqttLink, no_delay
 from ..mqtt.replies import MqttResponder
 from ..mqtt.requests import BrokerClient
+from ..serve.dispatch import answer_status_only
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +44,8 @@ class SimulatedDevice:
                 "examples": {"a": 10, "b": 12}, "source": {"uri": "simulated", "state": "ok", "error": None}}
 
     def _command(self, incoming: IncomingCommand) -> None:
-        responder = MqttResponder(self.link, incoming)
-        responder.corr_id = _corr(incoming.payload)
-        responder.done(self._status())
+        answer_status_only(incoming.name, incoming.payload, MqttResponder(self.link, incoming), self._status,
+                           "a simulated device")
 
     def start(self) -> None:
         self.link.start()
@@ -57,13 +56,6 @@ class SimulatedDevice:
 
     def stop(self) -> None:
         self.link.stop(1.0)
-
-
-def _corr(payload: bytes):
-    try:
-        return json.loads(payload).get("id")
-    except (ValueError, AttributeError):
-        return None
 
 
 def _raw_round_trip(cfg: MqttConfig, device: str, rounds: int) -> float:

@@ -167,3 +167,19 @@ class CollectingResponder:
         if not self.ok:
             raise CommandError(self.error or "failed")
         return self.result
+
+
+def answer_status_only(name: str, payload: bytes, responder: Responder, status: Callable[[], dict], who: str) -> None:
+    """For a process that answers only `status` (a trainer node, a simulated device): the payload is validated like
+    any command's, the correlation id echoed, anything else refused by name."""
+    try:
+        responder.corr_id = parse(name, payload).id
+    except CommandError as e:
+        responder.corr_id = e.corr_id
+        responder.fail(str(e))
+        return
+    if name == "status":
+        responder.done(status())
+    else:
+        responder.fail(f"{who} answers only 'status', not {name[:64]!r}")
+

@@ -30,6 +30,7 @@ from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
 from ..state.store import Store
 from ..state.versions import Versions
+from .dispatch import answer_status_only
 from .worker import TrainerWorker
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,8 @@ class TrainerNode:
                 "ts": round(time.time(), 3), "job": self.current, "jobs_done": self.done}
 
     def _command(self, incoming: IncomingCommand) -> None:
-        responder = MqttResponder(self.link, incoming)
-        try:
-            responder.corr_id = json.loads(incoming.payload or b"{}").get("id")
-        except (ValueError, AttributeError):
-            pass
-        if incoming.name == "status":
-            responder.done(self._status())
-        else:
-            responder.fail(f"a trainer node answers only 'status', not {incoming.name[:64]!r}")
+        answer_status_only(incoming.name, incoming.payload, MqttResponder(self.link, incoming), self._status,
+                           "a trainer node")
 
     def run(self) -> None:
         """Serve jobs until the stop event is set."""

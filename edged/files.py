@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -51,3 +52,13 @@ def fsync_tree(folder: str | Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(root)
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A small JSON state file's object; {} when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+

@@ -13,7 +13,7 @@ import cv2
 
 from .. import __version__
 from ..config import Config
-from ..files import write_atomic
+from ..files import read_json_object, write_atomic
 from ..mqtt.discovery import DeviceFacts, discovery_payload, discovery_topic
 from ..mqtt.link import MqttLink
 
@@ -41,9 +41,8 @@ class HomeAssistant:
         return lambda: self._thread.join(5)
 
     def _remove_old(self) -> None:
-        try:
-            topic = json.loads(self.marker.read_text())["topic"]
-        except (OSError, ValueError, KeyError, TypeError):
+        topic = read_json_object(self.marker).get("topic")
+        if not isinstance(topic, str) or not topic:
             return
         self.link.publish(topic, b"", retain=True, qos=1)
         self.marker.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from ..config import Config
 from ..errors import EdgedError, HeadError
-from ..files import write_atomic
+from ..files import read_json_object, write_atomic
 from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, share_base
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
@@ -49,7 +49,7 @@ class Sharing:
         # newer one replaces them, also after a restart)
         self._memory = cfg.state_path / "fleet.json"
         self._memory_lock = threading.Lock()
-        memory = self._load_memory()
+        memory = read_json_object(self._memory)
         self._seen: dict[str, str] = dict(memory.get("seen", {}))
         self.published: dict[str, dict] = dict(memory.get("published", {}))
         self._thread = threading.Thread(target=self._run, name="fleet-share", daemon=True)
@@ -58,13 +58,6 @@ class Sharing:
     def describe(self) -> dict:
         return {"follow": list(self.fleet.follow), "take_examples": self.fleet.take_examples,
                 "received": dict(self.received), "published": dict(self.published)}
-
-    def _load_memory(self) -> dict:
-        try:
-            memory = json.loads(self._memory.read_text())
-        except (OSError, ValueError):
-            return {}
-        return memory if isinstance(memory, dict) else {}
 
     def _note(self, table: dict, key: str, value) -> None:
         """Record a handled or published parcel on disk (publish and follow run on different threads)."""

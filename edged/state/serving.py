@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..files import write_atomic
+from ..files import read_json_object, write_atomic
 
 
 class ServingChoice:
@@ -14,11 +14,7 @@ class ServingChoice:
         self.path = Path(path)
 
     def load(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.path)
 
     def active(self, default: list[str]) -> list[str]:
         value = self.load().get("active")

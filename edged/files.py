@@ -61,4 +61,3 @@ def read_json_object(path: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-

@@ -182,4 +182,3 @@ def answer_status_only(name: str, payload: bytes, responder: Responder, status: 
         responder.done(status())
     else:
         responder.fail(f"{who} answers only 'status', not {name[:64]!r}")
-

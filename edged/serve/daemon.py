@@ -169,7 +169,9 @@ class Daemon:
     def _start_homeassistant(self):
         if self.mqtt is None:
             return None
-        return HomeAssistant(self.cfg, self.mqtt, self._entities, lambda: self.loop.last_frame, self.stop).start()
+        homeassistant = HomeAssistant(self.cfg, self.mqtt, self._entities, lambda: self.loop.last_frame, self.stop)
+        self.telemetry.listeners.append(homeassistant.changed)
+        return homeassistant.start()
 
     def _entities(self) -> tuple[list[str], list[str], str]:
         """What Home Assistant shows: the active heads, every known label, the backbone and served models (so a

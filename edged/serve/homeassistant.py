@@ -28,6 +28,8 @@ class HomeAssistant:
         self.topic = discovery_topic(self.ha.discovery_prefix, cfg.device)
         self.marker = cfg.state_path / "homeassistant.json"  # where discovery was published, to remove it later
         self._birth = threading.Event()
+        self._stale = threading.Event()  # heads, labels or models may have changed: recompute the payload
+        self._stale.set()
         self._last: Optional[dict] = None
         self._thread = threading.Thread(target=self._run, name="homeassistant", daemon=True)
 
@@ -47,6 +49,10 @@ class HomeAssistant:
         self.link.publish(topic, b"", retain=True, qos=1)
         self.marker.unlink(missing_ok=True)
         log.info("Home Assistant discovery removed from %s", topic)
+
+    def changed(self) -> None:
+        """Called with every status change (edged.serve.telemetry): the discovery is recomputed then, not polled."""
+        self._stale.set()
 
     def _on_birth(self, topic: str, payload: bytes, retained: bool) -> None:
         if payload.strip() == b"online":
@@ -71,11 +77,18 @@ class HomeAssistant:
                 log.exception("Home Assistant discovery update failed; trying again")
 
     def _tick(self, next_snapshot: float) -> float:
-        payload = self.payload()
-        if payload != self._last or self._birth.is_set():
+        forced = self._birth.is_set()
+        if forced or self._stale.is_set():
             self._birth.clear()
-            self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
-            self._last = payload
+            self._stale.clear()
+            try:
+                payload = self.payload()
+            except Exception:
+                self._stale.set()  # try again on the next tick
+                raise
+            if forced or payload != self._last:
+                self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
+                self._last = payload
         if self.ha.snapshot_interval_s and time.monotonic() >= next_snapshot:
             next_snapshot = time.monotonic() + self.ha.snapshot_interval_s
             frame = self.last_frame()

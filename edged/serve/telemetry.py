@@ -39,12 +39,15 @@ class Telemetry:
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
         self.grabber, self.link = grabber, link
         self.sections: dict[str, Callable[[], dict]] = {}  # more of the status, from parts started later
+        self.listeners: list[Callable[[], None]] = []  # told of every change (e.g. Home Assistant discovery)
         self._dirty = threading.Event()
         self._key = None
         self._mark = (time.monotonic(), 0, 0)
 
     def changed(self) -> None:
         self._dirty.set()
+        for listener in list(self.listeners):
+            listener()
 
     def status(self) -> dict:
         capture = self.captures.current

@@ -178,32 +178,32 @@ class Sharing:
             try:
                 if model.meta.get("kind") != "classes":
                     return {"accuracy": None, "note": "no check for box models"}
-                examples = self.store.examples(self.backbone.id)
-                keep = [i for i, label in enumerate(examples.labels) if label in set(model.labels)][:CHECK_EXAMPLES]
-                if not keep:
-                    return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
-                hits = 0
-                for i in keep:
+
+                def label_of(examples, i: int) -> str:
                     image = self.store.load_frame(int(examples.ids[i]))
-                    pixels, placement = FrameView(image, model.input_size).fitted(model.fit)
-                    hits += model.predict(pixels, placement).label == examples.labels[i]
+                    return model.predict(*FrameView(image, model.input_size).fitted(model.fit)).label
+
+                return self._accuracy(model.labels, label_of)
             finally:
                 model.close()
-        else:
-            head, fused = self.heads.open_head(parcel.name, folder)
-            try:
-                if fused is not None or head.kind != "classes":
-                    return {"accuracy": None, "note": "no check for this head"}
-                examples = self.store.examples(self.backbone.id)
-                known = set(head.classes)
-                keep = [i for i, label in enumerate(examples.labels) if label in known][:CHECK_EXAMPLES]
-                if not keep:
-                    return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
-                hits = sum(head.predict(examples.embeddings[i]).label == examples.labels[i] for i in keep)
-            finally:
-                if fused is not None:
-                    fused.close()
-                head.close()
+        head, fused = self.heads.open_head(parcel.name, folder)
+        try:
+            if fused is not None or head.kind != "classes":
+                return {"accuracy": None, "note": "no check for this head"}
+            return self._accuracy(head.classes, lambda examples, i: head.predict(examples.embeddings[i]).label)
+        finally:
+            if fused is not None:
+                fused.close()
+            head.close()
+
+    def _accuracy(self, labels: list[str], label_of: Callable[[object, int], str]) -> dict:
+        """How often `label_of(examples, i)` names stored example i right, over at most CHECK_EXAMPLES of `labels`."""
+        examples = self.store.examples(self.backbone.id)
+        known = set(labels)
+        keep = [i for i, label in enumerate(examples.labels) if label in known][:CHECK_EXAMPLES]
+        if not keep:
+            return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
+        hits = sum(label_of(examples, i) == examples.labels[i] for i in keep)
         return {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
 
     def _take_examples(self, parcel: Parcel) -> dict:

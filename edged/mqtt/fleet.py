@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .requests import BrokerClient
+from .topics import trainer_status
 
 
 @dataclass
@@ -86,7 +87,7 @@ def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wa
     sync = f"{prefix}/clients/{client.session}/sync"
     client.subscribe(f"{prefix}/+/status")
     client.subscribe(f"{prefix}/+/stats")
-    trainer_topic = f"{prefix}/fleet/trainers/+"
+    trainer_topic = trainer_status(prefix)
     if trainers is not None:
         client.subscribe(trainer_topic)
     client.subscribe(sync)

@@ -20,10 +20,15 @@ class Topics:
         return f"{self.base}/reply/{command}"
 
 
+def trainer_status(prefix: str, name: str = "+") -> str:
+    """Where a trainer node keeps its retained status (`+`: every trainer's)."""
+    return f"{prefix}/fleet/trainers/{name}"
+
+
 def trainer_topics(prefix: str, name: str) -> Topics:
     """A trainer node's own tree, `<prefix>/fleet/trainers/<name>/...`: its retained status (and will) at the root,
     where devices look for trainers without reading every device's status."""
-    topics = Topics(prefix, name, base=f"{prefix}/fleet/trainers/{name}")
+    topics = Topics(prefix, name, base=trainer_status(prefix, name))
     topics.status = topics.base
     topics.fleet_commands = topics.commands
     return topics

@@ -23,16 +23,13 @@ from typing import Callable, Optional
 from ..config import Config
 from ..errors import TrainingError
 from ..mqtt.parcels import Assembler, ShareError, pack
+from ..mqtt.topics import trainer_status
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
 from ..state.store import Store
 from ..state.versions import Versions
 
 log = logging.getLogger(__name__)
-
-
-def trainers_topic(prefix: str, name: str = "+") -> str:
-    return f"{prefix}/fleet/trainers/{name}"
 
 
 class RemoteTrainer:
@@ -47,8 +44,8 @@ class RemoteTrainer:
     # -- MQTT side (paho's thread: only record and queue) ------------------------------------
     def routes(self) -> list[tuple[str, Callable[[str, bytes, bool], None]]]:
         device = self.cfg.device
-        return [(trainers_topic(self.prefix), self._on_trainer),
-                (f"{trainers_topic(self.prefix)}/+/{device}", self._on_event),
+        return [(trainer_status(self.prefix), self._on_trainer),
+                (f"{trainer_status(self.prefix)}/+/{device}", self._on_event),
                 (f"{self.prefix}/fleet/share/result/{device}/#", self._on_result)]
 
     def _on_trainer(self, topic: str, payload: bytes, retained: bool) -> None:

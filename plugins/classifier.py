@@ -5,7 +5,7 @@ mean, an imprinted cosine classifier, L2-regularised logistic regression, each w
 augmented copies of the frames — scores them by stratified k-fold cross-validation on the stored
 examples and keeps the winner; no TensorFlow needed. Modes "fine_tune" and "from_scratch" train
 the backbone too, in the TensorFlow worker (`edged_plugins.classifier_train`), starting from the
-frozen winner, and keep the result only when it beats the frozen head on held-out examples.
+frozen winner, and keep the result only when k-fold cross-validation says it beats the frozen head.
 """
 
 from __future__ import annotations
@@ -43,7 +43,13 @@ class ClassifierOptions(HeadOptions):
     fine_tune_epochs: int = Field(20, ge=1)
     fine_tune_learning_rate: float = Field(2e-4, gt=0)
     fine_tune_batch_size: int = Field(16, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out to decide whether fine-tuning helped")
+    auto_fine_tune: bool = Field(True, description="train in mode 'auto' (the default) fine-tunes the backbone after "
+                                                   "the numpy head serves, where TensorFlow or a trainer node is there; "
+                                                   "kept only when cross-validation says it helps")
+    fine_tune_folds: int = Field(2, ge=2, le=10, description="cross-validation folds deciding whether fine-tuning "
+                                                            "helps, and after how many epochs")
+    fine_tune_margin: float = Field(0.0, ge=0, le=1, description="cross-validated accuracy fine-tuning needs over "
+                                                                 "the frozen head to be kept")
 
 
 class ClassifierHead(Head):
@@ -67,6 +73,10 @@ class ClassifierHead(Head):
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:
         return request.mode in ("fine_tune", "from_scratch") or bool(request.fine_tune_layers)
+
+    @classmethod
+    def fine_tunes_after_fit(cls, options: ClassifierOptions) -> bool:
+        return options.auto_fine_tune
 
     @property
     def ready(self) -> bool:

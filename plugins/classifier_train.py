@@ -3,7 +3,7 @@
 The frozen head (numpy, `edged_plugins.classifier`) is the starting point: backbone -> power
 transform + centring -> dense, as one Keras model. Mode "fine_tune" unfreezes the top of the
 backbone (every weighted layer by default), "from_scratch" re-initialises it; both train on
-augmented frames and are kept only when they beat the frozen head on held-out examples.
+augmented frames and are kept only when k-fold cross-validation says they beat the frozen head.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import keras
 import numpy as np
 
 from edged.errors import HeadError
-from edged.heads.base import Progress
+from edged.heads.base import FitContext, Progress
 from edged.heads.curves import plot_curves
+from edged.heads.fewshot import stratified_folds
 from edged.heads.splits import balanced_split
 from edged.learn.context import ExportSpec, TrainContext
 from edged.learn.finetune import set_trainable_top
-from edged.learn.loop import Best, run_epochs, shuffled_batches
+from edged.learn.loop import Last, run_epochs, shuffled_batches
 from edged.sources.augment import augment_batch
 from edged.state.store import Examples
 from edged_plugins.classifier import ClassifierHead
@@ -59,68 +60,121 @@ def keras_classifier(backbone: keras.Model, head: ClassifierHead) -> keras.Model
     return model
 
 
-def _frozen_head(context: TrainContext, examples: Examples, rows: np.ndarray) -> ClassifierHead:
+def _frozen_head(context: TrainContext, examples: Examples, rows: np.ndarray, fit: FitContext) -> ClassifierHead:
+    """The numpy head the daemon would fit on these rows (augmented copies embedded by the serving backbone)."""
     head = ClassifierHead(context.options)
     subset = Examples(examples.ids[rows], examples.labels[rows], examples.embeddings[rows],
                       [examples.boxes[i] for i in rows])
-    head.fit(subset)  # numpy; no augmentation in the worker (the backbone is about to change anyway)
+    head.fit(subset, fit)
     return head
 
 
+class _Tuning:
+    """One fine-tuning run: the frozen head on `rows` as the start, augmented frames, a fixed number of epochs."""
+
+    def __init__(self, context: TrainContext, fit: FitContext, mode: str, images: np.ndarray, y: np.ndarray, opts):
+        self.context, self.fit, self.mode, self.images, self.y, self.opts = context, fit, mode, images, y, opts
+        self.opened: list = []
+
+    def run(self, rows: np.ndarray, epochs: int, val_rows: np.ndarray, phase: str, progress: Progress = None):
+        """Returns (model, per-epoch history); with `val_rows`, history["val_accuracy"] is scored every epoch."""
+        context, opts = self.context, self.opts
+        frozen = _frozen_head(context, context.examples, rows, self.fit)
+        backbone = context.keras_backbone()
+        if self.mode == "from_scratch":
+            backbone = keras.models.clone_model(backbone)  # same architecture, fresh weights
+        model = keras_classifier(backbone, frozen)
+        self.opened = set_trainable_top(backbone, opts.fine_tune_layers or 10_000)
+        rate = opts.fine_tune_learning_rate * (5 if self.mode == "from_scratch" else 1)
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rng = np.random.default_rng(opts.seed + 1)
+        val_x = context.scaled(self.images[val_rows]) if len(val_rows) else None
+
+        def make(idx):
+            batch, _ = augment_batch(self.images[rows[idx]], None, rng)
+            return context.scaled(batch), self.y[rows[idx]]
+
+        def evaluate() -> dict:
+            if val_x is None:
+                return {}
+            pred = np.argmax(model.predict(val_x, verbose=0, batch_size=32), 1)
+            return {"val_accuracy": float(np.mean(pred == self.y[val_rows]))}
+
+        # the last epoch's weights: the epoch count is chosen across folds, not on one fold's noise
+        history = run_epochs(model, epochs, shuffled_batches(len(rows), opts.fine_tune_batch_size, rng, make),
+                             evaluate, Last("loss"), phase, progress)
+        return model, frozen, history
+
+
 def train(context: TrainContext, progress: Progress = None) -> dict:
-    """Fine-tune (or train from scratch) from the frozen head; keep it only if it beats the frozen head."""
+    """Fine-tune (or train from scratch) from the frozen head, decided by k-fold cross-validation.
+
+    Each fold fine-tunes on the other folds and is scored every epoch beside the frozen head fitted on the
+    same rows. When the folds' mean accuracy at the best epoch beats the frozen head's, the backbone is
+    fine-tuned on every example for that many epochs and served as a fused model; otherwise the frozen
+    head is kept, and the reply says why.
+    """
     opts = context.requested_options()
-    mode = context.request.mode if context.request.mode != "frozen" else "fine_tune"
+    mode = context.request.mode if context.request.mode in ("fine_tune", "from_scratch") else "fine_tune"
     examples = context.examples
     classes = sorted(set(examples.labels.tolist()))
-    train_rows, val_rows = balanced_split(examples.labels, opts.val_fraction, 2, opts.seed)
-    frozen = _frozen_head(context, examples, train_rows)
-    val_y = np.array([classes.index(l) for l in examples.labels[val_rows]])
-    frozen_val = float(np.mean([frozen.predict(e).label == classes[t] for e, t in zip(examples.embeddings[val_rows], val_y)]))
-    if progress:
-        progress({"phase": mode, "step": f"frozen head: {frozen_val:.3f} on {len(val_rows)} held-out examples"})
-    backbone = context.keras_backbone()
-    if mode == "from_scratch":
-        backbone = keras.models.clone_model(backbone)  # same architecture, fresh weights
-    model = keras_classifier(backbone, frozen)
-    layers = opts.fine_tune_layers or 10_000
-    opened = set_trainable_top(backbone, layers)
-    model.compile(optimizer=keras.optimizers.Adam(opts.fine_tune_learning_rate * (5 if mode == "from_scratch" else 1)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    images = context.pixels(examples.ids)
+    if len(classes) < 2:
+        raise HeadError(f"need at least 2 classes to train a classifier, have {classes}")
     y = np.array([classes.index(l) for l in examples.labels.tolist()])
-    rng = np.random.default_rng(opts.seed + 1)
-    val_x = context.scaled(images[val_rows])
-
-    def make(idx):
-        rows = train_rows[idx]
-        batch, _ = augment_batch(images[rows], None, rng)
-        return context.scaled(batch), y[rows]
-
-    def evaluate() -> dict:
-        return {"val_accuracy": float(np.mean(np.argmax(model.predict(val_x, verbose=0, batch_size=32), 1) == val_y))}
-
+    smallest = int(np.bincount(y).min())
+    if smallest < 2:
+        raise HeadError(f"need at least 2 examples of every class to cross-validate fine-tuning; "
+                        f"{classes[int(np.argmin(np.bincount(y)))]!r} has {smallest}")
+    folds = stratified_folds(y, min(opts.fine_tune_folds, smallest), opts.seed)
     epochs = context.request.epochs or opts.fine_tune_epochs
-    best = Best("val_accuracy", "max")
-    history = run_epochs(model, epochs, shuffled_batches(len(train_rows), opts.fine_tune_batch_size, rng, make),
-                         evaluate, best, mode, progress)
-    tuned_val = float(best.value)
-    # the version keeps the frozen head fitted on every example; the fused model only when it helped
+    images = context.pixels(examples.ids)
+    with context.fit_context() as fit:
+        return _cross_validated(context, fit, mode, opts, folds, epochs, images, y, classes, progress)
+
+
+def _cross_validated(context: TrainContext, fit: FitContext, mode: str, opts, folds: list[np.ndarray], epochs: int,
+                     images: np.ndarray, y: np.ndarray, classes: list[str], progress: Progress) -> dict:
+    examples = context.examples
+    tuning = _Tuning(context, fit, mode, images, y, opts)
+    every = np.arange(len(y))
+    curves, frozen_right, history = [], 0, {}
+    for k, val in enumerate(folds):
+        rows = np.setdiff1d(every, val)
+        _, frozen, run = tuning.run(rows, epochs, val, f"{mode} fold {k + 1}/{len(folds)}", progress)
+        right = sum(frozen.predict(e).label == classes[t] for e, t in zip(examples.embeddings[val], y[val]))
+        frozen_right += int(right)
+        curves.append(np.array(run["val_accuracy"]) * len(val))
+        history[f"fold {k + 1} val_accuracy"] = run["val_accuracy"]
+        history[f"fold {k + 1} loss"] = run["loss"]
+    curve = np.sum(curves, axis=0) / len(y)  # pooled out-of-fold accuracy after each epoch
+    best_epochs = int(len(curve) - np.argmax(curve[::-1]))  # ties: the later epoch
+    tuned_cv, frozen_cv = float(curve[best_epochs - 1]), frozen_right / len(y)
+    if progress:
+        progress({"phase": mode, "step": f"{len(folds)}-fold: fine-tuned {tuned_cv:.3f} after {best_epochs} epochs, "
+                                         f"frozen {frozen_cv:.3f}"})
     final = ClassifierHead(context.options)
-    head_metrics = final.fit(examples)
-    metrics = {**head_metrics, "mode": mode, "fine_tuned_layers": len(opened), "frozen_val_accuracy": round(frozen_val, 4),
-               "fine_tune_val_accuracy": round(tuned_val, 4), "val_examples": int(len(val_rows))}
-    if tuned_val > frozen_val:
-        metrics["fine_tune"] = f"kept: {tuned_val:.3f} > frozen {frozen_val:.3f} on held-out examples"
-        metrics["val_accuracy"] = round(tuned_val, 4)
+    head_metrics = final.fit(examples, fit)  # the frozen head on every example stays in the version either way
+    metrics = {**head_metrics, "mode": mode, "fine_tuned_layers": len(tuning.opened), "fine_tune_folds": len(folds),
+               "frozen_cv_accuracy": round(frozen_cv, 4), "fine_tune_cv_accuracy": round(tuned_cv, 4),
+               "fine_tune_epochs": best_epochs}
+    if tuned_cv > frozen_cv + opts.fine_tune_margin:
+        model, _, run = tuning.run(every, best_epochs, np.array([], int), f"{mode}, all examples", progress)
+        history["all examples loss"] = run["loss"]
+        metrics["fine_tune"] = (f"kept: {len(folds)}-fold accuracy {tuned_cv:.3f} > frozen {frozen_cv:.3f}; "
+                                f"trained on all {len(y)} examples for {best_epochs} epochs")
+        metrics["cv_accuracy"] = round(tuned_cv, 4)
         model.save(context.folder / "fused.keras")
-        spec = ExportSpec(model, classes, {"val_accuracy": metrics["val_accuracy"]})
-        context.write_model(context.folder, spec, "float32", images[val_rows], progress=progress)
+        spec = ExportSpec(model, classes, {"cv_accuracy": metrics["cv_accuracy"]})
+        check = np.concatenate([f[:3] for f in folds])
+        context.write_model(context.folder, spec, "float32", images[check], progress=progress)
     else:
-        metrics["fine_tune"] = f"skipped: {tuned_val:.3f} did not beat frozen {frozen_val:.3f} on held-out examples"
+        metrics["fine_tune"] = (f"skipped: {len(folds)}-fold accuracy {tuned_cv:.3f} does not beat the frozen head's "
+                                f"{frozen_cv:.3f} by {opts.fine_tune_margin}")
+        # after an "auto" fit the frozen head (fitted with augmented copies in the serving process) already serves
+        metrics["activate"] = context.request.mode != "auto"
     final.metrics = metrics
     final.save(context.folder)
-    plot_curves(history, context.folder / "training.png", f"classifier {mode}")
+    plot_curves(history, context.folder / "training.png", f"classifier {mode} ({len(folds)}-fold)")
     return metrics
 
 

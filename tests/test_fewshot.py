@@ -108,7 +108,7 @@ def test_unknown_for_a_class_never_taught(make_state, tmp_path):
     store.add_many([NewExample(img, f"d{d}", embed_image(engine, img)) for d in "037" for img in photos(d, 0, 20)], info.id)
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
-    learning.train("classifier", TrainRequest())
+    learning.train("classifier", TrainRequest(mode="frozen"))
     learning.close()
 
     def answers(images):

@@ -73,7 +73,7 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     progress = []
-    result = learning.train("classifier", TrainRequest(), progress.append)  # numpy, in this process
+    result = learning.train("classifier", TrainRequest(mode="frozen"), progress.append)  # numpy, in this process
     learning.close()
     assert result["version"] == "v1" and "tensorflow" not in result["metrics"]
     assert progress and progress[0]["phase"] == "cross-validation" and progress[-1]["epoch"] == 5
@@ -148,7 +148,7 @@ def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     assert all(not l.trainable for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization))
 
 
-def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_held_out_accuracy(make_state):
+def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_cross_validation(make_state):
     from edged.learn.jobs import run_train
 
     settings = backbone_settings("none", input_size=96)
@@ -158,13 +158,73 @@ def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_held_out_accuracy(make_s
     progress = []
     result = run_train(cfg, "classifier", TrainRequest(mode="fine_tune", epochs=2), progress.append)
     m = result["metrics"]
-    assert m["mode"] == "fine_tune" and m["fine_tuned_layers"] == 2 and m["val_examples"] == 4
-    assert [p["epoch"] for p in progress if p.get("phase") == "fine_tune" and "epoch" in p] == [1, 2]
+    assert m["mode"] == "fine_tune" and m["fine_tuned_layers"] == 2 and m["fine_tune_folds"] == 2
+    for k in (1, 2):
+        assert [p["epoch"] for p in progress if p.get("phase") == f"fine_tune fold {k}/2" and "epoch" in p] == [1, 2]
+        assert all(0 <= p["val_accuracy"] <= 1 for p in progress if p.get("phase") == f"fine_tune fold {k}/2")
+    assert 1 <= m["fine_tune_epochs"] <= 2
     folder = cfg.state_path / "heads" / "classifier" / result["version"]
-    kept = m["fine_tune_val_accuracy"] > m["frozen_val_accuracy"]
+    kept = m["fine_tune_cv_accuracy"] > m["frozen_cv_accuracy"]
     assert m["fine_tune"].startswith("kept" if kept else "skipped")
+    final = [p["epoch"] for p in progress if p.get("phase") == "fine_tune, all examples" and "epoch" in p]
+    assert final == (list(range(1, m["fine_tune_epochs"] + 1)) if kept else [])
     assert (folder / "model.tflite").is_file() == kept and (folder / "head.npz").is_file()
     assert (folder / "training.png").is_file()
+
+
+def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
+    """`train` with defaults: the numpy head serves at once; fine-tuning follows and serves only if it won."""
+    from edged.serve.learning import Learning
+    from edged.state.versions import Versions
+
+    settings = backbone_settings("none", input_size=96)
+    cfg = _cfg(make_state(settings), settings, "heads.classifier.fine_tune_layers=2",
+               "heads.classifier.fine_tune_epochs=2", "heads.classifier.augment_copies=0")
+    items = [(scene_at(5, i, 96, 96, s).image, s, None) for s in ("triangle", "rectangle") for i in range(8)]
+    info, engine, store = _fill(cfg, items)
+    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    learning = Learning(cfg, store, info, heads)
+    progress, serving_before_tuning = [], []
+
+    def watch(p):
+        progress.append(p)
+        if p.get("phase") == "auto":
+            serving_before_tuning.append(heads.ready("classifier"))
+
+    try:
+        result = learning.train("classifier", TrainRequest(), watch)
+        assert serving_before_tuning == [True]
+        assert result["frozen"]["version"] == "v1" and result["version"] == "v2"
+        m = result["metrics"]
+        kept = m["fine_tune"].startswith("kept")
+        assert kept == (m["fine_tune_cv_accuracy"] > m["frozen_cv_accuracy"]) and result["activated"] == kept
+        assert Versions(cfg.state_path / "heads" / "classifier").current() == ("v2" if kept else "v1")
+        assert ("classifier" in heads.fused) == kept
+        assert any(p.get("phase") == "fine_tune fold 2/2" for p in progress)
+
+        # frozen: numpy only; auto with the head's auto_fine_tune off: the same
+        progress.clear()
+        only = learning.train("classifier", TrainRequest(mode="frozen"), watch)
+        assert "frozen" not in only and not any("fold" in str(p.get("phase")) for p in progress)
+    finally:
+        learning.close()
+        heads.close()
+        store.close()
+        engine.close()
+
+    remote = _cfg(cfg.state_path, settings, "fleet.trainer='remote'")
+    store = Store(remote.state_path / "store")
+    heads = HeadSet(remote, store, info, head_classes(plugin_manager()))
+    learning = Learning(remote, store, info, heads)
+    try:
+        result = learning.train("classifier", TrainRequest())
+        assert result["fine_tune"] == ("not tried: [fleet] trainer is 'remote', and no trainer node is reachable "
+                                       "(a running daemon reaches one over MQTT)")
+        assert heads.ready("classifier")
+    finally:
+        learning.close()
+        heads.close()
+        store.close()
 
 
 def _box_items(seed: int, n: int, size: int = 128):

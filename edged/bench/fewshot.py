@@ -11,6 +11,7 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from ..heads.fewshot import l2, logistic_regression, nearest_mean
 from ..heads.registry import head_classes, plugin_manager
 from ..learn.jobs import run_train
 from ..runtime.engine import Engine, EngineOptions
+from ..serve.worker import tensorflow_available
 from ..serve.capture import CaptureJob
 from ..serve.headset import HeadSet
 from ..sources import OpenCVSource
@@ -38,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", default="5,10,20")
     p.add_argument("--draws", type=int, default=5, help="random draws of the training photos per shot count")
     p.add_argument("--variants", default="photos,camera,openset", help="photos, camera, openset")
+    p.add_argument("--no-fine-tune", action="store_true",
+                   help="photos: the frozen numpy head only (train's default also fine-tunes where TensorFlow is)")
     p.add_argument("--modes", action="store_true", help="also frozen / fine_tune / from_scratch side by side (slow)")
     p.add_argument("--modes-shots", type=int, default=10)
     p.add_argument("--modes-epochs", type=int, default=20)
@@ -94,15 +98,21 @@ class Data:
         return head
 
 
+def path_frozen(head: ClassifierHead, embeddings: np.ndarray) -> list[str]:
+    """The best class for each embedding (also where the head would answer 'unknown')."""
+    return [max(s, key=s.get) for s in (head.predict(e).scores for e in embeddings)]
+
+
 def _accuracy(pred_labels, truth) -> float:
     return float(np.mean(np.asarray(pred_labels) == np.asarray(truth)))
 
 
-def photos_variant(data: Data, shots_list, draws, t) -> tuple[list, dict]:
+def photos_variant(data: Data, shots_list, draws, t, path: Optional[TrainPath]) -> tuple[list, dict]:
+    """Mean over draws; `path` set: also `train` with its defaults (mode auto: fine-tuning where it wins)."""
     rows, summary = [], {}
     for shots in shots_list:
-        acc = {k: [] for k in ("knn", "ncm", "logistic", "edged", "cv")}
-        chosen = []
+        acc = {k: [] for k in ("knn", "ncm", "logistic", "frozen", "edged", "cv")}
+        chosen, tuned = [], 0
         for draw in range(draws):
             tr, te = data.draw(shots, 1000 * shots + draw)
             x, y, xt, yt = data.emb[tr], data.y[tr], data.emb[te], data.y[te]
@@ -110,15 +120,24 @@ def photos_variant(data: Data, shots_list, draws, t) -> tuple[list, dict]:
             acc["ncm"].append(_accuracy(ncm_baseline(x, y, xt), yt))
             acc["logistic"].append(_accuracy(logistic_baseline(x, y, xt), yt))
             head = data.edged(tr)
-            preds = [head.predict(e).scores for e in xt]
-            acc["edged"].append(_accuracy([max(s, key=s.get) for s in preds], [data.classes[i] for i in yt]))
+            truth = [data.classes[i] for i in yt]
+            acc["frozen"].append(_accuracy(path_frozen(head, xt), truth))
             acc["cv"].append(head.metrics["cv_accuracy"])
             chosen.append(head.metrics["chosen"])
+            if path is None:
+                acc["edged"].append(acc["frozen"][-1])
+                continue
+            pred, metrics, served = path.train(tr, TrainRequest(), head)
+            acc["edged"].append(_accuracy(pred, truth))
+            tuned += served == "fine-tuned model"
+            print(f"    {shots} shots draw {draw + 1}: frozen {acc['frozen'][-1]:.3f}, train defaults "
+                  f"{acc['edged'][-1]:.3f} ({served}; {metrics.get('fine_tune', '')})  ({t():.0f}s)", flush=True)
         m = {k: float(np.mean(v)) for k, v in acc.items()}
         summary[shots] = m
         common = max(set(chosen), key=chosen.count)
-        rows.append([shots, f"{m['knn']:.3f}", f"{m['ncm']:.3f}", f"{m['logistic']:.3f}", f"{m['edged']:.3f}",
-                     f"{100 * (m['edged'] - m['logistic']):+.1f}", f"{m['cv']:.3f}", common])
+        rows.append([shots, f"{m['knn']:.3f}", f"{m['ncm']:.3f}", f"{m['logistic']:.3f}", f"{m['frozen']:.3f}",
+                     f"{m['edged']:.3f}", f"{100 * (m['edged'] - m['logistic']):+.1f}", f"{m['cv']:.3f}", common,
+                     f"{tuned}/{draws}" if path is not None else "-"])
         print(f"  {shots} shots x {draws} draws done ({t():.0f}s)", flush=True)
     return rows, summary
 
@@ -218,45 +237,56 @@ def openset_variant(data: Data, shots_list, draws, t) -> list:
     return rows
 
 
-def modes_variant(cfg_backbone, data: Data, shots: int, epochs: int, tmp: Path) -> list:
-    """frozen / fine_tune / from_scratch through the real train path (store, worker code, versions)."""
+class TrainPath:
+    """`train` as the daemon runs it, on a fresh state folder per run: the store, the worker code, versions."""
+
+    def __init__(self, cfg_backbone, data: Data, tmp: Path, options: dict):
+        self.cfg_backbone, self.data, self.tmp, self.options = cfg_backbone, data, tmp, options
+        self.runs = 0
+
+    def train(self, rows: np.ndarray, request: TrainRequest, frozen: ClassifierHead) -> tuple[list[str], dict, str]:
+        """Predicted labels on the rest of the photos, the train metrics, and what served them."""
+        data = self.data
+        self.runs += 1
+        state = self.tmp / f"train-{self.runs}"
+        shutil.copytree(CACHE / "backbones" / data.info.id, state / "backbones" / data.info.id, dirs_exist_ok=True)
+        cfg = Config.model_validate({"state_dir": str(state), "backbone": self.cfg_backbone.model_dump(),
+                                     "heads": {"active": ["classifier"], "classifier": self.options}})
+        store = Store(state / "store")
+        store.add_many([NewExample(data.images[i], data.classes[data.y[i]], data.emb[i]) for i in rows], data.info.id)
+        test = np.setdiff1d(np.arange(len(data.y)), rows)
+        try:
+            result = run_train(cfg, "classifier", request)
+            if not result.get("activated", True):  # auto mode: fine-tuning lost, the frozen head keeps serving
+                return path_frozen(frozen, data.emb[test]), result["metrics"], "frozen head"
+            heads = HeadSet(cfg, store, data.info, head_classes(plugin_manager()))
+            try:
+                predictor, fused = heads.open_head("classifier", state / "heads" / "classifier" / result["version"])
+                if fused is not None:
+                    return [fused.predict(p).label for p in data.pixels[test]], result["metrics"], "fine-tuned model"
+                return path_frozen(predictor, data.emb[test]), result["metrics"], "frozen head (fine-tuning skipped)"
+            finally:
+                heads.close()
+        finally:
+            store.close()
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def modes_variant(path: TrainPath, data: Data, shots: int, epochs: int) -> list:
+    """frozen / fine_tune / from_scratch through the real train path, side by side."""
     tr, te = data.draw(shots, 42)
     truth = [data.classes[i] for i in data.y[te]]
     rows = []
     for mode in ("frozen", "fine_tune", "from_scratch"):
-        state = tmp / f"modes-{mode}"
-        shutil.copytree(CACHE / "backbones" / data.info.id, state / "backbones" / data.info.id, dirs_exist_ok=True)
-        cfg = Config.model_validate({"state_dir": str(state), "backbone": cfg_backbone.model_dump(),
-                                     "heads": {"active": ["classifier"], "classifier": {"fine_tune_epochs": epochs}}})
-        store = Store(state / "store")
-        store.add_many([NewExample(data.images[i], data.classes[data.y[i]], data.emb[i]) for i in tr], data.info.id)
         timer = Timer()
+        frozen = data.edged(tr)
         if mode == "frozen":
-            head = data.edged(tr)
-            metrics = head.metrics
-            version_dir = None
+            pred, metrics, served = path_frozen(frozen, data.emb[te]), frozen.metrics, "frozen head"
         else:
-            result = run_train(cfg, "classifier", TrainRequest(mode=mode, epochs=epochs))
-            metrics = result["metrics"]
-            version_dir = state / "heads" / "classifier" / result["version"]
-        seconds = timer()
-        if version_dir is not None:
-            heads = HeadSet(cfg, store, data.info, head_classes(plugin_manager()))
-            predictor, fused = heads.open_head("classifier", version_dir)
-            if fused is not None:
-                pred = [fused.predict(p).label for p in data.pixels[te]]
-                served = "fine-tuned model"
-            else:
-                pred = [max(s, key=s.get) for s in (predictor.predict(e).scores for e in data.emb[te])]
-                served = "frozen head (fine-tuning skipped)"
-            tuned = metrics.get("fine_tune_val_accuracy")
-            heads.close()
-        else:
-            pred = [max(s, key=s.get) for s in (head.predict(e).scores for e in data.emb[te])]
-            served, tuned = "frozen head", None
-        store.close()
+            pred, metrics, served = path.train(tr, TrainRequest(mode=mode, epochs=epochs), frozen)
+        tuned = metrics.get("fine_tune_cv_accuracy")
         rows.append([mode, f"{_accuracy(pred, truth):.3f}", served, "-" if tuned is None else f"{tuned:.3f}",
-                     f"{seconds:.0f}", f"training.png: {version_dir / 'training.png'}" if version_dir else ""])
+                     f"{timer():.0f}"])
     return rows
 
 
@@ -272,11 +302,16 @@ def run(args) -> int:
         print(f"\n== {info.description}: {len(images)} photos, {len(data.classes)} classes, embedded in {t():.0f}s")
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
+            fine_tune = not args.no_fine_tune and tensorflow_available()
             if "photos" in variants:
-                rows, summary = photos_variant(data, shots_list, args.draws, t)
-                print(f"photos: mean of {args.draws} draws per shot count; the rest of the set is the test split")
-                print(table(rows, ["shots", "kNN k=5", "class mean", "logistic", "edged classifier", "vs logistic",
-                                   "edged cv", "chosen most"]))
+                path = TrainPath(cfg, data, tmp, {}) if fine_tune else None
+                rows, summary = photos_variant(data, shots_list, args.draws, t, path)
+                print(f"photos: mean of {args.draws} draws per shot count; the rest of the set is the test split. "
+                      f"'frozen': the numpy head (no TensorFlow); 'train defaults': what `train` gives"
+                      + (" (mode auto: fine-tuned when 2-fold cross-validation on the taught photos says it wins)"
+                         if fine_tune else " without TensorFlow (the frozen head)"))
+                print(table(rows, ["shots", "kNN k=5", "class mean", "logistic", "edged frozen", "train defaults",
+                                   "vs logistic", "frozen cv", "chosen most", "fine-tuned"]))
                 for shots in (5, 10):
                     if shots in summary:
                         s = summary[shots]
@@ -297,10 +332,11 @@ def run(args) -> int:
                       "'unknown', known frames answered 'unknown'")
                 print(table(rows, ["shots", "head", "AUROC", "known accuracy", "unknown caught", "false unknown"]))
             if args.modes:
-                rows = modes_variant(cfg, data, args.modes_shots, args.modes_epochs, tmp)
-                print(f"modes: {args.modes_shots} shots, one draw, {args.modes_epochs} epochs, every weighted layer "
-                      f"trainable; a fine-tuned model is served only when it beat frozen on held-out examples")
-                print(table(rows, ["mode", "test accuracy", "served", "held-out acc", "seconds", "curves"]))
+                path = TrainPath(cfg, data, tmp, {"fine_tune_epochs": args.modes_epochs})
+                rows = modes_variant(path, data, args.modes_shots, args.modes_epochs)
+                print(f"modes: {args.modes_shots} shots, one draw, up to {args.modes_epochs} epochs, every weighted "
+                      f"layer trainable; a fine-tuned model is served only when cross-validation says it beat frozen")
+                print(table(rows, ["mode", "test accuracy", "served", "fine-tune cv", "seconds"]))
         engine.close()
     print()
     print("fewshot: " + "; ".join(final))

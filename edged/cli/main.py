@@ -511,12 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", action="append", help="head(s) to use instead of heads.active (changes nothing on disk)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="train a head on the stored examples (needs TensorFlow)")
+    p = sub.add_parser("train", help="train a head on the stored examples (numpy; fine-tuning where TensorFlow is there)")
     _add_config_args(p)
     p.add_argument("--head", default="classifier", help="head to train")
-    p.add_argument("--mode", choices=["frozen", "fine_tune", "from_scratch"], default="frozen",
+    p.add_argument("--mode", choices=["auto", "frozen", "fine_tune", "from_scratch"], default="auto",
                    help="frozen: numpy on stored embeddings (no TensorFlow); fine_tune / from_scratch: the backbone "
-                        "too, in the TensorFlow worker, kept only if it beats frozen")
+                        "too, in the TensorFlow worker, kept only if cross-validation says it beats frozen; auto: "
+                        "frozen, then fine-tuned where TensorFlow (or a trainer node) is there and the head asks")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the head's option)")
     p.add_argument("--fine-tune-layers", type=int, help="unfreeze this many top backbone layers (0: all)")
     p.set_defaults(func=cmd_train)

@@ -92,7 +92,9 @@ class NoOptions(HeadOptions):
 class TrainRequest:
     """What a train command asked for; None means the head's own default."""
 
-    mode: str = "frozen"  # "frozen": the backbone as it is; "fine_tune": its top trained too; "from_scratch": re-initialised
+    # "auto": frozen first, then fine-tuned where the head asks for it and TensorFlow (or a trainer node) is there;
+    # "frozen": the backbone as it is; "fine_tune": its top trained too; "from_scratch": re-initialised
+    mode: str = "auto"
     epochs: Optional[int] = None
     fine_tune_layers: Optional[int] = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +142,11 @@ class Head:
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:
         return cls.fit is Head.fit and cls.trainer is not None
+
+    @classmethod
+    def fine_tunes_after_fit(cls, options) -> bool:
+        """Whether a `train` in mode "auto" goes on to fine-tune the backbone in the worker after the in-process fit."""
+        return False
 
     def fit(self, examples: Examples, context: Optional[FitContext] = None, progress: Progress = None) -> dict:
         raise HeadError(f"head {self.name!r} does not train in the serving process")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import keras
 import numpy as np
@@ -28,9 +29,8 @@ import numpy as np
 from ..config import Config
 from ..errors import HeadError
 from ..files import file_sha256, write_atomic
-from ..heads.base import Head, Progress, TrainRequest
+from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
-from ..sources.augment import embed_augmented
 from ..sources.preprocess import fit_frame
 from ..state.backbones import BackboneInfo
 from ..state.store import Examples, Store
@@ -92,14 +92,18 @@ class TrainContext:
         """RGB uint8 pixels -> the float32 input of the Keras backbone."""
         return pixels.astype(np.float32) * self.backbone.scale + self.backbone.offset
 
-    def augmented_embeddings(self, ids: np.ndarray, rows: np.ndarray, copies: int, seed: int = 0):
-        """Embeddings of `copies` augmented versions of each frame in `rows`, from the TFLite backbone."""
-        engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads, scaling=self.backbone.scaling))
+    @contextmanager
+    def fit_context(self) -> Iterator[FitContext]:
+        """What an in-process `fit` gets in the daemon (stored frames, the serving TFLite backbone's embedding),
+        so that a head fitted here (e.g. a fold's frozen baseline) is the head the daemon would fit."""
+        engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
+                                      scaling=self.backbone.scaling))
         try:
-            extra = embed_augmented(engine.embed, self.pixels(ids[rows], "crop"), copies, np.random.default_rng(seed))
+            yield FitContext(self.request, self.backbone.input_size,
+                             frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
+                             pixels=lambda ids: self.pixels(ids, "crop"), embed=engine.embed)
         finally:
             engine.close()
-        return extra, np.tile(rows, copies)
 
     def box_frames(self) -> BoxFrames:
         """Every stored example with boxes, fitted as the head's model sees it, boxes mapped to match."""

@@ -37,6 +37,14 @@ class Best:
         return better
 
 
+class Last(Best):
+    """Keeps the weights of the last epoch (when the number of epochs was itself chosen elsewhere)."""
+
+    def offer(self, value: float, model) -> bool:
+        self.value = value
+        return True
+
+
 def run_epochs(model, epochs: int, batches: Batches, evaluate: Callable[[], dict], best: Best, phase: str,
                progress: Progress = None, patience: Optional[int] = None) -> dict[str, list[float]]:
     """Train `epochs` epochs (or until `patience` epochs without improvement), then restore the best weights.

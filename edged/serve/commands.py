@@ -102,8 +102,10 @@ class Activate(_Cmd):
 class Train(_Cmd):
     head: str = Field("classifier", max_length=64)
     activate: bool = Field(True, description="make the trained head predict (added to the active heads)")
-    mode: Literal["frozen", "fine_tune", "from_scratch"] = Field(
-        "frozen", description="frozen: numpy on stored embeddings; fine_tune / from_scratch: the backbone too (TensorFlow)")
+    mode: Literal["auto", "frozen", "fine_tune", "from_scratch"] = Field(
+        "auto", description="frozen: numpy on stored embeddings; fine_tune / from_scratch: the backbone too "
+                            "(TensorFlow); auto: frozen at once, then fine-tuned where TensorFlow or a trainer node "
+                            "is there and the head asks for it, kept only when cross-validation says it helps")
     epochs: Optional[int] = Field(None, ge=1, le=10_000)
     fine_tune_layers: Optional[int] = Field(None, ge=0, le=1000)
 

@@ -80,19 +80,44 @@ class Learning:
 
     def train(self, name: str, request: TrainRequest, progress: Progress = None,
               stop: Optional[threading.Event] = None) -> dict:
-        """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in."""
+        """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in.
+
+        Mode "auto": a head that fits in process is fitted and served first; when it asks for fine-tuning
+        and a worker or trainer node can run it, the fine-tuning follows, and its version serves only if
+        cross-validation kept it."""
         cls = self._class(name, "train")
         if cls.trains_in_worker(request):
-            params = {"mode": request.mode, "epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers,
-                      "params": request.params}
-            result = self._run_job("train", name, params, progress, stop)
-            if not result.get("activated", True):
-                return result  # committed for inspection; the version serving now stays
-            head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
-            if fused is None and not head.ready:
-                raise HeadError(f"trained {name!r} but its new version could not be loaded")
-            self.heads.swap(name, head, fused)
+            return self._train_in_worker(name, request, progress, stop)
+        result = self._fit_in_process(cls, name, request, progress)
+        if request.mode != "auto" or not cls.fine_tunes_after_fit(self.heads.options(name)):
             return result
+        missing = self._why_no_jobs()
+        if missing:
+            result["fine_tune"] = f"not tried: {missing}"
+            return result
+        if progress:
+            progress({"phase": "auto", "step": f"{name} {result['version']} is serving (cross-validated "
+                                               f"{result['metrics'].get('cv_accuracy')}); fine-tuning the backbone next"})
+        tuned = self._train_in_worker(name, request, progress, stop)
+        tuned["frozen"] = {"version": result["version"], "metrics": result["metrics"]}
+        if not tuned.get("activated", True):
+            tuned["note"] = f"{tuned['metrics'].get('fine_tune')}; {result['version']} (frozen) keeps serving"
+        return tuned
+
+    def _train_in_worker(self, name: str, request: TrainRequest, progress: Progress,
+                         stop: Optional[threading.Event]) -> dict:
+        params = {"mode": request.mode, "epochs": request.epochs, "fine_tune_layers": request.fine_tune_layers,
+                  "params": request.params}
+        result = self._run_job("train", name, params, progress, stop)
+        if not result.get("activated", True):
+            return result  # committed for inspection; the version serving now stays
+        head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
+        if fused is None and not head.ready:
+            raise HeadError(f"trained {name!r} but its new version could not be loaded")
+        self.heads.swap(name, head, fused)
+        return result
+
+    def _fit_in_process(self, cls: type[Head], name: str, request: TrainRequest, progress: Progress) -> dict:
         examples = self.store.examples(self.backbone.id)
         if not len(examples):
             raise HeadError("the store has no examples yet: capture some first")
@@ -117,6 +142,18 @@ class Learning:
         if name in self.heads.models:
             self.use_model(name)
         return result
+
+    def _why_no_jobs(self) -> Optional[str]:
+        """None when a TensorFlow job can run (here, or on a trainer node); else why not."""
+        where, here = self.cfg.fleet.trainer, tensorflow_available()
+        if where == "local" or (where == "auto" and here):
+            return None if here else "TensorFlow is not installed (pip install 'edged[train]')"
+        lead = "[fleet] trainer is 'remote'" if where == "remote" else "TensorFlow is not installed here"
+        if self.remote is None:
+            return f"{lead}, and no trainer node is reachable (a running daemon reaches one over MQTT)"
+        if self.remote.available() is None:
+            return f"{lead}, and no trainer node is online"
+        return None
 
     def _run_job(self, job: str, name: str, params: dict, progress: Progress, stop: Optional[threading.Event]) -> dict:
         """A TensorFlow job: in the worker process here, or on a trainer node ([fleet] trainer)."""

@@ -12,7 +12,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 
 from conftest import backbone_settings, toml_config, write_config, write_video
 from edged.config import SourceConfig

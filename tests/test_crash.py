@@ -14,7 +14,6 @@ import random
 import signal
 import sqlite3
 import time
-from pathlib import Path
 
 import cv2
 import pytest

@@ -3,11 +3,9 @@ stored stays intact, serving goes on, and capture works again once space is free
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import subprocess
-import uuid
 
 import cv2
 import pytest

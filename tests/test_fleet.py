@@ -128,7 +128,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     assert not unknown["ok"] and "unknown head 'nope'" in unknown["error"]
 
     # a head version trained on embeddings (numpy, a few KB) is shared the same way and predicts on B
-    assert probe.request("sha", "train", {"head": "classifier"}, timeout=120)["ok"]
+    assert probe.request("sha", "train", {"head": "classifier", "mode": "frozen"}, timeout=120)["ok"]
     head_share = probe.request("sha", "publish", {"model": "classifier", "kind": "head"}, timeout=60)
     assert head_share["ok"] and head_share["result"]["bytes"] < 200_000, head_share
 

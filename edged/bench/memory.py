@@ -69,6 +69,6 @@ def run(args) -> int:
           f"RssAnon is private memory; the rest of RSS is mapped library pages, which vary with the page cache "
           f"(the same packages measured 129 MB in one environment and 170 MB in a fresh venv)")
     print(table(rows, ["process", "RSS MB", "RssAnon MB", "time"]))
-    print(f"memory: serve RSS {serve_rss:.0f} MB = {serve_rss / tf_rss:.2f} x a TensorFlow import ({tf_rss:.0f} MB) "
+    print(f"memory: serve RSS {serve_rss:.1f} MB = {serve_rss / tf_rss:.2f} x a TensorFlow import ({tf_rss:.0f} MB) "
           f"(target <= 120 MB); cold start -> first prediction {cold:.2f} s (target <= 1.5 s)")
     return 0

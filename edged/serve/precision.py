@@ -10,8 +10,6 @@ interchangeable, so heads trained on float embeddings keep working.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import logging
 import subprocess
@@ -23,6 +21,7 @@ import numpy as np
 from ..config import Config
 from ..errors import EdgedError
 from ..runtime.engine import Engine, EngineOptions
+from ..runtime.memory import release_free_memory
 from ..sources.preprocess import to_pixels
 from ..sources.synthetic import scene_at
 from ..state.backbones import BackboneInfo, int8_path
@@ -124,17 +123,9 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         report["reason"] = "runtime.precision = int8" if rt.precision == "int8" else \
             f"int8 is {speed['float32'] / speed['int8']:.2f}x faster here and its parity holds"
         float_engine.close()
-        release_freed_memory()
+        release_free_memory()
         return int8, report
     int8.close()
-    release_freed_memory()
+    release_free_memory()
     return float_engine, report
 
-
-def release_freed_memory() -> None:
-    """Hand the closed interpreter's arenas back to the system (glibc keeps freed heap otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do

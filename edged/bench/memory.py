@@ -67,7 +67,7 @@ def run(args) -> int:
     rows.append(["import tensorflow", f"{tf_rss:.0f}", f"{tf_anon:.0f}", f"{tf_s:.2f} s import"])
     print(f"daemon: {info.description}, 640x480 mp4 source, kNN head, MQTT to a local broker; RSS after {args.settle:g}s serving. "
           f"RssAnon is private memory; the rest of RSS is mapped library pages, which vary with the page cache "
-          f"(the same packages measured 129 MB in one environment and 170 MB in a fresh venv)")
+          f"(the same packages have measured 120 to 170 MB from one environment to another)")
     print(table(rows, ["process", "RSS MB", "RssAnon MB", "time"]))
     print(f"memory: serve RSS {serve_rss:.1f} MB = {serve_rss / tf_rss:.2f} x a TensorFlow import ({tf_rss:.0f} MB) "
           f"(target <= 120 MB); cold start -> first prediction {cold:.2f} s (target <= 1.5 s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--nice", default="0", help="grabber thread niceness values to compare, e.g. 0,10,19")
     p.add_argument("--precisions", default="float32,int8")
+    p.add_argument("--decode-threads", default="1", help="source.decode_threads values to compare, e.g. 1,2")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--web", action="store_true", help="also run the first model with the teach page open in a client "
@@ -80,11 +82,12 @@ def _page_client(port: int) -> list[subprocess.Popen]:
 
 
 def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path, web: bool = False,
-              precision: str = "float32", nice: int = 0):
+              precision: str = "float32", nice: int = 0, decode_threads: int = 1):
     port = free_port()
     cfg = Config.model_validate({
         "device": "bench", "state_dir": str(state), "log_level": "WARNING",
-        "source": {"uri": str(video), "realtime": False, "loop": True, "nice": nice},
+        "source": {"uri": str(video), "realtime": False, "loop": True, "nice": nice,
+                   "decode_threads": decode_threads},
         "backbone": info_cfg.model_dump(), "runtime": {"num_threads": threads, "precision": precision},
         "mqtt": {"port": broker_port, "stats_interval_s": 1000},
         "web": {"enabled": web, "port": port},
@@ -126,7 +129,8 @@ def run(args) -> int:
                                                   "source": {"uri": str(video), "loop": False}}))
             paths = {"float32": info.path, "int8": str(twin)}
             for precision in args.precisions.split(","):
-                for nice in (int(v) for v in args.nice.split(",")):
+                for nice, decoders in itertools.product((int(v) for v in args.nice.split(",")),
+                                                        [int(v) for v in args.decode_threads.split(",")]):
                     # bare invoke measured right before each pipeline run: this machine's speed drifts by 10-20 %
                     raw = _bare_fps(paths[precision], info, args.threads, min(args.seconds, 8.0))
                     with tempfile.TemporaryDirectory() as tmp:
@@ -134,22 +138,22 @@ def run(args) -> int:
                         cap = cv2.VideoCapture(str(video))
                         prepare_state(state, info, [(cap.read()[1], f"c{i % 5}") for i in range(50)])
                         fps, stages, served = _pipeline(cfg, video, broker.port, args.threads, args.seconds, state,
-                                                        precision=precision, nice=nice)
+                                                        precision=precision, nice=nice, decode_threads=decoders)
                     if served["precision"] != precision:
                         lines.append(f"pipeline {alpha}/{size} {precision}: not served ({served['reason']})")
                         break
                     overhead_ms = max(1000 / fps - 1000 / raw, 0.0)
-                    rows.append([f"{alpha}/{size}", precision, str(nice), f"{raw:.1f}", f"{fps:.1f}", f"{fps / raw:.3f}",
+                    rows.append([f"{alpha}/{size}", precision, str(nice), str(decoders), f"{raw:.1f}", f"{fps:.1f}", f"{fps / raw:.3f}",
                                  *(f"{stages[k] * 1000:.3f}" for k in ("decode", "preprocess", "invoke", "head", "publish")),
                                  f"{overhead_ms:.3f}"])
-                    lines.append(f"pipeline {alpha}/{size} {precision} grabber nice {nice}: {fps / raw:.3f} x raw invoke "
+                    lines.append(f"pipeline {alpha}/{size} {precision} grabber nice {nice}, decode threads {decoders}: {fps / raw:.3f} x raw invoke "
                                  f"fps (target >= 0.87), non-model cost {overhead_ms:.3f} ms/frame"
                                  + (" (target <= 0.8 ms)" if float(alpha) <= 0.25 else ""))
     finally:
         broker.close()
     print(f"source: {args.width}x{args.height} mp4 decoded by OpenCV, kNN head (50 examples), MQTT publish to a local broker; "
           f"decode+preprocess run in the grabber thread, overlapped with inference; {args.threads} interpreter threads")
-    print(table(rows, ["model", "precision", "nice", "raw fps", "pipeline fps", "ratio", "decode ms", "preproc ms", "invoke ms",
+    print(table(rows, ["model", "precision", "nice", "decode thr", "raw fps", "pipeline fps", "ratio", "decode ms", "preproc ms", "invoke ms",
                        "head ms", "publish ms", "non-model ms"]))
     for line in lines:
         print(line)

@@ -21,7 +21,6 @@ import numpy as np
 from ..config import Config
 from ..errors import EdgedError
 from ..runtime.engine import Engine, EngineOptions
-from ..runtime.memory import release_free_memory
 from ..sources.preprocess import to_pixels
 from ..sources.synthetic import scene_at
 from ..state.backbones import BackboneInfo, int8_path
@@ -123,9 +122,7 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         report["reason"] = "runtime.precision = int8" if rt.precision == "int8" else \
             f"int8 is {speed['float32'] / speed['int8']:.2f}x faster here and its parity holds"
         float_engine.close()
-        release_free_memory()
         return int8, report
     int8.close()
-    release_free_memory()
     return float_engine, report
 

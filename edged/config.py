@@ -31,7 +31,8 @@ class SourceConfig(_Strict):
     loop: bool = Field(True, description="restart a video file or folder at its end")
     realtime: bool = Field(True, description="pace files and synthetic scenes at `fps`")
     fps: float = Field(15.0, gt=0, le=1000)
-    width: int = Field(640, ge=16, le=8192, description="capture width for cameras, canvas for synthetic")
+    width: int = Field(640, ge=16, le=8192, description="capture width for cameras, canvas for synthetic, least "
+                                                          "decoded width for a folder's JPEGs")
     height: int = Field(480, ge=16, le=8192)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
@@ -39,6 +40,9 @@ class SourceConfig(_Strict):
                                                                    "(and reopened)")
     stall_after_s: float = Field(3.0, gt=0, description="a live source with no frame for this long is reported "
                                                         "'stalled' (the watchdog is not fed either)")
+    reduced_decoding: bool = Field(True, description="image folders: decode a JPEG at 1/2, 1/4 or 1/8 scale when "
+                                                      "the result still covers width x height (a large photo then "
+                                                      "costs a fraction of a full decode)")
     seed: int = 0
     decode_threads: int = Field(1, ge=0, le=64, description="threads OpenCV may use to decode and resize frames; 1 "
                                 "leaves the cores to the interpreter (measured by `edged bench pipeline`); 0 = OpenCV's "

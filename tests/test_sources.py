@@ -16,6 +16,7 @@ from edged.config import SourceConfig
 from edged.sources.preprocess import to_pixels
 from edged.errors import SourceError
 from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SyntheticSource, open_source
+from edged.sources.jpeg import jpeg_size
 from edged.sources.synthetic import make_scene, scene_at
 
 
@@ -67,6 +68,33 @@ def test_folder_source_sorted_and_skips_unreadable(tmp_path):
     while (f := src.read()) is not None:
         got.append(f.pos)
     assert got == [0, 1, 3]  # 1b.jpg (position 2) skipped
+
+
+def test_folder_decodes_large_jpegs_reduced_but_never_below_the_capture_size(tmp_path):
+    scene = scene_at(0, 0, 2560, 1920).image
+    cv2.imwrite(str(tmp_path / "a_large.jpg"), scene)
+    cv2.imwrite(str(tmp_path / "b_portrait.jpg"), cv2.resize(scene, (1080, 1440)), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    cv2.imwrite(str(tmp_path / "c_small.jpg"), cv2.resize(scene, (1000, 750)))
+    cv2.imwrite(str(tmp_path / "d_large.png"), cv2.resize(scene, (1280, 960)))
+
+    def shapes(**options):
+        src = open_source(SourceConfig(uri=str(tmp_path), loop=False, **options))
+        src.open()
+        out = []
+        while (f := src.read()) is not None:
+            out.append(f.image.shape[:2])
+        return out
+
+    # 2560x1920 -> 1/4 = 640x480; 1080x1440 portrait (progressive) -> 1/2; 1000x750 cannot halve; PNGs decode whole
+    assert shapes() == [(480, 640), (720, 540), (750, 1000), (960, 1280)]
+    assert shapes(width=320, height=240) == [(240, 320), (360, 270), (375, 500), (960, 1280)]
+    assert shapes(reduced_decoding=False) == [(1920, 2560), (1440, 1080), (750, 1000), (960, 1280)]
+    src = open_source(SourceConfig(uri=str(tmp_path)))
+    src.open()
+    expected = cv2.resize(scene, (640, 480), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(src.read().image - expected).mean() < 8  # the same picture, not a crop of it
+    assert jpeg_size((tmp_path / "a_large.jpg").read_bytes()) == (2560, 1920)
+    assert jpeg_size(b"not a jpeg") is None and jpeg_size((tmp_path / "a_large.jpg").read_bytes()[:4]) is None
 
 
 def test_synthetic_scene_has_shape_in_box():

@@ -93,7 +93,6 @@ def _frame_detections(head, outputs, meta, placements):
 def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple[list, dict]:
     """Mean box, boxes head, objects head on one data set; returns the table row and the figures."""
     scaled = lambda px: px.astype(np.float32) / 127.5 - 1.0
-    features = lambda: keras_backbone.feature_map(cfg, 16)
     truth_boxes = np.array([test.truths[i][0][1] for i in test.single])
     mean_box = np.stack([train.truths[i][0][1] for i in train.single]).mean(0)
     figures = {"mean box IoU": float(iou_numpy(np.tile(mean_box, (len(truth_boxes), 1)), truth_boxes).mean())}
@@ -103,6 +102,7 @@ def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple
     extra = {"epochs": args.epochs} if args.epochs else {}
     if "boxes" in heads:
         opts = BoxOptions(**{**extra, **args.options.get("boxes", {})})
+        features = lambda: keras_backbone.feature_map_at(cfg, opts.feature_layer)
         model, classes, metrics = train_box_head(features, train.subset(train.single), 1 / 127.5, -1.0, opts, progress)
         meta = {"labels": classes}
         out = model.predict(scaled(test.frames.pixels), verbose=0, batch_size=32)
@@ -114,6 +114,7 @@ def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple
               f"{metrics['mean_box_iou']}  ({t():.0f} s)", flush=True)
     if "objects" in heads:
         opts = ObjectsOptions(**{**extra, **args.options.get("objects", {})})
+        features = lambda: keras_backbone.feature_map_at(cfg, opts.feature_layer)
         model, classes, metrics = train_objects_head(features, train.frames, 1 / 127.5, -1.0, opts, progress)
         meta = {"labels": classes, "decode": {**decode_options(opts, metrics["grid"]), "score_threshold": 0.05}}
         out = model.predict(scaled(test.frames.pixels), verbose=0, batch_size=32)

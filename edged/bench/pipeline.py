@@ -1,4 +1,8 @@
-"""`edged bench pipeline`: the full daemon loop (video decode -> preprocess -> invoke -> kNN -> MQTT) vs bare invoke."""
+"""`edged bench pipeline`: the full daemon loop (decode -> preprocess -> invoke -> kNN -> MQTT) vs bare invoke.
+
+The source is an mp4 (default) or a folder of large JPEG photos (`--source jpegs`), where
+`--reduced 0,1` compares full against reduced JPEG decoding side by side.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import Config
+from ..config import Config, SourceConfig
 from ..mqtt.broker import free_port, local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..learn.backbones import build_int8
 from ..serve.daemon import Daemon
+from ..sources import open_source
 from ..sources.synthetic import scene_at
 from ..state.backbones import int8_path
 from ..web.server import web_component
@@ -33,29 +38,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nice", default="0", help="grabber thread niceness values to compare, e.g. 0,10,19")
     p.add_argument("--precisions", default="float32,int8")
     p.add_argument("--decode-threads", default="1", help="source.decode_threads values to compare, e.g. 1,2")
-    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--source", choices=["video", "jpegs"], default="video",
+                   help="an mp4, or a folder of JPEG photos of --width x --height")
+    p.add_argument("--reduced", default="1", help="source.reduced_decoding values to compare (jpegs), e.g. 0,1")
+    p.add_argument("--width", type=int, default=640, help="frame width of the mp4 or the JPEGs")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--web", action="store_true", help="also run the first model with the teach page open in a client "
                                                       "(MJPEG live view + event stream) and compare")
 
 
+def _bench_frames(width: int, height: int, frames: int):
+    """Sign-digits photos (synthetic scenes when ../shared is absent) at width x height."""
+    folder = DATA / "sign-digits"
+    files = sorted(folder.glob("*/*"))[::7][:frames] if folder.is_dir() else []
+    for i in range(frames):
+        yield cv2.resize(cv2.imread(str(files[i % len(files)])), (width, height)) if files else \
+            scene_at(0, i, width, height).image
+
+
 def make_video(width: int, height: int, frames: int = 300) -> Path:
-    """A real mp4 from sign-digits photos (synthetic scenes when ../shared is absent), cached."""
+    """A real mp4 of the bench frames, cached."""
     path = CACHE / f"bench-{width}x{height}-{frames}.mp4"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = DATA / "sign-digits"
-    files = sorted(folder.glob("*/*"))[::7][:frames] if folder.is_dir() else []
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
-    for i in range(frames):
-        if files:
-            img = cv2.resize(cv2.imread(str(files[i % len(files)])), (width, height))
-        else:
-            img = scene_at(0, i, width, height).image
+    for img in _bench_frames(width, height, frames):
         writer.write(img)
     writer.release()
     return path
+
+
+def make_jpegs(width: int, height: int, frames: int = 100) -> Path:
+    """A folder of JPEG photos (quality 90) of the bench frames, cached."""
+    folder = CACHE / f"bench-{width}x{height}-{frames}-jpegs"
+    if not (folder / f"{frames - 1:04d}.jpg").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(_bench_frames(width, height, frames)):
+            cv2.imwrite(str(folder / f"{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return folder
+
+
+def _first_frames(uri: Path, n: int) -> list[np.ndarray]:
+    src = open_source(SourceConfig(uri=str(uri), realtime=False))
+    src.open()
+    try:
+        return [src.read().image for _ in range(n)]
+    finally:
+        src.close()
 
 
 def _bare_fps(path: str, info, threads: int, seconds: float) -> float:
@@ -82,12 +112,12 @@ def _page_client(port: int) -> list[subprocess.Popen]:
 
 
 def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: float, state: Path, web: bool = False,
-              precision: str = "float32", nice: int = 0, decode_threads: int = 1):
+              precision: str = "float32", nice: int = 0, decode_threads: int = 1, reduced: bool = True):
     port = free_port()
     cfg = Config.model_validate({
         "device": "bench", "state_dir": str(state), "log_level": "WARNING",
         "source": {"uri": str(video), "realtime": False, "loop": True, "nice": nice,
-                   "decode_threads": decode_threads},
+                   "decode_threads": decode_threads, "reduced_decoding": reduced},
         "backbone": info_cfg.model_dump(), "runtime": {"num_threads": threads, "precision": precision},
         "mqtt": {"port": broker_port, "stats_interval_s": 1000},
         "web": {"enabled": web, "port": port},
@@ -119,7 +149,7 @@ def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: fl
 
 def run(args) -> int:
     broker = local_broker()
-    video = make_video(args.width, args.height)
+    video = make_video(args.width, args.height) if args.source == "video" else make_jpegs(args.width, args.height)
     rows, lines = [], []
     try:
         for alpha, size, cfg, info in models(args.models):
@@ -129,32 +159,34 @@ def run(args) -> int:
                                                   "source": {"uri": str(video), "loop": False}}))
             paths = {"float32": info.path, "int8": str(twin)}
             for precision in args.precisions.split(","):
-                for nice, decoders in itertools.product([int(v) for v in args.nice.split(",")],
-                                                        [int(v) for v in args.decode_threads.split(",")]):
+                for nice, decoders, reduced in itertools.product(*([int(v) for v in values.split(",")] for values in
+                                                                   (args.nice, args.decode_threads, args.reduced))):
                     # bare invoke measured right before each pipeline run: this machine's speed drifts by 10-20 %
                     raw = _bare_fps(paths[precision], info, args.threads, min(args.seconds, 8.0))
                     with tempfile.TemporaryDirectory() as tmp:
                         state = Path(tmp)
-                        cap = cv2.VideoCapture(str(video))
-                        prepare_state(state, info, [(cap.read()[1], f"c{i % 5}") for i in range(50)])
+                        prepare_state(state, info, [(img, f"c{i % 5}") for i, img in enumerate(_first_frames(video, 50))])
                         fps, stages, served = _pipeline(cfg, video, broker.port, args.threads, args.seconds, state,
-                                                        precision=precision, nice=nice, decode_threads=decoders)
+                                                        precision=precision, nice=nice, decode_threads=decoders,
+                                                        reduced=bool(reduced))
                     if served["precision"] != precision:
                         lines.append(f"pipeline {alpha}/{size} {precision}: not served ({served['reason']})")
                         break
                     overhead_ms = max(1000 / fps - 1000 / raw, 0.0)
-                    rows.append([f"{alpha}/{size}", precision, str(nice), str(decoders),
+                    rows.append([f"{alpha}/{size}", precision, str(nice), str(decoders), str(reduced),
                                  f"{raw:.1f}", f"{fps:.1f}", f"{fps / raw:.3f}",
                                  *(f"{stages[k] * 1000:.3f}" for k in ("decode", "preprocess", "invoke", "head", "publish")),
                                  f"{overhead_ms:.3f}"])
-                    lines.append(f"pipeline {alpha}/{size} {precision} grabber nice {nice}, decode threads {decoders}: "
+                    lines.append(f"pipeline {alpha}/{size} {precision} grabber nice {nice}, decode threads {decoders}"
+                                 + (f", reduced decoding {reduced}" if args.source == "jpegs" else "") + ": "
                                  f"{fps / raw:.3f} x raw invoke fps (target >= 0.87), non-model cost {overhead_ms:.3f} ms/frame"
                                  + (" (target <= 0.8 ms)" if float(alpha) <= 0.25 else ""))
     finally:
         broker.close()
-    print(f"source: {args.width}x{args.height} mp4 decoded by OpenCV, kNN head (50 examples), MQTT publish to a local broker; "
+    kind = "mp4" if args.source == "video" else "JPEG photos in a folder"
+    print(f"source: {args.width}x{args.height} {kind} decoded by OpenCV, kNN head (50 examples), MQTT publish to a local broker; "
           f"decode+preprocess run in the grabber thread, overlapped with inference; {args.threads} interpreter threads")
-    print(table(rows, ["model", "precision", "nice", "decode thr", "raw fps", "pipeline fps", "ratio", "decode ms",
+    print(table(rows, ["model", "precision", "nice", "decode thr", "reduced", "raw fps", "pipeline fps", "ratio", "decode ms",
                        "preproc ms", "invoke ms", "head ms", "publish ms", "non-model ms"]))
     for line in lines:
         print(line)
@@ -165,8 +197,7 @@ def run(args) -> int:
             results = {}
             for web in (False, True, False, True):  # alternated, so that drift on the machine hits both alike (float32)
                 with tempfile.TemporaryDirectory() as tmp:
-                    cap = cv2.VideoCapture(str(video))
-                    prepare_state(Path(tmp), info, [(cap.read()[1], f"c{i % 5}") for i in range(50)])
+                    prepare_state(Path(tmp), info, [(img, f"c{i % 5}") for i, img in enumerate(_first_frames(video, 50))])
                     fps, _, _ = _pipeline(cfg, video, broker.port, args.threads, args.seconds, Path(tmp), web)
                 results.setdefault(web, []).append(fps)
         finally:

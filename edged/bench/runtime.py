@@ -10,7 +10,7 @@ import numpy as np
 from edged_plugins.classifier import ClassifierHead, ClassifierOptions
 from edged_plugins.classifier_train import keras_classifier
 
-from ..learn.convert import to_tflite
+from ..learn.convert import DIAGNOSTIC_QUANTIZATIONS, QUANTIZATIONS, to_tflite
 from ..learn.keras_backbone import build
 from ..state.store import Examples
 from ..runtime.engine import Engine, EngineOptions, interpreter_module, interpreter_version
@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-per-class", type=int, default=50)
     p.add_argument("--representative", type=int, default=300, help="calibration frames for int8")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also int8 weights with float activations: how much of int8's disagreement the weights cause")
 
 
 def _invoke_ms(engine: Engine, pixels: np.ndarray, n: int, windows: int = 5) -> float:
@@ -76,14 +78,15 @@ def run(args) -> int:
     name, _ = interpreter_module("auto")
     rows, results = [["keras eager", f"{keras_ms:.2f}", "1.0x", "-", "-", "-"]], {}
     rep = scaled(pixels[train[rng.permutation(len(train))[: args.representative]]])
-    for q in ("float32", "float16", "int8"):
+    for q in QUANTIZATIONS + (DIAGNOSTIC_QUANTIZATIONS if args.diagnose else ()):
         path = folder / f"{q}.tflite"
         path.write_bytes(to_tflite(fused, q, rep if q == "int8" else None))
         engine = Engine(EngineOptions(str(path), num_threads=args.threads, scaling=info.scaling))
         ms = _invoke_ms(engine, pixels[test[0]], args.iterations)
-        pred = np.array([np.argmax(engine.run(p)[0]) for p in pixels[test]])
+        probs = np.stack([np.asarray(engine.run(p)[0], np.float64).reshape(-1) for p in pixels[test]])
+        pred = np.argmax(probs, 1)
         acc = float(np.mean(np.array(classes)[pred] == labels[test]))
-        results[q] = (ms, pred, acc)
+        results[q] = (ms, pred, acc, probs)
         rows.append([f"tflite {q}", f"{ms:.2f}", f"{keras_ms / ms:.1f}x", f"{path.stat().st_size / 1e6:.1f} MB",
                      f"{acc:.4f}", f"{np.mean(pred == results['float32'][1]):.4f}"])
     keras_acc = float(np.mean(np.array(classes)[keras_pred] == labels[test]))
@@ -92,8 +95,12 @@ def run(args) -> int:
           f"interpreter {name} {interpreter_version(name)}, {args.threads} threads; accuracy on {len(test)} held-out photos")
     print(table(rows, ["runtime", "ms/frame", "vs keras", "size", "accuracy", "agrees w/ float32"]))
     f32, i8 = results["float32"], results["int8"]
+    top2 = np.sort(f32[3], 1)[:, -2:]
+    sure = (top2[:, 1] - top2[:, 0]) >= 0.5
+    print(f"int8 agreement where float32's top-2 margin is >= 0.5 ({sure.mean():.0%} of photos): "
+          f"{np.mean(i8[1][sure] == f32[1][sure]):.4f}; below it: {np.mean(i8[1][~sure] == f32[1][~sure]):.4f}")
     ref = MODELS / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
-    if ref.is_file():
+    if ref.is_file() and (args.alpha, args.size) == (1.0, 224):  # the reference is that model
         ref_engine = Engine(EngineOptions(str(ref), num_threads=args.threads, scaling=info.scaling))
         ref_ms = _invoke_ms(ref_engine, pixels[test[0]], args.iterations)
         print(f"reference: the uint8 MobileNet v1 1.0/224 extractor in ../shared/models runs at {ref_ms:.2f} ms/frame "

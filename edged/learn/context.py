@@ -128,15 +128,8 @@ class TrainContext:
         return keras_backbone.build(self.cfg.backbone)
 
     def feature_map(self, layer: Optional[str] = None) -> keras.Model:
-        """A fresh backbone (its own weights) without pooling, cut at `layer`: (H, W, C) features.
-
-        `layer` None is the configured cut; "auto" is the deepest layer at 1/16 of the input, a grid
-        fine enough to place boxes (conv_pw_11 in MobileNet v1).
-        """
-        if layer == "auto":
-            return keras_backbone.feature_map(self.cfg.backbone, stride=16)
-        cfg = self.cfg.backbone.model_copy(update={"cut_layer": layer}) if layer else self.cfg.backbone
-        return keras_backbone.feature_map(cfg)
+        """A fresh backbone (its own weights) without pooling, cut at `layer` (see `feature_map_at`)."""
+        return keras_backbone.feature_map_at(self.cfg.backbone, layer)
 
     def current_version(self) -> Optional[Path]:
         """The head's active trained version folder, if it has one."""

@@ -105,6 +105,14 @@ def feature_map(cfg: BackboneConfig, stride: int = 0) -> keras.Model:
     return keras.Model(model.inputs, out, name="feature_map")
 
 
+def feature_map_at(cfg: BackboneConfig, layer: str | None) -> keras.Model:
+    """Feature map for a head's `feature_layer` option: None is the configured cut; "auto" is the
+    deepest layer at 1/16 of the input, a grid fine enough to place boxes (conv_pw_11 in MobileNet v1)."""
+    if layer == "auto":
+        return feature_map(cfg, stride=16)
+    return feature_map(cfg.model_copy(update={"cut_layer": layer}) if layer else cfg)
+
+
 def layer_at_stride(model: keras.Model, stride: int) -> str:
     size = model.input_shape[1]
     found = [layer.name for layer in model.layers if len(layer.output.shape) == 4 and layer.output.shape[1] == size // stride]

@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import cv2
-
 from ..config import SourceConfig
 from ..errors import SourceError
 from .base import IMAGE_SUFFIXES, Frame, Source
+from .jpeg import read_image
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +22,7 @@ class FolderSource(Source):
         self.cfg = cfg
         self.description = f"folder {folder}"
         self.fps = cfg.fps
+        self._least = (cfg.width, cfg.height) if cfg.reduced_decoding else None
         self._files: list[Path] = []
         self._pos = 0
 
@@ -41,7 +41,7 @@ class FolderSource(Source):
             path = self._files[self._pos]
             pos = self._pos
             self._pos += 1
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            img = read_image(path, self._least)
             if img is not None:
                 return Frame(img, pos)
             log.warning("skipping unreadable image %s", path)

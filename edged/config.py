@@ -40,9 +40,9 @@ class SourceConfig(_Strict):
                                                                    "(and reopened)")
     stall_after_s: float = Field(3.0, gt=0, description="a live source with no frame for this long is reported "
                                                         "'stalled' (the watchdog is not fed either)")
-    reduced_decoding: bool = Field(True, description="image folders: decode a JPEG at 1/2, 1/4 or 1/8 scale when "
-                                                      "the result still covers width x height (a large photo then "
-                                                      "costs a fraction of a full decode)")
+    reduced_decoding: bool = Field(True, description="image folders and MJPEG cameras: decode a JPEG at 1/2, 1/4 "
+                                                      "or 1/8 scale when the result still covers width x height (a "
+                                                      "large frame then costs a fraction of a full decode)")
     seed: int = 0
     decode_threads: int = Field(1, ge=0, le=64, description="threads OpenCV may use to decode and resize frames; 1 "
                                 "leaves the cores to the interpreter (measured by `edged bench pipeline`); 0 = OpenCV's "

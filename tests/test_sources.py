@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import http.server
 import threading
 import time
@@ -134,7 +136,7 @@ def test_preprocess_centre_crops_and_converts_to_rgb():
 class _MjpegServer:
     """A tiny multipart/x-mixed-replace JPEG camera on loopback; `cut()` drops it."""
 
-    def __init__(self, frames, port: int = 0):
+    def __init__(self, frames, port: int = 0, lengths: bool = True, basic_auth: str = ""):
         jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
         self.alive = threading.Event()
         self.alive.set()
@@ -145,6 +147,9 @@ class _MjpegServer:
                 pass
 
             def do_GET(self):
+                if basic_auth and self.headers.get("Authorization") != "Basic " + base64.b64encode(basic_auth.encode()).decode():
+                    self.send_error(401)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
@@ -152,8 +157,9 @@ class _MjpegServer:
                 try:
                     while outer.alive.is_set():
                         data = jpegs[i % len(jpegs)]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                        length = b"Content-Length: " + str(len(data)).encode() + b"\r\n" if lengths else b""
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n" + length + b"\r\n" + data
+                                         + b"\r\n")
                         i += 1
                         time.sleep(0.03)
                 except (BrokenPipeError, ConnectionResetError):
@@ -173,6 +179,44 @@ class _MjpegServer:
         self.alive.clear()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def test_mjpeg_camera_decodes_reduced_with_or_without_part_lengths_and_sends_credentials():
+    large = [scene_at(0, i, 1280, 960, clutter=4).image for i in range(3)]
+    for lengths in (True, False):
+        server = _MjpegServer(large, lengths=lengths, basic_auth="cam:s3cr:et")
+        try:
+            cfg = SourceConfig(uri=server.url.replace("http://", "http://cam:s3cr%3Aet@"))
+            src = open_source(cfg)
+            src.open()
+            frames = [src.read().image for _ in range(4)]
+            src.close()
+            assert [f.shape for f in frames] == [(480, 640, 3)] * 4
+            expected = cv2.resize(large[0], (640, 480), interpolation=cv2.INTER_AREA).astype(np.float32)
+            assert np.abs(frames[0] - expected).mean() < 8
+            whole = open_source(cfg.model_copy(update={"reduced_decoding": False}))
+            whole.open()
+            assert whole.read().image.shape == (960, 1280, 3)
+            whole.close()
+            with pytest.raises(SourceError, match="cannot open .*401"):
+                open_source(SourceConfig(uri=server.url)).open()
+        finally:
+            server.cut()
+
+
+def test_http_stream_that_is_not_mjpeg_goes_to_ffmpeg(tmp_path):
+    write_video(tmp_path / "clip.mp4", _frames(5, 160, 120))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        src = open_source(SourceConfig(uri=f"http://127.0.0.1:{httpd.server_address[1]}/clip.mp4"))
+        src.open()
+        assert src.read().image.shape == (120, 160, 3)
+        src.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def _wait(predicate, timeout=20.0):

@@ -8,11 +8,12 @@ from ..config import SourceConfig
 from .base import IMAGE_SUFFIXES, Frame, Source
 from .folder import FolderSource
 from .grabber import FrameGrabber
+from .mjpeg import HttpCameraSource
 from .opencv import OpenCVSource
 from .synthetic import SyntheticSource
 
-__all__ = ["IMAGE_SUFFIXES", "Frame", "Source", "FolderSource", "FrameGrabber", "OpenCVSource", "SyntheticSource",
-           "open_source"]
+__all__ = ["IMAGE_SUFFIXES", "Frame", "Source", "FolderSource", "FrameGrabber", "HttpCameraSource", "OpenCVSource",
+           "SyntheticSource", "open_source"]
 
 
 def open_source(cfg: SourceConfig) -> Source:
@@ -21,4 +22,6 @@ def open_source(cfg: SourceConfig) -> Source:
         return SyntheticSource(uri, cfg)
     if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
         return FolderSource(uri, cfg)
+    if uri.lower().startswith(("http://", "https://")):
+        return HttpCameraSource(uri, cfg)
     return OpenCVSource(uri, cfg)

@@ -10,7 +10,7 @@ import numpy as np
 
 # start-of-frame markers (baseline, progressive, lossless, arithmetic); they carry the image size
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 HEADER_BYTES = 1 << 17  # EXIF blocks (thumbnails included) stay under 64 KB
 
 
@@ -39,7 +39,7 @@ def reduction(size: tuple[int, int], least: tuple[int, int]) -> int:
     """The largest factor (8, 4, 2, else 1) leaving an image of `size` at least `least` (w, h), either orientation."""
     long_side, short_side = max(size), min(size)
     need_long, need_short = max(least), min(least)
-    for factor, _ in _REDUCED:
+    for factor in REDUCED_FLAGS:
         if long_side // factor >= need_long and short_side // factor >= need_short:
             return factor
     return 1
@@ -52,5 +52,5 @@ def read_image(path: Path, least: Optional[tuple[int, int]]) -> Optional[np.ndar
             size = jpeg_size(f.read(HEADER_BYTES))
         factor = reduction(size, least) if size else 1
         if factor > 1:
-            return cv2.imread(str(path), dict(_REDUCED)[factor])
+            return cv2.imread(str(path), REDUCED_FLAGS[factor])
     return cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -32,7 +32,7 @@ class SourceConfig(_Strict):
     realtime: bool = Field(True, description="pace files and synthetic scenes at `fps`")
     fps: float = Field(15.0, gt=0, le=1000)
     width: int = Field(640, ge=16, le=8192, description="capture width for cameras, canvas for synthetic, least "
-                                                          "decoded width for a folder's JPEGs")
+                                                          "decoded width for JPEGs (folders, MJPEG cameras)")
     height: int = Field(480, ge=16, le=8192)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)

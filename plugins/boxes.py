@@ -1,7 +1,7 @@
 """Single-box head: the class and box of the one object in a frame, served as a fused TFLite model.
 
-The model sees the whole frame letterboxed (``frame_fit = "letterbox"``), so objects near the edges
-are kept; boxes are reported in the frame's coordinates. Its Keras training lives in
+The model sees the whole frame stretched to its square input (``frame_fit = "stretch"``), so objects
+near the edges are kept and no input pixel is padding; boxes are reported in the frame's coordinates. Its Keras training lives in
 `edged_plugins.boxes_train`, which only the TensorFlow worker imports.
 """
 
@@ -44,7 +44,7 @@ class BoxOptions(FrameTrainingOptions):
 
 
 class FusedBoxHead(Head):
-    """What the box heads share: trained on whole (letterboxed) frames in the worker, served from a fused model."""
+    """What the box heads share: trained on whole frames in the worker, served from a fused model."""
 
     kind = "boxes"
     frame_fit = "letterbox"
@@ -63,6 +63,7 @@ class BoxHead(FusedBoxHead):
 
     name = "boxes"
     Options = BoxOptions
+    frame_fit = "stretch"  # raccoon, 5-fold: 0.723 mean IoU against 0.711 letterboxed
     trainer = "edged_plugins.boxes_train"
     parity_tolerance = {"float32": 0.98, "float16": 0.95, "int8": 0.8}
     parity_measure = "mean IoU"

@@ -187,6 +187,8 @@ def load_version(context: TrainContext) -> tuple[keras.Model, dict]:
     if folder is None or not (folder / "fused.keras").is_file():
         raise HeadError(f"head {context.head.name!r} has no trained version: train it first")
     meta = json.loads((folder / "head.json").read_text())
+    # its float32 twin's metadata says how frames were fitted when it was trained (the default has changed)
+    context.fit = json.loads((folder / "metadata.json").read_text())["preprocessing"]["fit"]
     return keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False), meta
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -118,6 +119,22 @@ def test_letterbox_keeps_objects_at_the_edges_and_maps_boxes_both_ways():
     assert pixels[2, 48].tolist() == [114, 114, 114]  # padding above the frame
     view = FrameView(frame, 96)
     assert view.fitted("letterbox")[0] is view.fitted("letterbox")[0]  # fitted once per frame
+
+
+def test_stretch_shows_the_whole_frame_unpadded_and_a_model_of_another_size_gets_its_own_fit():
+    frame = np.zeros((120, 320, 3), np.uint8)
+    cv2.rectangle(frame, (280, 0), (319, 40), (255, 255, 255), -1)  # the top right corner
+    box = (280 / 320, 0.0, 1.0, 41 / 120)
+    pixels, placement = fit_frame(frame, 96, "stretch")
+    x1, y1, x2, y2 = placement.to_model(box)
+    assert (x1, y1, x2, y2) == pytest.approx(box) and placement.to_frame(box) == pytest.approx(box)
+    assert pixels[1:int(y2 * 96) - 1, int(x1 * 96) + 1:95].min() > 200  # seen, white, reaching the input's corner
+    assert pixels[int(y2 * 96) + 2:, :int(x1 * 96) - 2].max() == 0  # no grey padding anywhere
+    view = FrameView(frame, 96)
+    small, big = view.fitted("stretch")[0], view.fitted("stretch", 160)[0]
+    assert small.shape == (96, 96, 3) and big.shape == (160, 160, 3) and view.fitted("stretch", 160)[0] is big
+    with pytest.raises(ValueError, match="unknown fit 'squash'"):
+        fit_frame(frame, 96, "squash")
 
 
 # -- commands, store, import ----------------------------------------------------------------------
@@ -281,9 +298,19 @@ def test_box_head_beats_the_mean_box_and_reports_frame_coordinates(make_state):
         scene = scene_at(22, i, 200, 120, clutter=6)
         ((_, pred),) = heads.predict(None, FrameView(scene.image, 128))
         ious.append(iou_numpy(np.array([pred.boxes[0]["box"]]), np.array([scene.box]))[0])
-    # in the frame's coordinates (a 200x120 frame, letterboxed): stated target mean IoU >= 0.5
+    # in the frame's coordinates (a 200x120 frame, stretched to 128x128): stated target mean IoU >= 0.5
     assert np.mean(ious) >= 0.5, (np.mean(ious), m)
     heads.close(), store.close(), engine.close()
+    # a version records how it was fitted; one trained letterboxed (the old default) is exported letterboxed
+    from edged.learn.jobs import run_export
+
+    twin = Versions(cfg.state_path / "heads" / "boxes").current_path() / "metadata.json"
+    meta = json.loads(twin.read_text())
+    assert meta["preprocessing"]["fit"] == "stretch"
+    meta["preprocessing"]["fit"] = "letterbox"
+    twin.write_text(json.dumps(meta))
+    exported = run_export(cfg, "boxes", "float32")
+    assert json.loads((Path(exported["path"]).parent / "metadata.json").read_text())["preprocessing"]["fit"] == "letterbox"
 
 
 @pytest.mark.skipif(not RACCOON.is_dir(), reason="raccoon data set not in ../shared")

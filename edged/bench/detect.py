@@ -1,6 +1,6 @@
 """`edged bench detect`: the box heads as a user gets them, on raccoon photos and multi-shape synthetic scenes.
 
-Frames are fitted exactly as `train` fits them (letterboxed whole frames), the heads are trained by
+Frames are fitted exactly as `train` fits them (each head's `frame_fit`), the heads are trained by
 the same functions with their default options (loss, epochs and fine-tuning chosen on validation
 inside the training data), and the test split is touched once, after training. IoU and mAP are
 measured in the original frame's coordinates, on what `predict` would report.
@@ -49,11 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Split:
     """Frames of one data set as the heads see them, with what maps their boxes back to each frame."""
 
-    def __init__(self, images: list[np.ndarray], objects: list[list[tuple[str, tuple]]], size: int):
+    def __init__(self, images: list[np.ndarray], objects: list[list[tuple[str, tuple]]], size: int, fit: str):
         self.truths = objects  # frame coordinates
         pixels, placements, fitted = [], [], []
         for img, objs in zip(images, objects):
-            px, placement = fit_frame(img, size, "letterbox")
+            px, placement = fit_frame(img, size, fit)
             pixels.append(px)
             placements.append(placement)
             fitted.append(([l for l, _ in objs], np.stack([placement.to_model(b) for _, b in objs]).astype(np.float32)))
@@ -90,9 +90,17 @@ def _frame_detections(head, outputs, meta, placements):
     return out
 
 
-def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple[list, dict]:
-    """Mean box, boxes head, objects head on one data set; returns the table row and the figures."""
+def evaluate(name: str, cfg, train_set, test_set, args, t: Timer) -> tuple[list, dict]:
+    """Mean box, boxes head, objects head on one data set ((images, objects) each); the table row and the figures."""
     scaled = lambda px: px.astype(np.float32) / 127.5 - 1.0
+    splits = {}
+
+    def fitted(fit: str) -> tuple[Split, Split]:  # frames fitted as the head's `frame_fit` says, once per fit
+        if fit not in splits:
+            splits[fit] = (Split(*train_set, args.size, fit), Split(*test_set, args.size, fit))
+        return splits[fit]
+
+    train, test = fitted(BoxHead.frame_fit)
     truth_boxes = np.array([test.truths[i][0][1] for i in test.single])
     mean_box = np.stack([train.truths[i][0][1] for i in train.single]).mean(0)
     figures = {"mean box IoU": float(iou_numpy(np.tile(mean_box, (len(truth_boxes), 1)), truth_boxes).mean())}
@@ -113,6 +121,7 @@ def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple
               f"fine-tuned {metrics['fine_tuned']}, {metrics['epochs']} epochs; val IoU {metrics['val_iou']} vs mean box "
               f"{metrics['mean_box_iou']}  ({t():.0f} s)", flush=True)
     if "objects" in heads:
+        train, test = fitted(ObjectsHead.frame_fit)
         opts = ObjectsOptions(**{**extra, **args.options.get("objects", {})})
         features = lambda: keras_backbone.feature_map_at(cfg, opts.feature_layer)
         model, classes, metrics = train_objects_head(features, train.frames, 1 / 127.5, -1.0, opts, progress)
@@ -124,7 +133,7 @@ def evaluate(name: str, cfg, train: Split, test: Split, args, t: Timer) -> tuple
         figures["objects mAP50"] = mean_average_precision(found, test.truths)
         print(f"  {name} objects head: {metrics['validation']} validation, fine-tuned {metrics['fine_tuned']}, "
               f"{metrics['epochs']} epochs; val mAP@0.5 {metrics['val_map50']}  ({t():.0f} s)", flush=True)
-    row = [name, len(train.truths), len(test.truths), len(test.single), f"{figures['mean box IoU']:.3f}"]
+    row = [name, len(train_set[1]), len(test_set[1]), len(test.single), f"{figures['mean box IoU']:.3f}"]
     for key in ("boxes IoU", "boxes mAP50", "objects IoU", "objects mAP50"):
         row.append(f"{figures[key]:.3f}" if key in figures else "-")
     return row, figures
@@ -136,9 +145,10 @@ def run(args) -> int:
         print(note)
     if args.options:
         print(f"head options changed from the defaults: {args.options}")
-    print(f"backbone mobilenet_v1 alpha={args.alpha:g} {args.size}px, features at 1/16 of the input; frames letterboxed "
-          f"as `train` does; heads with default options (validation inside the training data chooses loss, epochs, "
-          f"fine-tuning); test split used once; IoU and mAP in the original frame's coordinates")
+    print(f"backbone mobilenet_v1 alpha={args.alpha:g} {args.size}px, features at 1/16 of the input; frames fitted "
+          f"as `train` fits them (boxes: {BoxHead.frame_fit}, objects: {ObjectsHead.frame_fit}); heads with default "
+          f"options (validation inside the training data chooses loss, epochs, fine-tuning); test split used once; "
+          f"IoU and mAP in the original frame's coordinates")
     t = Timer()
     rows, lines = [], []
     if args.only in (None, "raccoon"):
@@ -154,8 +164,7 @@ def run(args) -> int:
             for k, test_rows in enumerate(folds):
                 train_rows = order[~np.isin(order, test_rows)]
                 name = folder.name if len(folds) == 1 else f"{folder.name} fold {k + 1}/{len(folds)}"
-                row, fig = evaluate(name, cfg, Split(*pick(train_rows), args.size), Split(*pick(test_rows), args.size),
-                                    args, t)
+                row, fig = evaluate(name, cfg, pick(train_rows), pick(test_rows), args, t)
                 rows.append(row)
                 pooled.append((len(test_rows), sum(len(o) == 1 for o in pick(test_rows)[1]), fig))
             if len(folds) > 1:  # fold means weighted by photos (mAP) or one-object photos (IoU)
@@ -168,8 +177,8 @@ def run(args) -> int:
                                                                            "objects mAP50")])
             lines.append((folder.name, fig))
     if args.only in (None, "synthetic"):
-        row, fig = evaluate("synthetic 1-3 shapes", cfg, Split(*synthetic(1, args.synthetic_train), args.size),
-                            Split(*synthetic(2, args.synthetic_test), args.size), args, t)
+        row, fig = evaluate("synthetic 1-3 shapes", cfg, synthetic(1, args.synthetic_train),
+                            synthetic(2, args.synthetic_test), args, t)
         rows.append(row)
         lines.append(("synthetic", fig))
     print()

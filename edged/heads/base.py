@@ -15,9 +15,11 @@ A head is a class registered through the ``register_heads(register)`` hook. It d
     True when :meth:`Head.add` learns one example at once (the kNN head). Such heads are rebuilt from
     the store with :meth:`Head.fit` at start and after another process changed the store.
 ``frame_fit``
-    How a frame fits the model input: ``"crop"`` (the centre square; the default) or
-    ``"letterbox"`` (the whole frame, padded: box heads, so objects near the edges are seen). Boxes
-    in predictions are mapped back to the frame's coordinates.
+    How a frame fits the model input: ``"crop"`` (the centre square; the default),
+    ``"letterbox"`` (the whole frame, padded) or ``"stretch"`` (the whole frame, aspect ratio not
+    kept); the last two are for box heads, so objects near the edges are seen. Boxes in predictions
+    are mapped back to the frame's coordinates. A trained model records its fit and input size, and
+    is served with those.
 ``trainer``
     ``None``, or the dotted name of a sibling module with the head's Keras training. Only the
     TensorFlow worker process imports it (see :mod:`edged.learn.context` for what it receives), so

@@ -50,7 +50,7 @@ class ExportSpec:
 
 @dataclass
 class BoxFrames:
-    """Stored frames with boxes, as a box head's model sees them (fitted by the head's `frame_fit`)."""
+    """Stored frames with boxes, as a box head's model sees them (fitted as `TrainContext.fit` says)."""
 
     ids: np.ndarray  # example ids
     pixels: np.ndarray  # (n, S, S, 3) RGB uint8
@@ -74,6 +74,8 @@ class TrainContext:
         self.cfg, self.store, self.backbone = cfg, store, backbone
         self.head, self.options, self.request, self.folder = head, options, request, folder
         self.examples: Examples = store.examples(backbone.id)
+        # how frames fit the model: the head's `frame_fit`, or what an older trained version recorded
+        self.fit: str = head.frame_fit
 
     def requested_options(self):
         """The head's options with what the train request set (epochs, fine_tune_layers) applied."""
@@ -84,8 +86,8 @@ class TrainContext:
 
     # -- data ------------------------------------------------------------------------------
     def pixels(self, ids, fit: Optional[str] = None) -> np.ndarray:
-        """Stored frames as the model sees them (the head's `frame_fit` by default): RGB uint8 (n, S, S, 3)."""
-        size, fit = self.backbone.input_size, fit or self.head.frame_fit
+        """Stored frames as the model sees them (`self.fit` by default): RGB uint8 (n, S, S, 3)."""
+        size, fit = self.backbone.input_size, fit or self.fit
         return np.stack([fit_frame(self.store.load_frame(int(i)), size, fit)[0] for i in ids])
 
     def scaled(self, pixels: np.ndarray) -> np.ndarray:
@@ -115,7 +117,7 @@ class TrainContext:
         pixels, objects = [], []
         for i in keep:
             frame = self.store.load_frame(int(examples.ids[i]))
-            px, placement = fit_frame(frame, self.backbone.input_size, self.head.frame_fit)
+            px, placement = fit_frame(frame, self.backbone.input_size, self.fit)
             pixels.append(px)
             names = [label for label, _ in examples.objects[i]]
             boxes = np.stack([placement.to_model(box) for _, box in examples.objects[i]]).astype(np.float32)
@@ -146,7 +148,7 @@ class TrainContext:
         write_atomic(folder / "model.tflite", data)
         meta = {
             "head": self.head.name, "kind": self.head.kind, "labels": spec.labels, "input_size": self.backbone.input_size,
-            "preprocessing": {"fit": self.head.frame_fit, "colour": "RGB", "scale": self.backbone.scale,
+            "preprocessing": {"fit": self.fit, "colour": "RGB", "scale": self.backbone.scale,
                               "offset": self.backbone.offset},
             "backbone": self.backbone.id, "quantization": quantize, "sha256": file_sha256(folder / "model.tflite"),
             "bytes": len(data), "metrics": spec.metrics, "decode": spec.decode, "created": time.time(),

@@ -152,7 +152,7 @@ class HeadSet:
         out = []
         for name, model, head in self._plan():
             if model is not None:
-                out.append((name, model.predict(*view.fitted(model.fit))))
+                out.append((name, model.predict(*view.fitted(model.fit, model.input_size))))
             elif head is not None and head.ready:
                 out.append((name, head.predict(embedding)))
         return out

@@ -1,11 +1,14 @@
-"""Frame preprocessing: centre crop or letterbox, resize, RGB; and the box mapping between frame and model input.
+"""Frame preprocessing: centre crop, letterbox or stretch, resize, RGB; and the box mapping between frame and model input.
 
-Two ways to fit a frame into the model's square input:
+Three ways to fit a frame into the model's square input:
 
 * ``crop`` (classifier heads and the backbone's embedding): the centred square of the frame. What
   lies outside it is not seen.
-* ``letterbox`` (box heads): the whole frame, scaled to fit and padded with grey, so objects near
-  the edges are kept.
+* ``letterbox`` (the grid `objects` head): the whole frame, scaled to fit and padded with grey, so
+  objects near the edges are kept.
+* ``stretch`` (the single-box head): the whole frame resized to the square input, aspect ratio not
+  kept: every input pixel shows the frame (a 4:3 frame letterboxed leaves a quarter of the input
+  to padding).
 
 Boxes are normalised ``(x1, y1, x2, y2)`` in ``[0, 1]``. In predictions, captures, imports and the
 store they are in the coordinates of the original frame; :class:`Placement` maps them to the model
@@ -20,7 +23,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-FITS = ("crop", "letterbox")
+FITS = ("crop", "letterbox", "stretch")
 PAD_VALUE = 114
 
 
@@ -68,6 +71,12 @@ def letterbox(image_bgr: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def stretch(image_bgr: np.ndarray, size: int) -> np.ndarray:
+    """BGR frame -> RGB uint8 (size, size, 3): the whole frame resized to the square, aspect ratio not kept."""
+    resized = cv2.resize(_downscaled(image_bgr, size), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the model input sits in the frame, per axis: frame = origin + extent * model (all normalised)."""
@@ -91,6 +100,8 @@ class Placement:
                 px, py = (size - nw) // 2, (size - nh) // 2
                 return cls(-px / nw, -py / nh, size / nw, size / nh)
             return cls(-(side - w) / 2 / w, -(side - h) / 2 / h, side / w, side / h)
+        if fit == "stretch":
+            return cls(0.0, 0.0, 1.0, 1.0)
         raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
 
     def to_frame(self, box) -> list[float]:
@@ -109,25 +120,31 @@ class Placement:
 
 
 def fit_frame(image_bgr: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, Placement]:
-    pixels = to_pixels(image_bgr, size) if fit == "crop" else letterbox(image_bgr, size)
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
+    pixels = {"crop": to_pixels, "letterbox": letterbox, "stretch": stretch}[fit](image_bgr, size)
     return pixels, Placement.of(image_bgr.shape, fit, size)
 
 
 class FrameView:
-    """One frame, fitted to a model input on demand (each fit computed once)."""
+    """One frame, fitted to a model input on demand (each fit and size computed once).
+
+    `size` is the backbone's input; a head's own model may ask for another size.
+    """
 
     def __init__(self, image_bgr: np.ndarray, size: int, pixels: Optional[np.ndarray] = None):
         self.image = image_bgr
         self.size = size
-        self._fits: dict[str, tuple[np.ndarray, Placement]] = {}
+        self._fits: dict[tuple[str, int], tuple[np.ndarray, Placement]] = {}
         if pixels is not None:
-            self._fits["crop"] = (pixels, Placement.of(image_bgr.shape, "crop", size))
+            self._fits[("crop", size)] = (pixels, Placement.of(image_bgr.shape, "crop", size))
 
     @property
     def pixels(self) -> np.ndarray:
         return self.fitted("crop")[0]
 
-    def fitted(self, fit: str) -> tuple[np.ndarray, Placement]:
-        if fit not in self._fits:
-            self._fits[fit] = fit_frame(self.image, self.size, fit)
-        return self._fits[fit]
+    def fitted(self, fit: str, size: Optional[int] = None) -> tuple[np.ndarray, Placement]:
+        key = (fit, size or self.size)
+        if key not in self._fits:
+            self._fits[key] = fit_frame(self.image, key[1], fit)
+        return self._fits[key]

@@ -1,8 +1,8 @@
 """Single-box head: the class and box of the one object in a frame, served as a fused TFLite model.
 
 The model sees the whole frame stretched to its square input (``frame_fit = "stretch"``), so objects
-near the edges are kept and no input pixel is padding; boxes are reported in the frame's coordinates. Its Keras training lives in
-`edged_plugins.boxes_train`, which only the TensorFlow worker imports.
+near the edges are kept and no input pixel is padding; boxes are reported in the frame's coordinates.
+Its Keras training lives in `edged_plugins.boxes_train`, which only the TensorFlow worker imports.
 """
 
 from __future__ import annotations

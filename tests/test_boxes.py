@@ -310,7 +310,8 @@ def test_box_head_beats_the_mean_box_and_reports_frame_coordinates(make_state):
     meta["preprocessing"]["fit"] = "letterbox"
     twin.write_text(json.dumps(meta))
     exported = run_export(cfg, "boxes", "float32")
-    assert json.loads((Path(exported["path"]).parent / "metadata.json").read_text())["preprocessing"]["fit"] == "letterbox"
+    exported_meta = json.loads((Path(exported["path"]).parent / "metadata.json").read_text())
+    assert exported_meta["preprocessing"]["fit"] == "letterbox"
 
 
 @pytest.mark.skipif(not RACCOON.is_dir(), reason="raccoon data set not in ../shared")

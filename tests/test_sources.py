@@ -147,7 +147,8 @@ class _MjpegServer:
                 pass
 
             def do_GET(self):
-                if basic_auth and self.headers.get("Authorization") != "Basic " + base64.b64encode(basic_auth.encode()).decode():
+                expected = "Basic " + base64.b64encode(basic_auth.encode()).decode()
+                if basic_auth and self.headers.get("Authorization") != expected:
                     self.send_error(401)
                     return
                 self.send_response(200)

@@ -79,11 +79,12 @@ def make_jpegs(width: int, height: int, frames: int = 100) -> Path:
     return folder
 
 
-def _first_frames(uri: Path, n: int) -> list[np.ndarray]:
+def _labelled(uri: Path, n: int = 50) -> list[tuple[np.ndarray, str]]:
+    """The source's first `n` frames, labelled c0..c4 in turn: the kNN examples of a bench run."""
     src = open_source(SourceConfig(uri=str(uri), realtime=False))
     src.open()
     try:
-        return [src.read().image for _ in range(n)]
+        return [(src.read().image, f"c{i % 5}") for i in range(n)]
     finally:
         src.close()
 
@@ -165,7 +166,7 @@ def run(args) -> int:
                     raw = _bare_fps(paths[precision], info, args.threads, min(args.seconds, 8.0))
                     with tempfile.TemporaryDirectory() as tmp:
                         state = Path(tmp)
-                        prepare_state(state, info, [(img, f"c{i % 5}") for i, img in enumerate(_first_frames(video, 50))])
+                        prepare_state(state, info, _labelled(video))
                         fps, stages, served = _pipeline(cfg, video, broker.port, args.threads, args.seconds, state,
                                                         precision=precision, nice=nice, decode_threads=decoders,
                                                         reduced=bool(reduced))
@@ -184,10 +185,10 @@ def run(args) -> int:
     finally:
         broker.close()
     kind = "mp4" if args.source == "video" else "JPEG photos in a folder"
-    print(f"source: {args.width}x{args.height} {kind} decoded by OpenCV, kNN head (50 examples), MQTT publish to a local broker; "
-          f"decode+preprocess run in the grabber thread, overlapped with inference; {args.threads} interpreter threads")
-    print(table(rows, ["model", "precision", "nice", "decode thr", "reduced", "raw fps", "pipeline fps", "ratio", "decode ms",
-                       "preproc ms", "invoke ms", "head ms", "publish ms", "non-model ms"]))
+    print(f"source: {args.width}x{args.height} {kind} decoded by OpenCV, kNN head (50 examples), MQTT publish to a "
+          f"local broker; decode+preprocess run in the grabber thread, overlapped with inference; {args.threads} interpreter threads")
+    print(table(rows, ["model", "precision", "nice", "decode thr", "reduced", "raw fps", "pipeline fps", "ratio",
+                       "decode ms", "preproc ms", "invoke ms", "head ms", "publish ms", "non-model ms"]))
     for line in lines:
         print(line)
     if args.web:
@@ -197,7 +198,7 @@ def run(args) -> int:
             results = {}
             for web in (False, True, False, True):  # alternated, so that drift on the machine hits both alike (float32)
                 with tempfile.TemporaryDirectory() as tmp:
-                    prepare_state(Path(tmp), info, [(img, f"c{i % 5}") for i, img in enumerate(_first_frames(video, 50))])
+                    prepare_state(Path(tmp), info, _labelled(video))
                     fps, _, _ = _pipeline(cfg, video, broker.port, args.threads, args.seconds, Path(tmp), web)
                 results.setdefault(web, []).append(fps)
         finally:

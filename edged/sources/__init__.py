@@ -22,6 +22,6 @@ def open_source(cfg: SourceConfig) -> Source:
         return SyntheticSource(uri, cfg)
     if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
         return FolderSource(uri, cfg)
-    if uri.lower().startswith(("http://", "https://")):
+    if uri.lower().startswith("http://"):  # https stays with FFmpeg, which accepts cameras' self-signed certificates
         return HttpCameraSource(uri, cfg)
     return OpenCVSource(uri, cfg)

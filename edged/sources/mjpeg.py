@@ -33,7 +33,8 @@ def _request(uri: str) -> urllib.request.Request:
     host = parts.hostname + (f":{parts.port}" if parts.port else "")
     plain = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     secret = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-    return urllib.request.Request(plain, headers={"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()})
+    token = base64.b64encode(secret.encode()).decode()
+    return urllib.request.Request(plain, headers={"Authorization": f"Basic {token}"})
 
 
 class HttpCameraSource(Source):

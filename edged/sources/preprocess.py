@@ -1,4 +1,4 @@
-"""Frame preprocessing: centre crop, letterbox or stretch, resize, RGB; and the box mapping between frame and model input.
+"""Frame preprocessing: centre crop, letterbox or stretch, resize, RGB; the box mapping between frame and model input.
 
 Three ways to fit a frame into the model's square input:
 

@@ -242,8 +242,10 @@ def test_box_head_trains_from_store_and_serves_fused(make_state):
     from edged.state.versions import Versions
 
     settings = backbone_settings("none", input_size=96)
+    # one loss, two folds: this test is about the plumbing; choosing among candidates is tested in test_boxes
     cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.batch_size=8",
-               "heads.options.boxes.fine_tune_layers=0")
+               "heads.options.boxes.fine_tune_layers=0", "heads.options.boxes.folds=2",
+               "heads.options.boxes.losses=['l1']")
     info, engine, store = _fill(cfg, _box_items(5, 30, 96) + [(scene_at(6, 0, 96, 96).image, "plain", None)])
     result = run_train(cfg, "boxes", TrainRequest())
     assert result["version"] == "v1" and 0.0 <= result["metrics"]["val_iou"] <= 1.0

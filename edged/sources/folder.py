@@ -9,7 +9,7 @@ from typing import Optional
 from ..config import SourceConfig
 from ..errors import SourceError
 from .base import IMAGE_SUFFIXES, Frame, Source
-from .jpeg import read_image
+from .jpeg import least_size, read_image
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class FolderSource(Source):
         self.cfg = cfg
         self.description = f"folder {folder}"
         self.fps = cfg.fps
-        self._least = (cfg.width, cfg.height) if cfg.reduced_decoding else None
+        self._least = least_size(cfg)
         self._files: list[Path] = []
         self._pos = 0
 

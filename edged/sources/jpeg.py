@@ -8,6 +8,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..config import SourceConfig
+
 # start-of-frame markers (baseline, progressive, lossless, arithmetic); they carry the image size
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
@@ -35,6 +37,11 @@ def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
+def least_size(cfg: SourceConfig) -> Optional[tuple[int, int]]:
+    """The least (w, h) a JPEG source decodes to: the configured frame size, or None when reduction is off."""
+    return (cfg.width, cfg.height) if cfg.reduced_decoding else None
+
+
 def reduction(size: tuple[int, int], least: tuple[int, int]) -> int:
     """The largest factor (8, 4, 2, else 1) leaving an image of `size` at least `least` (w, h), either orientation."""
     long_side, short_side = max(size), min(size)
@@ -45,12 +52,16 @@ def reduction(size: tuple[int, int], least: tuple[int, int]) -> int:
     return 1
 
 
+def decode_flag(header: bytes, least: Optional[tuple[int, int]]) -> int:
+    """The OpenCV read flag for a JPEG starting with `header`: reduced as far as `least` (w, h) allows."""
+    size = jpeg_size(header) if least else None
+    return REDUCED_FLAGS.get(reduction(size, least) if size else 1, cv2.IMREAD_COLOR)
+
+
 def read_image(path: Path, least: Optional[tuple[int, int]]) -> Optional[np.ndarray]:
     """A BGR image; a JPEG larger than `least` (w, h) is decoded reduced, never below `least`. None if unreadable."""
+    flag = cv2.IMREAD_COLOR
     if least is not None and path.suffix.lower() in (".jpg", ".jpeg"):
         with open(path, "rb") as f:
-            size = jpeg_size(f.read(HEADER_BYTES))
-        factor = reduction(size, least) if size else 1
-        if factor > 1:
-            return cv2.imread(str(path), REDUCED_FLAGS[factor])
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+            flag = decode_flag(f.read(HEADER_BYTES), least)
+    return cv2.imread(str(path), flag)

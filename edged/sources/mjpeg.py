@@ -4,7 +4,6 @@ decoded reduced; any other HTTP stream goes to OpenCV's FFmpeg backend."""
 from __future__ import annotations
 
 import base64
-import logging
 import urllib.parse
 import urllib.request
 from http.client import HTTPResponse
@@ -16,10 +15,8 @@ import numpy as np
 from ..config import SourceConfig, redact_uri
 from ..errors import SourceError
 from .base import Frame, Source
-from .jpeg import REDUCED_FLAGS, jpeg_size, reduction
+from .jpeg import decode_flag, least_size
 from .opencv import OpenCVSource
-
-log = logging.getLogger(__name__)
 
 MAX_LINE = 4096  # a boundary or part-header line
 MAX_PART = 64 << 20  # one JPEG; anything larger is not a camera frame
@@ -45,7 +42,7 @@ class HttpCameraSource(Source):
         self.cfg = cfg
         self.description = redact_uri(uri)
         self.fps = cfg.fps
-        self._least = (cfg.width, cfg.height) if cfg.reduced_decoding else None
+        self._least = least_size(cfg)
         self._response: Optional[HTTPResponse] = None
         self._other: Optional[OpenCVSource] = None  # a stream that is not MJPEG
         self._boundary = b""
@@ -92,9 +89,7 @@ class HttpCameraSource(Source):
         return frame
 
     def _decode(self, data: bytes) -> Optional[np.ndarray]:
-        size = jpeg_size(data[:1 << 16]) if self._least else None
-        factor = reduction(size, self._least) if size else 1
-        return cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))
+        return cv2.imdecode(np.frombuffer(data, np.uint8), decode_flag(data, self._least))
 
     def _line(self) -> bytes:
         line = self._response.readline(MAX_LINE)

@@ -23,7 +23,6 @@ from typing import Optional
 import cv2
 import numpy as np
 
-FITS = ("crop", "letterbox", "stretch")
 PAD_VALUE = 114
 
 
@@ -77,6 +76,10 @@ def stretch(image_bgr: np.ndarray, size: int) -> np.ndarray:
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
+_FITTERS = {"crop": to_pixels, "letterbox": letterbox, "stretch": stretch}
+FITS = tuple(_FITTERS)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the model input sits in the frame, per axis: frame = origin + extent * model (all normalised)."""
@@ -120,10 +123,8 @@ class Placement:
 
 
 def fit_frame(image_bgr: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, Placement]:
-    if fit not in FITS:
-        raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
-    pixels = {"crop": to_pixels, "letterbox": letterbox, "stretch": stretch}[fit](image_bgr, size)
-    return pixels, Placement.of(image_bgr.shape, fit, size)
+    placement = Placement.of(image_bgr.shape, fit, size)  # raises for an unknown fit
+    return _FITTERS[fit](image_bgr, size), placement
 
 
 class FrameView:

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
+# a device, trainer or head name: one topic level, one path component
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -167,6 +170,9 @@ class WebConfig(_Strict):
     port: int = Field(8080, ge=1, le=65535)
     token: Optional[str] = Field(None, min_length=8, description="required from every client (header, cookie or ?token=)")
     fps: float = Field(5.0, gt=0, le=30, description="live view frames per second (encoded off the frame loop)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="host names the page may be opened as, "
+                                     "besides loopback names, IP addresses, this machine's host name (and .local) "
+                                     "and web.host: any other Host header is refused (DNS rebinding)")
 
 
 class TrainerConfig(_Strict):
@@ -187,7 +193,15 @@ class FleetConfig(_Strict):
                                 "device's stored examples of its labels to be served; else it is kept staged")
     chunk_bytes: int = Field(256 * 1024, ge=1024, le=64 << 20, description="size of one retained chunk of a share")
     max_share_bytes: int = Field(64 << 20, ge=1024, description="largest model, head or example set sent or taken")
-    thumbnail_px: int = Field(160, ge=32, le=1024, description="longest side of the frames sent with shared examples")
+    thumbnail_px: int = Field(160, ge=32, le=1024, description="longest side of the frames sent with shared examples "
+                              "(fleet.trust = \"broker\" only: signed fleets share examples without frames)")
+    trust: Literal["signed", "broker"] = Field("signed", description="signed: take parcels, jobs, results and "
+                                               "trainers only when signed by an enrolled, unrevoked member of this "
+                                               "fleet; broker: anyone who can publish on the broker (not safe on a "
+                                               "shared broker)")
+    keep_versions: int = Field(5, ge=2, le=1000, description="versions kept per head and model; older ones are "
+                               "pruned (never the serving one or the one before it)")
+    max_classes: int = Field(1000, ge=2, le=100_000, description="most labels a shared head or model may carry")
 
 
 class HomeAssistantConfig(_Strict):
@@ -219,8 +233,9 @@ class Config(_Strict):
     @field_validator("device")
     @classmethod
     def _device_is_topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "#+/ "):
-            raise ValueError("device must be non-empty and contain no '#', '+', '/' or spaces")
+        if not NAME_RE.fullmatch(v) or v in ("fleet", "clients"):
+            raise ValueError("device must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit, "
+                             "and not be 'fleet' or 'clients' (topic levels of their own)")
         return v
 
     @property

@@ -10,6 +10,7 @@ validation is committed but not activated.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import keras
 import numpy as np
@@ -20,6 +21,7 @@ from edged.heads.curves import plot_curves
 from edged.heads.geometry import iou_numpy
 from edged.heads.splits import validation_splits
 from edged.learn.context import BoxFrames, ExportSpec, TrainContext
+from edged.learn.finetune import fused_weights, load_fused, save_fused
 from edged.learn.loop import shuffled_batches
 from edged.learn.select import Plan, choose_and_train
 from edged.sources.augment import augment_batch
@@ -174,22 +176,22 @@ def train(context: TrainContext, progress: Progress = None) -> dict:
 def save_version(context: TrainContext, spec: ExportSpec, check_pixels: np.ndarray, opts, history: dict, title: str,
                  progress: Progress = None) -> None:
     """A trained box head version: the Keras model, its float32 TFLite twin, head.json and the training curves."""
-    spec.model.save(context.folder / "fused.keras")
+    save_fused(spec.model, context.folder)
     context.write_model(context.folder, spec, "float32", check_pixels, progress=progress)
     (context.folder / "head.json").write_text(json.dumps({"head": context.head.name, "classes": spec.labels,
                                                           "metrics": spec.metrics, "options": opts.model_dump()}, indent=2))
     plot_curves(history, context.folder / "training.png", title)
 
 
-def load_version(context: TrainContext) -> tuple[keras.Model, dict]:
-    """The current trained version's Keras model and head.json."""
+def load_version(context: TrainContext, build: Callable[[dict], keras.Model]) -> tuple[keras.Model, dict]:
+    """The current trained version: `build(head.json)` makes its architecture here, then its weights are loaded."""
     folder = context.current_version()
-    if folder is None or not (folder / "fused.keras").is_file():
+    if folder is None or fused_weights(folder) is None:
         raise HeadError(f"head {context.head.name!r} has no trained version: train it first")
     meta = json.loads((folder / "head.json").read_text())
     # its float32 twin's metadata says how frames were fitted when it was trained (the default has changed)
     context.fit = json.loads((folder / "metadata.json").read_text())["preprocessing"]["fit"]
-    return keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False), meta
+    return load_fused(build(meta), folder), meta
 
 
 def box_example_ids(context: TrainContext, single: bool) -> np.ndarray:
@@ -198,7 +200,12 @@ def box_example_ids(context: TrainContext, single: bool) -> np.ndarray:
     return np.array([i for i, objs in zip(ex.ids, ex.objects) if (len(objs) == 1 if single else objs)], np.int64)
 
 
+def rebuild(context: TrainContext, meta: dict) -> keras.Model:
+    opts = BoxOptions(**meta["options"])
+    return box_model(context.feature_map(opts.feature_layer), len(meta["classes"]), opts.hidden)
+
+
 def export_model(context: TrainContext) -> ExportSpec:
-    model, meta = load_version(context)
+    model, meta = load_version(context, lambda meta: rebuild(context, meta))
     ids = box_example_ids(context, single=True)
     return ExportSpec(model, meta["classes"], meta.get("metrics", {}), ids if len(ids) else None)

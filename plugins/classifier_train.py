@@ -17,7 +17,7 @@ from edged.heads.curves import plot_curves
 from edged.heads.fewshot import stratified_folds
 from edged.heads.splits import balanced_split
 from edged.learn.context import ExportSpec, TrainContext
-from edged.learn.finetune import set_trainable_top
+from edged.learn.finetune import fused_weights, load_fused, save_fused, set_trainable_top
 from edged.learn.loop import Last, run_epochs, shuffled_batches
 from edged.sources.augment import augment_batch
 from edged.state.store import Examples
@@ -163,7 +163,7 @@ def _cross_validated(context: TrainContext, fit: FitContext, mode: str, opts, fo
         metrics["fine_tune"] = (f"kept: {len(folds)}-fold accuracy {tuned_cv:.3f} > frozen {frozen_cv:.3f}; "
                                 f"trained on all {len(y)} examples for {best_epochs} epochs")
         metrics["cv_accuracy"] = round(tuned_cv, 4)
-        model.save(context.folder / "fused.keras")
+        save_fused(model, context.folder)
         spec = ExportSpec(model, classes, {"cv_accuracy": metrics["cv_accuracy"]})
         check = np.concatenate([f[:3] for f in folds])
         context.write_model(context.folder, spec, "float32", images[check], progress=progress)
@@ -185,10 +185,9 @@ def export_model(context: TrainContext) -> ExportSpec:
     head = ClassifierHead(context.options)
     if not head.load(folder):
         raise HeadError(f"head 'classifier' version {folder.name} has nothing to export")
-    if (folder / "fused.keras").is_file():
-        model = keras.models.load_model(folder / "fused.keras", compile=False, safe_mode=False)
-    else:
-        model = keras_classifier(context.keras_backbone(), head)
+    model = keras_classifier(context.keras_backbone(), head)
+    if fused_weights(folder) is not None:  # fine-tuned: the same architecture, its trained weights
+        load_fused(model, folder)
     examples = context.examples
     if len(set(examples.labels.tolist())) > 1:
         _, val = balanced_split(examples.labels, 0.2, 1, 0)

@@ -157,8 +157,13 @@ def train(context: TrainContext, progress: Progress = None) -> dict:
     return metrics
 
 
+def rebuild(context: TrainContext, meta: dict) -> keras.Model:
+    opts = ObjectsOptions(**meta["options"])
+    return grid_model(context.feature_map(opts.feature_layer), len(meta["classes"]), opts.channels)
+
+
 def export_model(context: TrainContext) -> ExportSpec:
-    model, meta = load_version(context)
+    model, meta = load_version(context, lambda meta: rebuild(context, meta))
     opts = ObjectsOptions(**meta["options"])
     return ExportSpec(model, meta["classes"], meta.get("metrics", {}), box_example_ids(context, single=False),
                       decode=decode_options(opts, meta["metrics"]["grid"]))

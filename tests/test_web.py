@@ -36,6 +36,7 @@ def _wait_http(url, timeout=60):
 
 
 def _web_daemon(broker, daemons, make_state, tmp_path, source, settings, token=TOKEN, host="127.0.0.1"):
+    """A daemon serving the teach page (`token=None`: the default config, loopback without a token)."""
     from edged.mqtt.broker import free_port
 
     port = free_port()
@@ -68,13 +69,98 @@ def test_token_required_for_page_stream_and_commands(broker, daemons, make_state
         _get(f"{base}/api/live.mjpg", {"Authorization": "Bearer wrong-token-00"})
     assert e.value.code == 401
     page = _get(f"{base}/?token={TOKEN}")
-    assert page.status == 200 and "edged_token=" in page.headers["Set-Cookie"]
+    cookie = page.headers["Set-Cookie"]
+    assert page.status == 200 and "edged_session=" in cookie and TOKEN not in cookie  # the token is no cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    session = cookie.split(";")[0]
     stream = _get(f"{base}/api/live.mjpg", {"Authorization": f"Bearer {TOKEN}"})
     assert stream.read(7) == b"--frame"
-    bad = urllib.request.Request(f"{base}/api/cmd/capture", data=b'{"label": "../x"}', headers={"Cookie": f"edged_token={TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as e:  # the token itself in a cookie is not a session
+        _get(f"{base}/api/live.mjpg", {"Cookie": f"edged_session={TOKEN}"})
+    assert e.value.code == 401
+    bad = urllib.request.Request(f"{base}/api/cmd/capture", data=b'{"label": "../x"}',
+                                 headers={"Cookie": session, "Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=10)
     assert e.value.code == 400 and "capture.label" in json.loads(e.value.read())["error"]
+    assert d.stop() == 0
+
+
+def _post(url, body: bytes, headers: dict):
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _attacker_site(tmp_path, target: str):
+    """A page of another origin that tries to teach the daemon: no-cors text/plain, and JSON (needs a preflight)."""
+    import http.server
+    import threading
+
+    from edged.mqtt.broker import free_port
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text(f"""<html><body><script>
+      const body = JSON.stringify({{label: "pwned", count: 1, interval_ms: 0}});
+      window.results = [];
+      fetch("{target}/api/cmd/capture", {{method: "POST", mode: "no-cors", body}})
+        .then(r => results.push("no-cors " + r.type), e => results.push("no-cors failed"));
+      fetch("{target}/api/cmd/capture", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body}})
+        .then(r => results.push("json " + r.status), e => results.push("json failed"));
+      fetch("{target}/api/cmd/forget", {{method: "POST", mode: "no-cors", body: '{{"label": "keep"}}',
+                                         headers: {{"Content-Type": "text/plain"}}}})
+        .then(r => results.push("forget " + r.type), e => results.push("forget failed"));
+    </script></body></html>""")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "site"), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_another_origin_and_a_rebound_host_change_and_read_nothing(broker, daemons, make_state, tmp_path):
+    """Default config (loopback, no token): a page of another origin, opened in a real Chromium, cannot store or
+    forget examples, and a request naming another host (DNS rebinding) reads nothing."""
+    d, port, _, _ = _web_daemon(broker, daemons, make_state, tmp_path, "synthetic:clutter=2", backbone_settings("none"),
+                                token=None)
+    base = f"http://127.0.0.1:{port}"
+    assert _wait_http(f"{base}/").status == 200
+    ok, reply = _post(f"{base}/api/cmd/capture", b'{"label": "keep", "count": 1, "interval_ms": 0}',
+                      {"Content-Type": "application/json"})  # a client that is no browser, on loopback
+    assert ok == 200 and reply["result"]["stored"] == 1, reply
+
+    for path in ("/", "/api/live.mjpg", "/api/events", "/api/example/1.jpg"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(base + path, {"Host": f"attacker.example:{port}"})
+        assert e.value.code == 403, path
+    refusals = {
+        "rebound host": {"Host": f"attacker.example:{port}", "Content-Type": "application/json"},
+        "cross-site fetch": {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
+        "foreign origin": {"Origin": "http://attacker.example", "Content-Type": "application/json"},
+        "null origin": {"Origin": "null", "Content-Type": "application/json"},
+        "form post": {"Content-Type": "application/x-www-form-urlencoded"},
+        "text/plain": {"Content-Type": "text/plain"},
+    }
+    for what, headers in refusals.items():
+        code, body = _post(f"{base}/api/cmd/capture", b'{"label": "pwned", "count": 1}', headers)
+        assert code == 403, (what, body)
+
+    server = _attacker_site(tmp_path, base)
+    browser = _browser(tmp_path)
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(browser.execute_script("return window.results") or []) < 3:
+            time.sleep(0.2)
+        results = browser.execute_script("return window.results")
+        assert len(results) == 3, results
+    finally:
+        browser.quit()
+        server.shutdown()
+    code, listed = _post(f"{base}/api/cmd/examples", b"{}", {"Content-Type": "application/json"})
+    assert code == 200 and listed["result"]["counts"] == {"keep": 1}, listed
     assert d.stop() == 0
 
 

@@ -11,6 +11,7 @@ from ..config import Config
 from ..errors import EdgedError
 from ..mqtt.fleet import Device, Outcome, list_devices, send
 from ..mqtt.requests import BrokerClient, parse_cli_payload
+from .enrol import add_trust_parsers
 
 
 def _age(ts) -> str:
@@ -135,4 +136,6 @@ def add_fleet_parser(sub, add_config_args: Callable[[argparse.ArgumentParser], N
     pub.add_argument("--json", action="store_true")
     pub.add_argument("model", help="the model (head) name, e.g. classifier")
     pub.set_defaults(func=lambda args: cmd_publish(load(args), args))
+
+    add_trust_parsers(fsub, add_config_args, load)
 

@@ -1,6 +1,35 @@
-"""Generic Keras pieces heads build on: backbone + head as one model, unfreezing the top of the backbone."""
+"""Generic Keras pieces heads build on: a trained model's weights kept and read back, unfreezing the top of the
+backbone.
 
-from __future__ import annotations
+A trained model is kept as its weightsFUSED_WEIGHTS = "fused.weights.h5"
+LEGACY_FUSED = "fused.keras"  # versions trained before weights-only files: only their weights are read
+
+
+def save_fused(model: keras.Model, folder: Path) -> None:
+    model.save_weights(Path(folder) / FUSED_WEIGHTS)
+
+
+def fused_weights(folder: Path) -> Optional[Path]:
+    """The trained weights a version holds, if any."""
+    for name in (FUSED_WEIGHTS, LEGACY_FUSED):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def load_fused(model: keras.Model, folder: Path) -> keras.Model:
+    """`model` (built here, from this code) with the version's trained weights; its architecture is never read."""
+    path = fused_weights(folder)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds no trained weights")
+    model.load_weights(path)  # a .keras archive is read for its weights file only (keras' load_weights_only)
+    return model
+
+
+tions
+
+from pathlib import Path
+from typing import Optional
 
 import keras
 

@@ -1,8 +1,11 @@
-"""Files shared over the broker: retained chunks under the content's sha256, then a retained manifest.
+"""Files shared over the broker: a retained manifest, then retained chunks under the content's sha256.
 
-`<prefix>/fleet/share/<kind>/<name>/manifest` names the parcel (size, sha256, chunk count, what it is);
-its chunks live at `<prefix>/fleet/share/<kind>/<name>/<sha256[:16]>/<i>`, so a new parcel never mixes with
-the chunks of an older one. Retained messages reach devices that connect later and travel across bridges.
+A parcel lives in its publisher's own topic tree, so a broker ACL (`pattern write edged/%u/#`) can enforce who
+wrote it: `<publisher>/share/<kind>/<name>/manifest` names the parcel (size, sha256, chunk count, what it is) and
+its chunks live at `<publisher>/share/<kind>/<name>/<sha256[:16]>/<i>`, so a new parcel never mixes with an older
+one. `<publisher>` is `<prefix>/<device>` for a device and `<prefix>/fleet/trainers/<trainer>` for a trainer node.
+The manifest is signed by the publisher (edged.mqtt.signing) and names the sha256 of the chunks, so the chunks are
+covered by the signature; a payload for one recipient is sealed before it is cut into chunks.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import EdgedError
 
 KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.serve.remote_trainer)
+MAX_MANIFESTS = 64          # parcels being assembled at once
+ORPHAN_S = 120.0            # chunks whose manifest has not come by then are dropped
 
 
 class ShareError(EdgedError):
@@ -25,96 +30,179 @@ class ShareError(EdgedError):
 
 @dataclass
 class Parcel:
+    publisher: str      # the device or trainer whose tree it came from
+    role: str           # "device" or "trainer": which kind of tree
     kind: str
     name: str
     manifest: dict
     data: bytes
 
 
-def share_base(prefix: str, kind: str, name: str) -> str:
-    return f"{prefix}/fleet/share/{kind}/{name}"
+def publisher_base(prefix: str, name: str, role: str = "device") -> str:
+    return f"{prefix}/fleet/trainers/{name}" if role == "trainer" else f"{prefix}/{name}"
 
 
-def pack(prefix: str, kind: str, name: str, data: bytes, manifest: dict, chunk_bytes: int,
-         max_bytes: int) -> list[tuple[str, bytes]]:
-    """(topic, payload) to publish retained, in order: the chunks, then the manifest."""
+def share_base(base: str, kind: str, name: str) -> str:
+    return f"{base}/share/{kind}/{name}"
+
+
+def share_filter(prefix: str, kind: str, name: str = "#", role: str = "device") -> str:
+    """Every publisher's parcels of one kind (and name)."""
+    tree = f"{prefix}/fleet/trainers/+" if role == "trainer" else f"{prefix}/+"
+    return f"{tree}/share/{kind}/{name}" + ("" if name == "#" else "/#")
+
+
+Sign = Callable[[dict], bytes]
+
+
+def plain(manifest: dict) -> bytes:
+    return json.dumps(manifest, default=str).encode()
+
+
+def pack(base: str, kind: str, name: str, data: bytes, manifest: dict, chunk_bytes: int, max_bytes: int,
+         sign: Sign = plain) -> list[tuple[str, bytes]]:
+    """(topic, payload) to publish retained, in order: the manifest (made by `sign`), then the chunks."""
     if len(data) > max_bytes:
         raise ShareError(f"{kind} {name!r} is {len(data)} bytes, over fleet.max_share_bytes ({max_bytes})")
     sha = hashlib.sha256(data).hexdigest()
-    base = share_base(prefix, kind, name)
+    topic = share_base(base, kind, name)
     chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
-    out = [(f"{base}/{sha[:16]}/{i}", chunk) for i, chunk in enumerate(chunks)]
     head = {**manifest, "kind": kind, "name": name, "size": len(data), "sha256": sha, "chunks": len(chunks),
-            "chunk_bytes": chunk_bytes, "ts": round(time.time(), 3)}
-    out.append((f"{base}/manifest", json.dumps(head, default=str).encode()))
-    return out
+            "chunk_bytes": chunk_bytes, "ts": round(time.time(), 6)}
+    return [(f"{topic}/manifest", sign(head))] + [(f"{topic}/{sha[:16]}/{i}", c) for i, c in enumerate(chunks)]
+
+
+def _roles(prefix: str, topic: str) -> Optional[tuple[str, str, list[str]]]:
+    """(publisher, role, [kind, name, ...rest]) of a share topic, or None."""
+    base, sep, rest = topic.partition("/share/")
+    if not sep:
+        return None
+    levels = base.split("/")
+    root = prefix.split("/")
+    if levels[:len(root)] != root:
+        return None
+    tail = levels[len(root):]
+    if len(tail) == 1 and tail[0] != "fleet":
+        return tail[0], "device", rest.split("/")
+    if len(tail) == 3 and tail[:2] == ["fleet", "trainers"]:
+        return tail[2], "trainer", rest.split("/")
+    return None
+
+
+Opener = Callable[[str, str, str, str, bytes], dict]
 
 
 class Assembler:
-    """Collects manifests and chunks in any order; `feed` returns a Parcel once every chunk of a manifest is in and
-    the sha256 matches, and raises ShareError (naming the parcel) when it does not or the manifest is refused."""
+    """Collects manifests and chunks in any order, within bounds; `feed` returns a Parcel once every chunk of an
+    accepted manifest is in and the sha256 matches, and raises ShareError (naming the parcel) when it does not.
 
-    def __init__(self, prefix: str, max_bytes: int):
-        self.root = f"{prefix}/fleet/share/".split("/")
-        self.max_bytes = max_bytes
-        self.manifests: dict[tuple[str, str], dict] = {}
-        self.chunks: "OrderedDict[tuple[str, str, str], dict[int, bytes]]" = OrderedDict()
+    `open_manifest(publisher, role, kind, name, payload)` turns a manifest message into its body or raises (a
+    bad signature, a replay): chunks are kept only for manifests it accepted, or for a short while before theirs
+    comes, within `max_bytes` in all.
+    """
 
-    def _where(self, topic: str) -> Optional[list[str]]:
-        parts = topic.split("/")
-        n = len(self.root) - 1
-        if parts[:n] != self.root[:n] or len(parts) < n + 3 or parts[n] not in KINDS:
-            return None
-        return parts[n:]
+    def __init__(self, prefix: str, max_bytes: int, open_manifest: Opener, kinds: tuple[str, ...] = KINDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.prefix, self.max_bytes, self.open_manifest, self.kinds, self.clock = prefix, max_bytes, open_manifest, kinds, clock
+        self.manifests: "OrderedDict[tuple[str, str, str], dict]" = OrderedDict()
+        self.chunks: "OrderedDict[tuple[str, str, str, str], dict[int, bytes]]" = OrderedDict()
+        self.arrived: dict[tuple[str, str, str, str], float] = {}
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(c) for parts in self.chunks.values() for c in parts.values())
 
     def feed(self, topic: str, payload: bytes) -> Optional[Parcel]:
-        where = self._where(topic)
-        if where is None:
+        where = _roles(self.prefix, topic)
+        if where is None or len(where[2]) < 3 or where[2][0] not in self.kinds:
             return None
-        kind, name = where[0], where[1]
-        if len(where) == 3 and where[2] == "manifest":
+        publisher, role, (kind, name, *rest) = where
+        key = (publisher, kind, name)
+        self._expire()
+        if rest == ["manifest"]:
             if not payload:
-                self.manifests.pop((kind, name), None)  # withdrawn
+                self.manifests.pop(key, None)  # withdrawn
                 return None
-            try:
-                manifest = json.loads(payload)
-                size, sha, count = int(manifest["size"]), str(manifest["sha256"]), int(manifest["chunks"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise ShareError(f"{kind} {name!r}: unreadable manifest ({e})") from None
-            if size > self.max_bytes:
-                raise ShareError(f"{kind} {name!r} is {size} bytes, over this device's fleet.max_share_bytes ({self.max_bytes})")
-            if not 1 <= count <= 100_000 or len(sha) != 64:
-                raise ShareError(f"{kind} {name!r}: manifest with {count} chunks and sha256 {sha[:16]!r} is not valid")
-            self.manifests[(kind, name)] = manifest
-            return self._complete(kind, name)
-        if len(where) == 4 and where[3].isdigit() and payload:
-            key = (kind, name, where[2])
-            self.chunks.setdefault(key, {})[int(where[3])] = bytes(payload)
-            self.chunks.move_to_end(key)
-            self._bound()
-            return self._complete(kind, name)
+            manifest = self._manifest(publisher, role, kind, name, bytes(payload))
+            self.manifests[key] = manifest
+            self.manifests.move_to_end(key)
+            while len(self.manifests) > MAX_MANIFESTS:
+                self.manifests.popitem(last=False)
+            self._drop_other_chunks(key, manifest["sha256"][:16])
+            return self._complete(publisher, role, kind, name)
+        if len(rest) == 2 and rest[1].isdigit() and len(rest[1]) <= 6 and payload:
+            manifest = self.manifests.get(key)
+            index = int(rest[1])
+            if manifest is not None:
+                if rest[0] != manifest["sha256"][:16] or index >= manifest["chunks"] or len(payload) > manifest["chunk_bytes"]:
+                    return None  # another parcel's, or not one of this manifest's chunks
+            elif len(payload) > self.max_bytes:
+                return None
+            slot = key + (rest[0],)
+            self.chunks.setdefault(slot, {})[index] = bytes(payload)
+            self.chunks.move_to_end(slot)
+            self.arrived.setdefault(slot, self.clock())
+            self._bound(keep=slot if manifest is not None else None)
+            return self._complete(publisher, role, kind, name)
         return None
 
-    def _bound(self) -> None:
-        """Chunks of parcels never completed are dropped, oldest first, beyond twice the size limit."""
-        total = sum(len(c) for parts in self.chunks.values() for c in parts.values())
-        while total > 2 * self.max_bytes and len(self.chunks) > 1:
-            _, parts = self.chunks.popitem(last=False)
-            total -= sum(len(c) for c in parts.values())
+    def _manifest(self, publisher: str, role: str, kind: str, name: str, payload: bytes) -> dict:
+        manifest = self.open_manifest(publisher, role, kind, name, payload)
+        try:
+            size, sha, count = int(manifest["size"]), str(manifest["sha256"]), int(manifest["chunks"])
+            chunk_bytes = int(manifest["chunk_bytes"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ShareError(f"{kind} {name!r} from {publisher}: unreadable manifest ({e})") from None
+        if size > self.max_bytes:
+            raise ShareError(f"{kind} {name!r} from {publisher} is {size} bytes, over this device's "
+                             f"fleet.max_share_bytes ({self.max_bytes})")
+        expected = max(1, -(-size // chunk_bytes)) if chunk_bytes > 0 else -1
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha) or count != expected:
+            raise ShareError(f"{kind} {name!r} from {publisher}: manifest with {count} chunks of {chunk_bytes} "
+                             f"bytes for {size} bytes (sha256 {sha[:16]!r}) is not valid")
+        return {**manifest, "size": size, "sha256": sha, "chunks": count, "chunk_bytes": chunk_bytes}
 
-    def _complete(self, kind: str, name: str) -> Optional[Parcel]:
-        manifest = self.manifests.get((kind, name))
+    def _drop_other_chunks(self, key: tuple, sha16: str) -> None:
+        for slot in [s for s in self.chunks if s[:3] == key and s[3] != sha16]:
+            self.chunks.pop(slot)
+            self.arrived.pop(slot, None)
+
+    def _expire(self) -> None:
+        """Chunks with no manifest are dropped after ORPHAN_S."""
+        now = self.clock()
+        for slot in [s for s, t in self.arrived.items() if now - t > ORPHAN_S and s[:3] not in self.manifests]:
+            self.chunks.pop(slot, None)
+            self.arrived.pop(slot, None)
+
+    def _bound(self, keep=None) -> None:
+        """At most `max_bytes` held in all: the oldest chunks without a manifest go first, then the oldest parcels'
+        — never the one being completed (its manifest already bounds it to `max_bytes`)."""
+        total = self.held_bytes
+        for orphans_first in (True, False):
+            for slot in list(self.chunks):
+                if total <= self.max_bytes:
+                    return
+                if slot == keep or (orphans_first and slot[:3] in self.manifests):
+                    continue
+                parts = self.chunks.pop(slot)
+                self.arrived.pop(slot, None)
+                total -= sum(len(c) for c in parts.values())
+
+    def _complete(self, publisher: str, role: str, kind: str, name: str) -> Optional[Parcel]:
+        key = (publisher, kind, name)
+        manifest = self.manifests.get(key)
         if manifest is None:
             return None
         sha = manifest["sha256"]
-        parts = self.chunks.get((kind, name, sha[:16]), {})
-        if any(i not in parts for i in range(int(manifest["chunks"]))):
+        parts = self.chunks.get(key + (sha[:16],), {})
+        if any(i not in parts for i in range(manifest["chunks"])):
             return None
-        del self.manifests[(kind, name)]
-        self.chunks.pop((kind, name, sha[:16]), None)
-        data = b"".join(parts[i] for i in range(int(manifest["chunks"])))
+        del self.manifests[key]
+        self.chunks.pop(key + (sha[:16],), None)
+        self.arrived.pop(key + (sha[:16],), None)
+        data = b"".join(parts[i] for i in range(manifest["chunks"]))
         got = hashlib.sha256(data).hexdigest()
-        if got != sha or len(data) != int(manifest["size"]):
-            raise ShareError(f"{kind} {name!r}: sha256 mismatch (manifest {sha[:16]}, chunks {got[:16]}, "
-                             f"{len(data)} of {manifest['size']} bytes): refused")
-        return Parcel(kind, name, manifest, data)
+        if got != sha or len(data) != manifest["size"]:
+            raise ShareError(f"{kind} {name!r} from {publisher}: sha256 mismatch (manifest {sha[:16]}, chunks "
+                             f"{got[:16]}, {len(data)} of {manifest['size']} bytes): refused")
+        return Parcel(publisher, role, kind, name, manifest, data)

@@ -26,7 +26,7 @@ class _Labelled(_Cmd):
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v: str) -> str:
-        if not LABEL_RE.match(v):
+        if not LABEL_RE.fullmatch(v):
             raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space; "
                              "not starting with a space or punctuation")
         return v
@@ -46,7 +46,7 @@ class LabelledBox(BaseModel):
     @model_validator(mode="after")
     def _valid(self):
         _check_box(self.box)
-        if self.label is not None and not LABEL_RE.match(self.label):
+        if self.label is not None and not LABEL_RE.fullmatch(self.label):
             raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
         return self
 
@@ -150,7 +150,7 @@ class Share(_Cmd):
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v):
-        if v is not None and not LABEL_RE.match(v):
+        if v is not None and not LABEL_RE.fullmatch(v):
             raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
         return v
 

@@ -16,11 +16,13 @@ from ..heads.base import Prediction
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
+from ..mqtt.signing import FleetTrust
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
 from ..state.review import ReviewQueue
 from ..state.store import Store
+from ..state.trust import Identity
 from .backbone import open_backbone, reembed_missing
 from .capture import CaptureDesk
 from .dispatch import Dispatcher
@@ -128,8 +130,13 @@ class Daemon:
         return self.learning.close
 
     def _start_commands(self):
+        # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
+        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(self.cfg.state_path / "keys", self.cfg.device, "device"))
+        if not self.trust.signed:
+            log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
+                        "on the broker")
         self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, lambda: self.mqtt,
-                               self.telemetry.changed, self.stop)
+                               self.telemetry.changed, self.stop, self.trust)
         self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
                                    self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
@@ -158,7 +165,7 @@ class Daemon:
         trainer nodes for TensorFlow jobs."""
         if self.mqtt is None:
             return None
-        remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt)
+        remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt, self.trust)
         for topic_filter, callback in remote.routes():
             self.mqtt.route(topic_filter, callback)
         self.learning.remote = remote

@@ -1,10 +1,12 @@
 """Train and export on a trainer node (`edged trainer --fleet`) for a device without TensorFlow.
 
-Trainers announce themselves retained on `<prefix>/fleet/trainers/<name>` (LWT: offline). A job goes to one of
-them as a parcel (`fleet/share/job/<trainer>`: the stored examples with their embeddings and frames, the job, the
-device's backbone and head settings); the trainer sends progress and a done message on
-`fleet/trainers/<trainer>/{progress,done}/<device>`, and the new version as a parcel on `fleet/share/result/<device>`.
-The device verifies it (sha256), commits it as its own next version, and serves it as after a local job.
+Trainers announce themselves retained on `<prefix>/fleet/trainers/<name>` (LWT: offline) with a signed
+announcement; only a certified, unrevoked trainer whose certificate names it is used. A job goes to one of them as
+a parcel in this device's tree (`<prefix>/<device>/share/job/<trainer>`: the stored examples with their embeddings
+and frames, the job, the device's backbone and head settings), signed by this device and sealed for that trainer.
+The trainer sends signed progress and done messages on `fleet/trainers/<trainer>/{progress,done}/<device>`, and
+the new version as a parcel sealed for this device on `fleet/trainers/<trainer>/share/result/<device>`. Only the
+trainer the job went to can answer it; the device verifies and commits the version as its own next one.
 """
 
 from __future__ import annotations
@@ -22,23 +24,27 @@ from typing import Callable, Optional
 
 from ..config import Config
 from ..errors import TrainingError
-from ..mqtt.parcels import Assembler, ShareError, pack
+from ..mqtt.parcels import Assembler, ShareError, pack, publisher_base, share_filter
+from ..mqtt.signing import FleetTrust
 from ..mqtt.topics import trainer_status
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
 from ..state.store import Store
+from ..state.trust import Certificate, TrustError
 from ..state.versions import Versions
+from .trainer_node import job_context
 
 log = logging.getLogger(__name__)
 
 
 class RemoteTrainer:
-    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, link: Callable[[], object]):
-        self.cfg, self.store, self.backbone, self.link = cfg, store, backbone, link
+    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, link: Callable[[], object],
+                 trust: FleetTrust):
+        self.cfg, self.store, self.backbone, self.link, self.trust = cfg, store, backbone, link, trust
         self.prefix = cfg.mqtt.prefix
-        self.trainers: dict[str, dict] = {}  # name -> its retained status
-        self.assembler = Assembler(self.prefix, cfg.fleet.max_share_bytes)
-        self.events: "queue.Queue[tuple[str, object]]" = queue.Queue()
+        self.trainers: dict[str, dict] = {}  # name -> {"state", "cert"?, "reason"?}
+        self.assembler = Assembler(self.prefix, cfg.fleet.max_share_bytes, trust.open_manifest, kinds=("result",))
+        self.events: "queue.Queue[tuple[str, object]]" = queue.Queue(maxsize=100_000)
         self._lock = threading.Lock()
 
     # -- MQTT side (paho's thread: only record and queue) ------------------------------------
@@ -46,7 +52,13 @@ class RemoteTrainer:
         device = self.cfg.device
         return [(trainer_status(self.prefix), self._on_trainer),
                 (f"{trainer_status(self.prefix)}/+/{device}", self._on_event),
-                (f"{self.prefix}/fleet/share/result/{device}/#", self._on_result)]
+                (share_filter(self.prefix, "result", device, role="trainer"), self._on_result)]
+
+    def _put(self, item) -> None:
+        try:
+            self.events.put_nowait(item)
+        except queue.Full:
+            log.warning("trainer event queue full; dropped a %s", item[0])
 
     def _on_trainer(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topic.rsplit("/", 1)[-1]
@@ -54,20 +66,30 @@ class RemoteTrainer:
             status = json.loads(payload) if payload else {"state": "offline"}
         except ValueError:
             return
+        entry = {"state": "offline"}
+        if isinstance(status, dict) and status.get("state") == "online":
+            try:
+                body, cert = self.trust.check(status.get("announce") if self.trust.signed else status, name,
+                                              "trainer", f"trainer {name!r}")
+                entry = {"state": "online", "cert": cert}
+            except (TrustError, ValueError) as e:
+                entry = {"state": "refused", "reason": str(e)}
         with self._lock:
-            self.trainers[name] = status if isinstance(status, dict) else {"state": "offline"}
-        self.events.put(("trainer", name))
+            if len(self.trainers) < 256 or name in self.trainers:
+                self.trainers[name] = entry
+        self._put(("trainer", name))
 
     def _on_event(self, topic: str, payload: bytes, retained: bool) -> None:
         parts = topic.split("/")
         try:
-            body = json.loads(payload)
-        except ValueError:
+            body, _ = self.trust.check(json.loads(payload), parts[-3], "trainer", f"{parts[-2]} from {parts[-3]!r}")
+        except (ValueError, TrustError) as e:
+            log.warning("trainer message on %s refused: %s", topic[:200], e)
             return
-        self.events.put((parts[-2], {**body, "trainer": parts[-3]}))  # ("progress" | "done", message)
+        self._put((parts[-2], {**body, "trainer": parts[-3]}))  # ("progress" | "done", message)
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
-        self.events.put(("chunk", (topic, bytes(payload))))
+        self._put(("chunk", (topic, bytes(payload))))
 
     # -- the job ------------------------------------------------------------------------------
     def available(self) -> Optional[str]:
@@ -77,7 +99,7 @@ class RemoteTrainer:
 
     def describe(self) -> dict:
         with self._lock:
-            return {name: status.get("state") for name, status in self.trainers.items()}
+            return {name: s["state"] + (f": {s['reason']}" if s.get("reason") else "") for name, s in self.trainers.items()}
 
     def run(self, job: str, head: str, params: dict, progress=None, stop: Optional[threading.Event] = None) -> dict:
         """Send the job to a trainer, wait for its version, commit it here. Returns the job's result (local names)."""
@@ -86,6 +108,7 @@ class RemoteTrainer:
         if link is None or trainer is None:
             raise TrainingError(f"{job} needs TensorFlow, which is not installed here, and no trainer is online "
                                 f"(start `edged trainer --fleet` on a machine with TensorFlow on this broker)")
+        cert: Optional[Certificate] = self.trainers.get(trainer, {}).get("cert")
         rows = self.store.own_examples(self.backbone.id, include_received=True)
         if not rows:
             raise TrainingError("the store has no examples yet: capture some first")
@@ -96,19 +119,31 @@ class RemoteTrainer:
             if head_version is not None:  # export starts from it
                 shutil.copytree(head_version, Path(tmp) / "head")
             data = pack_folder(Path(tmp))
-        manifest = {"device": self.cfg.device, "job_id": job_id, "job": job, "head": head, "params": params,
-                    "backbone": self.backbone.id, "backbone_config": json.loads(self.cfg.backbone.model_dump_json()),
-                    "heads_config": json.loads(self.cfg.heads.model_dump_json()), "trainer": trainer}
+        try:
+            data, sealed = self.trust.seal_for(data, cert, job_context(self.cfg.device, trainer, job_id))
+        except TrustError as e:
+            raise TrainingError(f"trainer {trainer}: {e}") from None
+        manifest = {"job_id": job_id, "job": job, "head": head, "params": params, "backbone": self.backbone.id,
+                    "backbone_config": json.loads(self.cfg.backbone.model_dump_json(exclude={"weights", "path"})),
+                    "heads_config": json.loads(self.cfg.heads.model_dump_json()), "trainer": trainer, **sealed}
         self._drain()
-        for topic, payload in pack(self.prefix, "job", trainer, data, manifest, self.cfg.fleet.chunk_bytes,
-                                   self.cfg.fleet.max_share_bytes):
+        try:
+            messages = pack(publisher_base(self.prefix, self.cfg.device), "job", trainer, data, manifest,
+                            self.cfg.fleet.chunk_bytes, self.cfg.fleet.max_share_bytes, self.trust.sign_manifest)
+        except (ShareError, TrustError) as e:
+            raise TrainingError(str(e)) from None
+        for topic, payload in messages:
             link.publish(topic, payload, qos=1)
         if progress:
             progress({"stage": "sent to trainer", "trainer": trainer, "examples": len(rows), "bytes": len(data)})
         done, parcel = self._wait(job_id, trainer, progress, stop)
         if not done.get("ok"):
             raise TrainingError(f"trainer {trainer}: {done.get('error')}")
-        return self._commit(job, head, done["result"], parcel, trainer)
+        try:
+            folder = self.trust.unseal(parcel.data, parcel.manifest, job_context(self.cfg.device, trainer, job_id))
+        except TrustError as e:
+            raise TrainingError(f"trainer {trainer}: the result {e}") from None
+        return self._commit(job, head, done.get("result") or {}, folder, trainer)
 
     def _drain(self) -> None:
         while True:
@@ -118,6 +153,7 @@ class RemoteTrainer:
                 return
 
     def _wait(self, job_id: str, trainer: str, progress, stop) -> tuple[dict, object]:
+        """The done message and the result parcel of `job_id`, both from `trainer` (anyone else's are ignored)."""
         deadline = time.monotonic() + self.cfg.trainer.job_timeout_s
         done, parcel = None, None
         while done is None or (done.get("ok") and parcel is None):
@@ -132,28 +168,31 @@ class RemoteTrainer:
                 continue
             if kind == "trainer" and body == trainer and self.trainers.get(trainer, {}).get("state") != "online":
                 raise TrainingError(f"trainer {trainer} went offline during the job")
-            elif kind == "progress" and body.get("job_id") == job_id and progress:
-                progress({**body.get("progress", {}), "trainer": trainer})
-            elif kind == "done" and body.get("job_id") == job_id:
+            if kind in ("progress", "done") and (body.get("job_id") != job_id or body.get("trainer") != trainer):
+                continue
+            if kind == "progress" and progress:
+                progress({**(body.get("progress") if isinstance(body.get("progress"), dict) else {}), "trainer": trainer})
+            elif kind == "done":
                 done = body
             elif kind == "chunk":
                 try:
                     got = self.assembler.feed(*body)
-                except ShareError as e:
-                    raise TrainingError(f"trainer {trainer}: the result did not arrive intact: {e}") from None
-                if got is not None and got.manifest.get("job_id") == job_id:
+                except (ShareError, TrustError) as e:
+                    log.warning("a result parcel was refused: %s", e)
+                    continue
+                if got is not None and got.publisher == trainer and got.manifest.get("job_id") == job_id:
                     parcel = got
         if parcel is not None and parcel.manifest["sha256"] != done.get("sha256"):
             raise TrainingError(f"trainer {trainer}: result sha256 {parcel.manifest['sha256'][:16]} is not the one "
                                 f"announced ({str(done.get('sha256'))[:16]})")
         return done, parcel
 
-    def _commit(self, job: str, head: str, result: dict, parcel, trainer: str) -> dict:
+    def _commit(self, job: str, head: str, result: dict, data: bytes, trainer: str) -> dict:
         root = "heads" if job == "train" else "models"
         versions = Versions(self.cfg.state_path / root / head)
         staging = versions.staging()
         try:
-            unpack_into(parcel.data, staging)
+            unpack_into(data, staging, self.cfg.fleet.max_share_bytes)
             version = versions.commit(staging, activate=bool(result.get("activated", True)))
         except BundleError as e:
             versions.discard(staging)
@@ -161,7 +200,9 @@ class RemoteTrainer:
         except BaseException:
             versions.discard(staging)
             raise
-        local = dict(result, trainer=trainer)
+        versions.prune(self.cfg.fleet.keep_versions)
+        local = {k: v for k, v in result.items() if k not in ("version", "model_version", "path")}
+        local["trainer"] = trainer
         if job == "train":
             local["version"] = version
         else:
@@ -169,3 +210,5 @@ class RemoteTrainer:
             local["path"] = str(versions.root / version / "model.tflite")
         log.info("%s of %s done by trainer %s: %s", job, head, trainer, version)
         return local
+
+

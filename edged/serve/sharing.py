@@ -1,14 +1,18 @@
 """What one device learned, for the others: models, head versions and examples as retained parcels on the broker.
 
 Publishing packs a version folder (or this device's own examples) and hands the chunks and manifest to the MQTT
-link. Following takes parcels of the names in `[fleet] follow` (and examples when `take_examples`), verifies the
-sha256 and that they fit this device (backbone id, input size), stores them through the same versioned path as
-a local train or export, checks them on this device's own examples, and serves them — or keeps them staged and
-says why in the status. Parcels are applied on a thread of their own, never in the MQTT thread.
+link. Following takes parcels of the names in `[fleet] follow` (and examples when `take_examples`) from the
+publishers' own topic trees, checks that they are signed by a certified, unrevoked device whose name is the
+publisher's (edged.mqtt.signing), newer than the last one taken from it, and fit this device (backbone id, input
+size, valid labels); unpacks them into a staging folder, checks them there on this device's own examples, and
+only then commits them through the same versioned path as a local train or export and serves them — or keeps
+them staged and says why in the status. A refused parcel leaves nothing on disk. Parcels are applied on a thread
+of their own, never in the MQTT thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -21,11 +25,12 @@ from typing import Callable, Optional
 from ..config import Config
 from ..errors import EdgedError, HeadError
 from ..files import read_json_object, write_atomic
-from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, share_base
+from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, publisher_base, share_base, share_filter
+from ..mqtt.signing import FleetTrust, revocation_topic
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
-from ..state.store import Store
+from ..state.store import LABEL_RE, Store
 from ..state.versions import Versions
 from .headset import HeadSet
 from .learning import Learning
@@ -33,31 +38,33 @@ from .learning import Learning
 log = logging.getLogger(__name__)
 
 CHECK_EXAMPLES = 200
+MAX_RECEIVED = 50  # outcomes kept for the status
 
 
 class Sharing:
     def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet, learning: Learning,
-                 link: Callable[[], object], changed: Callable[[], None], stop: threading.Event):
+                 link: Callable[[], object], changed: Callable[[], None], stop: threading.Event, trust: FleetTrust):
         self.cfg, self.store, self.backbone, self.heads, self.learning = cfg, store, backbone, heads, learning
-        self.link, self.changed, self.stop = link, changed, stop
+        self.link, self.changed, self.stop, self.trust = link, changed, stop, trust
         self.fleet = cfg.fleet
         self.prefix = cfg.mqtt.prefix
-        self.assembler = Assembler(self.prefix, self.fleet.max_share_bytes)
+        self.assembler = Assembler(self.prefix, self.fleet.max_share_bytes, trust.open_manifest,
+                                   kinds=("model", "head", "examples"))
         self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
         self.received: dict[str, dict] = {}  # "kind/name" -> what became of the last parcel
-        # parcels handled (a reconnect does not apply them again) and published (their chunks are cleared when a
-        # newer one replaces them, also after a restart)
+        # parcels handled (a reconnect does not apply them again; an older one is a replay) and published (their
+        # chunks are cleared when a newer one replaces them, also after a restart)
         self._memory = cfg.state_path / "fleet.json"
         self._memory_lock = threading.Lock()
         memory = read_json_object(self._memory)
-        self._seen: dict[str, str] = dict(memory.get("seen", {}))
+        self._seen: dict[str, dict] = {k: v for k, v in dict(memory.get("seen", {})).items() if isinstance(v, dict)}
         self.published: dict[str, dict] = dict(memory.get("published", {}))
         self._thread = threading.Thread(target=self._run, name="fleet-share", daemon=True)
 
     # -- status ----------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"follow": list(self.fleet.follow), "take_examples": self.fleet.take_examples,
-                "received": dict(self.received), "published": dict(self.published)}
+                "received": dict(self.received), "published": dict(self.published), **self.trust.describe()}
 
     def _note(self, table: dict, key: str, value) -> None:
         """Record a handled or published parcel on disk (publish and follow run on different threads)."""
@@ -65,19 +72,20 @@ class Sharing:
             table[key] = value
             write_atomic(self._memory, json.dumps({"seen": self._seen, "published": self.published}).encode())
 
-    def _remember(self, key: str, sha: str) -> None:
-        self._note(self._seen, key, sha)
+    def _remember(self, key: str, manifest: dict) -> None:
+        self._note(self._seen, key, {"sha256": manifest["sha256"], "ts": manifest.get("ts")})
 
     # -- following -------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
         filters = []
         for name in self.fleet.follow:
-            filters += [share_base(self.prefix, "model", name) + "/#", share_base(self.prefix, "head", name) + "/#"]
+            filters += [share_filter(self.prefix, "model", name), share_filter(self.prefix, "head", name)]
         if self.fleet.take_examples:
-            filters.append(f"{self.prefix}/fleet/share/examples/#")
+            filters.append(share_filter(self.prefix, "examples"))
         return filters
 
     def start(self, route: Callable[[str, Callable[[str, bytes, bool], None]], None]) -> None:
+        route(revocation_topic(self.prefix), self._revoked)
         for topic_filter in self.subscriptions():
             route(topic_filter, self._arrived)
         self._thread.start()
@@ -85,6 +93,10 @@ class Sharing:
     def join(self, timeout: float = 5.0) -> None:
         self.inbox.put(("", b""))
         self._thread.join(timeout)
+
+    def _revoked(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self.trust.take_revocation(bytes(payload)):
+            self.changed()
 
     def _arrived(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -100,67 +112,89 @@ class Sharing:
                 continue
             if not topic:
                 return
-            kind, name = (topic.split("/fleet/share/", 1)[-1].split("/") + ["", ""])[:2]
+            where = topic.split("/share/", 1)
+            publisher = where[0].rsplit("/", 1)[-1]
+            kind, name = (where[-1].split("/") + ["", ""])[:2]
+            if publisher == self.cfg.device:
+                continue  # our own publication coming back
             try:
                 parcel = self.assembler.feed(topic, payload)
                 if parcel is not None:
                     self.apply(parcel)
-            except (ShareError, BundleError, HeadError, EdgedError) as e:
-                self._report(kind, name, {"state": "refused", "reason": str(e)})
+            except EdgedError as e:
+                self._report(kind, name, {"state": "refused", "from": publisher[:64], "reason": str(e)[:500]})
             except Exception as e:
                 log.exception("fleet share on %s failed", topic[:200])
-                self._report(kind, name, {"state": "refused", "reason": f"internal error: {e}"})
+                self._report(kind, name, {"state": "refused", "from": publisher[:64], "reason": f"internal error: {e}"})
 
     def _report(self, kind: str, name: str, outcome: dict) -> None:
-        key = f"{kind}/{name}"
+        key = f"{kind}/{name[:64]}"
+        self.received.pop(key, None)
         self.received[key] = {**outcome, "ts": round(time.time(), 3)}
+        while len(self.received) > MAX_RECEIVED:
+            self.received.pop(next(iter(self.received)))
         level = logging.WARNING if outcome.get("state") == "refused" else logging.INFO
         log.log(level, "fleet %s: %s", key, outcome)
         self.changed()
 
     def apply(self, parcel: Parcel) -> None:
-        """Take a verified parcel: check that it fits, store it as a version (or examples), check it, serve it."""
+        """Take a verified parcel: check that it fits, check it in staging, commit it as a version, serve it."""
         m = parcel.manifest
-        key = f"{parcel.kind}/{parcel.name}"
-        if m.get("device") == self.cfg.device:
-            return  # our own publication coming back
-        if self._seen.get(key) == m["sha256"]:
+        key = f"{parcel.publisher}/{parcel.kind}/{parcel.name}"
+        seen = self._seen.get(key, {})
+        if seen.get("sha256") == m["sha256"]:
             return  # handled before this restart or reconnect
-        origin = {"from": m.get("device"), "sha256": m["sha256"][:16], "source_version": m.get("version")}
+        ts = m.get("ts")
+        if not isinstance(ts, (int, float)) or (isinstance(seen.get("ts"), (int, float)) and ts <= seen["ts"]):
+            raise ShareError(f"{parcel.kind}/{parcel.name} from {parcel.publisher!r} is not newer than the one taken "
+                             f"before (a replay): refused")
+        origin = {"from": parcel.publisher, "sha256": m["sha256"][:16], "source_version": str(m.get("version"))[:16]}
+        self._remember(key, m)
         if m.get("backbone") != self.backbone.id:
-            self._remember(key, m["sha256"])
-            raise ShareError(f"{key} from {m.get('device')!r} was made for backbone {m.get('backbone')!r}; this device "
-                             f"serves {self.backbone.id!r}: refused")
+            raise ShareError(f"{parcel.kind}/{parcel.name} from {parcel.publisher!r} was made for backbone "
+                             f"{str(m.get('backbone'))[:100]!r}; this device serves {self.backbone.id!r}: refused")
         if parcel.kind == "examples":
             outcome = self._take_examples(parcel)
         else:
             if parcel.name not in self.heads.classes:
-                self._remember(key, m["sha256"])
-                raise ShareError(f"{key}: head {parcel.name!r} is not installed here ({sorted(self.heads.classes)})")
+                raise ShareError(f"{parcel.kind}/{parcel.name}: head {parcel.name!r} is not installed here "
+                                 f"({sorted(self.heads.classes)})")
             if m.get("input_size") != self.backbone.input_size:
-                self._remember(key, m["sha256"])
-                raise ShareError(f"{key} takes {m.get('input_size')}px frames; this device's backbone takes "
-                                 f"{self.backbone.input_size}px: refused")
+                raise ShareError(f"{parcel.kind}/{parcel.name} takes {m.get('input_size')}px frames; this device's "
+                                 f"backbone takes {self.backbone.input_size}px: refused")
             outcome = self._take_version(parcel)
-        self._remember(key, m["sha256"])
         self._report(parcel.kind, parcel.name, {**origin, **outcome})
 
+    def _labels(self, labels, what: str) -> list[str]:
+        """Labels from another machine, validated like the ones taught here, at most fleet.max_classes."""
+        if not isinstance(labels, list) or not labels or len(labels) > self.fleet.max_classes:
+            raise ShareError(f"{what}: {len(labels) if isinstance(labels, list) else 'no'} labels; a shared head "
+                             f"or model carries 1 to fleet.max_classes ({self.fleet.max_classes})")
+        bad = [str(l)[:40] for l in labels if not isinstance(l, str) or not LABEL_RE.fullmatch(l)]
+        if bad:
+            raise ShareError(f"{what}: label {bad[0]!r} is not a valid label")
+        return labels
+
     def _take_version(self, parcel: Parcel) -> dict:
-        root = "models" if parcel.kind == "model" else "heads"
-        versions = Versions(self.cfg.state_path / root / parcel.name)
+        what = f"{parcel.kind}/{parcel.name} from {parcel.publisher!r}"
+        versions = Versions(self.cfg.state_path / ("models" if parcel.kind == "model" else "heads") / parcel.name)
         staging = versions.staging()
         try:
-            unpack_into(parcel.data, staging)
+            unpack_into(parcel.data, staging, self.fleet.max_share_bytes)
+            check = self._check(parcel, staging, what)
+            serve = check.get("accuracy") is not None and check["accuracy"] >= self.fleet.min_accuracy
+            serve = serve or (check.get("kind") == "boxes" and self.trust.signed)
             version = versions.commit(staging, activate=False)
         except BaseException:
             versions.discard(staging)
             raise
+        pruned = versions.prune(self.fleet.keep_versions)
+        if not serve:
+            reason = check.get("note") or (f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples "
+                                           f"is under fleet.min_accuracy {self.fleet.min_accuracy}")
+            return {"state": "staged", "version": version, "check": check, "pruned": pruned,
+                    "reason": f"{reason}; `activate {{\"model\": \"{parcel.name}\", \"version\": \"{version}\"}}` serves it"}
         folder = versions.root / version
-        check = self._check(parcel, folder)
-        if check.get("accuracy") is not None and check["accuracy"] < self.fleet.min_accuracy:
-            return {"state": "staged", "version": version, "check": check,
-                    "reason": f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples is under "
-                              f"fleet.min_accuracy {self.fleet.min_accuracy}"}
         if parcel.kind == "model":
             self.learning.use_model(parcel.name, version)
         else:
@@ -169,15 +203,22 @@ class Sharing:
             self.heads.swap(parcel.name, head, fused)
             if parcel.name not in self.heads.active:
                 self.heads.activate(self.heads.active + [parcel.name])
-        return {"state": "active", "version": version, "check": check}
+        return {"state": "active", "version": version, "check": check, "pruned": pruned}
 
-    def _check(self, parcel: Parcel, folder: Path) -> dict:
-        """Accuracy on this device's stored examples of the labels the model knows (classifiers only)."""
+    def _check(self, parcel: Parcel, folder: Path, what: str) -> dict:
+        """Accuracy on this device's stored examples of the labels the version knows (classifiers); a box model
+        cannot be checked here. Labels are validated first; a version that cannot be opened is refused."""
         if parcel.kind == "model":
             model = self.heads.open_model(folder, parcel.name)
             try:
-                if model.meta.get("kind") != "classes":
-                    return {"accuracy": None, "note": "no check for box models"}
+                kind = model.meta.get("kind")
+                if kind not in ("classes", "boxes"):
+                    raise ShareError(f"{what}: model kind {str(kind)[:32]!r} is neither 'classes' nor 'boxes'")
+                self._labels(model.labels, what)
+                if kind == "boxes":
+                    return {"accuracy": None, "kind": "boxes",
+                            "note": "a box model cannot be checked on stored examples" + (
+                                "" if self.trust.signed else ", and this fleet takes parcels on the broker's word")}
 
                 def label_of(examples, i: int) -> str:
                     image = self.store.load_frame(int(examples.ids[i]))
@@ -189,7 +230,8 @@ class Sharing:
         head, fused = self.heads.open_head(parcel.name, folder)
         try:
             if fused is not None or head.kind != "classes":
-                return {"accuracy": None, "note": "no check for this head"}
+                return {"accuracy": None, "kind": head.kind, "note": "this head cannot be checked on stored examples"}
+            self._labels(list(head.classes), what)
             return self._accuracy(head.classes, lambda examples, i: head.predict(examples.embeddings[i]).label)
         finally:
             if fused is not None:
@@ -202,9 +244,13 @@ class Sharing:
         known = set(labels)
         keep = [i for i, label in enumerate(examples.labels) if label in known][:CHECK_EXAMPLES]
         if not keep:
-            return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels"}
+            return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels to check it on"}
         hits = sum(label_of(examples, i) == examples.labels[i] for i in keep)
-        return {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
+        unknown = sorted(known - set(examples.labels.tolist()))
+        out = {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
+        if unknown:
+            out["unchecked_labels"] = unknown[:20]
+        return out
 
     def _take_examples(self, parcel: Parcel) -> dict:
         try:
@@ -213,34 +259,33 @@ class Sharing:
             raise ShareError(f"examples/{parcel.name}: {e}") from None
         uids = [r["uid"] for r in examples.rows]
         known = self.store.known_uids(uids)
-        origin = str(parcel.manifest.get("device") or parcel.name)[:64]
-        items = examples.new_examples(origin, known)
+        items = examples.new_examples(parcel.publisher, known)
         if items:
             self.store.add_many(items, self.backbone.id)
             self.heads.refit_incremental()
         return {"state": "stored", "added": len(items), "already_known": len(known),
-                "labels": sorted({r["label"] for r in examples.rows})}
+                "labels": sorted({r["label"] for r in examples.rows})[:50]}
 
     # -- publishing ------------------------------------------------------------------------
     def _send(self, kind: str, name: str, data: bytes, manifest: dict, progress) -> dict:
         link = self.link()
         if link is None:
             raise EdgedError("publish: MQTT is disabled here ([mqtt] enabled = false); nothing to share on")
-        messages = pack(self.prefix, kind, name, data, {**manifest, "device": self.cfg.device,
-                                                        "backbone": self.backbone.id,
-                                                        "input_size": self.backbone.input_size},
-                        self.fleet.chunk_bytes, self.fleet.max_share_bytes)
+        base = publisher_base(self.prefix, self.cfg.device)
+        messages = pack(base, kind, name, data, {**manifest, "device": self.cfg.device, "backbone": self.backbone.id,
+                                                 "input_size": self.backbone.input_size},
+                        self.fleet.chunk_bytes, self.fleet.max_share_bytes, self.trust.sign_manifest)
         for i, (topic, payload) in enumerate(messages):
             link.publish(topic, payload, retain=True, qos=1)
             if progress and i % 16 == 0:
                 progress({"stage": "publishing", "chunk": i, "chunks": len(messages) - 1})
-        manifest = json.loads(messages[-1][1])
+        sha, chunks = hashlib.sha256(data).hexdigest(), len(messages) - 1
         previous = self.published.get(f"{kind}/{name}")
-        if previous and previous["sha256"] != manifest["sha256"]:
+        if previous and previous["sha256"] != sha:
             for i in range(previous["chunks"]):  # the older parcel's chunks are no longer needed by anyone
-                link.publish(f"{share_base(self.prefix, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
-        summary = {"kind": kind, "name": name, "topic": messages[-1][0], "sha256": manifest["sha256"],
-                   "bytes": manifest["size"], "chunks": manifest["chunks"], "version": manifest.get("version")}
+                link.publish(f"{share_base(base, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
+        summary = {"kind": kind, "name": name, "topic": messages[0][0], "sha256": sha, "bytes": len(data),
+                   "chunks": chunks, "version": manifest.get("version"), "signed": self.trust.signed}
         self._note(self.published, f"{kind}/{name}", summary)
         self.changed()
         return summary
@@ -267,10 +312,12 @@ class Sharing:
         return self._send(kind, name, pack_folder(folder), manifest, progress)
 
     def share_examples(self, label: Optional[str] = None, progress=None) -> dict:
-        """Share the examples taught on this device (embeddings, labels, boxes, small frames) with the fleet."""
+        """Share the examples taught on this device (embeddings, labels, boxes; small frames only where the fleet
+        runs on the broker's word) with the fleet."""
         rows = self.store.own_examples(self.backbone.id, label)
         if not rows:
             raise EdgedError("share: no examples taught on this device" + (f" with label {label!r}" if label else ""))
-        data = pack_examples(rows, self.fleet.thumbnail_px)
+        # a signed fleet's broker is shared with others who may read it: no camera frame goes out in the clear
+        data = pack_examples(rows, 0 if self.trust.signed else self.fleet.thumbnail_px)
         labels = sorted({r["label"] for r in rows})
         return self._send("examples", self.cfg.device, data, {"labels": labels, "examples": len(rows)}, progress)

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import StoreError
 from ..files import write_atomic
 
-LABEL_RE = re.compile(r"^[\w][\w .\-]{0,63}$")  # what a label may be: 1-64 letters, digits, '_', '-', '.', space
+LABEL_RE = re.compile(r"[\w][\w .\-]{0,63}")  # what a label may be: 1-64 letters, digits, '_', '-', '.', space
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (

@@ -14,7 +14,7 @@ from typing import Optional
 from ..errors import VersionError
 from ..files import fsync_dir, fsync_tree, write_atomic
 
-_VERSION = re.compile(r"^v(\d+)$")
+_VERSION = re.compile(r"v([1-9][0-9]{0,8})")
 
 
 class Versions:
@@ -26,7 +26,7 @@ class Versions:
     def versions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), p.name) for p in self.root.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))]
+        found = [(int(m.group(1)), p.name) for p in self.root.iterdir() if p.is_dir() and (m := _VERSION.fullmatch(p.name))]
         return [name for _, name in sorted(found)]
 
     def staging(self) -> Path:
@@ -81,6 +81,18 @@ class Versions:
         previous = history[-2]
         write_atomic(self.root / "current", json.dumps({"current": previous, "history": history[:-1], "ts": time.time()}).encode())
         return previous
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove all but the newest `keep` versions; the current one and the one before it always stay."""
+        history = self._state()["history"]
+        protected = set(history[-2:])
+        names = self.versions()
+        doomed = [n for n in names[:max(len(names) - keep, 0)] if n not in protected]
+        for name in doomed:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        if doomed:
+            fsync_dir(self.root)
+        return doomed
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -21,11 +22,15 @@ from aiohttp import web
 
 from ..config import WebConfig
 from ..errors import CorrelationId, EdgedError
+from .guard import RequestGuard
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 ID_PATTERN = r"[0-9a-f]{12}"
+SESSION_COOKIE = "edged_session"
+MAX_SESSIONS = 1000
+MAX_EXAMPLE_ID = (1 << 63) - 1
 
 
 class WebResponder:
@@ -79,6 +84,8 @@ class WebServer:
         self._error: Optional[BaseException] = None
         self.clients = 0
         self.closing = False
+        self.guard = RequestGuard(cfg)
+        self.sessions: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "WebServer":
@@ -119,31 +126,45 @@ class WebServer:
 
     # -- the app -----------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth], client_max_size=70 * 1024)
+        app = web.Application(middlewares=[self._guard], client_max_size=70 * 1024)
         app.router.add_get("/", self.index)
         app.router.add_static("/static/", STATIC)
         app.router.add_get("/api/live.mjpg", self.live)
         app.router.add_get("/api/events", self.sse)
         app.router.add_post("/api/cmd/{name}", self.command)
-        app.router.add_get(r"/api/example/{id:\d+}.jpg", self.example_frame)
+        app.router.add_get(r"/api/example/{id:\d{1,19}}.jpg", self.example_frame)
         app.router.add_get(r"/api/review/{id:" + ID_PATTERN + r"}.jpg", self.review_frame)
         return app
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler):
+    async def _guard(self, request: web.Request, handler):
+        """Every request names a host this daemon serves (DNS rebinding); a state change comes from this page
+        (another origin's page is an attacker, token or not) as JSON; with a token, the caller proves it."""
+        refusal = self.guard.refusal(request.method, request.headers)
+        if refusal is not None:
+            return web.json_response({"error": refusal}, status=403)
         token = self.cfg.token
         if token is None:
             return await handler(request)
-        given = request.query.get("token") or request.cookies.get("edged_token") or ""
+        given = request.query.get("token") or ""
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             given = header[len("Bearer "):]
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        session = request.cookies.get(SESSION_COOKIE, "")
+        if not (session and session in self.sessions) and not hmac.compare_digest(given.encode(), token.encode()):
             return web.json_response({"error": "a token is required: open the page as /?token=..."}, status=401)
         response = await handler(request)
         if request.query.get("token") and isinstance(response, web.StreamResponse) and not response.prepared:
-            response.set_cookie("edged_token", token, httponly=True, samesite="Strict")
+            response.set_cookie(SESSION_COOKIE, self._new_session(), httponly=True, samesite="Strict")
         return response
+
+    def _new_session(self) -> str:
+        """A random session id for the cookie: the token itself never sits in a cookie."""
+        session = secrets.token_urlsafe(32)
+        self.sessions.add(session)
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.pop()
+        return session
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -224,7 +245,9 @@ class WebServer:
                     self.events.publish("review", {"items": items[-30:]})
 
     async def example_frame(self, request: web.Request) -> web.Response:
-        example_id = int(request.match_info["id"])
+        example_id = int(request.match_info["id"][:20])
+        if example_id > MAX_EXAMPLE_ID:
+            raise web.HTTPNotFound(text="no such example")
         try:
             image = await self.loop.run_in_executor(None, self.daemon.store.load_frame, example_id)
         except EdgedError as e:

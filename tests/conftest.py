@@ -78,6 +78,24 @@ def make_state(backbone_root, tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def fleet_admin(tmp_path_factory):
+    """The test run's fleet key (`edged fleet init`), kept off the devices as an admin would."""
+    from edged.state.trust import FleetAuthority
+
+    return FleetAuthority.create(tmp_path_factory.mktemp("fleet-admin"))
+
+
+def enrol(authority, state: Path, name: str, role: str = "device"):
+    """What `edged fleet enroll --config` does: keys in the state folder, certified by the fleet key."""
+    from edged.state.trust import Identity
+
+    folder = state / "keys" if role == "device" else state / "keys" / f"trainer-{name}"
+    identity = Identity(folder, name, role)
+    identity.install(authority.certify(identity.request(), role))
+    return identity
+
+
 def write_video(path: Path, frames, fps: float = 25.0) -> str:
     """A real mp4 (mp4v) of BGR frames, for OpenCV to decode."""
     import cv2

@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, backbone_settings, toml_config, write_config
+import pytest
+
+from conftest import ROOT, backbone_settings, enrol, toml_config, write_config
 from edged.config import load_config
-from edged.mqtt.parcels import pack
+from edged.mqtt.parcels import pack, publisher_base
+from edged.mqtt.signing import FleetTrust
+from edged.state.trust import Identity, TrustError
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
@@ -83,42 +87,48 @@ def test_fleet_ls_and_send_against_two_daemons(broker, probe, tmp_path, make_sta
     assert ds["fa"].stop() == 0
 
 
-def _prefill(state):
+def _prefill(state, seed: int = 0):
     settings = backbone_settings("none")
     cfg = load_config(None, [f"state_dir='{state}'"] + [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()])
     info, engine = open_backbone(cfg)
     store = Store(cfg.state_path / "store")
     items = [NewExample(img, shape, embed_image(engine, img))
              for shape in ("triangle", "rectangle")
-             for img in (scene_at(0, i, 640, 480, shape, clutter=2).image for i in range(12))]
+             for img in (scene_at(seed, i, 640, 480, shape, clutter=2).image for i in range(12))]
     store.add_many(items, info.id)
     store.close()
     engine.close()
     return info.id
 
 
-def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, probe, tmp_path, make_state, daemons):
+def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, probe, tmp_path, make_state, daemons,
+                                                                    fleet_admin):
     cfg_a, state_a = _config(tmp_path, make_state, broker.port, "sha", source="synthetic:clutter=2")
     backbone_id = _prefill(state_a)
-    # random-weight backbone: the classifier is weak, and B checks it on A's thumbnails
+    # random-weight backbone: the classifier is weak, and B checks it on frames of its own
     follow = '\n[fleet]\nfollow = ["classifier"]\ntake_examples = true\nmin_accuracy = 0.3\n'
-    cfg_b, _ = _config(tmp_path, make_state, broker.port, "shb", follow, source="synthetic:clutter=2")
+    cfg_b, state_b = _config(tmp_path, make_state, broker.port, "shb", follow, source="synthetic:clutter=2")
+    _prefill(state_b, seed=1)
+    sha_identity = enrol(fleet_admin, state_a, "sha")
+    enrol(fleet_admin, state_b, "shb")
     a = daemons(cfg_a, tmp_path / "a.log")
     b = daemons(cfg_b, tmp_path / "b.log")
     _wait_stats(probe, ["sha", "shb"])
 
-    # examples first: B's kNN learns A's labels with no capture on B
+    # examples first, signed and without frames: stored on B with their origin
     shared = probe.request("sha", "share", {}, timeout=30)
     assert shared["ok"], shared
-    assert shared["result"]["kind"] == "examples" and shared["result"]["bytes"] > 0
+    assert shared["result"]["kind"] == "examples" and shared["result"]["bytes"] > 0 and shared["result"]["signed"]
+    assert shared["result"]["topic"] == "edged/sha/share/examples/sha/manifest"
 
-    def knn_knows(t, p, r):
-        return t == "edged/shb/prediction/knn" and json.loads(p)["label"] in ("triangle", "rectangle")
+    def b_stored(t, p, r):
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("examples/sha", {}) if t == "edged/shb/status" else {}
+        return got.get("state") in ("stored", "refused")
 
-    probe.wait_for(knn_knows, 30)
+    assert json.loads(probe.wait_for(b_stored, 30)[1])["fleet"]["received"]["examples/sha"]["added"] == 24
     listed = probe.request("shb", "examples", {"limit": 100})["result"]
-    rows = listed["examples"]
-    assert len(rows) == 24 and {r["origin"] for r in rows} == {"sha"}
+    rows = [r for r in listed["examples"] if r["origin"] == "sha"]
+    assert len(rows) == 24 and len(listed["examples"]) == 48
     again = probe.request("sha", "share", {}, timeout=30)  # the same examples once more: stored once
     assert again["ok"]
 
@@ -137,7 +147,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
         return got.get("state") in ("active", "staged", "refused")
 
     got = json.loads(probe.wait_for(b_took_head, 60)[1])["fleet"]["received"]["head/classifier"]
-    assert got["state"] == "active" and got["check"]["examples"] == 24, got
+    assert got["state"] == "active" and got["check"]["examples"] == 48, got
     pred = json.loads(probe.wait_for(lambda t, p, r: t == "edged/shb/prediction/classifier", 30)[1])
     assert set(pred["scores"]) == {"triangle", "rectangle"}
 
@@ -159,7 +169,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     got = status["fleet"]["received"]["model/classifier"]
     assert got["state"] == "active", got
     assert got["from"] == "sha" and got["sha256"] == sha[:16]
-    assert got["check"]["examples"] == 24 and got["check"]["accuracy"] >= 0.3
+    assert got["check"]["examples"] == 24 and got["check"]["accuracy"] >= 0.3  # B's own frames (shared ones have none)
     model_sha = status["heads"]["classifier"]["model"]["sha256"]
     assert "classifier" in status["active"]
 
@@ -177,28 +187,65 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     assert all(v["sha"] == v["shb"] for v in pairs), pairs
     assert all(v["shb"][1] == model_sha for v in pairs)
 
-    # a tampered chunk and a model for another backbone are refused; B keeps serving what it had
+    # unsigned, signed by another device than the topic names, tampered, made for another backbone, replayed,
+    # and from a revoked device: each refused, and B keeps serving what it had
     model_file = (state_a / "models" / "classifier" / "v1" / "model.tflite").read_bytes()
-    for data, manifest, why in (
-        (model_file + b"tamper", {"device": "evil", "backbone": backbone_id, "input_size": 96}, "sha256 mismatch"),
-        (model_file + b"other", {"device": "evil", "backbone": "mobilenet_v9-x", "input_size": 96}, "backbone"),
-    ):
-        messages = pack("edged", "model", "classifier", data, manifest, 64 * 1024, 1 << 30)
-        if why == "sha256 mismatch":
-            topic, chunk = messages[0]
-            messages[0] = (topic, b"X" + chunk[1:])
-        for topic, payload in messages:
-            probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    good = {"backbone": backbone_id, "input_size": 96}
+    sha_signs = FleetTrust("signed", Identity(state_a / "keys", "sha", "device")).sign_manifest
+    signed_before = pack(publisher_base("edged", "sha"), "model", "classifier", model_file, good, 64 * 1024, 1 << 30,
+                         sha_signs)
+    cases = [
+        ("evil", model_file + b"a", good, None, "from evil: not signed"),
+        ("sha", model_file + b"b", good, None, "from sha: not signed"),
+        ("evil", model_file + b"c", good, sha_signs, "signed by 'sha', not by 'evil'"),
+        ("sha", model_file + b"d", good, "tamper", "sha256 mismatch"),
+        ("sha", model_file + b"e", {**good, "backbone": "mobilenet_v9-x"}, sha_signs, "backbone"),
+    ]
+    for publisher, data, manifest, sign, why in cases:
+        signer = sha_signs if sign == "tamper" else sign
+        messages = pack(publisher_base("edged", publisher), "model", "classifier", data, manifest, 64 * 1024, 1 << 30,
+                        **({"sign": signer} if signer else {}))
+        if sign == "tamper":
+            topic, chunk = messages[1]
+            messages[1] = (topic, b"X" + chunk[1:])
+        _publish_and_expect_refusal(probe, messages, why, model_sha)
+    with pytest.raises(TrustError, match="not enrolled"):
+        Identity(tmp_path / "rogue-keys", "sha", "device").sign({})  # a key pair alone cannot sign for the fleet
+    # a signed parcel of sha's older than the last one taken from it (a replay) is refused as not newer
+    _publish_and_expect_refusal(probe, signed_before, "not newer", model_sha, clear=False)
 
-        def refused(t, p, r, why=why):
-            got = json.loads(p).get("fleet", {}).get("received", {}).get("model/classifier", {}) if t == "edged/shb/status" else {}
-            return got.get("state") == "refused" and why in got.get("reason", "")
+    # revoked: sha's next parcel is refused
+    cli = _cli_config(tmp_path, broker.port)
+    revoked = edged("fleet", "revoke", "--dir", str(fleet_admin.folder), "--config", cli, "sha")
+    assert revoked.returncode == 0 and "revoked: sha" in revoked.stdout, revoked.stderr
+    probe.wait_for(lambda t, p, r: t == "edged/shb/status" and "sha" in json.loads(p).get("fleet", {}).get("revoked", []), 30)
+    assert probe.request("sha", "train", {"head": "classifier", "mode": "frozen"}, timeout=120)["ok"]
+    assert probe.request("sha", "publish", {"model": "classifier", "kind": "head"}, timeout=60)["ok"]
 
-        status = json.loads(probe.wait_for(refused, 30)[1])
-        assert status["heads"]["classifier"]["model"]["sha256"] == model_sha
+    def head_refused(t, p, r):
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("head/classifier", {}) if t == "edged/shb/status" else {}
+        return got.get("state") == "refused" and "'sha' is revoked" in got.get("reason", "")
+
+    probe.wait_for(head_refused, 30)
     for t in [t for t, _ in messages]:
         probe.client.publish(t, b"", qos=1, retain=True)
+    probe.client.publish("edged/fleet/revoked", b"", qos=1, retain=True)
     assert a.stop() == 0 and b.stop() == 0, b.output()
+
+
+def _publish_and_expect_refusal(probe, messages, why: str, model_sha: str, clear: bool = True) -> None:
+    for topic, payload in messages:
+        probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+    def refused(t, p, r):
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("model/classifier", {}) if t == "edged/shb/status" else {}
+        return got.get("state") == "refused" and why in got.get("reason", "")
+
+    status = json.loads(probe.wait_for(refused, 30)[1])
+    assert status["heads"]["classifier"]["model"]["sha256"] == model_sha
+    if clear:
+        for topic, _ in messages:
+            probe.client.publish(topic, b"", qos=1, retain=True)
 
 
 def test_bench_fleet_runs_small():
@@ -208,11 +255,19 @@ def test_bench_fleet_runs_small():
     assert last.startswith("fleet send: ") and "collect 5 replies (target <= 1 s)" in last
 
 
-def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker, probe, tmp_path, make_state, daemons):
+def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker, probe, tmp_path, make_state, daemons,
+                                                                         fleet_admin):
+    """A signed fleet: the device's jobs go sealed to the certified trainer only (not to a rogue one announcing
+    itself first), and an eavesdropper on the broker sees no frame of them."""
     from test_daemon_adapt import BLOCK_TF
 
     cfg, state = _config(tmp_path, make_state, broker.port, "bare")
     _prefill(state)
+    enrol(fleet_admin, state, "bare")
+    # a client that is no trainer announces itself retained, sorting ahead of the real one
+    probe.client.publish("edged/fleet/trainers/0-rogue", json.dumps({"state": "online", "role": "trainer"}), qos=1,
+                         retain=True).wait_for_publish(5)
+
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCK_TF)
@@ -223,19 +278,35 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
 
     settings = backbone_settings("none")
     trainer_state = make_state(settings, name="trainer-state")
+    enrol(fleet_admin, trainer_state, "big", "trainer")
     trainer_cfg = write_config(tmp_path / "trainer.toml", toml_config(trainer_state, broker.port, "synthetic:", settings, "big"))
     trainer = subprocess.Popen([sys.executable, "-m", "edged", "trainer", "--fleet", "--config", str(trainer_cfg)],
                                cwd=ROOT, stdout=open(tmp_path / "trainer.log", "wb"), stderr=subprocess.STDOUT)
     try:
         probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "online", 60)
-        status = probe.request("bare", "status", {})["result"]
-        assert status["trainers"] == {"big": "online"} and status["tensorflow_imported"] is False
+        deadline = time.monotonic() + 30
+        while True:  # the status command reads the trainers as the device sees them now
+            status = probe.request("bare", "status", {})["result"]
+            if (status["trainers"].get("big") == "online" and "0-rogue" in status["trainers"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status["trainers"]["0-rogue"].startswith("refused: trainer '0-rogue': not signed"), status["trainers"]
+        assert status["tensorflow_imported"] is False
         listed = edged("fleet", "ls", "--config", _cli_config(tmp_path, broker.port))
-        assert "trainers: big (online, 0 jobs done)" in listed.stdout, listed.stdout
+        assert "big (online, 0 jobs done)" in listed.stdout, listed.stdout
+        assert "0-rogue (online, 0 jobs done, unsigned)" in listed.stdout
 
         # fine-tuning (backbone layers too) runs on the trainer; the device commits and serves the version it gets
+        probe.drain()
         tuned = probe.request("bare", "train", {"head": "classifier", "mode": "fine_tune", "epochs": 1}, timeout=300)
         assert tuned["ok"], tuned
+        probe.drain()
+        sent = [(t, p) for t, p, _ in probe.seen if "/share/job/big/" in t or "/share/result/bare/" in t]
+        assert any(t.startswith("edged/bare/share/job/big/") for t, _ in sent)
+        assert any(t.startswith("edged/fleet/trainers/big/share/result/bare/") for t, _ in sent)
+        assert not any(b"\xff\xd8\xff" in p for _, p in sent)  # no JPEG frame readable on the broker
+        manifests = [json.loads(json.loads(p)["signed"]) for t, p in sent if t.endswith("/manifest")]
+        assert manifests and all("sealed" in m for m in manifests)
         assert tuned["result"]["trainer"] == "big" and tuned["result"]["version"] == "v1"
         assert (state / "heads" / "classifier" / "v1").is_dir()
 
@@ -251,4 +322,5 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
         trainer.send_signal(signal.SIGTERM)
         assert trainer.wait(30) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
     probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "offline", 20)
+    probe.client.publish("edged/fleet/trainers/0-rogue", b"", qos=1, retain=True)
     assert d.stop() == 0

@@ -67,7 +67,8 @@ def cmd_ls(cfg: Config, args) -> int:
                       f"under {cfg.mqtt.prefix}/", flush=True)
                 if trainers:
                     print("trainers: " + ", ".join(f"{name} ({t.get('state', '?')}, {t.get('jobs_done', 0)} jobs done"
-                                                   + (", busy" if t.get("job") else "") + ")"
+                                                   + (", busy" if t.get("job") else "")
+                                                   + ("" if t.get("announce") else ", unsigned") + ")"
                                                    for name, t in sorted(trainers.items())), flush=True)
             if not args.watch:
                 return 0

@@ -1,7 +1,19 @@
 """Generic Keras pieces heads build on: a trained model's weights kept and read back, unfreezing the top of the
 backbone.
 
-A trained model is kept as its weightsFUSED_WEIGHTS = "fused.weights.h5"
+A trained model is kept as its weights alone (`fused.weights.h5`): reading it back builds the architecture from
+this code and loads arrays into it, so a version folder that came from another machine can never name code to
+run (a `.keras` archive can, through a Lambda layer or a custom object).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import keras
+
+FUSED_WEIGHTS = "fused.weights.h5"
 LEGACY_FUSED = "fused.keras"  # versions trained before weights-only files: only their weights are read
 
 
@@ -25,19 +37,6 @@ def load_fused(model: keras.Model, folder: Path) -> keras.Model:
     model.load_weights(path)  # a .keras archive is read for its weights file only (keras' load_weights_only)
     return model
 
-
-tions
-
-from pathlib import Path
-from typing import Optional
-
-import keras
-
-
-def fused_model(backbone: keras.Model, head: keras.Model, name: str = "fused") -> keras.Model:
-    """Backbone and head as one model taking scaled images."""
-    inputs = keras.Input(backbone.input_shape[1:], name="image")
-    return keras.Model(inputs, head(backbone(inputs)), name=name)
 
 
 def set_trainable_top(backbone: keras.Model, n_layers: int) -> list[str]:

@@ -220,8 +220,11 @@ class Sharing:
                             "note": "a box model cannot be checked on stored examples" + (
                                 "" if self.trust.signed else ", and this fleet takes parcels on the broker's word")}
 
-                def label_of(examples, i: int) -> str:
-                    image = self.store.load_frame(int(examples.ids[i]))
+                def label_of(examples, i: int) -> Optional[str]:
+                    try:
+                        image = self.store.load_frame(int(examples.ids[i]))
+                    except EdgedError:
+                        return None  # an example shared without its frame: nothing to check a model on
                     return model.predict(*FrameView(image, model.input_size).fitted(model.fit)).label
 
                 return self._accuracy(model.labels, label_of)
@@ -238,16 +241,20 @@ class Sharing:
                 fused.close()
             head.close()
 
-    def _accuracy(self, labels: list[str], label_of: Callable[[object, int], str]) -> dict:
-        """How often `label_of(examples, i)` names stored example i right, over at most CHECK_EXAMPLES of `labels`."""
+    def _accuracy(self, labels: list[str], label_of: Callable[[object, int], Optional[str]]) -> dict:
+        """How often `label_of(examples, i)` names stored example i right, over at most CHECK_EXAMPLES of `labels`
+        (examples it cannot answer for, None, do not count)."""
         examples = self.store.examples(self.backbone.id)
         known = set(labels)
-        keep = [i for i, label in enumerate(examples.labels) if label in known][:CHECK_EXAMPLES]
-        if not keep:
+        answers = []
+        for i, truth in enumerate(examples.labels):
+            got = label_of(examples, i) if truth in known and len(answers) < CHECK_EXAMPLES else None
+            if got is not None:
+                answers.append(got == truth)
+        if not answers:
             return {"accuracy": None, "examples": 0, "note": "no stored examples of its labels to check it on"}
-        hits = sum(label_of(examples, i) == examples.labels[i] for i in keep)
         unknown = sorted(known - set(examples.labels.tolist()))
-        out = {"accuracy": round(hits / len(keep), 4), "examples": len(keep)}
+        out = {"accuracy": round(sum(answers) / len(answers), 4), "examples": len(answers)}
         if unknown:
             out["unchecked_labels"] = unknown[:20]
         return out

@@ -60,6 +60,13 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     again = json.loads(probe.wait_for(lambda t, p, r: t == TOPIC and not r, 30)[1])
     assert again["components"].keys() == updated["components"].keys()
 
+    # 200 births in a burst (any client can publish them) bring one discovery, not 200, and none is lost
+    for _ in range(200):
+        probe.client.publish("homeassistant/status", b"online", qos=0)
+    burst = [m for m in probe.collect(TOPIC, 3.0)]
+    assert len(burst) <= 1, len(burst)
+    probe.wait_for(lambda t, p, r: t == TOPIC and not r, 20)  # the deferred re-send still comes
+
     # disabled: the retained discovery is removed
     assert d.stop() == 0
     d = daemons(_config(tmp_path, make_state, broker.port, False), tmp_path / "ha2.log")

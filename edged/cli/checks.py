@@ -53,6 +53,10 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
             warnings.append("mqtt.tls.insecure = true: the broker's certificate and host name are not checked")
     if cfg.mqtt.password and not cfg.mqtt.username:
         errors.append("mqtt.password: given without mqtt.username")
+    if cfg.fleet.trust == "broker":
+        warnings.append("fleet.trust = \"broker\": models, head versions, examples, jobs and trainers are taken from "
+                        "anyone who can publish on the broker; enrol the fleet (edged fleet init / enroll) and use "
+                        "\"signed\"")
     web = cfg.web
     if web.enabled and web.host not in ("127.0.0.1", "localhost", "::1") and not web.token:
         errors.append(f"web.token: required when web.host is {web.host!r} (not loopback): anyone on the network "

@@ -17,6 +17,25 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def exit_with_parent(parent: int) -> None:
+    """A daemon thread: when the daemon dies the worker is re-parented; then it stops at once, mid-job too,
+    so that it never goes on to commit and activate a version alone."""
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+if __name__ == "__main__" and "--parent" in sys.argv[:-1]:
+    # before the seconds-long TensorFlow import: a daemon killed during it does not leave this worker behind
+    exit_with_parent(int(sys.argv[sys.argv.index("--parent") + 1]))
+
+
 from ..config import Config  # noqa: E402
 from ..errors import NO_TENSORFLOW, EdgedError  # noqa: E402
 from ..heads.base import TrainRequest  # noqa: E402
@@ -65,22 +84,8 @@ def _emit(obj) -> None:
     sys.stdout.flush()
 
 
-def exit_with_parent(parent: int) -> None:
-    """A daemon thread: when the daemon dies the worker is re-parented; then it stops at once, mid-job too,
-    so that it never goes on to commit and activate a version alone."""
-
-    def watch():
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def serve_jobs() -> int:
     """Warm worker: import TensorFlow once, then run one JSON job per stdin line until stdin closes."""
-    exit_with_parent(os.getppid())
     if TENSORFLOW_MISSING:
         _emit({"error": NO_TENSORFLOW.format(job="training"), "fatal": True})
         return 2
@@ -105,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config-json")
     parser.add_argument("--head")
     parser.add_argument("--params", default="{}")
+    parser.add_argument("--parent", type=int, help="exit when this process (the daemon) is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.job == "serve":

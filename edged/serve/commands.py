@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -11,6 +11,8 @@ from ..errors import CommandError, CorrelationId
 from ..state.store import LABEL_RE
 
 MAX_PAYLOAD = 64 * 1024
+SQLITE_MAX = (1 << 63) - 1  # integers are bounded where they are parsed: SQLite's are 64-bit
+ExampleId = Annotated[int, Field(ge=1, le=SQLITE_MAX)]
 
 
 class _Cmd(BaseModel):
@@ -127,15 +129,15 @@ class Label(_Labelled):
 class ListExamples(_Cmd):
     label: Optional[str] = Field(None, max_length=64, description="only this label")
     limit: int = Field(100, ge=1, le=10_000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=SQLITE_MAX)
 
 
 class Delete(_Cmd):
-    ids: list[int] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
+    ids: list[ExampleId] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
 
 
 class Relabel(_Labelled):
-    ids: list[int] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
+    ids: list[ExampleId] = Field(min_length=1, max_length=10_000, description="example ids (from `examples`)")
 
 
 class Publish(_Cmd):

@@ -18,6 +18,7 @@ from ..mqtt.discovery import DeviceFacts, discovery_payload, discovery_topic
 from ..mqtt.link import MqttLink
 
 log = logging.getLogger(__name__)
+BIRTH_RESEND_S = 10.0
 
 
 class HomeAssistant:
@@ -31,6 +32,7 @@ class HomeAssistant:
         self._stale = threading.Event()  # heads, labels or models may have changed: recompute the payload
         self._stale.set()
         self._last: Optional[dict] = None
+        self._last_forced = float("-inf")
         self._thread = threading.Thread(target=self._run, name="homeassistant", daemon=True)
 
     def start(self) -> Optional[Callable[[], None]]:
@@ -77,9 +79,12 @@ class HomeAssistant:
                 log.exception("Home Assistant discovery update failed; trying again")
 
     def _tick(self, next_snapshot: float) -> float:
-        forced = self._birth.is_set()
+        # a birth re-sends the discovery at most every BIRTH_RESEND_S: a client flooding births gets no flood back
+        forced = self._birth.is_set() and time.monotonic() - self._last_forced >= BIRTH_RESEND_S
         if forced or self._stale.is_set():
-            self._birth.clear()
+            if forced:
+                self._birth.clear()
+                self._last_forced = time.monotonic()
             self._stale.clear()
             try:
                 payload = self.payload()

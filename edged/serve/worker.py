@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import logging
 import subprocess
 import sys
@@ -55,7 +56,8 @@ class TrainerWorker:
     def _start(self) -> None:
         if not tensorflow_available():
             raise TrainingError(NO_TENSORFLOW.format(job="training"))
-        self.proc = subprocess.Popen([sys.executable, "-m", "edged.learn.worker", "serve"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "edged.learn.worker", "serve", "--parent", str(os.getpid())],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         proc = self.proc
         threading.Thread(target=lambda: self.errors.extend(proc.stderr), daemon=True).start()

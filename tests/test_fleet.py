@@ -150,6 +150,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     assert got["state"] == "active" and got["check"]["examples"] == 48, got
     pred = json.loads(probe.wait_for(lambda t, p, r: t == "edged/shb/prediction/classifier", 30)[1])
     assert set(pred["scores"]) == {"triangle", "rectangle"}
+    _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id)
 
     # a model: exported (TensorFlow worker) on A, published, fetched, checked and served by B
     exported = probe.request("sha", "export", {"head": "classifier", "quantize": "float32"}, timeout=300)
@@ -231,6 +232,60 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
         probe.client.publish(t, b"", qos=1, retain=True)
     probe.client.publish("edged/fleet/revoked", b"", qos=1, retain=True)
     assert a.stop() == 0 and b.stop() == 0, b.output()
+
+
+def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id) -> None:
+    """Head versions signed by a member but crafted: a Keras archive inside, labels this device never saw, 1,500
+    labels that are markup — none is served, and only the one that can be kept for review is kept."""
+    import io
+    import shutil
+    import tarfile
+
+    sha_signs = FleetTrust("signed", Identity(state_a / "keys", "sha", "device")).sign_manifest
+    source = state_a / "heads" / "classifier" / json.loads((state_a / "heads" / "classifier" / "current").read_text())["current"]
+    heads_b = state_b / "heads" / "classifier"
+    before = sorted(p.name for p in heads_b.iterdir() if p.name.startswith("v"))
+    serving = json.loads((heads_b / "current").read_text())["current"]
+
+    def parcel(folder, labels, extra: dict[str, bytes] = {}):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+            for name, data in {**files, **extra}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return pack(publisher_base("edged", "sha"), "head", "classifier", buf.getvalue(),
+                    {"backbone": backbone_id, "input_size": 96, "labels": labels}, 64 * 1024, 1 << 30, sha_signs)
+
+    def outcome(why_state, why):
+        def seen(t, p, r):
+            got = json.loads(p).get("fleet", {}).get("received", {}).get("head/classifier", {}) if t == "edged/shb/status" else {}
+            return got.get("state") == why_state and why in str(got)
+        return json.loads(probe.wait_for(seen, 30)[1])["fleet"]["received"]["head/classifier"]
+
+    trap = parcel(source, ["triangle", "rectangle"], {"fused.keras": b"PK\x03\x04 a Lambda layer would be here"})
+    for topic, payload in trap:
+        probe.client.publish(topic, payload, qos=1, retain=True)
+    outcome("refused", "not one of the data files")
+
+    markup = [f"{{{{ states('lock.front_door') }}}} <img src=x onerror=alert({i})>" for i in range(1500)]
+    for topic, payload in parcel(source, markup):
+        probe.client.publish(topic, payload, qos=1, retain=True)
+    outcome("refused", "labels")
+
+    strangers = tmp_path / "strangers"
+    shutil.copytree(source, strangers)
+    meta = json.loads((strangers / "head.json").read_text())
+    meta["classes"] = ["zebra", "yak"]
+    (strangers / "head.json").write_text(json.dumps(meta))
+    for topic, payload in parcel(strangers, ["zebra", "yak"]):
+        probe.client.publish(topic, payload, qos=1, retain=True)
+    staged = outcome("staged", "no stored examples of its labels")
+    after = sorted(p.name for p in heads_b.iterdir() if p.name.startswith("v"))
+    assert after == before + [staged["version"]]  # the refused ones left nothing; this one is kept, not served
+    assert json.loads((heads_b / "current").read_text())["current"] == serving
+    assert not list(heads_b.glob(".staging-*"))
 
 
 def _publish_and_expect_refusal(probe, messages, why: str, model_sha: str, clear: bool = True) -> None:

@@ -171,3 +171,18 @@ def test_example_sets_are_checked(tmp_path):
         unpack_examples(example_set("a" * 32, "../x"), 8)
     with pytest.raises(BundleError, match="label"):
         unpack_examples(example_set("a" * 32, "cat\n"), 8)  # `$` once let a newline through
+
+
+def test_versions_are_pruned_but_never_the_serving_one_or_the_one_before(tmp_path):
+    from edged.state.versions import Versions
+
+    versions = Versions(tmp_path / "heads" / "classifier")
+    for _ in range(8):
+        staging = versions.staging()
+        (staging / "head.json").write_text("{}")
+        versions.commit(staging, activate=False)
+    versions.activate("v2")
+    versions.activate("v1")  # serving v1, v2 before it
+    assert versions.prune(3) == ["v3", "v4", "v5"]
+    assert versions.versions() == ["v1", "v2", "v6", "v7", "v8"] and versions.current() == "v1"
+    assert versions.rollback() == "v2"

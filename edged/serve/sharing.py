@@ -153,6 +153,8 @@ class Sharing:
         if m.get("backbone") != self.backbone.id:
             raise ShareError(f"{parcel.kind}/{parcel.name} from {parcel.publisher!r} was made for backbone "
                              f"{str(m.get('backbone'))[:100]!r}; this device serves {self.backbone.id!r}: refused")
+        if "labels" in m:
+            self._labels(m["labels"], f"{parcel.kind}/{parcel.name} from {parcel.publisher!r}")
         if parcel.kind == "examples":
             outcome = self._take_examples(parcel)
         else:

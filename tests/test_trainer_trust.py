@@ -1,0 +1,107 @@
+"""A trainer node takes only fresh jobs for itself, for heads it has, with its own weights files; a device takes
+trainers, progress and results only from the certified trainer its job went to. In process, no broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import enrol
+from edged.config import Config
+from edged.errors import EdgedError
+from edged.mqtt.parcels import Parcel
+from edged.mqtt.signing import FleetTrust
+from edged.serve.remote_trainer import RemoteTrainer
+from edged.serve.trainer_node import TrainerNode
+
+
+def _node(tmp_path, fleet_admin) -> TrainerNode:
+    cfg = Config.model_validate({"device": "big", "state_dir": str(tmp_path / "trainer"),
+                                 "backbone": {"weights": "none", "input_size": 96, "alpha": 0.25}})
+    enrol(fleet_admin, cfg.state_path, "big", "trainer")
+    return TrainerNode(cfg, "big", threading.Event())
+
+
+def _job(**changes) -> dict:
+    job = {"job_id": "a1b2c3d4e5f6", "job": "train", "head": "classifier", "params": {}, "trainer": "big",
+           "backbone": "x", "backbone_config": {"alpha": 0.25, "input_size": 96}, "heads_config": {}, "ts": time.time()}
+    return {**job, **changes}
+
+
+@pytest.mark.parametrize("changes,why", [
+    ({"head": "/tmp/x"}, "head '/tmp/x' is not installed"),
+    ({"head": "../../etc"}, "is not installed"),
+    ({"job": "shell"}, "job 'shell' is not one of"),
+    ({"ts": time.time() - 3600}, "a replay is not run"),
+    ({"trainer": "other"}, "job for trainer 'other'"),
+    ({"job_id": "../x"}, "job id '../x' is not valid"),
+    ({"backbone_config": "weights=/etc/shadow"}, "must be objects"),
+])
+def test_a_trainer_refuses_jobs_it_should_not_run(tmp_path, fleet_admin, changes, why):
+    node = _node(tmp_path, fleet_admin)
+    with pytest.raises(EdgedError, match=why):
+        node._accept(Parcel("door", "device", "job", "big", _job(**changes), b""))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_job_id_runs_once(tmp_path, fleet_admin):
+    node = _node(tmp_path, fleet_admin)
+    node._accept(Parcel("door", "device", "job", "big", _job(), b""))
+    with pytest.raises(EdgedError, match="was run before"):
+        node._accept(Parcel("door", "device", "job", "big", _job(), b""))
+
+
+def test_a_job_never_names_a_file_on_the_trainer(tmp_path, fleet_admin):
+    """The device's `weights` and `path` are replaced by the trainer's own; the refusal says nothing of the file."""
+    node = _node(tmp_path, fleet_admin)
+    secret = tmp_path / "secret.weights.h5"
+    secret.write_bytes(b"not for you")
+    sent = _job(backbone_config={"alpha": 0.25, "input_size": 96, "weights": str(secret), "family": "keras",
+                                 "path": str(secret)})
+    with pytest.raises(EdgedError) as refused:
+        node._device_config(sent, "door")
+    assert str(secret) not in str(refused.value)  # the trainer has no keras model file of its own: refused
+    cfg_sent = _job(backbone_config={"alpha": 0.25, "input_size": 96, "weights": str(secret)})
+    with pytest.raises(EdgedError) as again:
+        node._device_config(cfg_sent, "door")
+    assert str(secret) not in str(again.value) and "its own weights" in str(again.value)
+
+
+def _remote(tmp_path, fleet_admin) -> RemoteTrainer:
+    cfg = Config.model_validate({"device": "door", "state_dir": str(tmp_path / "door")})
+    return RemoteTrainer(cfg, None, None, lambda: None, FleetTrust("signed", enrol(fleet_admin, cfg.state_path, "door")))
+
+
+def test_a_device_listens_only_to_certified_trainers(tmp_path, fleet_admin):
+    remote = _remote(tmp_path, fleet_admin)
+    big = enrol(fleet_admin, tmp_path / "big", "big", "trainer")
+    other = enrol(fleet_admin, tmp_path / "other", "other", "trainer")
+    device = enrol(fleet_admin, tmp_path / "gate", "gate")
+    status = lambda identity, name: json.dumps({"state": "online", "announce": identity.sign({"name": name})}).encode()  # noqa: E731
+    remote._on_trainer("edged/fleet/trainers/0-rogue", b'{"state": "online"}', True)
+    remote._on_trainer("edged/fleet/trainers/big", status(big, "big"), True)
+    remote._on_trainer("edged/fleet/trainers/0-copy", status(big, "big"), True)  # big's announcement, another name
+    remote._on_trainer("edged/fleet/trainers/gate", status(device, "gate"), True)  # a device posing as a trainer
+    described = remote.describe()
+    assert described["big"] == "online" and remote.available() == "big"
+    assert described["0-rogue"].startswith("refused") and described["0-copy"].startswith("refused")
+    assert "certified as a device" in described["gate"]
+
+    while not remote.events.empty():
+        remote.events.get_nowait()
+    done = {"job_id": "j1", "ok": True, "result": {}, "sha256": "0" * 64}
+    remote._on_event("edged/fleet/trainers/big/done/door", json.dumps(done).encode(), False)  # unsigned
+    remote._on_event("edged/fleet/trainers/big/done/door", json.dumps(other.sign(done)).encode(), False)  # not big
+    assert remote.events.empty()
+    remote._on_event("edged/fleet/trainers/other/done/door", json.dumps(other.sign(done)).encode(), False)
+    remote._on_event("edged/fleet/trainers/big/done/door", json.dumps(big.sign({**done, "ok": False})).encode(), False)
+    got = [remote.events.get_nowait() for _ in range(2)]
+    assert [(k, b["trainer"]) for k, b in got] == [("done", "other"), ("done", "big")]
+    for item in got:
+        remote.events.put(item)
+    # the job went to big: other's answer to the same job id (signed, valid) is passed over
+    answer, parcel = remote._wait("j1", "big", None, None)
+    assert answer["trainer"] == "big" and answer["ok"] is False and parcel is None

@@ -235,8 +235,8 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
 
 
 def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id) -> None:
-    """Head versions signed by a member but crafted: a Keras archive inside, labels this device never saw, 1,500
-    labels that are markup — none is served, and only the one that can be kept for review is kept."""
+    """Head versions signed by a member but crafted: a Keras archive inside, labels that are markup, 1,500 labels,
+    labels this device never saw — none is served, and only the last can be kept for review."""
     import io
     import shutil
     import tarfile
@@ -269,10 +269,13 @@ def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id
         probe.client.publish(topic, payload, qos=1, retain=True)
     outcome("refused", "not one of the data files")
 
-    markup = [f"{{{{ states('lock.front_door') }}}} <img src=x onerror=alert({i})>" for i in range(1500)]
+    markup = [f"{{{{ states('lock.front_door') }}}} <img src=x onerror=alert({i})>" for i in range(300)]
     for topic, payload in parcel(source, markup):
         probe.client.publish(topic, payload, qos=1, retain=True)
-    outcome("refused", "labels")
+    outcome("refused", "is not a valid label")
+    for topic, payload in parcel(source, [f"c{i}" for i in range(1500)], {"notes.txt": b"other bytes"}):
+        probe.client.publish(topic, payload, qos=1, retain=True)
+    outcome("refused", "fleet.max_classes")
 
     strangers = tmp_path / "strangers"
     shutil.copytree(source, strangers)

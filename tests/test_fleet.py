@@ -109,7 +109,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     follow = '\n[fleet]\nfollow = ["classifier"]\ntake_examples = true\nmin_accuracy = 0.3\n'
     cfg_b, state_b = _config(tmp_path, make_state, broker.port, "shb", follow, source="synthetic:clutter=2")
     _prefill(state_b, seed=1)
-    sha_identity = enrol(fleet_admin, state_a, "sha")
+    enrol(fleet_admin, state_a, "sha")
     enrol(fleet_admin, state_b, "shb")
     a = daemons(cfg_a, tmp_path / "a.log")
     b = daemons(cfg_b, tmp_path / "b.log")

@@ -8,6 +8,7 @@ Keras and edged.learn made unimportable.
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -192,3 +193,21 @@ def test_serving_modules_import_with_tensorflow_blocked():
     assert out.returncode == 0, out.stderr
     failed, loaded = eval(out.stdout.strip().splitlines()[-1])
     assert failed == [] and loaded == []
+
+
+# One place per concept: where the knowledge lives, and the marks that show it leaking elsewhere.
+ONE_PLACE = {
+    "a path under the state folder": ("edged/state/layout.py", re.compile(r"state_path\s*/|state_dir\)?\s*/\s*[\"']")),
+    "a paho client": ("edged/mqtt/client.py", re.compile(r"mqtt\.Client\(")),
+    "a version folder staged by hand": ("edged/state/versions.py", re.compile(r"\.staging\(\)|versions\.commit\(")),
+}
+
+
+def test_each_concept_lives_in_one_place():
+    leaks = []
+    for what, (home, mark) in ONE_PLACE.items():
+        for path in sorted(list((ROOT / "edged").rglob("*.py")) + list((ROOT / "plugins").rglob("*.py"))):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel != home and mark.search(path.read_text()):
+                leaks.append(f"{rel}: {what} (belongs in {home})")
+    assert leaks == []

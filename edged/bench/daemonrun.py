@@ -12,7 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
+from ..config import MqttConfig
+from ..mqtt.client import make_client
 
 from ..runtime.engine import Engine, EngineOptions
 from ..serve.backbone import embed_image
@@ -33,7 +34,7 @@ class Probe:
     def __init__(self, port: int, device: str):
         self.device = device
         self.q: "queue.Queue[tuple[float, str, dict]]" = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        self.client = make_client(MqttConfig(host="127.0.0.1", port=port, protocol="3.1.1"), f"bench-{uuid.uuid4().hex[:6]}")
         self.client.on_message = lambda c, u, m: self.q.put((time.perf_counter(), m.topic, self._json(m.payload)))
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"edged/{device}/#", qos=1)

@@ -13,13 +13,13 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 
 from .. import __version__
 from ..config import MqttConfig
 from ..mqtt.broker import MosquittoBroker, local_broker
 from ..mqtt.fleet import list_devices, send
-from ..mqtt.link import IncomingCommand, MqttLink, no_delay
+from ..mqtt.client import make_client, no_delay
+from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..mqtt.requests import BrokerClient
 from ..serve.dispatch import answer_status_only
@@ -61,7 +61,7 @@ class SimulatedDevice:
 def _raw_round_trip(cfg: MqttConfig, device: str, rounds: int) -> float:
     """Median ms of one request/reply to one device with a bare paho client (the broker's own round trip)."""
     got = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
+    client = make_client(cfg, f"bench-raw-{uuid.uuid4().hex[:6]}")
     client.on_message = lambda c, u, m: got.set()
     client.connect(cfg.host, cfg.port)
     no_delay(client)

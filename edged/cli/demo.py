@@ -15,11 +15,13 @@ import paho.mqtt.client as mqtt
 from ..config import Config, load_config
 from ..errors import BackboneError
 from ..mqtt.broker import AmqttBroker, local_broker
+from ..mqtt.client import make_client
 from ..serve.backbone import embed_image, open_backbone
 from ..serve.capture import CaptureJob
 from ..sources import open_source
 from ..sources.synthetic import scene_at
 from ..state.store import Store
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class Demo:
     def _teach(self, cfg: Config) -> None:
         """Store 15 examples of each shape from shape-only synthetic streams, once."""
         info, engine = open_backbone(cfg)
-        store = Store(cfg.state_path / "store")
+        store = Store(StateLayout(cfg.state_path).store)
         try:
             for shape in DEMO_SHAPES:
                 if store.counts().get(shape):
@@ -112,8 +114,7 @@ class Demo:
     def _watch(self, cfg: Config) -> None:
         """Print each prediction beside the truth: the synthetic source's scene at that frame position."""
         src = cfg.source
-        protocol = mqtt.MQTTv311 if cfg.mqtt.protocol == "3.1.1" else mqtt.MQTTv5
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edged-demo-watch", protocol=protocol)
+        self.client = make_client(cfg.mqtt, "edged-demo-watch")
 
         def on_message(client, userdata, msg):
             pred = json.loads(msg.payload)

@@ -13,6 +13,7 @@ from ..errors import BackboneError, SourceError
 from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version, load_delegate
 from ..sources import open_source
 from ..state.backbones import backbone_id
+from ..state.layout import StateLayout
 
 
 def _line(ok: bool | None, what: str, detail: str) -> None:
@@ -74,7 +75,7 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
 
     try:
         bid = backbone_id(cfg.backbone)
-        cached = (cfg.state_path / "backbones" / bid / "backbone.tflite").is_file() or cfg.backbone.family == "tflite"
+        cached = (StateLayout(cfg.state_path).backbones / bid / "backbone.tflite").is_file() or cfg.backbone.family == "tflite"
         _line(True if cached else None, "backbone",
               f"{bid} {'cached' if cached else 'not cached yet: the first start converts it (needs TensorFlow)'}")
     except BackboneError as e:

@@ -19,10 +19,11 @@ from ..files import read_json_object, write_atomic
 from ..mqtt.requests import BrokerClient
 from ..mqtt.signing import revocation_topic
 from ..state.trust import FleetAuthority, Identity, key_id, trainer_identity
+from ..state.layout import StateLayout
 
 
 def _identity(cfg: Config, trainer: str | None) -> Identity:
-    return trainer_identity(cfg, trainer) if trainer else Identity(cfg.state_path / "keys", cfg.device, "device")
+    return trainer_identity(cfg, trainer) if trainer else Identity(StateLayout(cfg.state_path).keys, cfg.device, "device")
 
 
 def _read_json(source: str, what: str) -> dict:

@@ -38,12 +38,12 @@ from ..state import importer
 from ..serve.commands import parse
 from ..state.review import ReviewQueue
 from ..state.store import Store
-from ..state.versions import Versions
 from .checks import check_meaning
 from .demo import Demo
 from .fleet import add_fleet_parser
 from .install import install
 from .doctor import run_doctor
+from ..state.layout import StateLayout
 
 log = logging.getLogger("edged")
 
@@ -148,7 +148,7 @@ def cmd_collect(args) -> int:
     stop = threading.Event()
     _install_signal_handlers(stop)
     info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
     job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe)
     source = open_source(cfg.source)
@@ -186,7 +186,7 @@ def cmd_import(args) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     root = Path(args.folder)
     if not root.is_dir():
         print(f"error: not a folder: {root}", file=sys.stderr)
@@ -224,7 +224,7 @@ def cmd_predict(args) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level)
     info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     reembed_missing(store, info, engine)
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager(cfg.plugins_dir)))
     if args.head:
@@ -296,7 +296,7 @@ class _Offline:
 
     def __init__(self, cfg: Config):
         self.info, self.engine = open_backbone(cfg)
-        self.store = Store(cfg.state_path / "store")
+        self.store = Store(StateLayout(cfg.state_path).store)
         reembed_missing(self.store, self.info, self.engine)
         self.heads = HeadSet(cfg, self.store, self.info, head_classes(plugin_manager(cfg.plugins_dir)))
         self.learning = Learning(cfg, self.store, self.info, self.heads)
@@ -389,7 +389,7 @@ def cmd_install_service(args) -> int:
 def cmd_examples(args) -> int:
     """Stored examples on disk: list, delete, relabel (a running daemon picks the change up)."""
     cfg = _load(args)
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     try:
         if args.examples_command == "list":
             for row in store.list(args.label, args.limit):
@@ -407,7 +407,7 @@ def cmd_examples(args) -> int:
 def cmd_review(args) -> int:
     """The review queue on disk: list, label (stored as an example; a running daemon picks it up), discard."""
     cfg = _load(args)
-    queue = ReviewQueue(cfg.state_path / "review", cfg.review.max_items)
+    queue = ReviewQueue(StateLayout(cfg.state_path).review, cfg.review.max_items)
     if args.review_command == "list":
         for item in queue.list():
             print(json.dumps(item))
@@ -418,7 +418,7 @@ def cmd_review(args) -> int:
         return 0
     parse("label", json.dumps({"review_id": args.id, "label": args.label}).encode())  # as the MQTT command
     info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     try:
         example, _ = queue.label(args.id, args.label, store, info.id, lambda img: embed_image(engine, img))
         print(json.dumps({"review_id": args.id, "label": args.label, "example": example,
@@ -431,7 +431,7 @@ def cmd_review(args) -> int:
 
 def cmd_versions(args) -> int:
     cfg = _load(args)
-    versions = Versions(cfg.state_path / "models" / args.model)
+    versions = StateLayout(cfg.state_path).models(args.model)
     if args.versions_command == "rollback":
         print(json.dumps({"model": args.model, "current": versions.rollback()}))
     else:

@@ -20,6 +20,7 @@ from ..state.backbones import BackboneInfo, backbone_id, int8_path, lookup_backb
 from ..state.store import Store
 from . import keras_backbone
 from .convert import to_tflite
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def calibration_frames(cfg: Config, info: BackboneInfo, n: int) -> tuple[np.ndar
     if cfg.runtime.int8_calibration == "blank":
         return np.zeros((n, size, size, 3), np.uint8), f"{n} black frames (deliberately bad)"
     frames = []
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     try:
         ids = store.examples(info.id).ids
         rng = np.random.default_rng(0)

@@ -34,9 +34,9 @@ from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import fit_frame
 from ..state.backbones import BackboneInfo
 from ..state.store import Examples, Store
-from ..state.versions import Versions
 from . import keras_backbone
 from .convert import to_tflite
+from ..state.layout import StateLayout
 
 
 @dataclass
@@ -135,7 +135,7 @@ class TrainContext:
 
     def current_version(self) -> Optional[Path]:
         """The head's active trained version folder, if it has one."""
-        return Versions(self.cfg.state_path / "heads" / self.head.name).current_path()
+        return StateLayout(self.cfg.state_path).heads(self.head.name).current_path()
 
     # -- writing ---------------------------------------------------------------------------
     def write_model(self, folder: Path, spec: ExportSpec, quantize: str, check_pixels: np.ndarray,

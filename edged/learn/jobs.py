@@ -13,9 +13,9 @@ from ..heads.base import Progress, TrainRequest
 from ..heads.options import head_options
 from ..heads.registry import head_classes, plugin_manager
 from ..state.store import Store
-from ..state.versions import Versions
 from .backbones import build_backbone
 from .context import ExportSpec, TrainContext
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,16 @@ def trainer_module(head_cls, hook: str):
 
 def run_train(cfg: Config, head: str, request: TrainRequest, progress: Progress = None) -> dict:
     """Train a new version of `head` with its trainer module; commit it as heads/<head>/vN."""
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     try:
-        versions = Versions(cfg.state_path / "heads" / head)
-        staging = versions.staging()
-        try:
-            context = _context(cfg, store, head, request, "train", staging)
+        versions = StateLayout(cfg.state_path).heads(head)
+        with versions.draft() as draft:
+            context = _context(cfg, store, head, request, "train", draft.folder)
             if not len(context.examples):
                 raise HeadError("the store has no examples for this backbone yet: capture some first")
             metrics = trainer_module(context.head, "train").train(context, progress)
-            activate = bool(metrics.pop("activate", True))  # a trainer may judge its own result not good enough
-            version = versions.commit(staging, activate=activate)
-        except BaseException:
-            versions.discard(staging)
-            raise
+            draft.activate = bool(metrics.pop("activate", True))  # a trainer may judge its own result not good enough
+        version, activate = draft.version, draft.activate
         result = {"head": head, "version": version, "activated": activate, "metrics": metrics}
         if not activate:
             result["note"] = metrics.get("note") or f"{head} {version} kept but not activated"
@@ -72,7 +68,7 @@ def _representative(context: TrainContext, n: int = 300) -> np.ndarray:
 
 def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = False, progress: Progress = None) -> dict:
     """Export `head` (backbone + head as one TFLite model) as models/<head>/vN, current only when parity passes."""
-    store = Store(cfg.state_path / "store")
+    store = Store(StateLayout(cfg.state_path).store)
     try:
         context = _context(cfg, store, head, TrainRequest(), "export")
         if not len(context.examples):
@@ -80,16 +76,12 @@ def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = 
         spec: ExportSpec = trainer_module(context.head, "export_model").export_model(context)
         check_ids = context.examples.ids if spec.check_ids is None else spec.check_ids
         check = context.pixels(check_ids[:200])
-        versions = Versions(cfg.state_path / "models" / head)
-        staging = versions.staging()
-        try:
-            meta = context.write_model(staging, spec, quantize, check, _representative(context), progress)
+        versions = StateLayout(cfg.state_path).models(head)
+        with versions.draft() as draft:
+            meta = context.write_model(draft.folder, spec, quantize, check, _representative(context), progress)
             if not meta["parity"]["passed"] and not force:
                 raise HeadError(f"parity check failed: {meta['parity']}; the model was not activated (use force to keep it)")
-            version = versions.commit(staging, activate=True)
-        except BaseException:
-            versions.discard(staging)
-            raise
+        version = draft.version
         return {"head": head, "model_version": version, "quantization": quantize, "parity": meta["parity"],
                 "bytes": meta["bytes"], "path": str(versions.root / version / "model.tflite")}
     finally:

@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig
 from ..errors import ConfigError
+from .client import make_client, no_delay
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,6 @@ def check_broker_certificate(cfg: MqttConfig, timeout_s: float = 5.0) -> None:
         log.warning("MQTT broker %s:%s not reachable yet: %s (the link keeps trying)", cfg.host, cfg.port, e)
 
 
-def no_delay(client: mqtt.Client) -> None:
-    """Small packets go out at once: with Nagle's algorithm a reply written right after an acknowledgement waits
-    for the broker's delayed ACK (about 40 ms a hop, measured by `edged bench fleet`)."""
-    sock = client.socket()
-    if sock is not None and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 def dumps(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), default=str).encode()
 
@@ -108,20 +98,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._v5 = cfg.protocol == "5"
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edged-{device}",
-            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
-        )
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            self.client.tls_set(
-                ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile,
-                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
-            )
-            self.client.tls_insecure_set(cfg.tls.insecure)
-        self.client.will_set(self.topics.status, dumps(OFFLINE), qos=1, retain=True)
+        self.client = make_client(cfg, f"edged-{device}", will=(self.topics.status, dumps(OFFLINE)))
         self.client.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)), int(max(1, cfg.reconnect_max_s)))
         self.client.max_queued_messages_set(max(cfg.offline_queue, 1))
         self.client.max_inflight_messages_set(cfg.max_inflight)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import queue
-import ssl
 import time
 import uuid
 from typing import Callable, Optional
@@ -19,7 +18,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig
 from ..errors import EdgedError
-from .link import no_delay
+from .client import make_client, no_delay
 
 
 class BrokerClient:
@@ -28,14 +27,7 @@ class BrokerClient:
         self.v5 = cfg.protocol == "5"
         self.inbox: "queue.Queue[tuple[str, bytes, object]]" = queue.Queue()
         self.session = uuid.uuid4().hex[:10]
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edged-{name}-{self.session}",
-                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            self.client.tls_set(ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile,
-                                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED)
-            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client = make_client(cfg, f"edged-{name}-{self.session}")
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload, getattr(m, "properties", None)))
         self.connected = False
 

@@ -16,6 +16,7 @@ from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
 from ..state.store import Store
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def resolve(cfg: Config) -> BackboneInfo:
         build_in_child(cfg)
         info = lookup_backbone(cfg.backbone, cfg.state_path)
         if info is None:
-            raise BackboneError(f"backbone {backbone_id(cfg.backbone)} was built but is not in {cfg.state_path / 'backbones'}")
+            raise BackboneError(f"backbone {backbone_id(cfg.backbone)} was built but is not in {StateLayout(cfg.state_path).backbones}")
     return info
 
 

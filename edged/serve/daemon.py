@@ -38,6 +38,7 @@ from .remote_trainer import RemoteTrainer
 from .review import Reviewer
 from .sharing import Sharing
 from .telemetry import StageTimes, Telemetry
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Daemon:
         log.info("stopped")
 
     def _start_store(self):
-        self.store = Store(self.cfg.state_path / "store")
+        self.store = Store(StateLayout(self.cfg.state_path).store)
         self._store_version = self.store.data_version()
         return self.store.close
 
@@ -118,7 +119,7 @@ class Daemon:
         self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
                                    self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt,
                                    self.precision)
-        self.reviews = ReviewQueue(self.cfg.state_path / "review", self.cfg.review.max_items)
+        self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self._announce_review, self.stop)
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self._publish_prediction,
                               self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider)
@@ -131,7 +132,7 @@ class Daemon:
 
     def _start_commands(self):
         # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
-        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(self.cfg.state_path / "keys", self.cfg.device, "device"))
+        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(StateLayout(self.cfg.state_path).keys, self.cfg.device, "device"))
         if not self.trust.signed:
             log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
                         "on the broker")

@@ -13,7 +13,6 @@ from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..state.review import ReviewQueue
 from ..state.store import Store
-from ..state.versions import Versions
 from .capture import CaptureDesk, CaptureJob
 from .commands import (Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Publish, Relabel,
                        Rollback, Share, Train)
@@ -22,6 +21,7 @@ from .headset import HeadSet
 from .jobs import JobRunner, run_reporting
 from .learning import Learning
 from .sharing import Sharing
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ class CommandHandlers:
 
     def list_models(self, cmd: Empty, responder: Responder) -> dict:
         """Per head: trained versions with their metrics, exported models with precision and parity, what serves."""
-        state = self.learning.cfg.state_path
+        layout = StateLayout(self.learning.cfg.state_path)
         out = {}
         for name in sorted(self.heads.classes):
-            trained, exported = Versions(state / "heads" / name), Versions(state / "models" / name)
+            trained, exported = layout.heads(name), layout.models(name)
             out[name] = {
                 "active": name in self.heads.active,
                 "serving_model": name in self.heads.models,

@@ -22,7 +22,7 @@ from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.serving import ServingChoice
 from ..state.store import Store
-from ..state.versions import Versions
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class HeadSet:
         self.store = store
         self.backbone = backbone
         self.classes = classes
-        self.choice = ServingChoice(cfg.state_path / "serving.json")
+        self.choice = ServingChoice(StateLayout(cfg.state_path).serving)
         self._lock = threading.Lock()
         self.instances: dict[str, Head] = {}  # heads answering from embeddings
         self.fused: dict[str, FusedModel] = {}  # trained versions that are one TFLite model (fine-tuned, boxes)
@@ -53,7 +53,7 @@ class HeadSet:
                 log.error("serving.json names an exported model for unknown head %r; ignored", name)
                 continue
             try:
-                self.models[name] = self.open_model(Versions(self.cfg.state_path / "models" / name).current_path(), name)
+                self.models[name] = self.open_model(StateLayout(self.cfg.state_path).models(name).current_path(), name)
             except EdgedError as e:
                 log.error("exported model for %s not served: %s", name, e)
 
@@ -78,7 +78,7 @@ class HeadSet:
         if head.incremental:
             head.fit(self.store.examples(self.backbone.id))
             return head, None
-        folder = folder or Versions(self.cfg.state_path / "heads" / name).current_path()
+        folder = folder or StateLayout(self.cfg.state_path).heads(name).current_path()
         if folder is not None and (folder / "model.tflite").is_file():
             return head, self.open_model(folder, name)
         head.load(folder)
@@ -194,7 +194,7 @@ class HeadSet:
             entry = {"kind": cls.kind, "active": name in self.active,
                      "ready": bool(model or (head and head.ready)),
                      "classes": model.labels if model else (head.classes if head else [])}
-            current = Versions(self.cfg.state_path / "heads" / name).current()
+            current = StateLayout(self.cfg.state_path).heads(name).current()
             if current:
                 entry["version"] = current
             if name in models:

@@ -16,6 +16,7 @@ from ..config import Config
 from ..files import read_json_object, write_atomic
 from ..mqtt.discovery import DeviceFacts, discovery_payload, discovery_topic
 from ..mqtt.link import MqttLink
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 BIRTH_RESEND_S = 10.0
@@ -27,7 +28,7 @@ class HomeAssistant:
         self.cfg, self.ha = cfg, cfg.homeassistant
         self.link, self.describe, self.last_frame, self.stop = link, describe, last_frame, stop
         self.topic = discovery_topic(self.ha.discovery_prefix, cfg.device)
-        self.marker = cfg.state_path / "homeassistant.json"  # where discovery was published, to remove it later
+        self.marker = StateLayout(cfg.state_path).homeassistant_memory  # where discovery was published, to remove it later
         self._birth = threading.Event()
         self._stale = threading.Event()  # heads, labels or models may have changed: recompute the payload
         self._stale.set()

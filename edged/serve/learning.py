@@ -19,10 +19,10 @@ from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo
 from ..state.store import Store
-from ..state.versions import Versions
 from .headset import HeadSet
 from .remote_trainer import RemoteTrainer
 from .worker import TrainerWorker, tensorflow_available
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ class Learning:
         self._embedder: Optional[Engine] = None
 
     def start(self) -> None:
-        state = self.cfg.state_path
+        layout = StateLayout(self.cfg.state_path)
         for kind in ("heads", "models"):
             for name in self.heads.classes:
-                removed = Versions(state / kind / name).clean_staging()
+                removed = layout.versions(kind, name).clean_staging()
                 if removed:
                     log.info("removed %d stale staging folders under %s/%s", removed, kind, name)
         orphans = self.store.collect_orphans()
@@ -111,7 +111,7 @@ class Learning:
         result = self._run_job("train", name, params, progress, stop)
         if not result.get("activated", True):
             return result  # committed for inspection; the version serving now stays
-        head, fused = self.heads.open_head(name, Versions(self.cfg.state_path / "heads" / name).current_path())
+        head, fused = self.heads.open_head(name, StateLayout(self.cfg.state_path).heads(name).current_path())
         if fused is None and not head.ready:
             raise HeadError(f"trained {name!r} but its new version could not be loaded")
         self.heads.swap(name, head, fused)
@@ -123,16 +123,11 @@ class Learning:
             raise HeadError("the store has no examples yet: capture some first")
         head = cls(self.heads.options(name))
         metrics = head.fit(examples, self.fit_context(request), progress)
-        versions = Versions(self.cfg.state_path / "heads" / name)
-        staging = versions.staging()
-        try:
-            head.save(staging)
-            version = versions.commit(staging)
-        except BaseException:
-            versions.discard(staging)
-            raise
+        versions = StateLayout(self.cfg.state_path).heads(name)
+        with versions.draft() as draft:
+            head.save(draft.folder)
         self.heads.swap(name, head)
-        return {"head": name, "version": version, "metrics": metrics}
+        return {"head": name, "version": draft.version, "metrics": metrics}
 
     def export(self, name: str, quantize: str, force: bool = False, progress: Progress = None,
                stop: Optional[threading.Event] = None) -> dict:
@@ -170,7 +165,7 @@ class Learning:
     def use_model(self, name: str, version: Optional[str] = None) -> dict:
         """Serve head `name` from its exported model (`version`, default the current one)."""
         self._class(name, "activate.model")
-        versions = Versions(self.cfg.state_path / "models" / name)
+        versions = StateLayout(self.cfg.state_path).models(name)
         previous = versions.current()
         if version:
             try:
@@ -189,7 +184,7 @@ class Learning:
 
     def rollback_model(self, name: str) -> dict:
         self._class(name, "rollback.model")
-        versions = Versions(self.cfg.state_path / "models" / name)
+        versions = StateLayout(self.cfg.state_path).models(name)
         try:
             previous = versions.rollback()
         except VersionError as e:

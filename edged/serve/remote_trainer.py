@@ -31,8 +31,8 @@ from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
 from ..state.store import Store
 from ..state.trust import Certificate, TrustError
-from ..state.versions import Versions
 from .trainer_node import job_context
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class RemoteTrainer:
         job_id = uuid.uuid4().hex[:12]
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "examples.npz").write_bytes(pack_examples(rows, max(2 * self.backbone.input_size, 320)))
-            head_version = Versions(self.cfg.state_path / "heads" / head).current_path()
+            head_version = StateLayout(self.cfg.state_path).heads(head).current_path()
             if head_version is not None:  # export starts from it
                 shutil.copytree(head_version, Path(tmp) / "head")
             data = pack_folder(Path(tmp))
@@ -189,17 +189,13 @@ class RemoteTrainer:
 
     def _commit(self, job: str, head: str, result: dict, data: bytes, trainer: str) -> dict:
         root = "heads" if job == "train" else "models"
-        versions = Versions(self.cfg.state_path / root / head)
-        staging = versions.staging()
+        versions = StateLayout(self.cfg.state_path).versions(root, head)
         try:
-            unpack_into(data, staging, self.cfg.fleet.max_share_bytes)
-            version = versions.commit(staging, activate=bool(result.get("activated", True)))
+            with versions.draft(activate=bool(result.get("activated", True))) as draft:
+                unpack_into(data, draft.folder, self.cfg.fleet.max_share_bytes)
         except BundleError as e:
-            versions.discard(staging)
             raise TrainingError(f"trainer {trainer}: {e}") from None
-        except BaseException:
-            versions.discard(staging)
-            raise
+        version = draft.version
         versions.prune(self.cfg.fleet.keep_versions)
         local = {k: v for k, v in result.items() if k not in ("version", "model_version", "path")}
         local["trainer"] = trainer

@@ -31,9 +31,9 @@ from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.store import LABEL_RE, Store
-from ..state.versions import Versions
 from .headset import HeadSet
 from .learning import Learning
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Sharing:
         self.received: dict[str, dict] = {}  # "kind/name" -> what became of the last parcel
         # parcels handled (a reconnect does not apply them again; an older one is a replay) and published (their
         # chunks are cleared when a newer one replaces them, also after a restart)
-        self._memory = cfg.state_path / "fleet.json"
+        self._memory = StateLayout(cfg.state_path).fleet_memory
         self._memory_lock = threading.Lock()
         memory = read_json_object(self._memory)
         self._seen: dict[str, dict] = {k: v for k, v in dict(memory.get("seen", {})).items() if isinstance(v, dict)}
@@ -179,17 +179,13 @@ class Sharing:
 
     def _take_version(self, parcel: Parcel) -> dict:
         what = f"{parcel.kind}/{parcel.name} from {parcel.publisher!r}"
-        versions = Versions(self.cfg.state_path / ("models" if parcel.kind == "model" else "heads") / parcel.name)
-        staging = versions.staging()
-        try:
-            unpack_into(parcel.data, staging, self.fleet.max_share_bytes)
-            check = self._check(parcel, staging, what)
+        versions = StateLayout(self.cfg.state_path).versions("models" if parcel.kind == "model" else "heads", parcel.name)
+        with versions.draft(activate=False) as draft:  # checked before it is committed; a refusal leaves nothing
+            unpack_into(parcel.data, draft.folder, self.fleet.max_share_bytes)
+            check = self._check(parcel, draft.folder, what)
             serve = check.get("accuracy") is not None and check["accuracy"] >= self.fleet.min_accuracy
             serve = serve or (check.get("kind") == "boxes" and self.trust.signed)
-            version = versions.commit(staging, activate=False)
-        except BaseException:
-            versions.discard(staging)
-            raise
+        version = draft.version
         pruned = versions.prune(self.fleet.keep_versions)
         if not serve:
             reason = check.get("note") or (f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples "
@@ -303,7 +299,7 @@ class Sharing:
         """Share a model (exported TFLite) or a head version (trained on embeddings) with the fleet."""
         if name not in self.heads.classes:
             raise HeadError(f"publish.model: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
-        versions = Versions(self.cfg.state_path / ("models" if kind == "model" else "heads") / name)
+        versions = StateLayout(self.cfg.state_path).versions("models" if kind == "model" else "heads", name)
         version = version or versions.current()
         if version is None or version not in versions.versions():
             have = versions.versions()

@@ -35,9 +35,9 @@ from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
 from ..state.store import Store
 from ..state.trust import TrustError, trainer_identity
-from ..state.versions import Versions
 from .dispatch import answer_status_only
 from .worker import TrainerWorker
+from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class TrainerNode:
         names a file on this machine."""
         sent = dict(m["backbone_config"])
         sent.update(weights=self.cfg.backbone.weights, path=self.cfg.backbone.path)
-        cfg = Config.model_validate({"device": device, "state_dir": str(Path(self.cfg.state_dir) / "devices" / device),
+        cfg = Config.model_validate({"device": device, "state_dir": str(StateLayout(self.cfg.state_path).device(device)),
                                      "backbone": sent, "heads": m.get("heads_config") or {},
                                      "trainer": self.cfg.trainer.model_dump(), "mqtt": {"enabled": False},
                                      "log_level": self.cfg.log_level})
@@ -198,7 +198,7 @@ class TrainerNode:
         progress = lambda p: self._reply("progress", device, {"job_id": job_id, "progress": p})  # noqa: E731
         result = self.worker.run(cfg, job, head, dict(m.get("params") or {}), progress, self.stop)
         version = result.get("version") if job == "train" else result.get("model_version")
-        versions = Versions(cfg.state_path / ("heads" if job == "train" else "models") / head)
+        versions = StateLayout(cfg.state_path).versions("heads" if job == "train" else "models", head)
         if version not in versions.versions():
             raise EdgedError(f"{job} of {head} gave no version")
         versions.prune(self.cfg.fleet.keep_versions)
@@ -207,7 +207,7 @@ class TrainerNode:
     @staticmethod
     def _fill_state(cfg: Config, job_dir: Path, head: str, bid: str, device: str) -> None:
         """The device's examples (as sent, replacing those of its last job) and its current head version."""
-        store_dir = cfg.state_path / "store"
+        store_dir = StateLayout(cfg.state_path).store
         shutil.rmtree(store_dir, ignore_errors=True)
         try:
             examples = unpack_examples((job_dir / "examples.npz").read_bytes(), None)
@@ -220,11 +220,6 @@ class TrainerNode:
             store.close()
         sent_head = job_dir / "head"
         if sent_head.is_dir() and any(sent_head.iterdir()):
-            versions = Versions(cfg.state_path / "heads" / head)
-            staging = versions.staging()
-            try:
-                shutil.copytree(sent_head, staging, dirs_exist_ok=True)
-                versions.commit(staging, activate=True)
-            except BaseException:
-                versions.discard(staging)
-                raise
+            versions = StateLayout(cfg.state_path).heads(head)
+            with versions.draft() as draft:
+                shutil.copytree(sent_head, draft.folder, dirs_exist_ok=True)

@@ -17,6 +17,7 @@ from ..errors import BackboneError
 from ..files import file_sha256, write_atomic
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.scaling import SCALING_BY_FAMILY, Scaling
+from .layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def describe(cfg: BackboneConfig) -> str:
 
 
 def cache_folder(cfg: BackboneConfig, state_dir: Path) -> Path:
-    return Path(state_dir) / "backbones" / backbone_id(cfg)
+    return StateLayout(state_dir).backbones / backbone_id(cfg)
 
 
 def _tflite_info(cfg: BackboneConfig, bid: str) -> BackboneInfo:
@@ -109,7 +110,7 @@ def lookup_backbone(cfg: BackboneConfig, state_dir: Path) -> BackboneInfo | None
     bid = backbone_id(cfg)
     if cfg.family == "tflite":
         return _tflite_info(cfg, bid)
-    folder = Path(state_dir) / "backbones" / bid
+    folder = StateLayout(state_dir).backbones / bid
     meta_path = folder / "backbone.json"
     if meta_path.is_file() and (folder / "backbone.tflite").is_file():
         info = BackboneInfo(**json.loads(meta_path.read_text()))

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..config import NAME_RE
 from ..errors import EdgedError
 from ..files import write_atomic
+from .layout import StateLayout
 
 ROLES = ("device", "trainer")
 MAX_ENVELOPE = 64 * 1024
@@ -320,4 +321,4 @@ def unseal(box: X25519PrivateKey, sealed: bytes, header, context: bytes) -> byte
 
 def trainer_identity(cfg, name: str) -> Identity:
     """A trainer node's identity: a folder of its own, so a device and a trainer can share a state folder."""
-    return Identity(cfg.state_path / "keys" / f"trainer-{name}", name, "trainer")
+    return Identity(StateLayout(cfg.state_path).trainer_keys(name), name, "trainer")

@@ -8,11 +8,22 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import VersionError
 from ..files import fsync_dir, fsync_tree, write_atomic
+
+@dataclass
+class Draft:
+    """A version being written (see Versions.draft): `version` is its name once committed."""
+
+    folder: Path
+    activate: bool
+    version: Optional[str] = None
+
 
 _VERSION = re.compile(r"v([1-9][0-9]{0,8})")
 
@@ -93,6 +104,18 @@ class Versions:
         if doomed:
             fsync_dir(self.root)
         return doomed
+
+    @contextmanager
+    def draft(self, activate: bool = True) -> Iterator["Draft"]:
+        """The one way a version is written: fill `draft.folder` in the block; leaving it commits the folder as the
+        next version (made current when `draft.activate`), and any error discards it."""
+        draft = Draft(self.staging(), activate)
+        try:
+            yield draft
+            draft.version = self.commit(draft.folder, activate=draft.activate)
+        except BaseException:
+            self.discard(draft.folder)
+            raise
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,8 +20,8 @@ from ..serve.backbone import embed_image, open_backbone
 from ..serve.capture import CaptureJob
 from ..sources import open_source
 from ..sources.synthetic import scene_at
-from ..state.store import Store
 from ..state.layout import StateLayout
+from ..state.store import Store
 
 log = logging.getLogger(__name__)
 

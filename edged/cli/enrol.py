@@ -7,19 +7,18 @@ key and the device share a machine. `revoke` publishes the fleet-signed list of 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
 from ..config import Config
 from ..errors import EdgedError
 from ..files import read_json_object, write_atomic
 from ..mqtt.requests import BrokerClient
 from ..mqtt.signing import revocation_topic
-from ..state.trust import FleetAuthority, Identity, key_id, trainer_identity
 from ..state.layout import StateLayout
+from ..state.trust import FleetAuthority, Identity, key_id, trainer_identity
+from .common import add_config_args, load
 
 
 def _identity(cfg: Config, trainer: str | None) -> Identity:
@@ -51,7 +50,7 @@ def cmd_id(cfg: Config, args) -> int:
     return 0
 
 
-def cmd_enroll(args, load: Callable) -> int:
+def cmd_enroll(args) -> int:
     authority = FleetAuthority(args.dir)
     if args.config:
         identity = _identity(load(args), args.trainer)
@@ -86,7 +85,7 @@ def cmd_revoke(cfg: Config, args) -> int:
     return 0
 
 
-def add_trust_parsers(fsub, add_config_args: Callable[[argparse.ArgumentParser], None], load: Callable) -> None:
+def add_trust_parsers(fsub) -> None:
     def trainer_arg(p):
         p.add_argument("--trainer", metavar="NAME", help="the identity of trainer node NAME (default: the device's)")
 
@@ -107,7 +106,7 @@ def add_trust_parsers(fsub, add_config_args: Callable[[argparse.ArgumentParser],
     trainer_arg(p)
     p.add_argument("request", nargs="?", help="the JSON `edged fleet id` printed (- for stdin); with --config, none: "
                                                "the local device is enrolled directly")
-    p.set_defaults(func=lambda args: cmd_enroll(args, load))
+    p.set_defaults(func=cmd_enroll)
 
     p = fsub.add_parser("join", help="keep the certificate `fleet enroll` made for this device (or trainer)")
     add_config_args(p)

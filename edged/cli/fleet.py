@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Callable
 
 from ..config import Config
 from ..errors import EdgedError
 from ..mqtt.fleet import Device, Outcome, list_devices, send
 from ..mqtt.requests import BrokerClient, parse_cli_payload
+from .common import add_config_args, load
 from .enrol import add_trust_parsers
 
 
@@ -104,7 +104,7 @@ def cmd_publish(cfg: Config, args) -> int:
     return send_and_report(cfg, "publish", payload, [args.device], args.timeout, args.json)
 
 
-def add_fleet_parser(sub, add_config_args: Callable[[argparse.ArgumentParser], None], load: Callable) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("fleet", help="the devices on the broker: list them, command them, share models")
     fsub = p.add_subparsers(dest="fleet_command", required=True)
 
@@ -138,5 +138,5 @@ def add_fleet_parser(sub, add_config_args: Callable[[argparse.ArgumentParser], N
     pub.add_argument("model", help="the model (head) name, e.g. classifier")
     pub.set_defaults(func=lambda args: cmd_publish(load(args), args))
 
-    add_trust_parsers(fsub, add_config_args, load)
+    add_trust_parsers(fsub)
 

@@ -1,0 +1,58 @@
+"""`edged cmd` and `edged status`: a running daemon, over the broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..mqtt.requests import BrokerClient, parse_cli_payload
+from .common import add_config_args, load, progress_printer
+
+
+def cmd_command(args) -> int:
+    """Send a command to a running daemon over the broker and wait for its final reply."""
+    cfg = load(args)
+    payload = parse_cli_payload(args.payload)
+    device = args.device or cfg.device
+    base = f"{cfg.mqtt.prefix}/{device}"
+    with BrokerClient(cfg.mqtt) as client:
+        reply = client.request(f"{base}/cmd/{args.name}", f"{base}/reply/{args.name}", payload, args.timeout,
+                               progress_printer())
+    if reply.get("ok"):
+        print(json.dumps(reply.get("result"), default=str))
+        return 0
+    print(f"error: {reply.get('error')}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args) -> int:
+    """The daemon's retained status (its last word, or the broker's `offline` will)."""
+    cfg = load(args)
+    device = args.device or cfg.device
+    with BrokerClient(cfg.mqtt) as client:
+        status = client.retained(f"{cfg.mqtt.prefix}/{device}/status", args.timeout)
+    if status is None:
+        print(f"error: no status for device {device!r} on {cfg.mqtt.host}:{cfg.mqtt.port}: has it ever run here?",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2 if args.pretty else None, default=str))
+    return 0 if status.get("state") == "online" else 3
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("cmd", help="send a command to a running daemon and wait for its reply",
+                       description="edged cmd [--config F] NAME [JSON | --key value ...], e.g. "
+                                   "edged cmd capture --label mug --count 20, or edged cmd train '{\"head\": \"classifier\"}'")
+    add_config_args(p)
+    p.add_argument("--device", help="device to command (default: the config's device)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the final reply")
+    p.add_argument("name", help="capture, train, export, activate, rollback, forget, status, heads, review, label, ...")
+    p.add_argument("payload", nargs=argparse.REMAINDER, help="a JSON object, or --key value pairs")
+    p.set_defaults(func=cmd_command)
+    p = sub.add_parser("status", help="a running daemon's retained status")
+    add_config_args(p)
+    p.add_argument("--device", help="device (default: the config's device)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the retained status")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.set_defaults(func=cmd_status)

@@ -18,7 +18,7 @@ from edged.heads import TrainRequest
 from edged.heads.geometry import iou_matrix, iou_numpy, mean_average_precision, nms, well_formed
 from edged.heads.registry import head_classes, plugin_manager
 from edged.serve.backbone import embed_image, open_backbone
-from edged.serve.commands import parse
+from edged.commands.schema import parse
 from edged.serve.headset import HeadSet
 from edged.sources.preprocess import FrameView, Placement, fit_frame
 from edged.sources.synthetic import scene_at

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from conftest import backbone_settings
 from edged.config import load_config
 from edged.errors import CommandError, ConfigError
-from edged.serve.commands import COMMANDS, parse
-from edged.serve.daemon import Daemon
-from edged.serve.dispatch import CollectingResponder
+from edged.commands.schema import COMMANDS, parse
+from edged.daemon.daemon import Daemon
+from edged.commands.dispatch import CollectingResponder
 
 SPECIAL_STRINGS = ["../x", "../../etc/passwd", "/tmp/x", "./knn", "knn/", "a\x00b", "%2e%2e%2f", "+", "#", "a/+/b",
                    "é" * 70, "\U0001f600" * 20, "x" * 70_000, "", " ", "knn", "classifier", "v1", "v999999", "v0",

@@ -25,10 +25,13 @@ LAYERS = {
     "edged.state": 3,
     "edged.heads": 4, "edged.mqtt": 4,
     "edged.serve": 5,
-    "edged.web": 6,
-    "edged.cli": 7,
-    "edged.learn": 8, "edged.__main__": 8,
-    "edged.bench": 9,
+    "edged.commands": 6,
+    "edged.fleet": 7,
+    "edged.daemon": 8,
+    "edged.web": 9,
+    "edged.cli": 10,
+    "edged.learn": 11, "edged.__main__": 11,
+    "edged.bench": 12,
 }
 TENSORFLOW = ("tensorflow", "keras")
 # Only these may import TensorFlow, Keras or edged.learn: the learn package, benchmarks, heads' trainer modules.
@@ -188,7 +191,7 @@ BLOCK = textwrap.dedent('''
 
 def test_serving_modules_import_with_tensorflow_blocked():
     names = [n for n in modules(ROOT) if not n.startswith(MAY_TRAIN) and n != "edged.__main__"]
-    assert "edged.serve.daemon" in names and "edged_plugins.classifier" in names
+    assert "edged.daemon.daemon" in names and "edged_plugins.classifier" in names
     out = subprocess.run([sys.executable, "-c", BLOCK, *names], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     failed, loaded = eval(out.stdout.strip().splitlines()[-1])

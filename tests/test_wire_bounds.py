@@ -14,7 +14,7 @@ from conftest import ROOT, write_config
 from edged.cli import main
 from edged.config import load_config
 from edged.errors import CommandError, ConfigError
-from edged.serve.commands import parse
+from edged.commands.schema import parse
 
 
 @pytest.mark.parametrize("name,body,field", [

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..config import MqttConfig
 from ..mqtt.client import make_client
-
 from ..runtime.engine import Engine, EngineOptions
 from ..serve.backbone import embed_image
 from ..state.store import NewExample, Store

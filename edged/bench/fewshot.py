@@ -15,7 +15,6 @@ from typing import Optional
 
 import cv2
 import numpy as np
-
 from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
 from edged_plugins.knn import KnnHead, KnnOptions
 
@@ -25,9 +24,9 @@ from ..heads.fewshot import l2, logistic_regression, nearest_mean
 from ..heads.registry import head_classes, plugin_manager
 from ..learn.jobs import run_train
 from ..runtime.engine import Engine, EngineOptions
-from ..serve.worker import tensorflow_available
 from ..serve.capture import CaptureJob
 from ..serve.headset import HeadSet
+from ..serve.worker import tensorflow_available
 from ..sources import OpenCVSource
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples, NewExample, Store

@@ -13,16 +13,15 @@ import threading
 import time
 import uuid
 
-
 from .. import __version__
+from ..commands.dispatch import answer_status_only
 from ..config import MqttConfig
 from ..mqtt.broker import MosquittoBroker, local_broker
-from ..mqtt.fleet import list_devices, send
 from ..mqtt.client import make_client, no_delay
+from ..mqtt.fleet import list_devices, send
 from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..mqtt.requests import BrokerClient
-from ..serve.dispatch import answer_status_only
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

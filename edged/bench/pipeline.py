@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import tempfile
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from ..config import Config, SourceConfig
+from ..daemon.daemon import Daemon
+from ..learn.backbones import build_int8
 from ..mqtt.broker import free_port, local_broker
 from ..runtime.engine import Engine, EngineOptions
-from ..learn.backbones import build_int8
-from ..serve.daemon import Daemon
 from ..sources import open_source
 from ..sources.synthetic import scene_at
 from ..state.backbones import int8_path

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 from ..config import Config
+from ..daemon.daemon import Daemon
 from ..errors import NO_TENSORFLOW, ConfigError, EdgedError
-from ..serve.daemon import Daemon
-from ..serve.trainer_node import TrainerNode
+from ..fleet.trainer_node import TrainerNode
 from ..serve.worker import tensorflow_available
 from .checks import check_meaning
 from .common import add_config_args, install_signal_handlers, load, log, setup_logging

@@ -11,13 +11,13 @@ from typing import Optional
 
 import cv2
 
+from ..commands.schema import parse
 from ..config import Config
 from ..errors import EdgedError
 from ..heads.base import TrainRequest
 from ..heads.registry import head_classes, plugin_manager
 from ..serve.backbone import embed_image, open_backbone, reembed_missing
 from ..serve.capture import CaptureJob
-from ..serve.commands import parse
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources import FrameGrabber, open_source

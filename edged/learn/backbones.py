@@ -16,11 +16,17 @@ from ..errors import BackboneError, EdgedError
 from ..files import write_atomic
 from ..sources import open_source
 from ..sources.preprocess import to_pixels
-from ..state.backbones import BackboneInfo, backbone_id, int8_path, lookup_backbone, store_backbone
+from ..state.backbones import (
+    BackboneInfo,
+    backbone_id,
+    int8_path,
+    lookup_backbone,
+    store_backbone,
+)
+from ..state.layout import StateLayout
 from ..state.store import Store
 from . import keras_backbone
 from .convert import to_tflite
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 

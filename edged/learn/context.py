@@ -33,10 +33,10 @@ from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import fit_frame
 from ..state.backbones import BackboneInfo
+from ..state.layout import StateLayout
 from ..state.store import Examples, Store
 from . import keras_backbone
 from .convert import to_tflite
-from ..state.layout import StateLayout
 
 
 @dataclass

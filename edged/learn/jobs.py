@@ -12,10 +12,10 @@ from ..errors import HeadError, TrainingError
 from ..heads.base import Progress, TrainRequest
 from ..heads.options import head_options
 from ..heads.registry import head_classes, plugin_manager
+from ..state.layout import StateLayout
 from ..state.store import Store
 from .backbones import build_backbone
 from .context import ExportSpec, TrainContext
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 

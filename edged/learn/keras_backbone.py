@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import tensorflow as tf  # noqa: F401  (fails fast with ImportError when the train extra is missing)
 import keras
 import numpy as np
+import tensorflow as tf  # noqa: F401  (fails fast with ImportError when the train extra is missing)
 
 from ..config import BackboneConfig
 from ..errors import BackboneError

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from ..errors import EdgedError
 
-KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.serve.remote_trainer)
+KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.fleet.remote_trainer)
 MAX_MANIFESTS = 64          # parcels being assembled at once
 ORPHAN_S = 120.0            # chunks whose manifest has not come by then are dropped
 

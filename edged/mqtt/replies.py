@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class MqttResponder:
-    """A Responder (see edged.serve.dispatch) publishing `{"id", "device", "command", "ok", "final", "result" | "error"}`."""
+    """A Responder (see edged.commands.dispatch) publishing `{"id", "device", "command", "ok", "final", "result" | "error"}`."""
 
     def __init__(self, link: MqttLink, incoming: IncomingCommand):
         self.link = link

@@ -15,8 +15,8 @@ from ..errors import BackboneError
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
-from ..state.store import Store
 from ..state.layout import StateLayout
+from ..state.store import Store
 
 log = logging.getLogger(__name__)
 

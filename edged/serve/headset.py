@@ -20,9 +20,9 @@ from ..heads.options import head_options
 from ..runtime.fused import FusedModel
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
+from ..state.layout import StateLayout
 from ..state.serving import ServingChoice
 from ..state.store import Store
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -18,23 +18,32 @@ from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo
+from ..state.layout import StateLayout
 from ..state.store import Store
 from .headset import HeadSet
-from .remote_trainer import RemoteTrainer
 from .worker import TrainerWorker, tensorflow_available
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
 
+class RemoteJobs(Protocol):
+    """A trainer node reached over the broker (edged.fleet.remote_trainer.RemoteTrainer)."""
+
+    def available(self) -> Optional[str]: ...
+
+    def run(self, job: str, head: str, params: dict, progress: Progress = None,
+            stop: Optional[threading.Event] = None) -> dict: ...
+
+
 class Learning:
-    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet):
+    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet,
+                 remote: Optional[RemoteJobs] = None):
         self.cfg = cfg
         self.store = store
         self.backbone = backbone
         self.heads = heads
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
-        self.remote: Optional[RemoteTrainer] = None  # set once MQTT is up (edged.serve.remote_trainer)
+        self.remote = remote  # None: no broker, so TensorFlow jobs run here or not at all
         self._embed_lock = threading.Lock()
         self._embedder: Optional[Engine] = None
 
@@ -138,28 +147,30 @@ class Learning:
             self.use_model(name)
         return result
 
-    def _why_no_jobs(self) -> Optional[str]:
-        """None when a TensorFlow job can run (here, or on a trainer node); else why not."""
+    def _placement(self) -> tuple[Optional[str], Optional[str]]:
+        """Where a TensorFlow job runs now, "here" or "remote" ([fleet] trainer), or (None, why it cannot)."""
         where, here = self.cfg.fleet.trainer, tensorflow_available()
         if where == "local" or (where == "auto" and here):
-            return None if here else "TensorFlow is not installed (pip install 'edged[train]')"
+            return ("here", None) if here else (None, "TensorFlow is not installed (pip install 'edged[train]')")
         lead = "[fleet] trainer is 'remote'" if where == "remote" else "TensorFlow is not installed here"
         if self.remote is None:
-            return f"{lead}, and no trainer node is reachable (a running daemon reaches one over MQTT)"
+            return None, f"{lead}, and no trainer node is reachable (a running daemon reaches one over MQTT)"
         if self.remote.available() is None:
-            return f"{lead}, and no trainer node is online"
-        return None
+            return None, f"{lead}, and no trainer node is online"
+        return "remote", None
+
+    def _why_no_jobs(self) -> Optional[str]:
+        """None when a TensorFlow job can run (here, or on a trainer node); else why not."""
+        return self._placement()[1]
 
     def _run_job(self, job: str, name: str, params: dict, progress: Progress, stop: Optional[threading.Event]) -> dict:
         """A TensorFlow job: in the worker process here, or on a trainer node ([fleet] trainer)."""
-        where = self.cfg.fleet.trainer
-        if where == "remote" or (where == "auto" and not tensorflow_available()):
-            if self.remote is None:
-                raise TrainingError(NO_TENSORFLOW.format(job=job) + "; a trainer node needs [mqtt] enabled")
-            if where == "auto" and self.remote.available() is None:
-                raise TrainingError(NO_TENSORFLOW.format(job=job) + ", and no trainer node is online "
-                                    "(edged trainer --fleet on a machine with TensorFlow)")
+        place, why = self._placement()
+        if place == "remote":
             return self.remote.run(job, name, params, progress, stop)
+        if place is None and self.cfg.fleet.trainer != "local":
+            raise TrainingError(NO_TENSORFLOW.format(job=job) + f" ({why}; edged trainer --fleet on a machine "
+                                "with TensorFlow serves devices without it)")
         return self.worker.run(self.cfg, job, name, params, progress, stop)
 
     def use_model(self, name: str, version: Optional[str] = None) -> dict:

@@ -8,7 +8,6 @@ from typing import Optional
 
 import numpy as np
 
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 

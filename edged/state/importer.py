@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Optional
 
 import cv2
 
-from ..sources.base import IMAGE_SUFFIXES
 from ..errors import StoreError
+from ..sources.base import IMAGE_SUFFIXES
 from .store import NewExample
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 from ..errors import VersionError
 from ..files import fsync_dir, fsync_tree, write_atomic
 
+
 @dataclass
 class Draft:
     """A version being written (see Versions.draft): `version` is its name once committed."""

@@ -9,36 +9,36 @@ import time
 from typing import Callable, Optional
 
 from .. import __version__
+from ..commands.dispatch import Dispatcher
+from ..commands.handlers import CommandHandlers
 from ..config import Config
 from ..files import file_sha256
-from ..runtime.memory import release_file_pages, release_free_memory
+from ..fleet.remote_trainer import RemoteTrainer
+from ..fleet.sharing import Sharing
 from ..heads.base import Prediction
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
 from ..mqtt.signing import FleetTrust
+from ..runtime.memory import release_file_pages, release_free_memory
+from ..serve.backbone import open_backbone, reembed_missing
+from ..serve.capture import CaptureDesk
+from ..serve.frameloop import FrameLoop
+from ..serve.headset import HeadSet
+from ..serve.homeassistant import HomeAssistant
+from ..serve.jobs import JobRunner
+from ..serve.learning import Learning
+from ..serve.notify import Notifier
+from ..serve.precision import choose_precision
+from ..serve.review import Reviewer
+from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
+from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from ..state.trust import Identity
-from .backbone import open_backbone, reembed_missing
-from .capture import CaptureDesk
-from .dispatch import Dispatcher
-from .frameloop import FrameLoop
-from .handlers import CommandHandlers
-from .headset import HeadSet
-from .homeassistant import HomeAssistant
-from .jobs import JobRunner
-from .learning import Learning
-from .notify import Notifier
-from .precision import choose_precision
-from .remote_trainer import RemoteTrainer
-from .review import Reviewer
-from .sharing import Sharing
-from .telemetry import StageTimes, Telemetry
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,19 @@ class Daemon:
         return self.engine.close
 
     def _start_learning(self):
-        self.learning = Learning(self.cfg, self.store, self.backbone, self.heads)
-        self.learning.start()
-        return self.learning.close
-
-    def _start_commands(self):
         # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
         self.trust = FleetTrust(self.cfg.fleet.trust, Identity(StateLayout(self.cfg.state_path).keys, self.cfg.device, "device"))
         if not self.trust.signed:
             log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
                         "on the broker")
+        # trainer nodes are reached over the broker; they are heard of once MQTT is up (_start_fleet)
+        self.remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt, self.trust) \
+            if self.cfg.mqtt.enabled else None
+        self.learning = Learning(self.cfg, self.store, self.backbone, self.heads, self.remote)
+        self.learning.start()
+        return self.learning.close
+
+    def _start_commands(self):
         self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, lambda: self.mqtt,
                                self.telemetry.changed, self.stop, self.trust)
         self.telemetry.sections["fleet"] = self.sharing.describe
@@ -166,11 +169,9 @@ class Daemon:
         trainer nodes for TensorFlow jobs."""
         if self.mqtt is None:
             return None
-        remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt, self.trust)
-        for topic_filter, callback in remote.routes():
+        for topic_filter, callback in self.remote.routes():
             self.mqtt.route(topic_filter, callback)
-        self.learning.remote = remote
-        self.telemetry.sections["trainers"] = remote.describe
+        self.telemetry.sections["trainers"] = self.remote.describe
         self.sharing.start(self.mqtt.route)
         return self.sharing.join
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Callable, Optional, Protocol
 
 from ..errors import CommandError, CorrelationId, EdgedError
-from .commands import COMMANDS, parse
+from .schema import COMMANDS, parse
 
 log = logging.getLogger(__name__)
 

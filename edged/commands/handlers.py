@@ -1,26 +1,47 @@
-"""What each command does. Validation is done before (edged.serve.commands); replies go through the responder."""
+"""What each command does. Validation is done before (edged.commands.schema); replies go through the responder."""
 
 from __future__ import annotations
 
 import base64
 import json
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import cv2
 
 from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
+from ..serve.capture import CaptureDesk, CaptureJob
 from ..state.review import ReviewQueue
 from ..state.store import Store
-from .capture import CaptureDesk, CaptureJob
-from .commands import (Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Publish, Relabel,
-                       Rollback, Share, Train)
 from .dispatch import DEFERRED, Handler, Responder
-from .headset import HeadSet
-from .jobs import JobRunner, run_reporting
-from .learning import Learning
-from .sharing import Sharing
+from .schema import (
+    Activate,
+    Capture,
+    Delete,
+    Discard,
+    Empty,
+    Export,
+    Forget,
+    Label,
+    ListExamples,
+    Publish,
+    Relabel,
+    Rollback,
+    Share,
+    Train,
+)
+
+
+class Sharer(Protocol):
+    """What `publish` and `share` need from the fleet side (edged.fleet.sharing.Sharing)."""
+
+    def publish(self, name: str, kind: str, version: Optional[str], progress) -> dict: ...
+
+    def share_examples(self, label: Optional[str], progress) -> dict: ...
+from ..serve.headset import HeadSet
+from ..serve.jobs import JobRunner, run_reporting
+from ..serve.learning import Learning
 from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
@@ -30,7 +51,7 @@ class CommandHandlers:
     def __init__(self, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
-                 capture_cfg, reviews: ReviewQueue, sharing: Sharing, stop=None):
+                 capture_cfg, reviews: ReviewQueue, sharing: "Sharer", stop=None):
         self.store = store
         self.backbone_id = backbone_id
         self.heads = heads

@@ -21,19 +21,32 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-
 from ..config import Config
 from ..errors import EdgedError, HeadError
 from ..files import read_json_object, write_atomic
-from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, publisher_base, share_base, share_filter
+from ..mqtt.parcels import (
+    Assembler,
+    Parcel,
+    ShareError,
+    pack,
+    publisher_base,
+    share_base,
+    share_filter,
+)
 from ..mqtt.signing import FleetTrust, revocation_topic
+from ..serve.headset import HeadSet
+from ..serve.learning import Learning
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
-from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
-from ..state.store import LABEL_RE, Store
-from .headset import HeadSet
-from .learning import Learning
+from ..state.bundles import (
+    BundleError,
+    pack_examples,
+    pack_folder,
+    unpack_examples,
+    unpack_into,
+)
 from ..state.layout import StateLayout
+from ..state.store import LABEL_RE, Store
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from ..mqtt.signing import FleetTrust
 from ..mqtt.topics import trainer_status
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
+from ..state.layout import StateLayout
 from ..state.store import Store
 from ..state.trust import Certificate, TrustError
 from .trainer_node import job_context
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 

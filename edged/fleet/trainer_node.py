@@ -23,21 +23,28 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .. import __version__
+from ..commands.dispatch import answer_status_only
 from ..config import NAME_RE, Config
 from ..errors import EdgedError
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink
-from ..mqtt.parcels import Assembler, Parcel, ShareError, pack, publisher_base, share_filter
+from ..mqtt.parcels import (
+    Assembler,
+    Parcel,
+    ShareError,
+    pack,
+    publisher_base,
+    share_filter,
+)
 from ..mqtt.replies import MqttResponder
 from ..mqtt.signing import FleetTrust, revocation_topic
 from ..mqtt.topics import trainer_topics
+from ..serve.worker import TrainerWorker
 from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
+from ..state.layout import StateLayout
 from ..state.store import Store
 from ..state.trust import TrustError, trainer_identity
-from .dispatch import answer_status_only
-from .worker import TrainerWorker
-from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,16 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, backbone_settings, enrol, toml_config, write_config
+
 from edged.config import load_config
-from edged.mqtt.parcels import pack, publisher_base
+from edged.mqtt.parcels import pack
 from edged.mqtt.signing import FleetTrust
-from edged.state.trust import Identity, TrustError
+from edged.mqtt.topics import FleetTopics
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
+from edged.state.trust import Identity, TrustError
 
 
 def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):
@@ -193,7 +194,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     model_file = (state_a / "models" / "classifier" / "v1" / "model.tflite").read_bytes()
     good = {"backbone": backbone_id, "input_size": 96}
     sha_signs = FleetTrust("signed", Identity(state_a / "keys", "sha", "device")).sign_manifest
-    signed_before = pack(publisher_base("edged", "sha"), "model", "classifier", model_file, good, 64 * 1024, 1 << 30,
+    signed_before = pack(FleetTopics("edged").publisher("sha"), "model", "classifier", model_file, good, 64 * 1024, 1 << 30,
                          sha_signs)
     cases = [
         ("evil", model_file + b"a", good, None, "from evil: not signed"),
@@ -204,7 +205,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     ]
     for publisher, data, manifest, sign, why in cases:
         signer = sha_signs if sign == "tamper" else sign
-        messages = pack(publisher_base("edged", publisher), "model", "classifier", data, manifest, 64 * 1024, 1 << 30,
+        messages = pack(FleetTopics("edged").publisher(publisher), "model", "classifier", data, manifest, 64 * 1024, 1 << 30,
                         **({"sign": signer} if signer else {}))
         if sign == "tamper":
             topic, chunk = messages[1]
@@ -255,7 +256,7 @@ def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        return pack(publisher_base("edged", "sha"), "head", "classifier", buf.getvalue(),
+        return pack(FleetTopics("edged").publisher("sha"), "head", "classifier", buf.getvalue(),
                     {"backbone": backbone_id, "input_size": 96, "labels": labels}, 64 * 1024, 1 << 30, sha_signs)
 
     def outcome(why_state, why):

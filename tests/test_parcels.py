@@ -11,7 +11,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from edged.mqtt.parcels import Assembler, ShareError, pack, publisher_base, share_filter
+from edged.mqtt.parcels import Assembler, ShareError, pack
+from edged.mqtt.topics import FleetTopics
 from edged.state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
 
 
@@ -24,9 +25,9 @@ def opened(publisher, role, kind, name, payload):
 
 def test_parcel_round_trip_in_any_order_and_refusals():
     data = bytes(np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8))
-    messages = pack(publisher_base("edged", "a"), "model", "classifier", data, {"device": "a"}, 1024, 1 << 20)
+    messages = pack(FleetTopics("edged").publisher("a"), "model", "classifier", data, {"device": "a"}, 1024, 1 << 20)
     assert len(messages) == 11 and messages[0][0] == "edged/a/share/model/classifier/manifest"
-    assert share_filter("edged", "model", "classifier") == "edged/+/share/model/classifier/#"
+    assert FleetTopics("edged").every_share("model", "classifier") == "edged/+/share/model/classifier/#"
     manifest = json.loads(messages[0][1])
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest() and manifest["chunks"] == 10
 
@@ -35,7 +36,7 @@ def test_parcel_round_trip_in_any_order_and_refusals():
     parcel = [g for g in got if g is not None][0]
     assert parcel.data == data and parcel.publisher == "a" and parcel.role == "device"
 
-    trainer = pack(publisher_base("edged", "big", "trainer"), "result", "a", data, {}, 4096, 1 << 20)
+    trainer = pack(FleetTopics("edged").publisher("big", "trainer"), "result", "a", data, {}, 4096, 1 << 20)
     assert trainer[0][0] == "edged/fleet/trainers/big/share/result/a/manifest"
     asm_t = Assembler("edged", 1 << 20, opened)
     assert [p for p in (asm_t.feed(t, m) for t, m in trainer) if p][0].role == "trainer"

@@ -10,9 +10,18 @@ import time
 import pytest
 
 from edged.cli import main
-from edged.mqtt.parcels import Assembler, ShareError, pack, publisher_base
+from edged.mqtt.parcels import Assembler, ShareError, pack
 from edged.mqtt.signing import FleetTrust
-from edged.state.trust import FleetAuthority, Identity, TrustError, Verifier, seal, sign_body, unseal
+from edged.mqtt.topics import FleetTopics
+from edged.state.trust import (
+    FleetAuthority,
+    Identity,
+    TrustError,
+    Verifier,
+    seal,
+    sign_body,
+    unseal,
+)
 
 
 def enrolled(authority: FleetAuthority, folder, name: str, role: str = "device") -> Identity:
@@ -100,7 +109,7 @@ def test_signed_parcels_assemble_only_from_their_named_certified_publisher(fleet
     door = enrolled(fleet, tmp_path / "door", "door")
     follower = FleetTrust("signed", enrolled(fleet, tmp_path / "yard", "yard"))
     data = os.urandom(3000)
-    messages = pack(publisher_base("edged", "door"), "head", "classifier", data, {"version": "v1"}, 1024, 1 << 20,
+    messages = pack(FleetTopics("edged").publisher("door"), "head", "classifier", data, {"version": "v1"}, 1024, 1 << 20,
                     FleetTrust("signed", door).sign_manifest)
     assert messages[0][0] == "edged/door/share/head/classifier/manifest"
     asm = Assembler("edged", 1 << 20, follower.open_manifest)
@@ -111,7 +120,7 @@ def test_signed_parcels_assemble_only_from_their_named_certified_publisher(fleet
     with pytest.raises(TrustError, match="signed by 'door', not by 'gate'"):
         Assembler("edged", 1 << 20, follower.open_manifest).feed(*moved[0])
     # unsigned, the way an attacker on the broker would send it
-    plain = pack(publisher_base("edged", "door"), "head", "classifier", data, {}, 1024, 1 << 20)
+    plain = pack(FleetTopics("edged").publisher("door"), "head", "classifier", data, {}, 1024, 1 << 20)
     with pytest.raises(TrustError, match="not signed"):
         Assembler("edged", 1 << 20, follower.open_manifest).feed(*plain[0])
     # on the broker's word (explicit opt-out) the unsigned one is taken

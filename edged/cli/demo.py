@@ -16,6 +16,7 @@ from ..config import Config, load_config
 from ..errors import BackboneError
 from ..mqtt.broker import AmqttBroker, local_broker
 from ..mqtt.client import make_client
+from ..mqtt.topics import Topics
 from ..serve.backbone import embed_image, open_backbone
 from ..serve.capture import CaptureJob
 from ..sources import open_source
@@ -71,7 +72,7 @@ class Demo:
         self._ensure_backbone(cfg)
         self._teach(cfg)
         self._watch(cfg)
-        base = f"{cfg.mqtt.prefix}/{cfg.device}"
+        base = Topics(cfg.mqtt.prefix, cfg.device).base
         port = self.broker.port
         print(f"demo: state in {cfg.state_path}, backbone weights {cfg.backbone.weights}\n"
               f"broker on 127.0.0.1:{port}; watch it with:  mosquitto_sub -p {port} -t '{base}/#' -v\n"
@@ -129,7 +130,7 @@ class Demo:
 
         self.client.on_message = on_message
         self.client.connect("127.0.0.1", self.broker.port)
-        self.client.subscribe(f"{cfg.mqtt.prefix}/{cfg.device}/prediction/+")
+        self.client.subscribe(Topics(cfg.mqtt.prefix, cfg.device).prediction("+"))
         self.client.loop_start()
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from ..config import Config
 from ..errors import EdgedError
 from ..files import read_json_object, write_atomic
 from ..mqtt.requests import BrokerClient
-from ..mqtt.signing import revocation_topic
+from ..mqtt.topics import FleetTopics
 from ..state.layout import StateLayout
 from ..state.trust import FleetAuthority, Identity, key_id, trainer_identity
 from .common import add_config_args, load
@@ -79,9 +79,9 @@ def cmd_revoke(cfg: Config, args) -> int:
     envelope = authority.revocation(sorted(names))
     write_atomic(kept, json.dumps({"names": sorted(names)}).encode())
     with BrokerClient(cfg.mqtt, "revoke") as client:
-        info = client.client.publish(revocation_topic(cfg.mqtt.prefix), json.dumps(envelope), qos=1, retain=True)
+        info = client.client.publish(FleetTopics(cfg.mqtt.prefix).revoked, json.dumps(envelope), qos=1, retain=True)
         info.wait_for_publish(10)
-    print(f"revoked: {', '.join(sorted(names)) or 'nobody'} (retained on {revocation_topic(cfg.mqtt.prefix)})")
+    print(f"revoked: {', '.join(sorted(names)) or 'nobody'} (retained on {FleetTopics(cfg.mqtt.prefix).revoked})")
     return 0
 
 

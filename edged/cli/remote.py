@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..mqtt.requests import BrokerClient, parse_cli_payload
+from ..mqtt.topics import Topics
 from .common import add_config_args, load, progress_printer
 
 
@@ -15,9 +16,9 @@ def cmd_command(args) -> int:
     cfg = load(args)
     payload = parse_cli_payload(args.payload)
     device = args.device or cfg.device
-    base = f"{cfg.mqtt.prefix}/{device}"
+    topics = Topics(cfg.mqtt.prefix, device)
     with BrokerClient(cfg.mqtt) as client:
-        reply = client.request(f"{base}/cmd/{args.name}", f"{base}/reply/{args.name}", payload, args.timeout,
+        reply = client.request(topics.command(args.name), topics.reply(args.name), payload, args.timeout,
                                progress_printer())
     if reply.get("ok"):
         print(json.dumps(reply.get("result"), default=str))
@@ -31,7 +32,7 @@ def cmd_status(args) -> int:
     cfg = load(args)
     device = args.device or cfg.device
     with BrokerClient(cfg.mqtt) as client:
-        status = client.retained(f"{cfg.mqtt.prefix}/{device}/status", args.timeout)
+        status = client.retained(Topics(cfg.mqtt.prefix, device).status, args.timeout)
     if status is None:
         print(f"error: no status for device {device!r} on {cfg.mqtt.host}:{cfg.mqtt.port}: has it ever run here?",
               file=sys.stderr)

@@ -24,9 +24,9 @@ from typing import Callable, Optional
 
 from ..config import Config
 from ..errors import TrainingError
-from ..mqtt.parcels import Assembler, ShareError, pack, publisher_base, share_filter
+from ..mqtt.parcels import Assembler, ShareError, pack
 from ..mqtt.signing import FleetTrust
-from ..mqtt.topics import trainer_status
+from ..mqtt.topics import FleetTopics
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
 from ..state.layout import StateLayout
@@ -50,9 +50,10 @@ class RemoteTrainer:
     # -- MQTT side (paho's thread: only record and queue) ------------------------------------
     def routes(self) -> list[tuple[str, Callable[[str, bytes, bool], None]]]:
         device = self.cfg.device
-        return [(trainer_status(self.prefix), self._on_trainer),
-                (f"{trainer_status(self.prefix)}/+/{device}", self._on_event),
-                (share_filter(self.prefix, "result", device, role="trainer"), self._on_result)]
+        fleet = FleetTopics(self.prefix)
+        return [(fleet.trainer_status(), self._on_trainer),
+                (fleet.trainer_messages_for(device), self._on_event),
+                (fleet.every_share("result", device, role="trainer"), self._on_result)]
 
     def _put(self, item) -> None:
         try:
@@ -128,7 +129,7 @@ class RemoteTrainer:
                     "heads_config": json.loads(self.cfg.heads.model_dump_json()), "trainer": trainer, **sealed}
         self._drain()
         try:
-            messages = pack(publisher_base(self.prefix, self.cfg.device), "job", trainer, data, manifest,
+            messages = pack(FleetTopics(self.prefix).publisher(self.cfg.device), "job", trainer, data, manifest,
                             self.cfg.fleet.chunk_bytes, self.cfg.fleet.max_share_bytes, self.trust.sign_manifest)
         except (ShareError, TrustError) as e:
             raise TrainingError(str(e)) from None

@@ -29,11 +29,9 @@ from ..mqtt.parcels import (
     Parcel,
     ShareError,
     pack,
-    publisher_base,
-    share_base,
-    share_filter,
 )
-from ..mqtt.signing import FleetTrust, revocation_topic
+from ..mqtt.signing import FleetTrust
+from ..mqtt.topics import FleetTopics
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources.preprocess import FrameView
@@ -61,6 +59,7 @@ class Sharing:
         self.link, self.changed, self.stop, self.trust = link, changed, stop, trust
         self.fleet = cfg.fleet
         self.prefix = cfg.mqtt.prefix
+        self.topics = FleetTopics(self.prefix)
         self.assembler = Assembler(self.prefix, self.fleet.max_share_bytes, trust.open_manifest,
                                    kinds=("model", "head", "examples"))
         self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
@@ -92,13 +91,13 @@ class Sharing:
     def subscriptions(self) -> list[str]:
         filters = []
         for name in self.fleet.follow:
-            filters += [share_filter(self.prefix, "model", name), share_filter(self.prefix, "head", name)]
+            filters += [self.topics.every_share("model", name), self.topics.every_share("head", name)]
         if self.fleet.take_examples:
-            filters.append(share_filter(self.prefix, "examples"))
+            filters.append(self.topics.every_share("examples"))
         return filters
 
     def start(self, route: Callable[[str, Callable[[str, bytes, bool], None]], None]) -> None:
-        route(revocation_topic(self.prefix), self._revoked)
+        route(self.topics.revoked, self._revoked)
         for topic_filter in self.subscriptions():
             route(topic_filter, self._arrived)
         self._thread.start()
@@ -289,7 +288,7 @@ class Sharing:
         link = self.link()
         if link is None:
             raise EdgedError("publish: MQTT is disabled here ([mqtt] enabled = false); nothing to share on")
-        base = publisher_base(self.prefix, self.cfg.device)
+        base = self.topics.publisher(self.cfg.device)
         messages = pack(base, kind, name, data, {**manifest, "device": self.cfg.device, "backbone": self.backbone.id,
                                                  "input_size": self.backbone.input_size},
                         self.fleet.chunk_bytes, self.fleet.max_share_bytes, self.trust.sign_manifest)
@@ -301,7 +300,7 @@ class Sharing:
         previous = self.published.get(f"{kind}/{name}")
         if previous and previous["sha256"] != sha:
             for i in range(previous["chunks"]):  # the older parcel's chunks are no longer needed by anyone
-                link.publish(f"{share_base(base, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
+                link.publish(f"{self.topics.share(base, kind, name)}/{previous['sha256'][:16]}/{i}", b"", retain=True, qos=1)
         summary = {"kind": kind, "name": name, "topic": messages[0][0], "sha256": sha, "bytes": len(data),
                    "chunks": chunks, "version": manifest.get("version"), "signed": self.trust.signed}
         self._note(self.published, f"{kind}/{name}", summary)

@@ -33,12 +33,10 @@ from ..mqtt.parcels import (
     Parcel,
     ShareError,
     pack,
-    publisher_base,
-    share_filter,
 )
 from ..mqtt.replies import MqttResponder
-from ..mqtt.signing import FleetTrust, revocation_topic
-from ..mqtt.topics import trainer_topics
+from ..mqtt.signing import FleetTrust
+from ..mqtt.topics import FleetTopics
 from ..serve.worker import TrainerWorker
 from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
@@ -68,7 +66,7 @@ class TrainerNode:
         self.trust = FleetTrust(cfg.fleet.trust, self.identity)
         self.heads = sorted(head_classes(plugin_manager(cfg.plugins_dir)))
         self.link = MqttLink(cfg.mqtt, f"trainer-{name}", self._command, self._status,
-                             topics=trainer_topics(self.prefix, name))
+                             topics=FleetTopics(self.prefix).trainer(name))
         self.assembler = Assembler(self.prefix, cfg.fleet.max_share_bytes, self.trust.open_manifest, kinds=("job",))
         self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
@@ -99,8 +97,9 @@ class TrainerNode:
         if self.trust.signed and not self.identity.enrolled:
             log.warning("trainer %r is not enrolled: every job is refused until `edged fleet enroll` certifies it "
                         "(or fleet.trust = \"broker\")", self.name)
-        self.link.route(share_filter(self.prefix, "job", self.name), self._queue)
-        self.link.route(revocation_topic(self.prefix), lambda t, p, r: self.trust.take_revocation(bytes(p)))
+        fleet = FleetTopics(self.prefix)
+        self.link.route(fleet.every_share("job", self.name), self._queue)
+        self.link.route(fleet.revoked, lambda t, p, r: self.trust.take_revocation(bytes(p)))
         self.link.start()
         log.info("trainer %r taking jobs on %s:%s", self.name, self.cfg.mqtt.host, self.cfg.mqtt.port)
         try:
@@ -121,7 +120,7 @@ class TrainerNode:
             self.link.stop()
 
     def _reply(self, kind: str, device: str, body: dict) -> None:
-        self.link.publish(f"{self.link.topics.base}/{kind}/{device}", self.trust.sign(body), qos=1)
+        self.link.publish(FleetTopics(self.prefix).trainer_message(self.name, kind, device), self.trust.sign(body), qos=1)
 
     def _accept(self, parcel: Parcel) -> dict:
         """The job's manifest once it is fresh, meant for this trainer, and names a job and head this trainer has."""
@@ -160,7 +159,7 @@ class TrainerNode:
             data = self.trust.unseal(parcel.data, m, context)
             result, folder = self._run(m, data, device, job_id)
             payload, sealed = self.trust.seal_for(pack_folder(folder), m.get("_cert"), context)
-            messages = pack(publisher_base(self.prefix, self.name, "trainer"), "result", device, payload,
+            messages = pack(FleetTopics(self.prefix).publisher(self.name, "trainer"), "result", device, payload,
                             {"job_id": job_id, "trainer": self.name, **sealed}, self.cfg.fleet.chunk_bytes,
                             self.cfg.fleet.max_share_bytes, self.trust.sign_manifest)
             for topic, body in messages:

@@ -24,6 +24,11 @@ def discovery_topic(discovery_prefix: str, device: str) -> str:
     return f"{discovery_prefix}/device/{node_id(device)}/config"
 
 
+def birth_topic(discovery_prefix: str) -> str:
+    """Where Home Assistant says `online` when it (re)starts."""
+    return f"{discovery_prefix}/status"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", text.lower())[:48] or "x"
 
@@ -55,7 +60,7 @@ def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str
         cid = f"{node}_teach_{_slug(label)}"
         components[cid] = {
             "platform": "button", "name": f"this is {label}", "unique_id": cid,
-            "command_topic": f"{topics.base}/cmd/capture",
+            "command_topic": topics.command("capture"),
             "payload_press": json.dumps({"label": label, "count": facts.capture_count}), "icon": "mdi:school",
         }
     components[f"{node}_snapshot"] = {"platform": "image", "name": "snapshot", "unique_id": f"{node}_snapshot",

@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .requests import BrokerClient
-from .topics import trainer_status
+from .topics import FleetTopics
 
 
 @dataclass
@@ -84,10 +84,11 @@ def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wa
     after the last message, at `max_wait_s` in any case.
     """
     devices: dict[str, Device] = {}
-    sync = f"{prefix}/clients/{client.session}/sync"
-    client.subscribe(f"{prefix}/+/status")
-    client.subscribe(f"{prefix}/+/stats")
-    trainer_topic = trainer_status(prefix)
+    fleet = FleetTopics(prefix)
+    sync = fleet.client_sync(client.session)
+    client.subscribe(fleet.every_status)
+    client.subscribe(fleet.every_stats)
+    trainer_topic = fleet.trainer_status()
     if trainers is not None:
         client.subscribe(trainer_topic)
     client.subscribe(sync)
@@ -114,7 +115,7 @@ def list_devices(client: BrokerClient, prefix: str, quiet_s: float = 0.3, max_wa
             body = _json(data) if name is not None else None
             if body is not None:
                 setattr(devices.setdefault(name, Device(name)), leaf, body)
-    client.client.unsubscribe([f"{prefix}/+/status", f"{prefix}/+/stats", sync, trainer_topic])
+    client.client.unsubscribe([fleet.every_status, fleet.every_stats, sync, trainer_topic])
     return devices
 
 
@@ -137,9 +138,10 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
     device by `timeout` seconds. Replies are matched by correlation id; they come on the MQTT 5 response topic, or on
     `<prefix>/<device>/reply/<command>` from devices or bridges speaking MQTT 3.1.1."""
     corr = str(payload.setdefault("id", f"fleet-{uuid.uuid4().hex[:12]}"))
-    response_topic = f"{prefix}/clients/{client.session}/reply"
+    fleet = FleetTopics(prefix)
+    response_topic = fleet.client_reply(client.session)
     client.subscribe(response_topic)
-    client.subscribe(f"{prefix}/+/reply/{command}")
+    client.subscribe(fleet.every_reply(command))
     targets = list(devices) if devices else None
     outcomes = {d: Outcome(d) for d in (targets or known or [])}
     data = json.dumps(payload)
@@ -149,7 +151,7 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
         props.ResponseTopic = response_topic
         props.CorrelationData = corr.encode()
     sent = time.monotonic()
-    topics = [f"{prefix}/{d}/cmd/{command}" for d in targets] if targets else [f"{prefix}/fleet/cmd/{command}"]
+    topics = [fleet.device(d).command(command) for d in targets] if targets else [fleet.fleet_command(command)]
     for topic in topics:
         client.client.publish(topic, data, qos=1, properties=props)
     deadline = sent + timeout

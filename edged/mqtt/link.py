@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from ..config import MqttConfig
 from ..errors import ConfigError
 from .client import make_client, no_delay
-from .topics import Topics
+from .topics import FleetTopics, Topics
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class MqttLink:
             IncomingCommand(
                 name=name,
                 payload=msg.payload,
-                fleet="/fleet/cmd/" in msg.topic,
+                fleet=FleetTopics(self.cfg.prefix).is_fleet_command(msg.topic),
                 response_topic=getattr(props, "ResponseTopic", None) if props else None,
                 correlation_data=getattr(props, "CorrelationData", None) if props else None,
             )

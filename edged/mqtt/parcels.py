@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..errors import EdgedError
+from .topics import FleetTopics
 
 KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.fleet.remote_trainer)
 MAX_MANIFESTS = 64          # parcels being assembled at once
@@ -38,20 +39,6 @@ class Parcel:
     data: bytes
 
 
-def publisher_base(prefix: str, name: str, role: str = "device") -> str:
-    return f"{prefix}/fleet/trainers/{name}" if role == "trainer" else f"{prefix}/{name}"
-
-
-def share_base(base: str, kind: str, name: str) -> str:
-    return f"{base}/share/{kind}/{name}"
-
-
-def share_filter(prefix: str, kind: str, name: str = "#", role: str = "device") -> str:
-    """Every publisher's parcels of one kind (and name)."""
-    tree = f"{prefix}/fleet/trainers/+" if role == "trainer" else f"{prefix}/+"
-    return f"{tree}/share/{kind}/{name}" + ("" if name == "#" else "/#")
-
-
 Sign = Callable[[dict], bytes]
 
 
@@ -61,11 +48,12 @@ def plain(manifest: dict) -> bytes:
 
 def pack(base: str, kind: str, name: str, data: bytes, manifest: dict, chunk_bytes: int, max_bytes: int,
          sign: Sign = plain) -> list[tuple[str, bytes]]:
-    """(topic, payload) to publish retained, in order: the manifest (made by `sign`), then the chunks."""
+    """(topic, payload) to publish retained, in order: the manifest (made by `sign`), then the chunks; `base` is the
+    publisher's tree (FleetTopics.publisher)."""
     if len(data) > max_bytes:
         raise ShareError(f"{kind} {name!r} is {len(data)} bytes, over fleet.max_share_bytes ({max_bytes})")
     sha = hashlib.sha256(data).hexdigest()
-    topic = share_base(base, kind, name)
+    topic = FleetTopics.share(base, kind, name)
     chunks = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
     head = {**manifest, "kind": kind, "name": name, "size": len(data), "sha256": sha, "chunks": len(chunks),
             "chunk_bytes": chunk_bytes, "ts": round(time.time(), 6)}

@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 from ..config import MqttConfig
 from ..errors import EdgedError
 from .client import make_client, no_delay
+from .topics import FleetTopics
 
 
 class BrokerClient:
@@ -67,7 +68,7 @@ class BrokerClient:
         corr = payload.setdefault("id", f"{self.session}-{uuid.uuid4().hex[:8]}")
         props = None
         if self.v5:
-            reply_topic = f"{self.cfg.prefix}/clients/{self.session}/reply"
+            reply_topic = FleetTopics(self.cfg.prefix).client_reply(self.session)
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply_topic
             props.CorrelationData = str(corr).encode()

@@ -22,10 +22,6 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST = 64 * 1024
 
 
-def revocation_topic(prefix: str) -> str:
-    return f"{prefix}/fleet/revoked"
-
-
 def _json(payload: bytes, what: str):
     if len(payload) > MAX_MANIFEST:
         raise ShareError(f"{what}: {len(payload)} bytes, over {MAX_MANIFEST}")

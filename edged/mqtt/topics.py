@@ -1,9 +1,24 @@
-"""The topic tree: `<prefix>/<device>/...` per device, `<prefix>/fleet/...` for every device."""
+"""The topic tree, in one place: `<prefix>/<device>/...` per device, `<prefix>/fleet/...` for every device.
+
+```
+<prefix>/<device>/status | stats | snapshot | review | prediction/<head>   what a device publishes
+<prefix>/<device>/cmd/<command>  ->  <prefix>/<device>/reply/<command>     commands and replies
+<prefix>/<device>/share/<kind>/<name>/manifest | <sha16>/<i>               what a device shares (parcels)
+<prefix>/fleet/cmd/<command>                                               a command for every device
+<prefix>/fleet/trainers/<trainer>[/progress|done/<device>]                 trainer nodes and their answers
+<prefix>/fleet/trainers/<trainer>/share/result/<device>/...                a trainer's result (a parcel)
+<prefix>/fleet/revoked                                                     the fleet-signed revocation list
+<prefix>/clients/<session>/reply | sync                                    a CLI's own MQTT 5 response topics
+```
+Every topic a device or trainer writes carries its own name (a broker ACL can then hold it to its tree).
+"""
 
 from __future__ import annotations
 
 
 class Topics:
+    """One device's tree (or, with `base`, a trainer's)."""
+
     def __init__(self, prefix: str, device: str, base: str | None = None):
         self.base = base or f"{prefix}/{device}"
         self.status = f"{self.base}/status"
@@ -16,19 +31,70 @@ class Topics:
     def prediction(self, head: str) -> str:
         return f"{self.base}/prediction/{head}"
 
+    def command(self, name: str) -> str:
+        return f"{self.base}/cmd/{name}"
+
     def reply(self, command: str) -> str:
         return f"{self.base}/reply/{command}"
 
 
-def trainer_status(prefix: str, name: str = "+") -> str:
-    """Where a trainer node keeps its retained status (`+`: every trainer's)."""
-    return f"{prefix}/fleet/trainers/{name}"
+class FleetTopics:
+    """Topics about more than one device: every device's, the fleet's, trainers', parcels', clients'."""
 
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.every_status = f"{prefix}/+/status"
+        self.every_stats = f"{prefix}/+/stats"
+        self.revoked = f"{prefix}/fleet/revoked"
 
-def trainer_topics(prefix: str, name: str) -> Topics:
-    """A trainer node's own tree, `<prefix>/fleet/trainers/<name>/...`: its retained status (and will) at the root,
-    where devices look for trainers without reading every device's status."""
-    topics = Topics(prefix, name, base=trainer_status(prefix, name))
-    topics.status = topics.base
-    topics.fleet_commands = topics.commands
-    return topics
+    def device(self, name: str) -> Topics:
+        return Topics(self.prefix, name)
+
+    def every_reply(self, command: str) -> str:
+        return f"{self.prefix}/+/reply/{command}"
+
+    def fleet_command(self, command: str) -> str:
+        return f"{self.prefix}/fleet/cmd/{command}"
+
+    def is_fleet_command(self, topic: str) -> bool:
+        return topic.startswith(f"{self.prefix}/fleet/cmd/")
+
+    def client_reply(self, session: str) -> str:
+        return f"{self.prefix}/clients/{session}/reply"
+
+    def client_sync(self, session: str) -> str:
+        return f"{self.prefix}/clients/{session}/sync"
+
+    # -- trainer nodes -------------------------------------------------------------------------------
+    def trainer_status(self, name: str = "+") -> str:
+        """Where a trainer node keeps its retained status (`+`: every trainer's)."""
+        return f"{self.prefix}/fleet/trainers/{name}"
+
+    def trainer(self, name: str) -> Topics:
+        """A trainer node's own tree, `<prefix>/fleet/trainers/<name>/...`: its retained status (and will) at the
+        root, where devices look for trainers without reading every device's status."""
+        topics = Topics(self.prefix, name, base=self.trainer_status(name))
+        topics.status = topics.base
+        topics.fleet_commands = topics.commands
+        return topics
+
+    def trainer_message(self, trainer: str, kind: str, device: str) -> str:
+        """A trainer's `progress` or `done` message for one device's job."""
+        return f"{self.trainer_status(trainer)}/{kind}/{device}"
+
+    def trainer_messages_for(self, device: str) -> str:
+        return f"{self.trainer_status()}/+/{device}"
+
+    # -- parcels ---------------------------------------------------------------------------------------
+    def publisher(self, name: str, role: str = "device") -> str:
+        """The tree a device's or trainer's parcels live in."""
+        return self.trainer_status(name) if role == "trainer" else f"{self.prefix}/{name}"
+
+    @staticmethod
+    def share(publisher: str, kind: str, name: str) -> str:
+        return f"{publisher}/share/{kind}/{name}"
+
+    def every_share(self, kind: str, name: str = "#", role: str = "device") -> str:
+        """Every publisher's parcels of one kind (and name)."""
+        tree = self.trainer_status("+") if role == "trainer" else f"{self.prefix}/+"
+        return f"{tree}/share/{kind}/{name}" + ("" if name == "#" else "/#")

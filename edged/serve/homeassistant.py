@@ -14,7 +14,12 @@ import cv2
 from .. import __version__
 from ..config import Config
 from ..files import read_json_object, write_atomic
-from ..mqtt.discovery import DeviceFacts, discovery_payload, discovery_topic
+from ..mqtt.discovery import (
+    DeviceFacts,
+    birth_topic,
+    discovery_payload,
+    discovery_topic,
+)
 from ..mqtt.link import MqttLink
 from ..state.layout import StateLayout
 
@@ -40,7 +45,7 @@ class HomeAssistant:
         if not self.ha.enabled:
             self._remove_old()
             return None
-        self.link.route(f"{self.ha.discovery_prefix}/status", self._on_birth)
+        self.link.route(birth_topic(self.ha.discovery_prefix), self._on_birth)
         write_atomic(self.marker, json.dumps({"topic": self.topic}).encode())
         self._thread.start()
         return lambda: self._thread.join(5)

@@ -112,12 +112,23 @@ class MqttLink:
         self._outbox_ready = threading.Event()
         self._sender_thread = threading.Thread(target=self._sender, name="mqtt-send", daemon=True)
 
-    def route(self, topic_filter: str, callback: Callable[[str, bytes, bool], None], qos: int = 1) -> None:
+    def route(self, topic_filter: str, callback: Callable[[str, bytes, bool], None],
+              qos: int = 1) -> Callable[[], None]:
         """Subscribe `topic_filter` (at every connect) and hand its messages to `callback(topic, payload, retained)`
-        instead of the command intake. The callback runs in paho's thread: it must only queue work."""
-        self._routes.append((topic_filter, qos, callback))
+        instead of the command intake. The callback runs in paho's thread: it must only queue work. Returns the
+        function that undoes it (unsubscribes, and the filter is not subscribed again at the next connect)."""
+        route = (topic_filter, qos, callback)
+        self._routes.append(route)
         if self.connected.is_set():
             self.client.subscribe(topic_filter, qos=qos)
+
+        def undo() -> None:
+            if route in self._routes:
+                self._routes.remove(route)
+                if not any(f == topic_filter for f, _, _ in self._routes):
+                    self.client.unsubscribe(topic_filter)
+
+        return undo
 
     def start(self) -> None:
         self._sender_thread.start()
@@ -167,7 +178,7 @@ class MqttLink:
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg):
-        for topic_filter, _, callback in self._routes:
+        for topic_filter, _, callback in list(self._routes):
             if mqtt.topic_matches_sub(topic_filter, msg.topic):
                 try:
                     callback(msg.topic, msg.payload, bool(msg.retain))

@@ -8,7 +8,6 @@ validation (k folds on small sets).
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 

@@ -13,8 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
+
+from edged.config import MqttConfig
+from edged.mqtt.client import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -148,7 +150,7 @@ class Probe:
         self.prefix = prefix
         self.messages: "queue.Queue[tuple[str, bytes, bool]]" = queue.Queue()
         self.seen: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+        self.client = make_client(MqttConfig(port=port, protocol="3.1.1"), f"probe-{uuid.uuid4().hex[:8]}")
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"{prefix}/#", qos=1)

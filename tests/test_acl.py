@@ -11,8 +11,11 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ROOT
+from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
+from edged.mqtt.client import make_client
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None or shutil.which("mosquitto_passwd") is None,
                                 reason="mosquitto and mosquitto_passwd needed")
@@ -20,9 +23,7 @@ ACCOUNTS = {"door": "door-Secret-1", "yard": "yard-Secret-2", "big": "big-Secret
 
 
 def _client(port: int, user: str, inbox: "queue.Queue | None" = None) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}",
-                         protocol=mqtt.MQTTv5)
-    client.username_pw_set(user, ACCOUNTS[user])
+    client = make_client(MqttConfig(port=port, username=user, password=ACCOUNTS[user]), f"{user}-{uuid.uuid4().hex[:6]}")
     connected = queue.Queue()
     client.on_connect = lambda c, u, f, rc, p=None: connected.put(rc)
     if inbox is not None:

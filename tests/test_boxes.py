@@ -12,13 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import RACCOON, WEIGHTS_025, backbone_settings, needs_weights
+from edged.commands.schema import parse
 from edged.config import load_config
 from edged.heads import TrainRequest
 from edged.heads.geometry import iou_matrix, iou_numpy, mean_average_precision, nms, well_formed
 from edged.heads.registry import head_classes, plugin_manager
 from edged.serve.backbone import embed_image, open_backbone
-from edged.commands.schema import parse
 from edged.serve.headset import HeadSet
 from edged.sources.preprocess import FrameView, Placement, fit_frame
 from edged.sources.synthetic import scene_at
@@ -26,6 +25,8 @@ from edged.state.store import NewExample, Store
 from edged.state.versions import Versions
 from edged_plugins.boxes import BoxHead
 from edged_plugins.objects import ObjectsHead
+
+from conftest import RACCOON, WEIGHTS_025, backbone_settings, needs_weights
 
 
 def _cfg(state, settings, *extra):
@@ -80,7 +81,6 @@ def test_decoders_give_well_formed_boxes_for_any_output():
 
 def test_untrained_heads_output_ordered_boxes_inside_the_frame():
     """Random weights, saturating inputs: the models build ordered corners; decode keeps them in the frame."""
-    import keras
 
     from edged.config import BackboneConfig
     from edged.learn import keras_backbone

@@ -79,8 +79,9 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
 
     import cv2
 
-    from conftest import RACCOON, backbone_settings, toml_config, write_config
     from edged.sources.synthetic import scene_at
+
+    from conftest import RACCOON, backbone_settings, toml_config, write_config
 
     settings = backbone_settings("none")
     state = make_state(settings)
@@ -108,8 +109,8 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
         imp = _edged("import", "--config", str(cfg), "voc", str(RACCOON), "--limit", "5")
         assert imp.returncode == 0, imp.stderr
         assert json.loads(imp.stdout)["examples"]["raccoon"] == 5
-        from edged.state.backbones import backbone_id
         from edged.config import BackboneConfig
+        from edged.state.backbones import backbone_id
         from edged.state.store import Store
 
         stored = Store(state / "store").examples(backbone_id(BackboneConfig(**settings)))

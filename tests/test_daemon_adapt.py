@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import textwrap
 
-from conftest import backbone_settings, toml_config, write_config
 from edged.config import load_config
 from edged.serve.backbone import embed_image, open_backbone
-from edged.state.store import NewExample, Store
 from edged.sources.synthetic import scene_at
+from edged.state.store import NewExample, Store
+
+from conftest import backbone_settings, toml_config, write_config
 
 DEVICE = "adapt1"
 

@@ -11,8 +11,18 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config, write_config, write_video
 from edged.sources.synthetic import scene_at
+
+from conftest import (
+    SIGN_DIGITS,
+    WEIGHTS_025,
+    backbone_settings,
+    needs_sign_digits,
+    needs_weights,
+    toml_config,
+    write_config,
+    write_video,
+)
 
 DEVICE = "cam1"
 

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from edged.commands.dispatch import DEFERRED, CollectingResponder, Dispatcher
+from edged.commands.schema import COMMANDS
 from edged.config import load_config
 from edged.errors import CommandError, HeadError
 from edged.heads.registry import head_classes, plugin_manager
-from edged.commands.schema import COMMANDS
-from edged.commands.dispatch import DEFERRED, CollectingResponder, Dispatcher
 from edged.serve.headset import HeadSet
 from edged.state.store import Examples, NewExample, Store
 from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions

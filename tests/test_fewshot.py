@@ -8,12 +8,21 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import (SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config,
-                      write_config, write_video)
 from edged.heads import fewshot
 from edged.heads.fewshot import Candidate, cross_validate
 from edged.state.store import Examples
 from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
+
+from conftest import (
+    SIGN_DIGITS,
+    WEIGHTS_025,
+    backbone_settings,
+    needs_sign_digits,
+    needs_weights,
+    toml_config,
+    write_config,
+    write_video,
+)
 
 
 def _blobs(n_per_class=8, classes=4, dim=32, seed=0, spread=0.4):
@@ -86,11 +95,11 @@ def test_state_round_trip_and_refusals(tmp_path):
 def test_unknown_for_a_class_never_taught(make_state, tmp_path):
     """Real photos, the α=0.25 backbone: taught 0/3/7, shown 5 (never taught), it mostly answers unknown."""
     from edged.config import load_config
+    from edged.heads import TrainRequest
     from edged.heads.registry import head_classes, plugin_manager
     from edged.serve.backbone import embed_image, open_backbone
     from edged.serve.headset import HeadSet
     from edged.serve.learning import Learning
-    from edged.heads import TrainRequest
     from edged.state.store import NewExample, Store
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
@@ -134,9 +143,8 @@ def test_unknown_for_a_class_never_taught(make_state, tmp_path):
 
 @needs_weights
 def test_dedupe_keeps_fewer_frames_from_a_still_video(make_state, tmp_path):
-    from edged.config import SourceConfig
+    from edged.config import BackboneConfig, SourceConfig
     from edged.learn.backbones import build_backbone
-    from edged.config import BackboneConfig
     from edged.runtime.engine import Engine, EngineOptions
     from edged.serve.capture import CaptureJob
     from edged.sources import OpenCVSource

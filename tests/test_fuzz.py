@@ -18,12 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import backbone_settings
-from edged.config import load_config
-from edged.errors import CommandError, ConfigError
-from edged.commands.schema import COMMANDS, parse
-from edged.daemon.daemon import Daemon
 from edged.commands.dispatch import CollectingResponder
+from edged.commands.schema import COMMANDS, parse
+from edged.config import load_config
+from edged.daemon.daemon import Daemon
+from edged.errors import CommandError, ConfigError
+
+from conftest import backbone_settings
 
 SPECIAL_STRINGS = ["../x", "../../etc/passwd", "/tmp/x", "./knn", "knn/", "a\x00b", "%2e%2e%2f", "+", "#", "a/+/b",
                    "é" * 70, "\U0001f600" * 20, "x" * 70_000, "", " ", "knn", "classifier", "v1", "v999999", "v0",
@@ -65,8 +66,9 @@ def _rss_mb() -> float:
 @pytest.fixture(scope="module")
 def live_daemon(tmp_path_factory, backbone_root):
     """A daemon in this process (no MQTT), serving a synthetic source: its real handlers take the payloads."""
-    from conftest import prebuilt_backbones
     import shutil
+
+    from conftest import prebuilt_backbones
 
     settings = backbone_settings("none", input_size=96)
     state = tmp_path_factory.mktemp("fuzz") / "state"

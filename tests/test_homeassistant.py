@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-import paho.mqtt.client as mqtt
+from edged.config import MqttConfig
+from edged.mqtt.client import make_client
 
 from conftest import backbone_settings, toml_config, write_config
 
@@ -72,7 +73,7 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     d = daemons(_config(tmp_path, make_state, broker.port, False), tmp_path / "ha2.log")
     probe.wait_for(lambda t, p, r: t == TOPIC and p == b"", 60)
     assert d.stop() == 0
-    check = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    check = make_client(MqttConfig(port=broker.port, protocol="3.1.1"), "ha-check")
     got = []
     check.on_message = lambda c, u, m: got.append(m.topic)
     check.connect("127.0.0.1", broker.port)

@@ -9,16 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights
 from edged.config import load_config
 from edged.errors import HeadError
 from edged.heads import TrainRequest
 from edged.heads.registry import head_classes, plugin_manager
 from edged.serve.backbone import embed_image, open_backbone
 from edged.serve.headset import HeadSet
-from edged.state.store import NewExample, Store
 from edged.sources.preprocess import FrameView
 from edged.sources.synthetic import scene_at
+from edged.state.store import NewExample, Store
+
+from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights
 
 
 def test_balanced_split_keeps_every_class_in_both_parts():
@@ -62,8 +63,8 @@ def _sign_images(first: int, last: int):
 @needs_sign_digits
 @needs_weights
 def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
+    from edged.learn.jobs import run_export
     from edged.runtime.fused import FusedModel
-    from edged.learn.jobs import run_export, run_train
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
     cfg = _cfg(make_state(settings), settings)
@@ -277,7 +278,6 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     learning = Learning(cfg, store, info, heads)
     served = learning.use_model("knn")
     assert served["version"] == "v1"
-    from edged.sources.preprocess import to_pixels
 
     px = FrameView(items[0][0], 96)
     assert heads.predict(None, px)[0][1].label == "triangle"

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
-from conftest import Probe, backbone_settings, toml_config, write_config
+from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker
+from edged.mqtt.client import make_client
+
+from conftest import Probe, backbone_settings, toml_config, write_config
 
 
 def _daemon_config(tmp_path, make_state, port, device, extra="", source="synthetic:shape=triangle,clutter=2"):
@@ -56,7 +59,6 @@ def test_username_password_required(tmp_path, make_state, daemons):
     broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
     broker.start()
     try:
-        import paho.mqtt.client as mqtt
 
         good = _daemon_config(tmp_path, make_state, broker.port, "auth1",
                               extra='username = "edged"\npassword = "s3cret"\n')
@@ -64,8 +66,8 @@ def test_username_password_required(tmp_path, make_state, daemons):
                              extra='username = "edged"\npassword = "wrong"\n')
         d_good = daemons(good, tmp_path / "good.log")
         d_bad = daemons(bad, tmp_path / "bad.log")
-        watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        watcher.username_pw_set("edged", "s3cret")
+        watcher = make_client(MqttConfig(port=broker.port, protocol="3.1.1", username="edged", password="s3cret"),
+                              "watcher")
         seen = []
         watcher.on_message = lambda c, u, m: seen.append(m.topic)
         watcher.connect("127.0.0.1", broker.port)

@@ -9,15 +9,16 @@ import subprocess
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import backbone_settings, toml_config, write_config
 from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
+from edged.mqtt.client import make_client
 from edged.mqtt.link import MqttLink
+
+from conftest import backbone_settings, toml_config, write_config
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 DEVICE = "cam-outage"
@@ -29,7 +30,7 @@ class Subscriber:
     def __init__(self, port: int, topics: list[str], client_id: str):
         self.port, self.topics = port, topics
         self.messages: "queue.Queue[tuple[float, str, bytes, bool]]" = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client = make_client(MqttConfig(port=port), client_id)
         self.client.on_message = lambda c, u, m: self.messages.put((time.monotonic(), m.topic, m.payload, m.retain))
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe([(t, 1) for t in self.topics])
         self.client.reconnect_delay_set(1, 1)

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from edged.config import MqttConfig
+from edged.mqtt.client import make_client
 
 from conftest import backbone_settings, toml_config, write_config
 
@@ -25,7 +27,7 @@ def test_a_wildcard_response_topic_does_not_silence_the_daemon(broker, probe, da
     d, _ = _daemon(broker, daemons, make_state, tmp_path, "rel1")
     probe.wait_online("rel1")
     assert probe.request("rel1", "capture", {"label": "tri", "count": 2, "interval_ms": 0})["ok"]
-    v5 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    v5 = make_client(MqttConfig(port=broker.port), "wild-response")
     v5.connect("127.0.0.1", broker.port)
     v5.loop_start()
     props = Properties(PacketTypes.PUBLISH)

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings, needs_weights
+from edged.runtime.engine import Engine, EngineOptions, InputAdapter, interpreter_module
 from edged.runtime.scaling import Scaling
 from edged.sources.preprocess import to_pixels
-from edged.runtime.engine import Engine, EngineOptions, InputAdapter, interpreter_module
+
+from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings, needs_weights
 
 
 def test_litert_is_the_default_interpreter():
@@ -38,8 +39,8 @@ def test_float_backbone_matches_keras(make_state):
     """The converted TFLite backbone gives the Keras model's embedding."""
     import keras  # noqa: F401
 
-    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
+    from edged.learn.backbones import build_backbone
     from edged.learn.keras_backbone import build
 
     settings = backbone_settings("none")
@@ -56,8 +57,8 @@ def test_float_backbone_matches_keras(make_state):
 
 @pytest.mark.skipif(not EXTRACTOR_U8.is_file(), reason="../shared/models absent")
 def test_uint8_extractor_backbone_dequantizes(tmp_path):
-    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
+    from edged.learn.backbones import build_backbone
 
     info = build_backbone(BackboneConfig(family="tflite", path=str(EXTRACTOR_U8)), tmp_path)
     assert info.input_size == 224 and info.output_dim == 1024
@@ -74,8 +75,8 @@ def test_uint8_extractor_backbone_dequantizes(tmp_path):
 
 
 def test_edgetpu_missing_falls_back_to_cpu(make_state, caplog):
-    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
+    from edged.learn.backbones import build_backbone
 
     settings = backbone_settings("none")
     info = build_backbone(BackboneConfig(**settings), make_state(settings))
@@ -123,8 +124,8 @@ def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
 
 @pytest.mark.parametrize("family,alpha,dim", [("mobilenet_v2", 0.35, 1280), ("mobilenet_v3_small", 0.75, 432)])
 def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
-    from edged.learn.backbones import build_backbone
     from edged.config import BackboneConfig
+    from edged.learn.backbones import build_backbone
 
     info = build_backbone(BackboneConfig(family=family, alpha=alpha, input_size=96, weights="none"), tmp_path)
     assert info.output_dim == dim and info.id.startswith({"mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s"}[family])
@@ -137,9 +138,9 @@ def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
 def test_keras_file_backbone_cut_at_named_layer(tmp_path):
     import keras
 
+    from edged.config import BackboneConfig
     from edged.errors import BackboneError
     from edged.learn.backbones import build_backbone
-    from edged.config import BackboneConfig
 
     keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(96, 96, 3)).save(tmp_path / "m.keras")
     cfg = BackboneConfig(family="keras", path=str(tmp_path / "m.keras"), cut_layer="conv_pw_11_relu", input_size=96)
@@ -155,7 +156,7 @@ def test_daemon_serves_int8_when_faster_and_falls_back_on_bad_calibration(broker
     """runtime.precision = auto: int8 when it is faster here and matches float; a blank calibration fails parity."""
     import json
 
-    from conftest import WEIGHTS_025, toml_config, write_config, write_video
+    from conftest import WEIGHTS_025, toml_config, write_config
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
     for name, extra in (("good", ""), ("bad", '[runtime]\nint8_calibration = "blank"\n')):

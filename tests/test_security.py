@@ -13,11 +13,11 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ROOT, backbone_settings, toml_config, write_config
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
+
+from conftest import ROOT, backbone_settings, toml_config, write_config
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None or shutil.which("mosquitto_passwd") is None,
                                 reason="mosquitto and mosquitto_passwd needed")
@@ -26,6 +26,9 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
+
+from edged.config import MqttConfig
+from edged.mqtt.client import make_client
 
 DEVICE = "cam-sec"
 PASSWORDS = {"cam": "cam-Secret-1", "viewer": "viewer-Secret-2", "admin": "admin-Secret-3"}
@@ -92,12 +95,8 @@ class Client:
         self.connack = threading.Event()
         self.refused = None
         self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
-        if user:
-            self.client.username_pw_set(user, PASSWORDS[user])
-        if tls:
-            self.client.tls_set(ca_certs=str(ca))
+        self.client = make_client(MqttConfig(port=port, username=user, password=PASSWORDS[user] if user else None,
+                                             tls={"ca_certs": str(ca)} if tls else None), f"t-{uuid.uuid4().hex[:8]}")
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
         try:

@@ -13,15 +13,7 @@ from edged.cli import main
 from edged.mqtt.parcels import Assembler, ShareError, pack
 from edged.mqtt.signing import FleetTrust
 from edged.mqtt.topics import FleetTopics
-from edged.state.trust import (
-    FleetAuthority,
-    Identity,
-    TrustError,
-    Verifier,
-    seal,
-    sign_body,
-    unseal,
-)
+from edged.state.trust import FleetAuthority, Identity, TrustError, Verifier, seal, sign_body, unseal
 
 
 def enrolled(authority: FleetAuthority, folder, name: str, role: str = "device") -> Identity:

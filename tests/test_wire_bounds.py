@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from conftest import ROOT, write_config
 from edged.cli import main
+from edged.commands.schema import parse
 from edged.config import load_config
 from edged.errors import CommandError, ConfigError
-from edged.commands.schema import parse
+
+from conftest import ROOT, write_config
 
 
 @pytest.mark.parametrize("name,body,field", [

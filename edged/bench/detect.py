@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from edged_plugins.boxes import BoxHead, BoxOptions
 from edged_plugins.boxes_train import train_box_head
 from edged_plugins.objects import ObjectsHead, ObjectsOptions

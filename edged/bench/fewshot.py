@@ -15,6 +15,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+
 from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
 from edged_plugins.knn import KnnHead, KnnOptions
 

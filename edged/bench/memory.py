@@ -13,14 +13,7 @@ import cv2
 
 from ..mqtt.broker import local_broker
 from .common import bench_backbone, table
-from .daemonrun import (
-    Probe,
-    prepare_state,
-    rss_mb,
-    start_daemon,
-    stop_daemon,
-    write_config,
-)
+from .daemonrun import Probe, prepare_state, rss_mb, start_daemon, stop_daemon, write_config
 
 _HOLD = "import sys, time; t = time.perf_counter(); {imports}; print(time.perf_counter() - t, flush=True); sys.stdin.read()"
 

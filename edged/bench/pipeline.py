@@ -133,7 +133,6 @@ def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: fl
     start = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)
     time.sleep(seconds)
     end = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)
-    published = daemon.mqtt.published if daemon.mqtt else 0
     served = daemon.precision
     for reader in readers:
         reader.kill()

@@ -6,17 +6,13 @@ import argparse
 import time
 
 import numpy as np
+
 from edged_plugins.classifier import ClassifierHead, ClassifierOptions
 from edged_plugins.classifier_train import keras_classifier
 
 from ..learn.convert import DIAGNOSTIC_QUANTIZATIONS, QUANTIZATIONS, to_tflite
 from ..learn.keras_backbone import build
-from ..runtime.engine import (
-    Engine,
-    EngineOptions,
-    interpreter_module,
-    interpreter_version,
-)
+from ..runtime.engine import Engine, EngineOptions, interpreter_module, interpreter_version
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples
 from .common import DATA, MODELS, bench_backbone, load_sign_digits, table

@@ -12,14 +12,7 @@ import cv2
 
 from ..mqtt.broker import local_broker
 from .common import bench_backbone, table
-from .daemonrun import (
-    Probe,
-    prepare_state,
-    rss_mb,
-    start_daemon,
-    stop_daemon,
-    write_config,
-)
+from .daemonrun import Probe, prepare_state, rss_mb, start_daemon, stop_daemon, write_config
 
 COMMANDS = [("status", {}), ("capture", {"label": "soak", "count": 3, "interval_ms": 50}), ("examples", {"limit": 5}),
             ("heads", {}), ("train", {"head": "classifier"}), ("forget", {"label": "soak"}), ("snapshot", {}),

@@ -10,12 +10,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import BackboneError, SourceError
-from ..runtime.engine import (
-    EDGETPU_LIBRARY,
-    interpreter_module,
-    interpreter_version,
-    load_delegate,
-)
+from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version, load_delegate
 from ..sources import open_source
 from ..state.backbones import backbone_id
 from ..state.layout import StateLayout

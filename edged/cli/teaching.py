@@ -12,27 +12,18 @@ from typing import Optional
 import cv2
 
 from ..commands.schema import parse
-from ..config import Config
 from ..errors import EdgedError
 from ..heads.base import TrainRequest
-from ..heads.registry import head_classes, plugin_manager
-from ..serve.backbone import embed_image, open_backbone, reembed_missing
+from ..serve.backbone import embed_image, open_backbone
 from ..serve.capture import CaptureJob
-from ..serve.headset import HeadSet
-from ..serve.learning import Learning
+from ..serve.stack import ServingStack
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import FrameView, to_pixels
 from ..state import importer
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
-from .common import (
-    add_config_args,
-    install_signal_handlers,
-    load,
-    progress_printer,
-    setup_logging,
-)
+from .common import add_config_args, install_signal_handlers, load, progress_printer, setup_logging
 
 
 def cmd_collect(args) -> int:
@@ -116,10 +107,8 @@ def cmd_import(args) -> int:
 def cmd_predict(args) -> int:
     cfg = load(args)
     setup_logging(cfg.log_level)
-    info, engine = open_backbone(cfg)
-    store = Store(StateLayout(cfg.state_path).store)
-    reembed_missing(store, info, engine)
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager(cfg.plugins_dir)))
+    stack = ServingStack(cfg)
+    heads, engine = stack.heads, stack.engine
     if args.head:
         heads.activate(args.head, persist=False)  # looking at predictions changes nothing the daemon serves
     status = 0
@@ -141,33 +130,14 @@ def cmd_predict(args) -> int:
             print("error: no active head is ready: capture examples first (edged collect)", file=sys.stderr)
             status = 1
     finally:
-        heads.close()
-        store.close()
-        engine.close()
+        stack.close()
     return status
-
-
-class _Offline:
-    """Store, backbone, heads and learning without a frame loop: what train and export need from the CLI."""
-
-    def __init__(self, cfg: Config):
-        self.info, self.engine = open_backbone(cfg)
-        self.store = Store(StateLayout(cfg.state_path).store)
-        reembed_missing(self.store, self.info, self.engine)
-        self.heads = HeadSet(cfg, self.store, self.info, head_classes(plugin_manager(cfg.plugins_dir)))
-        self.learning = Learning(cfg, self.store, self.info, self.heads)
-
-    def close(self) -> None:
-        self.learning.close()
-        self.heads.close()
-        self.store.close()
-        self.engine.close()
 
 
 def cmd_train(args) -> int:
     cfg = load(args)
     setup_logging("WARNING")
-    offline = _Offline(cfg)
+    offline = ServingStack(cfg).with_learning()
     try:
         request = TrainRequest(mode=args.mode, epochs=args.epochs, fine_tune_layers=args.fine_tune_layers)
         result = offline.learning.train(args.head, request, progress_printer())
@@ -181,7 +151,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     cfg = load(args)
     setup_logging("WARNING")
-    offline = _Offline(cfg)
+    offline = ServingStack(cfg).with_learning()
     try:
         result = offline.learning.export(args.head, args.quantize, args.force, progress_printer())
     finally:

@@ -10,13 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..config import (
-    Config,
-    dump_config,
-    format_validation_error,
-    read_config_data,
-    redact_uri,
-)
+from ..config import Config, dump_config, format_validation_error, read_config_data, redact_uri
 from ..errors import ConfigError, EdgedError
 from ..heads.options import check_head_config
 from ..heads.registry import head_classes, plugin_manager, plugin_sources

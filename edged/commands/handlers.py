@@ -12,10 +12,15 @@ import cv2
 from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..serve.capture import CaptureDesk, CaptureJob
+from ..serve.headset import HeadSet
+from ..serve.jobs import JobRunner, run_reporting
+from ..serve.learning import Learning
+from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from .dispatch import DEFERRED, Handler, Responder
 from .schema import (
+    COMMANDS,
     Activate,
     Capture,
     Delete,
@@ -32,6 +37,8 @@ from .schema import (
     Train,
 )
 
+log = logging.getLogger(__name__)
+
 
 class Sharer(Protocol):
     """What `publish` and `share` need from the fleet side (edged.fleet.sharing.Sharing)."""
@@ -39,12 +46,6 @@ class Sharer(Protocol):
     def publish(self, name: str, kind: str, version: Optional[str], progress) -> dict: ...
 
     def share_examples(self, label: Optional[str], progress) -> dict: ...
-from ..serve.headset import HeadSet
-from ..serve.jobs import JobRunner, run_reporting
-from ..serve.learning import Learning
-from ..state.layout import StateLayout
-
-log = logging.getLogger(__name__)
 
 
 class CommandHandlers:
@@ -68,19 +69,16 @@ class CommandHandlers:
         self.stop = stop
 
     def table(self) -> dict[str, Handler]:
-        return {"capture": self.capture, "forget": self.forget, "status": self.status, "snapshot": self.snapshot,
-                "heads": self.list_heads, "activate": self.activate, "train": self.train, "export": self.export,
-                "rollback": self.rollback, "review": self.list_review, "label": self.label, "discard": self.discard,
-                "examples": self.list_examples, "delete": self.delete, "relabel": self.relabel,
-                "models": self.list_models, "cancel": self.cancel, "publish": self.publish, "share": self.share}
+        """Every command name (edged.commands.schema.COMMANDS) and its handler, the method `on_<name>`."""
+        return {name: getattr(self, f"on_{name}") for name in COMMANDS}
 
-    def publish(self, cmd: Publish, responder: Responder) -> dict:
+    def on_publish(self, cmd: Publish, responder: Responder) -> dict:
         return self.sharing.publish(cmd.model, cmd.kind, cmd.version, responder.progress)
 
-    def share(self, cmd: Share, responder: Responder) -> dict:
+    def on_share(self, cmd: Share, responder: Responder) -> dict:
         return self.sharing.share_examples(cmd.label, responder.progress)
 
-    def capture(self, cmd: Capture, responder: Responder):
+    def on_capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
@@ -92,14 +90,14 @@ class CommandHandlers:
         self.changed()
         return DEFERRED  # replied when the last example is stored
 
-    def forget(self, cmd: Forget, responder: Responder) -> dict:
+    def on_forget(self, cmd: Forget, responder: Responder) -> dict:
         removed = self.store.forget(cmd.label)
         self.heads.forget(cmd.label)
         log.info("forgot %d examples of %r", removed, cmd.label)
         self.changed()
         return {"label": cmd.label, "removed": removed}
 
-    def activate(self, cmd: Activate, responder: Responder) -> dict:
+    def on_activate(self, cmd: Activate, responder: Responder) -> dict:
         result = {}
         if cmd.heads is not None:
             self.heads.activate(cmd.heads)
@@ -109,7 +107,7 @@ class CommandHandlers:
         self.changed()
         return {**result, "active": self.heads.active}
 
-    def rollback(self, cmd: Rollback, responder: Responder) -> dict:
+    def on_rollback(self, cmd: Rollback, responder: Responder) -> dict:
         result = self.learning.rollback_model(cmd.model)
         log.info("rolled back %s to %s", cmd.model, result["version"])
         self.changed()
@@ -119,7 +117,7 @@ class CommandHandlers:
         if head not in self.heads.classes:
             raise HeadError(f"{command}.head: unknown head {head!r}; installed: {sorted(self.heads.classes)}")
 
-    def train(self, cmd: Train, responder: Responder):
+    def on_train(self, cmd: Train, responder: Responder):
         self._known(cmd.head, "train")
         request = TrainRequest(mode=cmd.mode, epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
 
@@ -139,7 +137,7 @@ class CommandHandlers:
         self._job(f"train {cmd.head}", cmd.id, responder, work)
         return DEFERRED
 
-    def export(self, cmd: Export, responder: Responder):
+    def on_export(self, cmd: Export, responder: Responder):
         self._known(cmd.head, "export")
 
         def work() -> dict:
@@ -155,7 +153,7 @@ class CommandHandlers:
         self.jobs.start(what, lambda: run_reporting(work, responder, what, self.changed), corr_id)
         self.changed()
 
-    def snapshot(self, cmd: Empty, responder: Responder) -> dict:
+    def on_snapshot(self, cmd: Empty, responder: Responder) -> dict:
         frame = self.last_frame()
         if frame is None:
             raise CommandError("no frame has arrived yet")
@@ -167,17 +165,17 @@ class CommandHandlers:
         return {"topic": topic, "bytes": len(data), "pos": frame.pos,
                 "jpeg_base64": base64.b64encode(data).decode() if len(data) < 48_000 else None}
 
-    def list_heads(self, cmd: Empty, responder: Responder) -> dict:
+    def on_heads(self, cmd: Empty, responder: Responder) -> dict:
         return {"heads": self.heads.describe(), "active": self.heads.active}
 
-    def status(self, cmd: Empty, responder: Responder) -> dict:
+    def on_status(self, cmd: Empty, responder: Responder) -> dict:
         self.changed()
         return self.status_fn()
 
-    def list_review(self, cmd: Empty, responder: Responder) -> dict:
+    def on_review(self, cmd: Empty, responder: Responder) -> dict:
         return {"items": self.reviews.list()}
 
-    def label(self, cmd: Label, responder: Responder) -> dict:
+    def on_label(self, cmd: Label, responder: Responder) -> dict:
         example_id, embedding = self.reviews.label(cmd.review_id, cmd.label, self.store, self.backbone_id,
                                                    self.learning.embed_image)
         self.heads.learned(embedding, cmd.label)
@@ -186,28 +184,28 @@ class CommandHandlers:
         return {"review_id": cmd.review_id, "label": cmd.label, "example": example_id,
                 "examples": self.store.counts().get(cmd.label, 0)}
 
-    def discard(self, cmd: Discard, responder: Responder) -> dict:
+    def on_discard(self, cmd: Discard, responder: Responder) -> dict:
         self.reviews.discard(cmd.review_id)
         return {"review_id": cmd.review_id, "discarded": True}
 
-    def list_examples(self, cmd: ListExamples, responder: Responder) -> dict:
+    def on_examples(self, cmd: ListExamples, responder: Responder) -> dict:
         return {"examples": self.store.list(cmd.label, cmd.limit, cmd.offset), "counts": self.store.counts()}
 
-    def delete(self, cmd: Delete, responder: Responder) -> dict:
+    def on_delete(self, cmd: Delete, responder: Responder) -> dict:
         removed = self.store.delete(cmd.ids)
         self.heads.refit_incremental()
         log.info("deleted %d examples", removed)
         self.changed()
         return {"deleted": removed, "counts": self.store.counts()}
 
-    def relabel(self, cmd: Relabel, responder: Responder) -> dict:
+    def on_relabel(self, cmd: Relabel, responder: Responder) -> dict:
         changed = self.store.relabel(cmd.ids, cmd.label)
         self.heads.refit_incremental()
         log.info("relabelled %d examples as %r", changed, cmd.label)
         self.changed()
         return {"relabelled": changed, "label": cmd.label, "counts": self.store.counts()}
 
-    def list_models(self, cmd: Empty, responder: Responder) -> dict:
+    def on_models(self, cmd: Empty, responder: Responder) -> dict:
         """Per head: trained versions with their metrics, exported models with precision and parity, what serves."""
         layout = StateLayout(self.learning.cfg.state_path)
         out = {}
@@ -222,7 +220,7 @@ class CommandHandlers:
         return {"heads": out}
 
 
-    def cancel(self, cmd: Empty, responder: Responder) -> dict:
+    def on_cancel(self, cmd: Empty, responder: Responder) -> dict:
         """Stop the running capture (its stored examples are kept) and the running TensorFlow job."""
         capture = self.captures.current
         if capture is not None:

@@ -5,14 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Optional
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import CommandError, CorrelationId
 from ..state.store import LABEL_RE

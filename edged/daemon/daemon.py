@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from .. import __version__
@@ -15,29 +16,26 @@ from ..config import Config
 from ..files import file_sha256
 from ..fleet.remote_trainer import RemoteTrainer
 from ..fleet.sharing import Sharing
-from ..heads.base import Prediction
-from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
 from ..mqtt.signing import FleetTrust
 from ..runtime.memory import release_file_pages, release_free_memory
-from ..serve.backbone import open_backbone, reembed_missing
+from ..serve.backbone import reembed_missing
 from ..serve.capture import CaptureDesk
 from ..serve.frameloop import FrameLoop
-from ..serve.headset import HeadSet
 from ..serve.homeassistant import HomeAssistant
 from ..serve.jobs import JobRunner
-from ..serve.learning import Learning
 from ..serve.notify import Notifier
+from ..serve.outputs import Outputs
 from ..serve.precision import choose_precision
 from ..serve.review import Reviewer
+from ..serve.stack import ServingStack
 from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
-from ..state.store import Store
 from ..state.trust import Identity
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,6 @@ class Daemon:
                  extra: tuple[tuple[str, Callable[["Daemon"], Optional[Callable[[], None]]]], ...] = ()):
         self.cfg = cfg
         self.extra = extra  # (name, start(daemon) -> stop) started last, stopped first (e.g. the web page)
-        self.latest: dict[str, dict] = {}  # the last prediction payload per head, for readers off the frame loop
         self.stop = stop or threading.Event()
         self.notifier = Notifier()
         self.captures = CaptureDesk()
@@ -61,8 +58,8 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------
     def components(self) -> list[tuple[str, Callable[[], Optional[Callable[[], None]]]]]:
         """(name, start) in start order; each start returns the function that stops it."""
-        return [("store", self._start_store), ("backbone", self._start_backbone), ("heads", self._start_heads),
-                ("precision", self._start_precision), ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
+        return [("store, backbone and heads", self._start_stack), ("precision", self._start_precision), ("frame loop", self._start_frame_loop),
+                ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
                 ("fleet", self._start_fleet), ("homeassistant", self._start_homeassistant),
                 ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
@@ -92,23 +89,20 @@ class Daemon:
         self.notifier.close()
         log.info("stopped")
 
-    def _start_store(self):
-        self.store = Store(StateLayout(self.cfg.state_path).store)
-        self._store_version = self.store.data_version()
-        return self.store.close
-
-    def _start_backbone(self):
-        self.backbone, self.engine = open_backbone(self.cfg)
+    def _start_stack(self):
+        """Store, backbone (stored frames re-embedded for it when it changed) and heads (edged.serve.stack)."""
+        self.stack = ServingStack(self.cfg, lambda done, total: self.notifier.extend_start(
+            60, f"embedding stored frames {done}/{total}"))
+        self.store, self.backbone, self.engine, self.heads = (self.stack.store, self.stack.backbone, self.stack.engine,
+                                                              self.stack.heads)
         self.model_sha = file_sha256(self.backbone.path)[:16]
-        reembed_missing(self.store, self.backbone, self.engine,
-                        lambda done, total: self.notifier.extend_start(60, f"embedding stored frames {done}/{total}"))
         self._store_version = self.store.data_version()
-        return None  # the engine that serves is closed by the precision step
 
-    def _start_heads(self):
-        classes = head_classes(plugin_manager(self.cfg.plugins_dir))
-        self.heads = HeadSet(self.cfg, self.store, self.backbone, classes)
-        return self.heads.close
+        def stop():  # the engine that serves is closed by the precision step
+            self.heads.close()
+            self.store.close()
+
+        return stop
 
     def _start_precision(self):
         """Serve the int8 backbone when it is faster here and answers like float (edged.serve.precision)."""
@@ -116,14 +110,20 @@ class Daemon:
         log.info("backbone precision %s: %s", self.precision["precision"], self.precision["reason"])
         if self.precision["precision"] == "int8":
             self.model_sha = file_sha256(int8_path(self.backbone))[:16]
+        return self.engine.close
+
+    def _start_frame_loop(self):
+        """Telemetry, the outputs (MQTT, the teach page's latest, the console), the review queue and the loop."""
         self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
                                    self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt,
                                    self.precision)
         self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
-        self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self._announce_review, self.stop)
-        self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self._publish_prediction,
-                              self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider)
-        return self.engine.close
+        self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions)
+        self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
+        self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.telemetry.changed,
+                              self.notifier.watchdog, self.reviewer.consider,
+                              lambda: self.grabber.health() if self.grabber else "starting")
+        return None
 
     def _start_learning(self):
         # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
@@ -134,7 +134,7 @@ class Daemon:
         # trainer nodes are reached over the broker; they are heard of once MQTT is up (_start_fleet)
         self.remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt, self.trust) \
             if self.cfg.mqtt.enabled else None
-        self.learning = Learning(self.cfg, self.store, self.backbone, self.heads, self.remote)
+        self.learning = self.stack.with_learning(self.remote).learning
         self.learning.start()
         return self.learning.close
 
@@ -144,7 +144,7 @@ class Daemon:
         self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
                                    self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
-                                   self._publish_snapshot, self.cfg.capture, self.reviews, self.sharing, self.stop)
+                                   self.outputs.snapshot, self.cfg.capture, self.reviews, self.sharing, self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()
@@ -203,66 +203,25 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
-        """The frame loop; returns when the stop event is set."""
-        cfg = self.cfg
-        period = 1.0 / cfg.serve.max_fps if cfg.serve.max_fps else 0.0
-        next_due = 0.0
-        stats_due = time.monotonic() + cfg.mqtt.stats_interval_s
-        while not self.stop.is_set():
-            frame = self.grabber.get(timeout=0.25)
-            now = time.monotonic()
-            if now >= stats_due:
-                stats_due = now + cfg.mqtt.stats_interval_s
-                if self.mqtt is not None:
-                    self.mqtt.publish(self.mqtt.topics.stats, self.telemetry.stats(), retain=True)  # `fleet ls` reads it
-                self._sync_store()
-            self.telemetry.maybe_publish_status(self.notifier.status)
-            if frame is None:
-                continue
-            if period:
-                if now < next_due:
-                    continue
-                next_due = max(next_due + period, now)
-            try:
-                self.loop.process(frame)
-            except Exception:
-                log.exception("frame %d failed", frame.pos)
+        """Serve frames (edged.serve.frameloop) until the stop event is set."""
+        self._stats_due = time.monotonic() + self.cfg.mqtt.stats_interval_s
+        self.loop.run(self.grabber.get, self.stop, self.cfg.serve.max_fps, self._housekeeping)
+
+    def _housekeeping(self, now: float) -> None:
+        """Between frames: the retained stats and the store's changes every stats interval, the status when due."""
+        if now >= self._stats_due:
+            self._stats_due = now + self.cfg.mqtt.stats_interval_s
+            self.outputs.stats(self.telemetry.stats())
+            self._sync_store()
+        self.telemetry.maybe_publish_status(self.notifier.status)
+
+    def page_sources(self) -> "PageSources":
+        """What the teach page reads and does (edged.web.server.PageSources)."""
+        return PageSources(self)
 
     # -- edges ---------------------------------------------------------------------
     def _on_command(self, incoming: IncomingCommand) -> None:
         self.dispatcher.submit(incoming.name, incoming.payload, MqttResponder(self.mqtt, incoming))
-
-    def _publish_prediction(self, head: str, pred: Prediction, frame, latency_ms: float) -> None:
-        payload = {
-            "ts": round(time.time(), 3),
-            "frame": self.loop.frames_seen,
-            "pos": frame.pos,
-            "head": head,
-            "label": pred.label,
-            "score": round(pred.score, 4),
-            "scores": {k: round(v, 4) for k, v in pred.scores.items()},
-            "boxes": pred.boxes,
-            "latency_ms": round(latency_ms, 2),
-            "model": self.backbone.id,
-            "model_sha": pred.model_sha or self.model_sha,
-        }
-        if pred.novelty is not None:
-            payload["novelty"] = pred.novelty
-        self.latest[head] = payload
-        if self.mqtt is not None:
-            self.mqtt.publish(self.mqtt.topics.prediction(head), payload)
-        if self.cfg.serve.print_predictions:
-            print(f"{head}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
-
-    def _announce_review(self, item: dict) -> None:
-        if self.mqtt is not None:
-            self.mqtt.publish(self.mqtt.topics.review, {**item, "thumbnail": f"review/{item['id']}/frame.jpg"}, qos=1)
-
-    def _publish_snapshot(self, jpeg: bytes) -> Optional[str]:
-        if self.mqtt is None:
-            return None
-        self.mqtt.publish(self.mqtt.topics.snapshot, jpeg, qos=1)
-        return self.mqtt.topics.snapshot
 
     def _sync_store(self) -> None:
         """Pick up examples another process (e.g. `edged collect`) added to the store."""
@@ -272,3 +231,31 @@ class Daemon:
             reembed_missing(self.store, self.backbone, self.engine)
             self.heads.refit_incremental()
             self.telemetry.changed()
+
+
+class PageSources:
+    """The teach page's narrow view of a running daemon."""
+
+    def __init__(self, daemon: Daemon):
+        self._daemon = daemon
+
+    def submit(self, name: str, payload: bytes, responder) -> None:
+        self._daemon.dispatcher.submit(name, payload, responder)
+
+    def last_frame(self):
+        return self._daemon.loop.last_frame
+
+    def latest(self) -> dict:
+        return self._daemon.outputs.latest
+
+    def status(self) -> dict:
+        return self._daemon.telemetry.status()
+
+    def reviews(self) -> list[dict]:
+        return self._daemon.reviews.list()
+
+    def review_frame(self, item_id: str) -> Path:
+        return self._daemon.reviews.folder / item_id / "frame.jpg"
+
+    def example_frame(self, example_id: int):
+        return self._daemon.store.load_frame(example_id)

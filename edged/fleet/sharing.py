@@ -24,25 +24,14 @@ from typing import Callable, Optional
 from ..config import Config
 from ..errors import EdgedError, HeadError
 from ..files import read_json_object, write_atomic
-from ..mqtt.parcels import (
-    Assembler,
-    Parcel,
-    ShareError,
-    pack,
-)
+from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
 from ..mqtt.signing import FleetTrust
 from ..mqtt.topics import FleetTopics
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
-from ..state.bundles import (
-    BundleError,
-    pack_examples,
-    pack_folder,
-    unpack_examples,
-    unpack_into,
-)
+from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout
 from ..state.store import LABEL_RE, Store
 

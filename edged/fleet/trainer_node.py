@@ -28,12 +28,7 @@ from ..config import NAME_RE, Config
 from ..errors import EdgedError
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink
-from ..mqtt.parcels import (
-    Assembler,
-    Parcel,
-    ShareError,
-    pack,
-)
+from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
 from ..mqtt.replies import MqttResponder
 from ..mqtt.signing import FleetTrust
 from ..mqtt.topics import FleetTopics

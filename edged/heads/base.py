@@ -57,6 +57,7 @@ Methods and when they are called:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -78,6 +79,17 @@ class Prediction:
     boxes: list[dict] = field(default_factory=list)
     model_sha: Optional[str] = None  # set when an exported or fused model (not backbone + head) answered
     novelty: Optional[float] = None  # 0..1: how unlike the stored examples this frame is (heads that know)
+
+    def message(self, head: str, frame_index: int, pos: int, latency_ms: float, backbone_id: str,
+                backbone_sha: str) -> dict:
+        """The prediction as published on `<device>/prediction/<head>`."""
+        payload = {"ts": round(time.time(), 3), "frame": frame_index, "pos": pos, "head": head, "label": self.label,
+                   "score": round(self.score, 4), "scores": {k: round(v, 4) for k, v in self.scores.items()},
+                   "boxes": self.boxes, "latency_ms": round(latency_ms, 2), "model": backbone_id,
+                   "model_sha": self.model_sha or backbone_sha}
+        if self.novelty is not None:
+            payload["novelty"] = self.novelty
+        return payload
 
 
 class HeadOptions(BaseModel):

@@ -16,13 +16,7 @@ from ..errors import BackboneError, EdgedError
 from ..files import write_atomic
 from ..sources import open_source
 from ..sources.preprocess import to_pixels
-from ..state.backbones import (
-    BackboneInfo,
-    backbone_id,
-    int8_path,
-    lookup_backbone,
-    store_backbone,
-)
+from ..state.backbones import BackboneInfo, backbone_id, int8_path, lookup_backbone, store_backbone
 from ..state.layout import StateLayout
 from ..state.store import Store
 from . import keras_backbone

@@ -1,35 +1,76 @@
-"""The frame loop: frame -> backbone -> heads -> publish, feeding captures and the watchdog on the way."""
+"""The frame loop: frame -> backbone -> heads -> outputs, feeding captures and the watchdog on the way.
+
+It owns the loop (`run`): frames from the grabber at most `max_fps`, the daemon's housekeeping between them, and
+the running capture tended even when no frame comes (a capture on a dead camera still ends at its deadline and
+can be cancelled).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable, Optional
 
-from ..heads.base import Prediction
 from ..runtime.engine import Engine
 from ..sources.preprocess import FrameView
 from .capture import CaptureDesk, CaptureJob
 from .headset import HeadSet
+from .outputs import Outputs
 from .telemetry import StageTimes
 
 log = logging.getLogger(__name__)
 
 
 class FrameLoop:
-    def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes,
-                 publish: Callable[[str, Prediction, object, float], None], changed: Callable[[], None],
-                 watchdog: Callable[[], None], review: Optional[Callable] = None):
+    def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes, outputs: Outputs,
+                 changed: Callable[[], None], watchdog: Callable[[], None], review: Optional[Callable] = None,
+                 source_state: Callable[[], str] = lambda: "ok"):
         self.engine = engine
         self.heads = heads
         self.captures = captures
         self.times = times
-        self.publish = publish
+        self.outputs = outputs
         self.changed = changed
         self.watchdog = watchdog
         self.review = review
+        self.source_state = source_state
         self.last_frame = None
         self.frames_seen = 0
+
+    def run(self, next_frame: Callable[[float], object], stop: threading.Event, max_fps: float = 0.0,
+            housekeeping: Callable[[float], None] = lambda now: None) -> None:
+        """Serve frames until `stop` is set: `next_frame(timeout)` gives one or None; `housekeeping(now)` runs
+        between frames (stats, status)."""
+        period = 1.0 / max_fps if max_fps else 0.0
+        next_due = 0.0
+        while not stop.is_set():
+            frame = next_frame(0.25)
+            now = time.monotonic()
+            housekeeping(now)
+            if frame is None:
+                self.tend_capture()
+                continue
+            if period:
+                if now < next_due:
+                    self.tend_capture()
+                    continue
+                next_due = max(next_due + period, now)
+            try:
+                self.process(frame)
+            except Exception:
+                log.exception("frame %d failed", frame.pos)
+
+    def tend_capture(self) -> None:
+        """End the running capture when it is cancelled or past its deadline, frames or not."""
+        job = self.captures.current
+        if job is None:
+            return
+        if job.cancelled:
+            self._finish(job, error=f"capture of {job.label!r} cancelled after {job.stored} of {job.count} "
+                                    f"examples (those are kept)")
+        elif job.timed_out:
+            self._finish(job)
 
     def process(self, frame) -> None:
         t0 = time.perf_counter()
@@ -44,7 +85,7 @@ class FrameLoop:
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:
-            self.publish(name, pred, frame, latency_ms)
+            self.outputs.prediction(name, pred, frame, self.frames_seen, latency_ms)
         if self.review is not None and job is None:
             self.review(frame, embedding, predictions)
         t3 = time.perf_counter()
@@ -94,7 +135,10 @@ class FrameLoop:
             result["pruned_oldest"] = pruned
         result["examples"] = job.store.counts().get(job.label, 0)
         if not job.done:
-            result["note"] = (f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: "
-                              f"{job.skipped} frames were too similar to the last kept one (dedupe)")
+            source = self.source_state()
+            result["source"] = source
+            why = (f"{job.skipped} frames were too similar to the last kept one (dedupe)" if source == "ok"
+                   else f"the source is {source}")
+            result["note"] = f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: {why}"
         log.info("capture of %r done: %d stored", job.label, job.stored)
         job.responder.done(result)

@@ -14,12 +14,7 @@ import cv2
 from .. import __version__
 from ..config import Config
 from ..files import read_json_object, write_atomic
-from ..mqtt.discovery import (
-    DeviceFacts,
-    birth_topic,
-    discovery_payload,
-    discovery_topic,
-)
+from ..mqtt.discovery import DeviceFacts, birth_topic, discovery_payload, discovery_topic
 from ..mqtt.link import MqttLink
 from ..state.layout import StateLayout
 

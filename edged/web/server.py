@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 import cv2
 from aiohttp import web
@@ -72,10 +72,29 @@ class Events:
         self.loop.call_soon_threadsafe(put)
 
 
+class PageSources(Protocol):
+    """All the page needs from the daemon (edged.daemon.daemon.Daemon.page_sources): commands go through the same
+    dispatcher as MQTT; the rest is read."""
+
+    def submit(self, name: str, payload: bytes, responder) -> None: ...
+
+    def last_frame(self): ...
+
+    def latest(self) -> dict: ...
+
+    def status(self) -> dict: ...
+
+    def reviews(self) -> list[dict]: ...
+
+    def review_frame(self, item_id: str) -> Path: ...
+
+    def example_frame(self, example_id: int): ...
+
+
 class WebServer:
-    def __init__(self, cfg: WebConfig, daemon):
+    def __init__(self, cfg: WebConfig, sources: PageSources):
         self.cfg = cfg
-        self.daemon = daemon
+        self.sources = sources
         self.loop = asyncio.new_event_loop()
         self.events = Events(self.loop)
         self.runner: Optional[web.AppRunner] = None
@@ -174,7 +193,7 @@ class WebServer:
         name = request.match_info["name"]
         body = await request.read()
         responder = WebResponder(self.loop, name[:64], self.events)
-        self.daemon.dispatcher.submit(name, body, responder)
+        self.sources.submit(name, body, responder)
         reply = await responder.future
         return web.json_response(reply, status=200 if reply["ok"] else 400, dumps=lambda o: json.dumps(o, default=str))
 
@@ -191,7 +210,7 @@ class WebServer:
         last = None
         try:
             while not self.closing:
-                frame = self.daemon.loop.last_frame
+                frame = self.sources.last_frame()
                 if frame is not None and frame is not last and frame.pixels is not None:
                     last = frame
                     jpeg = await self.loop.run_in_executor(None, self._jpeg, cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR))
@@ -224,7 +243,7 @@ class WebServer:
         return response
 
     def _status_event(self) -> str:
-        return f"event: status\ndata: {json.dumps(self.daemon.telemetry.status(), default=str)}\n\n"
+        return f"event: status\ndata: {json.dumps(self.sources.status(), default=str)}\n\n"
 
     async def _ticker(self) -> None:
         """Predictions at the live view's rate, status every 2 s, new review items: to every open page."""
@@ -233,12 +252,12 @@ class WebServer:
             await asyncio.sleep(1.0 / self.cfg.fps)
             if not self.events.queues:
                 continue
-            self.events.publish("predictions", dict(self.daemon.latest))
+            self.events.publish("predictions", dict(self.sources.latest()))
             now = time.monotonic()
             if now - last_status > 2.0:
                 last_status = now
-                self.events.publish("status", self.daemon.telemetry.status())
-                items = self.daemon.reviews.list()
+                self.events.publish("status", self.sources.status())
+                items = self.sources.reviews()
                 newest = items[-1]["id"] if items else None
                 if newest != last_review:
                     last_review = newest
@@ -249,14 +268,14 @@ class WebServer:
         if example_id > MAX_EXAMPLE_ID:
             raise web.HTTPNotFound(text="no such example")
         try:
-            image = await self.loop.run_in_executor(None, self.daemon.store.load_frame, example_id)
+            image = await self.loop.run_in_executor(None, self.sources.example_frame, example_id)
         except EdgedError as e:
             raise web.HTTPNotFound(text=str(e)) from None
         return web.Response(body=self._jpeg(cv2.resize(image, (96, int(96 * image.shape[0] / image.shape[1])))),
                             content_type="image/jpeg")
 
     async def review_frame(self, request: web.Request) -> web.Response:
-        path = self.daemon.reviews.folder / request.match_info["id"] / "frame.jpg"
+        path = self.sources.review_frame(request.match_info["id"])
         if not path.is_file():
             raise web.HTTPNotFound(text="no such review item")
         return web.FileResponse(path)
@@ -266,8 +285,6 @@ def web_component(cfg: WebConfig):
     """The daemon component that serves the page: start(daemon) -> stop."""
 
     def start(daemon):
-        server = WebServer(cfg, daemon).start()
-        daemon.web = server
-        return server.stop
+        return WebServer(cfg, daemon.page_sources()).start().stop
 
     return start

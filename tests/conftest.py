@@ -46,18 +46,42 @@ def backbone_settings(weights: str = "none", input_size: int = 96, **extra) -> d
     return {"family": "mobilenet_v1", "alpha": 0.25, "input_size": input_size, "weights": weights, **extra}
 
 
+# what a converted backbone depends on besides its settings: when any of these changes, it is converted again
+_CONVERSION_CODE = ("edged/learn/backbones.py", "edged/learn/keras_backbone.py", "edged/learn/convert.py",
+                    "edged/state/backbones.py", "edged/runtime/scaling.py")
+
+
+def _disk_cache() -> Path:
+    """Converted test backbones kept across runs (`EDGED_TEST_CACHE`, default ~/.cache/edged/test-backbones)."""
+    return Path(os.environ.get("EDGED_TEST_CACHE", Path.home() / ".cache" / "edged" / "test-backbones"))
+
+
 def prebuilt_backbones(tmp_root: Path, settings: dict) -> Path:
-    """Folder holding `backbones/<id>/` for `settings`; converted with Keras once per session."""
+    """Folder holding `backbones/<id>/` for `settings`: converted with Keras once, then kept on disk across test
+    runs (keyed by the settings, the conversion code and the TensorFlow version)."""
     key = json.dumps(settings, sort_keys=True)
     if key not in _BACKBONE_CACHE:
-        from edged.config import BackboneConfig, Config
-        from edged.learn.backbones import build_backbone, build_int8
+        import hashlib
 
-        folder = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
-        build_backbone(BackboneConfig(**settings), folder)
-        # the int8 twin too (calibrated on synthetic scenes), so that daemons do not each build it at start
-        build_int8(Config.model_validate({"state_dir": str(folder), "backbone": settings,
-                                          "runtime": {"calibration_frames": 100}}))
+        import tensorflow as tf
+
+        digest = hashlib.sha256(key.encode() + tf.__version__.encode())
+        for name in _CONVERSION_CODE:
+            digest.update((ROOT / name).read_bytes())
+        folder = _disk_cache() / digest.hexdigest()[:20]
+        if not (folder / "complete").is_file():
+            from edged.config import BackboneConfig, Config
+            from edged.learn.backbones import build_backbone, build_int8
+
+            building = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
+            build_backbone(BackboneConfig(**settings), building)
+            # the int8 twin too (calibrated on synthetic scenes), so that daemons do not each build it at start
+            build_int8(Config.model_validate({"state_dir": str(building), "backbone": settings,
+                                              "runtime": {"calibration_frames": 100}}))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(building, folder)
+            (folder / "complete").write_text(key)
         _BACKBONE_CACHE[key] = folder
     return _BACKBONE_CACHE[key]
 

@@ -79,6 +79,7 @@ def test_decoders_give_well_formed_boxes_for_any_output():
             _assert_well_formed([b["box"] for b in objects.boxes])
 
 
+@pytest.mark.heavy
 def test_untrained_heads_output_ordered_boxes_inside_the_frame():
     """Random weights, saturating inputs: the models build ordered corners; decode keeps them in the frame."""
 
@@ -165,6 +166,7 @@ def _voc_xml(filename: str, objects: list[tuple[str, tuple]]) -> str:
     return f"<annotation><filename>{filename}</filename><size><width>200</width><height>100</height></size>{objs}</annotation>"
 
 
+@pytest.mark.heavy
 def test_voc_import_keeps_several_objects_and_reports_what_it_skipped(tmp_path, make_state):
     xml, jpg = tmp_path / "xml", tmp_path / "jpg"
     xml.mkdir(), jpg.mkdir()
@@ -218,6 +220,7 @@ def test_synthetic_scenes_with_several_shapes_and_the_source_option():
 
 # -- training through the worker's job ------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_a_head_that_cannot_beat_the_mean_box_is_reported_and_not_activated(make_state):
     """Every stored box is the same: the mean box is perfect, so no head can gain on it."""
     from edged.learn.jobs import run_train
@@ -240,6 +243,7 @@ def test_a_head_that_cannot_beat_the_mean_box_is_reported_and_not_activated(make
     heads.close(), store.close(), engine.close()
 
 
+@pytest.mark.heavy
 @needs_weights
 def test_objects_head_finds_two_shapes_in_one_frame(make_state):
     """Store -> train in the worker's job -> fused TFLite -> predictions in frame coordinates with both shapes."""
@@ -280,6 +284,7 @@ def test_objects_head_finds_two_shapes_in_one_frame(make_state):
     heads.close(), store.close(), engine.close()
 
 
+@pytest.mark.heavy
 @needs_weights
 def test_box_head_beats_the_mean_box_and_reports_frame_coordinates(make_state):
     from edged.learn.jobs import run_train

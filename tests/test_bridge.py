@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from edged.mqtt.broker import MosquittoBroker, wait_for_port
 
 from conftest import ROOT, backbone_settings, toml_config, write_config
@@ -25,6 +27,7 @@ def edged(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.heavy
 def test_daemon_on_a_site_broker_is_listed_and_commanded_through_the_central_one(tmp_path, make_state, daemons):
     central = MosquittoBroker().start()
     site = MosquittoBroker(extra_config=_bridge_config(central.port)).start()

@@ -12,6 +12,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
 from edged.config import SourceConfig
 from edged.errors import SourceError
@@ -123,6 +124,7 @@ def _frames(n):
     return [scene_at(0, i, 160, 120, clutter=4).image for i in range(n)]
 
 
+@pytest.mark.heavy
 def test_corrupt_jpegs_and_a_stalled_stream_over_http():
     server = FaultyMjpegServer(_frames(6))
     cfg = SourceConfig(uri=server.url, reconnect_min_s=0.2, reconnect_max_s=0.5, read_timeout_s=2.0, stall_after_s=0.8)
@@ -153,6 +155,7 @@ def test_corrupt_jpegs_and_a_stalled_stream_over_http():
         server.close()
 
 
+@pytest.mark.heavy
 def test_daemon_reports_a_stalled_then_lost_camera_and_a_file_that_ended(broker, probe, daemons, make_state, tmp_path):
     server = FaultyMjpegServer(_frames(6))
     backbone = backbone_settings("none", input_size=96)

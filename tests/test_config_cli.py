@@ -73,6 +73,7 @@ def test_doctor_reports_parts(broker, tmp_path):
     assert "[FAIL] broker" in down.stdout and "[FAIL] source" in down.stdout
 
 
+@pytest.mark.heavy
 def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, make_state, daemons, tmp_path):
     """`edged collect` and `edged import` write the store; a serving daemon sees the new examples."""
     import json

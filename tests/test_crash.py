@@ -159,6 +159,7 @@ def crash_paths(tmp_path):
     return tmp_path
 
 
+@pytest.mark.heavy
 def test_kill_9_during_capture_train_and_activate(broker, daemons, make_state, crash_paths):
     results, _ = _run_kills(broker, daemons, make_state, crash_paths, kills=3)
     print(f"kill -9: {results}")
@@ -200,6 +201,7 @@ def _reembed_kills(broker, daemons, make_state, tmp_path, kills: int) -> dict:
     return {"kills": kills, "rows": rows}
 
 
+@pytest.mark.heavy
 def test_kill_9_during_store_reembedding(broker, daemons, make_state, crash_paths):
     print(f"kill -9 re-embedding: {_reembed_kills(broker, daemons, make_state, crash_paths, kills=3)}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from edged.config import load_config
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
@@ -33,6 +35,7 @@ def _final(probe, command, payload, timeout=180):
     return reply
 
 
+@pytest.mark.heavy
 def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_state, tmp_path):
     settings = backbone_settings("none")
     state = make_state(settings)

@@ -50,6 +50,7 @@ def _capture(probe, label: str, count: int) -> dict:
     return reply
 
 
+@pytest.mark.heavy
 @needs_sign_digits
 @needs_weights
 def test_sign_digits_video_capture_predict_restart(broker, probe, daemons, make_state, tmp_path):
@@ -145,6 +146,7 @@ def synthetic_daemon(broker, probe, daemons, make_state, tmp_path):
     return d, labels, status
 
 
+@pytest.mark.heavy
 def test_synthetic_capture_then_predict(synthetic_daemon, probe):
     """Always runs: synthetic source for teaching, an image folder of the same scenes for serving."""
     d, labels, status = synthetic_daemon
@@ -208,6 +210,7 @@ def _malformed_payloads(rng: random.Random) -> list[tuple[str, bytes]]:
     return out
 
 
+@pytest.mark.heavy
 def test_malformed_commands_get_error_replies_and_serving_continues(synthetic_daemon, probe):
     d, labels, _ = synthetic_daemon
     probe.drain()

@@ -176,6 +176,7 @@ def test_dedupe_keeps_fewer_frames_from_a_still_video(make_state, tmp_path):
     assert kept["still"][1] >= 35
 
 
+@pytest.mark.heavy
 def test_review_item_becomes_an_example_and_survives_restart(broker, probe, daemons, make_state, tmp_path):
     settings = backbone_settings("none")
     state = make_state(settings)

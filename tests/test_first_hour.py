@@ -57,6 +57,7 @@ def test_daemon_refuses_to_start_with_a_missing_tls_ca(tmp_path):
     assert out.returncode == 2 and "mqtt.tls.ca_certs: file not found" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.heavy
 def test_demo_runs_on_the_embedded_broker_with_mosquitto_hidden(tmp_path, make_state):
     """No mosquitto: the demo falls back to amqtt (MQTT 3.1.1), predictions reach MQTT and print beside the truth."""
     pytest.importorskip("amqtt")
@@ -98,6 +99,7 @@ def _segments_video(path: Path) -> str:
     return write_video(path, [red] * 90 + [blue] * 90, fps=30.0)
 
 
+@pytest.mark.heavy
 def test_cli_cmd_talks_to_the_daemon_and_capture_stores_what_was_shown(broker, probe, daemons, make_state, tmp_path):
     """`edged cmd capture` returns the final reply; every stored frame shows the segment shown while capturing."""
     settings = backbone_settings("none")
@@ -169,6 +171,7 @@ def _walkthrough() -> str:
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.heavy
 @needs_weights
 def test_readme_walkthrough_step_by_step(broker, daemons, make_state, tmp_path):
     """Every `edged` line of the README's "Real camera in 5 minutes", in order, with a video for the camera."""

@@ -48,6 +48,7 @@ def _wait_stats(probe, devices, timeout=60):
     probe.wait_for(all_in, timeout)
 
 
+@pytest.mark.heavy
 def test_fleet_ls_and_send_against_two_daemons(broker, probe, tmp_path, make_state, daemons):
     ds = {dev: daemons(_config(tmp_path, make_state, broker.port, dev)[0], tmp_path / f"{dev}.log") for dev in ("fa", "fb")}
     _wait_stats(probe, ds)
@@ -103,6 +104,7 @@ def _prefill(state, seed: int = 0):
     return info.id
 
 
+@pytest.mark.heavy
 def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, probe, tmp_path, make_state, daemons,
                                                                     fleet_admin):
     cfg_a, state_a = _config(tmp_path, make_state, broker.port, "sha", source="synthetic:clutter=2")
@@ -308,6 +310,7 @@ def _publish_and_expect_refusal(probe, messages, why: str, model_sha: str, clear
             probe.client.publish(topic, b"", qos=1, retain=True)
 
 
+@pytest.mark.heavy
 def test_bench_fleet_runs_small():
     done = edged("bench", "fleet", "--devices", "5", "--rounds", "1", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -315,6 +318,7 @@ def test_bench_fleet_runs_small():
     assert last.startswith("fleet send: ") and "collect 5 replies (target <= 1 s)" in last
 
 
+@pytest.mark.heavy
 def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker, probe, tmp_path, make_state, daemons,
                                                                          fleet_admin):
     """A signed fleet: the device's jobs go sealed to the certified trainer only (not to a rogue one announcing

@@ -143,6 +143,7 @@ def _fuzz(daemon, examples: int):
           f"{rss_before:.0f} -> {_rss_mb():.0f} MB, hypothesis included); threads {threading.active_count() - threads_before:+d}")
 
 
+@pytest.mark.heavy
 def test_fuzz_commands(live_daemon):
     _fuzz(live_daemon, 1000)
 

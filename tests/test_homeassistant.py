@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from edged.config import MqttConfig
 from edged.mqtt.client import make_client
 
@@ -36,6 +38,7 @@ def _check_payload(config: dict) -> dict:
     return components
 
 
+@pytest.mark.heavy
 def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state, daemons):
     probe.client.subscribe("homeassistant/#", qos=1)
     d = daemons(_config(tmp_path, make_state, broker.port, True), tmp_path / "ha.log")

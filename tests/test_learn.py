@@ -60,6 +60,7 @@ def _sign_images(first: int, last: int):
     return out
 
 
+@pytest.mark.heavy
 @needs_sign_digits
 @needs_weights
 def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
@@ -111,6 +112,7 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     assert np.mean(np.array(int8_labels) == truth) >= 0.6
 
 
+@pytest.mark.heavy
 def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     """The frozen numpy head becomes a Keras model with the same answers; fine-tuning changes exactly the opened top."""
     import keras
@@ -149,6 +151,7 @@ def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     assert all(not l.trainable for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization))
 
 
+@pytest.mark.heavy
 def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_cross_validation(make_state):
     from edged.learn.jobs import run_train
 
@@ -173,6 +176,7 @@ def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_cross_validation(make_st
     assert (folder / "training.png").is_file()
 
 
+@pytest.mark.heavy
 def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
     """`train` with defaults: the numpy head serves at once; fine-tuning follows and serves only if it won."""
     from edged.serve.learning import Learning
@@ -236,6 +240,7 @@ def _box_items(seed: int, n: int, size: int = 128):
     return out
 
 
+@pytest.mark.heavy
 def test_box_head_trains_from_store_and_serves_fused(make_state):
     """Plumbing with any weights: frames with boxes -> box head version -> fused TFLite -> boxes in predictions."""
     from edged.learn.jobs import run_train
@@ -263,6 +268,7 @@ def test_box_head_trains_from_store_and_serves_fused(make_state):
     assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
 
 
+@pytest.mark.heavy
 def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     from edged.learn.jobs import run_export
 

@@ -25,6 +25,7 @@ def _daemon_config(tmp_path, make_state, port, device, extra="", source="synthet
     return write_config(tmp_path / f"{device}.toml", toml_config(state, port, source, settings, device, extra))
 
 
+@pytest.mark.heavy
 def test_broker_outage_reconnects_and_resumes(tmp_path, make_state, daemons):
     broker = MosquittoBroker().start()
     try:
@@ -50,6 +51,7 @@ def test_broker_outage_reconnects_and_resumes(tmp_path, make_state, daemons):
         broker.close()
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd not installed")
 def test_username_password_required(tmp_path, make_state, daemons):
     pwfile = tmp_path / "passwd"
@@ -110,6 +112,7 @@ def test_fleet_command_reaches_every_device(broker, probe, tmp_path, make_state,
         assert d.stop() == 0
 
 
+@pytest.mark.heavy
 def test_watchdog_only_while_frames_flow(tmp_path, make_state, broker, probe):
     sock_path = str(tmp_path / "n.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

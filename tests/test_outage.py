@@ -53,6 +53,7 @@ class Subscriber:
         self.client.disconnect()
 
 
+@pytest.mark.heavy
 def test_broker_outage_loses_no_qos1_prediction(make_state, daemons, tmp_path):
     broker = MosquittoBroker(persistence=True).start()
     sub = None

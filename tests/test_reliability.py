@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -66,6 +67,7 @@ def test_retained_commands_are_ignored_and_ids_make_commands_idempotent(broker, 
     assert "ignored a retained command" in d2.output()
 
 
+@pytest.mark.heavy
 def test_camera_credentials_stay_out_of_status_logs_and_config_show(broker, probe, daemons, make_state, tmp_path):
     secret = "s3cret-pw"
     d, cfg = _daemon(broker, daemons, make_state, tmp_path, "rel3", source=f"rtsp://admin:{secret}@127.0.0.1:9/stream",
@@ -94,6 +96,7 @@ def _worker_children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.heavy
 def test_a_hung_or_cancelled_training_job_is_answered_and_the_worker_is_reaped(broker, probe, daemons, make_state,
                                                                                    tmp_path):
     from edged.config import load_config

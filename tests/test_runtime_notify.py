@@ -86,6 +86,7 @@ def test_edgetpu_missing_falls_back_to_cpu(make_state, caplog):
     assert engine.embed(np.zeros((96, 96, 3), np.uint8)).shape == (info.output_dim,)
 
 
+@pytest.mark.heavy
 def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
     from conftest import toml_config, write_config
 
@@ -122,6 +123,7 @@ def test_sd_notify_ready_watchdog_stopping(make_state, tmp_path, broker):
         sock.close()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("family,alpha,dim", [("mobilenet_v2", 0.35, 1280), ("mobilenet_v3_small", 0.75, 432)])
 def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
     from edged.config import BackboneConfig
@@ -135,6 +137,7 @@ def test_other_families_build_convert_and_embed(tmp_path, family, alpha, dim):
     assert a.shape == (dim,) and np.abs(a - b).max() > 1e-3  # calibrated random weights give live features
 
 
+@pytest.mark.heavy
 def test_keras_file_backbone_cut_at_named_layer(tmp_path):
     import keras
 
@@ -150,6 +153,7 @@ def test_keras_file_backbone_cut_at_named_layer(tmp_path):
         build_backbone(bad, tmp_path)
 
 
+@pytest.mark.heavy
 @needs_weights
 @pytest.mark.skipif(not SIGN_DIGITS.is_dir(), reason="../shared/data absent")
 def test_daemon_serves_int8_when_faster_and_falls_back_on_bad_calibration(broker, probe, daemons, make_state, tmp_path):

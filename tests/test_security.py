@@ -147,6 +147,7 @@ def _edged(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.heavy
 def test_tls_passwords_and_acl_keep_strangers_and_viewers_out(tmp_path, make_state, daemons):
     broker, ca = secure_broker(tmp_path, ["127.0.0.1", "localhost"])
     clients = []

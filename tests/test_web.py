@@ -203,6 +203,7 @@ def _segment(pos: int) -> str:
     return "one" if pos % 180 < 90 else "five"
 
 
+@pytest.mark.heavy
 @needs_sign_digits
 @needs_weights
 def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_state, tmp_path):

@@ -32,7 +32,7 @@ def test_config_check_bad_value_names_path(tmp_path):
 def test_config_check_good_file_and_example(tmp_path):
     result = _edged("config", "check", "edged/cli/systemd/edged.example.toml")
     assert result.returncode == 0, result.stderr
-    assert "ok" in result.stdout
+    assert result.stdout.startswith("edged/cli/systemd/edged.example.toml: ok (device 'kitchen-pi'"), result.stdout
 
 
 def test_overrides_are_typed_and_validated(tmp_path):

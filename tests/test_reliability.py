@@ -74,7 +74,10 @@ def test_camera_credentials_stay_out_of_status_logs_and_config_show(broker, prob
                      extra=f'password = "{secret}"\nusername = "u"\n')
     status = probe.wait_online("rel3")  # anonymous broker: the password is sent but not needed
     assert status["source"]["uri"] == "rtsp://admin:***@127.0.0.1:9/stream"
-    time.sleep(2)
+    deadline = time.monotonic() + 20  # until the daemon has tried the camera (and logged what it tried)
+    while "camera_lost" not in json.dumps(probe.request("rel3", "status", {})["result"]["source"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     assert d.stop() == 0
     assert secret not in d.output()
     show = subprocess.run([sys.executable, "-m", "edged", "config", "check", str(cfg), "--show"], capture_output=True,

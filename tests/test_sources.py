@@ -213,6 +213,7 @@ def test_http_stream_that_is_not_mjpeg_goes_to_ffmpeg(tmp_path):
     try:
         src = open_source(SourceConfig(uri=f"http://127.0.0.1:{httpd.server_address[1]}/clip.mp4"))
         src.open()
+        assert isinstance(src._other, OpenCVSource)  # not MJPEG: handed to OpenCV's FFmpeg backend
         assert src.read().image.shape == (120, 160, 3)
         src.close()
     finally:

@@ -18,10 +18,10 @@ from ..commands.dispatch import answer_status_only
 from ..config import MqttConfig
 from ..mqtt.broker import MosquittoBroker, local_broker
 from ..mqtt.client import make_client, no_delay
-from ..mqtt.fleet import list_devices, send
 from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..mqtt.requests import BrokerClient
+from ..mqtt.roster import list_devices, send
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -120,6 +121,25 @@ def enrol(authority, state: Path, name: str, role: str = "device"):
     identity = Identity(folder, name, role)
     identity.install(authority.certify(identity.request(), role))
     return identity
+
+
+BLOCK_TF = textwrap.dedent('''
+    import sys
+
+    class _NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoTensorFlow())
+''')
+
+def without_tensorflow(folder: Path) -> dict:
+    """Environment for a subprocess in which TensorFlow and Keras cannot be imported (a board without them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(BLOCK_TF)
+    return {"PYTHONPATH": str(folder)}
 
 
 def write_video(path: Path, frames, fps: float = 25.0) -> str:

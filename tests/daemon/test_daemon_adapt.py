@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -12,7 +11,7 @@ from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
 
-from conftest import backbone_settings, toml_config, write_config
+from conftest import backbone_settings, toml_config, without_tensorflow, write_config
 
 DEVICE = "adapt1"
 
@@ -112,28 +111,13 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     assert d.stop() == 0
 
 
-BLOCK_TF = textwrap.dedent('''
-    import sys
-
-    class _NoTensorFlow:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras"):
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-
-    sys.meta_path.insert(0, _NoTensorFlow())
-''')
-
 
 def test_without_tensorflow_the_classifier_still_learns_and_serves(broker, probe, daemons, make_state, tmp_path):
     """A board with only LiteRT: numpy heads train and serve; fine-tuning and export answer clearly."""
     settings = backbone_settings("none")
     state = make_state(settings)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
     text = toml_config(state, broker.port, "synthetic:clutter=2", settings, DEVICE)
-    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log", {"PYTHONPATH": str(site)})
+    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log", without_tensorflow(tmp_path / "site"))
     probe.wait_online(DEVICE)
     reply = _final(probe, "train", {"head": "classifier", "mode": "fine_tune"})
     assert not reply["ok"] and "needs TensorFlow" in reply["error"] and "pip install 'edged[train]'" in reply["error"]

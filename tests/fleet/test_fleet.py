@@ -19,7 +19,7 @@ from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
 from edged.state.trust import Identity, TrustError
 
-from conftest import ROOT, backbone_settings, enrol, toml_config, write_config
+from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
 
 
 def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):
@@ -323,8 +323,6 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
                                                                          fleet_admin):
     """A signed fleet: the device's jobs go sealed to the certified trainer only (not to a rogue one announcing
     itself first), and an eavesdropper on the broker sees no frame of them."""
-    from test_daemon_adapt import BLOCK_TF
-
     cfg, state = _config(tmp_path, make_state, broker.port, "bare")
     _prefill(state)
     enrol(fleet_admin, state, "bare")
@@ -332,10 +330,7 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
     probe.client.publish("edged/fleet/trainers/0-rogue", json.dumps({"state": "online", "role": "trainer"}), qos=1,
                          retain=True).wait_for_publish(5)
 
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
-    d = daemons(cfg, tmp_path / "bare.log", {"PYTHONPATH": str(site)})
+    d = daemons(cfg, tmp_path / "bare.log", without_tensorflow(tmp_path / "site"))
     _wait_stats(probe, ["bare"])
     alone = probe.request("bare", "export", {"head": "classifier"}, timeout=30)
     assert not alone["ok"] and "no trainer node is online" in alone["error"]

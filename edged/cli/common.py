@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 import cv2
 
@@ -67,3 +68,11 @@ class HelpfulParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
+
+def subcommand(sub, name: str, func: Callable, help: str, config: bool = True, **kwargs) -> argparse.ArgumentParser:
+    """One `edged NAME` subcommand running `func(args)`; with `config`, it takes --config and --set."""
+    p = sub.add_parser(name, help=help, **kwargs)
+    if config:
+        add_config_args(p)
+    p.set_defaults(func=func)
+    return p

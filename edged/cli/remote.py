@@ -8,7 +8,7 @@ import sys
 
 from ..mqtt.requests import BrokerClient, parse_cli_payload
 from ..mqtt.topics import Topics
-from .common import add_config_args, load, progress_printer
+from .common import load, progress_printer, subcommand
 
 
 def cmd_command(args) -> int:
@@ -42,18 +42,14 @@ def cmd_status(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("cmd", help="send a command to a running daemon and wait for its reply",
+    p = subcommand(sub, "cmd", cmd_command, help="send a command to a running daemon and wait for its reply",
                        description="edged cmd [--config F] NAME [JSON | --key value ...], e.g. "
                                    "edged cmd capture --label mug --count 20, or edged cmd train '{\"head\": \"classifier\"}'")
-    add_config_args(p)
     p.add_argument("--device", help="device to command (default: the config's device)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the final reply")
     p.add_argument("name", help="capture, train, export, activate, rollback, forget, status, heads, review, label, ...")
     p.add_argument("payload", nargs=argparse.REMAINDER, help="a JSON object, or --key value pairs")
-    p.set_defaults(func=cmd_command)
-    p = sub.add_parser("status", help="a running daemon's retained status")
-    add_config_args(p)
+    p = subcommand(sub, "status", cmd_status, help="a running daemon's retained status")
     p.add_argument("--device", help="device (default: the config's device)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the retained status")
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
-    p.set_defaults(func=cmd_status)

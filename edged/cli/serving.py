@@ -10,7 +10,7 @@ from ..errors import NO_TENSORFLOW, ConfigError, EdgedError
 from ..fleet.trainer_node import TrainerNode
 from ..serve.worker import tensorflow_available
 from .checks import check_meaning
-from .common import add_config_args, install_signal_handlers, load, log, setup_logging
+from .common import install_signal_handlers, load, log, setup_logging, subcommand
 from .demo import Demo
 
 
@@ -69,13 +69,9 @@ def cmd_trainer(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("run", help="serve: camera -> backbone -> heads -> MQTT")
-    add_config_args(p)
+    p = subcommand(sub, "run", cmd_run, help="serve: camera -> backbone -> heads -> MQTT")
     p.add_argument("--demo", action="store_true", help="synthetic scenes, embedded broker, two taught shapes")
     p.add_argument("--print", action="store_true", help="also print predictions to stdout")
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("trainer", help="train and export for devices without TensorFlow, over the broker")
-    add_config_args(p)
+    p = subcommand(sub, "trainer", cmd_trainer, help="train and export for devices without TensorFlow, over the broker")
     p.add_argument("--fleet", action="store_true", help="take jobs from the devices on the configured broker")
     p.add_argument("--name", help="this trainer's name (default: the config's device name)")
-    p.set_defaults(func=cmd_trainer)

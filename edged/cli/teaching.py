@@ -23,7 +23,7 @@ from ..state import importer
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
-from .common import add_config_args, install_signal_handlers, load, progress_printer, setup_logging
+from .common import add_config_args, install_signal_handlers, load, progress_printer, setup_logging, subcommand
 
 
 def cmd_collect(args) -> int:
@@ -216,31 +216,24 @@ def cmd_versions(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("collect", help="store N labelled frames from the source")
-    add_config_args(p)
+    p = subcommand(sub, "collect", cmd_collect, help="store N labelled frames from the source")
     p.add_argument("--label", required=True, help="label of the frames stored")
     p.add_argument("--count", type=int, default=10, help="frames to store")
     p.add_argument("--interval-ms", type=int, default=200, help="time between stored frames")
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), action="append",
                    help="an object's box in [0, 1] frame coordinates, for the box heads (repeat for several)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up when no frame arrives for this long")
-    p.set_defaults(func=cmd_collect)
-    p = sub.add_parser("import", help="store a labelled data set: class folders or Pascal VOC boxes")
-    add_config_args(p)
+    p = subcommand(sub, "import", cmd_import, help="store a labelled data set: class folders or Pascal VOC boxes")
     p.add_argument("format", choices=["folders", "voc"], help="folders: FOLDER/<label>/*.jpg; voc: Pascal VOC boxes")
     p.add_argument("folder", help="the data set's folder")
     p.add_argument("--label", help="voc: store every box under this label instead of the object name")
     p.add_argument("--annotations", help="voc: the XML folder (default FOLDER/annotations or FOLDER/Annotations)")
     p.add_argument("--images", help="voc: the image folder (default FOLDER/images or FOLDER/JPEGImages)")
     p.add_argument("--limit", type=int, default=0, help="stop after this many images (0: all)")
-    p.set_defaults(func=cmd_import)
-    p = sub.add_parser("predict", help="print predictions for image files")
-    add_config_args(p)
+    p = subcommand(sub, "predict", cmd_predict, help="print predictions for image files")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--head", action="append", help="head(s) to use instead of heads.active (changes nothing on disk)")
-    p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("train", help="train a head on the stored examples (numpy; fine-tuning where TensorFlow is there)")
-    add_config_args(p)
+    p = subcommand(sub, "train", cmd_train, help="train a head on the stored examples (numpy; fine-tuning where TensorFlow is there)")
     p.add_argument("--head", default="classifier", help="head to train")
     p.add_argument("--mode", choices=["auto", "frozen", "fine_tune", "from_scratch"], default="auto",
                    help="frozen: numpy on stored embeddings (no TensorFlow); fine_tune / from_scratch: the backbone "
@@ -248,14 +241,11 @@ def add_parsers(sub) -> None:
                         "frozen, then fine-tuned where TensorFlow (or a trainer node) is there and the head asks")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the head's option)")
     p.add_argument("--fine-tune-layers", type=int, help="unfreeze this many top backbone layers (0: all)")
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("export", help="export backbone + head as one TFLite model, parity-checked")
-    add_config_args(p)
+    p = subcommand(sub, "export", cmd_export, help="export backbone + head as one TFLite model, parity-checked")
     p.add_argument("--head", default="classifier", help="head to export")
     p.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32", help="TFLite precision")
     p.add_argument("--force", action="store_true", help="keep the model even if the parity check fails")
-    p.set_defaults(func=cmd_export)
-    p = sub.add_parser("examples", help="stored examples: list, delete, relabel")
+    p = subcommand(sub, "examples", cmd_examples, help="stored examples: list, delete, relabel", config=False)
     esub = p.add_subparsers(dest="examples_command", required=True)
     e = esub.add_parser("list", help="one JSON line per example, newest first")
     add_config_args(e)
@@ -268,8 +258,7 @@ def add_parsers(sub) -> None:
     add_config_args(e)
     e.add_argument("label", help="the right label")
     e.add_argument("ids", type=int, nargs="+", help="example ids (edged examples list)")
-    p.set_defaults(func=cmd_examples)
-    p = sub.add_parser("review", help="frames kept because a head was unsure: list, label, discard")
+    p = subcommand(sub, "review", cmd_review, help="frames kept because a head was unsure: list, label, discard", config=False)
     rsub = p.add_subparsers(dest="review_command", required=True)
     r = rsub.add_parser("list", help="one JSON line per kept frame")
     add_config_args(r)
@@ -280,7 +269,6 @@ def add_parsers(sub) -> None:
     r = rsub.add_parser("discard", help="drop a kept frame")
     add_config_args(r)
     r.add_argument("id", help="review item id (edged review list)")
-    p.set_defaults(func=cmd_review)
     for verb, helptext in (("activate", "make a model version current"), ("rollback", "return to the previous model version")):
         p = sub.add_parser(verb, help=helptext)
         add_config_args(p)

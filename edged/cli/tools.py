@@ -16,7 +16,7 @@ from ..heads.options import check_head_config
 from ..heads.registry import head_classes, plugin_manager, plugin_sources
 from ..serve.backbone import open_backbone
 from .checks import check_meaning
-from .common import add_config_args, load, setup_logging
+from .common import add_config_args, load, setup_logging, subcommand
 from .doctor import run_doctor
 from .install import install
 
@@ -102,23 +102,17 @@ def cmd_doctor(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("install-service", help="systemd units for this installation, /etc/edged, /var/lib/edged")
+    p = subcommand(sub, "install-service", cmd_install_service, help="systemd units for this installation, /etc/edged, /var/lib/edged", config=False)
     p.add_argument("--root", default="/", help="install under this folder instead of / (for packaging or a look)")
     p.add_argument("--user", default="edged", help="the service's user and group")
     p.add_argument("--no-chown", action="store_true", help="leave owners alone (modes are still set)")
-    p.set_defaults(func=cmd_install_service)
-    p = sub.add_parser("bench", help="benchmarks printing side-by-side ratios",
-                       description="; ".join(f"{k}: {v}" for k, v in BENCHES.items()))
+    p = subcommand(sub, "bench", cmd_bench, help="benchmarks printing side-by-side ratios",
+                       description="; ".join(f"{k}: {v}" for k, v in BENCHES.items()), config=False)
     p.add_argument("bench_name", choices=sorted(BENCHES), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="its options (edged bench NAME --help)")
-    p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("heads", help="list installed heads")
-    add_config_args(p)
-    p.set_defaults(func=cmd_heads)
-    p = sub.add_parser("doctor", help="check interpreter, delegate, camera, broker, TensorFlow")
-    add_config_args(p)
+    p = subcommand(sub, "heads", cmd_heads, help="list installed heads")
+    p = subcommand(sub, "doctor", cmd_doctor, help="check interpreter, delegate, camera, broker, TensorFlow")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
-    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("config", help="config tools")
     csub = p.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("check", help="validate a config file")

@@ -27,22 +27,13 @@ VERSIONED = ("heads", "models")
 class StateLayout:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def backbones(self) -> Path:
-        return self.root / "backbones"
-
-    @property
-    def review(self) -> Path:
-        return self.root / "review"
-
-    @property
-    def keys(self) -> Path:
-        return self.root / "keys"
+        self.store = self.root / "store"
+        self.backbones = self.root / "backbones"
+        self.review = self.root / "review"
+        self.keys = self.root / "keys"
+        self.serving = self.root / "serving.json"
+        self.fleet_memory = self.root / "fleet.json"
+        self.homeassistant_memory = self.root / "homeassistant.json"
 
     def trainer_keys(self, name: str) -> Path:
         return self.keys / f"trainer-{name}"
@@ -50,18 +41,6 @@ class StateLayout:
     def device(self, name: str) -> Path:
         """A trainer node's state folder for one device (a StateLayout of its own)."""
         return self.root / "devices" / name
-
-    @property
-    def serving(self) -> Path:
-        return self.root / "serving.json"
-
-    @property
-    def fleet_memory(self) -> Path:
-        return self.root / "fleet.json"
-
-    @property
-    def homeassistant_memory(self) -> Path:
-        return self.root / "homeassistant.json"
 
     def versions(self, kind: str, name: str) -> Versions:
         """`heads` (trained head versions) or `models` (exported TFLite models) of head `name`."""
@@ -74,8 +53,3 @@ class StateLayout:
 
     def models(self, name: str) -> Versions:
         return self.versions("models", name)
-
-    def all_versions(self) -> list[Versions]:
-        """Every head's and model's versions on disk."""
-        return [Versions(folder) for kind in VERSIONED if (self.root / kind).is_dir()
-                for folder in sorted((self.root / kind).iterdir()) if folder.is_dir()]

@@ -13,16 +13,8 @@ import pytest
 
 from edged.sources.synthetic import scene_at
 
-from conftest import (
-    SIGN_DIGITS,
-    WEIGHTS_025,
-    backbone_settings,
-    needs_sign_digits,
-    needs_weights,
-    toml_config,
-    write_config,
-    write_video,
-)
+from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits
+from conftest import needs_weights, toml_config, write_config, write_video
 
 DEVICE = "cam1"
 

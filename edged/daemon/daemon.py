@@ -122,7 +122,7 @@ class Daemon:
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.telemetry.changed,
                               self.notifier.watchdog, self.reviewer.consider,
-                              lambda: self.grabber.health() if self.grabber else "starting")
+                              lambda: self.grabber.health if self.grabber else "starting")
         return None
 
     def _start_learning(self):

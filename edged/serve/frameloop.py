@@ -47,19 +47,16 @@ class FrameLoop:
         while not stop.is_set():
             frame = next_frame(0.25)
             now = time.monotonic()
-            housekeeping(now)
-            if frame is None:
-                self.tend_capture()
-                continue
-            if period:
-                if now < next_due:
+            try:
+                housekeeping(now)
+                if frame is None or (period and now < next_due):
                     self.tend_capture()
                     continue
-                next_due = max(next_due + period, now)
-            try:
+                if period:
+                    next_due = max(next_due + period, now)
                 self.process(frame)
-            except Exception:
-                log.exception("frame %d failed", frame.pos)
+            except Exception:  # one bad frame or moment never ends serving
+                log.exception("frame %s failed", getattr(frame, "pos", "-"))
 
     def tend_capture(self) -> None:
         """End the running capture when it is cancelled or past its deadline, frames or not."""

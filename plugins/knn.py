@@ -75,6 +75,7 @@ class KnnHead(Head):
         self._reference: Optional[np.ndarray] = None  # LOO similarity of each stored example to its class mean
         self._stale = False
         self._calibrated = 0.0
+        self._calibrated_labels: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -171,7 +172,9 @@ class KnnHead(Head):
         nearest neighbour is itself) is not called unknown.
         """
         now = time.monotonic()
-        if self._reference is None or (self._stale and now - self._calibrated > 2.0):
+        # a new (or forgotten) label recalibrates at once: the class means must cover every label a vote can pick
+        relabelled = self._calibrated_labels != tuple(self._labels)
+        if self._reference is None or relabelled or (self._stale and now - self._calibrated > 2.0):
             n = self._size
             vectors, ids = self._vectors[:n], self._label_ids[:n]
             sums = np.zeros((len(self._labels), vectors.shape[1]), np.float32)
@@ -193,6 +196,7 @@ class KnnHead(Head):
             self._threshold = float(np.quantile(self._reference, q)) if q > 0 else -np.inf
             self._nn_threshold = float(np.median(nearest)) if q > 0 else -np.inf
             self._calibrated, self._stale = now, False
+            self._calibrated_labels = tuple(self._labels)
         return self._means, self._centre, self._reference, self._threshold, self._nn_threshold
 
     def predict(self, embedding: np.ndarray) -> Prediction:

@@ -89,3 +89,17 @@ def test_knn_fit_matches_incremental_adds():
     for q in rng.normal(size=(20, 32)):
         pa, pb = a.predict(q), b.predict(q)
         assert pa.label == pb.label and pa.score == pytest.approx(pb.score)
+
+
+def test_knn_a_new_label_is_voted_for_at_once_without_an_index_error():
+    """A label added right after a calibration (the class means refresh at most every 2 s) once raised IndexError
+    when a vote picked it (issue 27, 2)."""
+    rng = np.random.default_rng(3)
+    head = KnnHead(KnnOptions(k=1))
+    for label in ("mug", "keys"):
+        for _ in range(4):
+            head.add(rng.normal(size=32).astype(np.float32), label)
+    head.predict(rng.normal(size=32).astype(np.float32))  # calibrated on two labels
+    shown = rng.normal(size=32).astype(np.float32)
+    head.add(shown, "phone")
+    assert head.predict(shown).label == "phone"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ..config import Config
@@ -58,6 +59,8 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
                         "anyone who can publish on the broker; enrol the fleet (edged fleet init / enroll) and use "
                         "\"signed\"")
     web = cfg.web
+    if web.enabled and importlib.util.find_spec("aiohttp") is None:
+        errors.append("web.enabled: the teach page needs aiohttp, which is not installed here: pip install 'edged[web]'")
     if web.enabled and web.host not in ("127.0.0.1", "localhost", "::1") and not web.token:
         errors.append(f"web.token: required when web.host is {web.host!r} (not loopback): anyone on the network "
                       f"could see the camera and teach the device")

@@ -45,6 +45,16 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def progress_line(p: dict) -> str:
+    """One progress reply as a person reads it: `capture: mug 10/20 (2 similar skipped)`, `auto: fine-tune ...`."""
+    if "phase" in p or "step" in p:
+        return f"{p.get('phase', 'progress')}: {p.get('step', '')}".rstrip(": ")
+    if "label" in p and "stored" in p:
+        skipped = f" ({p['skipped_similar']} similar skipped)" if p.get("skipped_similar") else ""
+        return f"capture: {p['label']} {p['stored']}/{p.get('count', '?')}{skipped}"
+    return ", ".join(f"{k} {v}" for k, v in p.items())
+
+
 def progress_printer():
     def show(p: dict) -> None:
         if "epoch" in p:
@@ -56,7 +66,7 @@ def progress_printer():
             if p["epoch"] == p["epochs"]:
                 print(file=sys.stderr)
         else:
-            print(f"\n{p.get('phase', '')}: {p.get('step', p)}", file=sys.stderr, flush=True)
+            print(f"\n{progress_line(p)}", file=sys.stderr, flush=True)
 
     return show
 

@@ -18,6 +18,11 @@ def cmd_command(args) -> int:
     device = args.device or cfg.device
     topics = Topics(cfg.mqtt.prefix, device)
     with BrokerClient(cfg.mqtt) as client:
+        last = client.retained(topics.status, 1.0)
+        if last is not None and last.get("state") != "online":
+            print(f"error: device {device!r} is {last.get('state')} (its retained status on "
+                  f"{cfg.mqtt.host}:{cfg.mqtt.port}): nothing would answer {args.name!r}", file=sys.stderr)
+            return 3
         reply = client.request(topics.command(args.name), topics.reply(args.name), payload, args.timeout,
                                progress_printer())
     if reply.get("ok"):

@@ -79,10 +79,9 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
     import json
 
     import cv2
+    from conftest import RACCOON, backbone_settings, toml_config, write_config
 
     from edged.sources.synthetic import scene_at
-
-    from conftest import RACCOON, backbone_settings, toml_config, write_config
 
     settings = backbone_settings("none")
     state = make_state(settings)

@@ -17,10 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT, WEIGHTS_025, backbone_settings, needs_weights, toml_config, write_config, write_video
 
 from edged import __version__
-
-from conftest import ROOT, WEIGHTS_025, backbone_settings, needs_weights, toml_config, write_config, write_video
 
 
 def _edged(*args, timeout=300, **kw):

@@ -118,6 +118,17 @@ class HeadSet:
             old.close()
         self.save()
 
+    def stop_serving_model(self, name: str) -> Optional[str]:
+        """Predict with head `name` itself again instead of its exported model; the model version that served."""
+        with self._lock:
+            model = self.models.pop(name, None)
+        if model is None:
+            return None
+        version = Path(model.folder).name
+        model.close()
+        self.save()
+        return version
+
     def activate(self, names: list[str], persist: bool = True) -> None:
         unknown = [n for n in names if n not in self.classes]
         if unknown:

@@ -124,6 +124,15 @@ class Learning:
         if fused is None and not head.ready:
             raise HeadError(f"trained {name!r} but its new version could not be loaded")
         self.heads.swap(name, head, fused)
+        return self._retire_model(name, result)
+
+    def _retire_model(self, name: str, result: dict) -> dict:
+        """A newly trained version predicts from now on: an exported model of an older version stops serving, and
+        the reply says so (export again to serve a model)."""
+        retired = self.heads.stop_serving_model(name)
+        if retired is not None:
+            result["model"] = (f"model {retired} (exported from an older version) no longer serves: {name} "
+                               f"{result.get('version')} predicts now; export it to serve a model again")
         return result
 
     def _fit_in_process(self, cls: type[Head], name: str, request: TrainRequest, progress: Progress) -> dict:
@@ -136,7 +145,7 @@ class Learning:
         with versions.draft() as draft:
             head.save(draft.folder)
         self.heads.swap(name, head)
-        return {"head": name, "version": draft.version, "metrics": metrics}
+        return self._retire_model(name, {"head": name, "version": draft.version, "metrics": metrics})
 
     def export(self, name: str, quantize: str, force: bool = False, progress: Progress = None,
                stop: Optional[threading.Event] = None) -> dict:

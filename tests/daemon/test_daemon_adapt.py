@@ -108,6 +108,16 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d2.log")
     status = probe.wait_online(DEVICE)
     assert status["active"] == ["knn", "classifier"] and status["heads"]["classifier"]["model"]["version"] == "v1"
+
+    # training again: the new head version predicts, the older export stops serving, and the reply says so
+    retrained = _final(probe, "train", {"head": "classifier", "mode": "frozen"})
+    assert retrained["ok"] and retrained["result"]["active"], retrained
+    assert "model v1 (exported from an older version) no longer serves" in retrained["result"]["model"]
+    status = _final(probe, "status", {})["result"]
+    assert status["heads"]["classifier"].get("model") is None
+    assert status["heads"]["classifier"]["version"] == retrained["result"]["version"]
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
+    assert pred["model_sha"] != back["result"]["sha256"]
     assert d.stop() == 0
 
 

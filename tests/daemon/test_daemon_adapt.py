@@ -116,8 +116,10 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     status = _final(probe, "status", {})["result"]
     assert status["heads"]["classifier"].get("model") is None
     assert status["heads"]["classifier"]["version"] == retrained["result"]["version"]
-    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
-    assert pred["model_sha"] != back["result"]["sha256"]
+    exported = back["result"]["sha256"]
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] != exported, 20)
+    later = probe.collect(f"edged/{DEVICE}/prediction/classifier", 1.0)
+    assert later and all(p["model_sha"] != exported for p in later)
     assert d.stop() == 0
 
 

@@ -49,7 +49,7 @@ class Sharer(Protocol):
 
 
 class CommandHandlers:
-    def __init__(self, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
+    def __init__(self, *, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
                  capture_cfg, reviews: ReviewQueue, sharing: "Sharer", stop=None):

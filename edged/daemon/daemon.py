@@ -114,9 +114,10 @@ class Daemon:
 
     def _start_frame_loop(self):
         """Telemetry, the outputs (MQTT, the teach page's latest, the console), the review queue and the loop."""
-        self.telemetry = Telemetry(self.cfg, self.backbone, self.engine, self.model_sha, self.heads, self.store,
-                                   self.captures, self.jobs, self.times, lambda: self.grabber, lambda: self.mqtt,
-                                   self.precision)
+        self.telemetry = Telemetry(cfg=self.cfg, backbone=self.backbone, engine=self.engine, model_sha=self.model_sha,
+                                   heads=self.heads, store=self.store, captures=self.captures, jobs=self.jobs,
+                                   times=self.times, grabber=lambda: self.grabber, link=lambda: self.mqtt,
+                                   precision=self.precision)
         self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
         self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
@@ -142,9 +143,12 @@ class Daemon:
         self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, lambda: self.mqtt,
                                self.telemetry.changed, self.stop, self.trust)
         self.telemetry.sections["fleet"] = self.sharing.describe
-        handlers = CommandHandlers(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.jobs,
-                                   self.telemetry.status, self.telemetry.changed, lambda: self.loop.last_frame,
-                                   self.outputs.snapshot, self.cfg.capture, self.reviews, self.sharing, self.stop)
+        handlers = CommandHandlers(store=self.store, backbone_id=self.backbone.id, heads=self.heads,
+                                   learning=self.learning, captures=self.captures, jobs=self.jobs,
+                                   status=self.telemetry.status, changed=self.telemetry.changed,
+                                   last_frame=lambda: self.loop.last_frame, publish_snapshot=self.outputs.snapshot,
+                                   capture_cfg=self.cfg.capture, reviews=self.reviews, sharing=self.sharing,
+                                   stop=self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()

@@ -32,7 +32,7 @@ def _percentile(values, q: float) -> float:
 class Telemetry:
     """Builds status and stats from the running parts; `changed()` asks for a status publish soon."""
 
-    def __init__(self, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
+    def __init__(self, *, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
                  grabber: Callable[[], object], link: Callable[[], object], precision: Optional[dict] = None):
         self.cfg, self.backbone, self.engine, self.model_sha = cfg, backbone, engine, model_sha
         self.precision = precision or {"precision": "float32"}

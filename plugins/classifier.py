@@ -19,18 +19,8 @@ from pydantic import Field
 
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
-from edged.heads.fewshot import (
-    DEFAULT_CANDIDATES,
-    FeatureTransform,
-    LinearModel,
-    choose,
-    class_means,
-    cross_validate,
-    l2,
-    loo_mean_similarity,
-    novelty,
-    quality_report,
-)
+from edged.heads.fewshot import DEFAULT_CANDIDATES, FeatureTransform, LinearModel, choose, class_means, cross_validate
+from edged.heads.fewshot import l2, loo_mean_similarity, novelty, quality_report
 from edged.sources.augment import embed_augmented
 from edged.state.store import Examples
 

@@ -18,6 +18,8 @@ import pytest
 
 from edged.config import MqttConfig
 from edged.mqtt.client import make_client
+from edged.mqtt.requests import BrokerClient
+from edged.mqtt.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -142,6 +144,28 @@ def without_tensorflow(folder: Path) -> dict:
     return {"PYTHONPATH": str(folder)}
 
 
+def state_config(state: Path, settings: dict, *overrides: str):
+    """A Config for `state` with these backbone settings and `KEY=VALUE` overrides (no file)."""
+    from edged.config import load_config
+
+    return load_config(None, [f"state_dir='{state}'", *(f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()),
+                              *overrides])
+
+
+def fill_store(cfg, items) -> tuple:
+    """Open the backbone and store `items`, (image, label, box or [(label, box), ...] or None), embedded by it:
+    (backbone info, engine, store)."""
+    from edged.serve.backbone import embed_image, open_backbone
+    from edged.state.store import NewExample, Store
+
+    info, engine = open_backbone(cfg)
+    store = Store(cfg.state_path / "store")
+    store.add_many([NewExample(img, label, embed_image(engine, img),
+                               **({"objects": list(where)} if isinstance(where, list) else {"box": where}))
+                    for img, label, where in items], info.id)
+    return info, engine, store
+
+
 def write_video(path: Path, frames, fps: float = 25.0) -> str:
     """A real mp4 (mp4v) of BGR frames, for OpenCV to decode."""
     import cv2
@@ -160,7 +184,10 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def toml_config(state: Path, port: int, source: str, backbone: dict, device: str = "cam1", extra: str = "") -> str:
+def toml_config(state: Path, port: int, source: str, backbone: dict, device: str = "cam1", extra: str = "",
+                realtime: bool = True) -> str:
+    """A daemon's config; `realtime = False` paces a file or synthetic source by the frame loop (no frame dropped
+    under load), for captures that must see every scene."""
     bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items())
     return f"""
 device = "{device}"
@@ -169,7 +196,7 @@ log_level = "INFO"
 
 [source]
 uri = "{source}"
-realtime = true
+realtime = {str(realtime).lower()}
 fps = 60
 loop = true
 
@@ -199,8 +226,10 @@ class Probe:
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"{prefix}/#", qos=1)
         self.client.loop_start()
+        self.requests = BrokerClient(MqttConfig(port=port, protocol="3.1.1", prefix=prefix), "probe").__enter__()
 
     def close(self):
+        self.requests.__exit__(None, None, None)
         self.client.loop_stop()
         self.client.disconnect()
 
@@ -247,17 +276,19 @@ class Probe:
         self.client.publish(f"{self.prefix}/{device}/cmd/{command}", data, qos=qos).wait_for_publish(5)
 
     def request(self, device: str, command: str, payload: dict, timeout: float = 60.0) -> dict:
-        corr = payload.setdefault("id", uuid.uuid4().hex)
-        self.send(device, command, payload)
-        topic = f"{self.prefix}/{device}/reply/{command}"
+        """The command's final reply, through the same request helper as `edged cmd` (edged.mqtt.requests)."""
+        topics = Topics(self.prefix, device)
+        reply = self.requests.request(topics.command(command), topics.reply(command), payload, timeout)
 
-        def match(t, p, r):
-            if t != topic:
+        def the_reply(t, p, r):  # what came before the reply is taken from the queue, as a watcher saw it
+            try:
+                got = json.loads(p)
+            except ValueError:
                 return False
-            reply = json.loads(p)
-            return reply.get("id") == corr and reply.get("final", True)
+            return t == topics.reply(command) and got.get("id") == reply.get("id") and got.get("final", True)
 
-        return json.loads(self.wait_for(match, timeout)[1])
+        self.wait_for(the_reply, 10)
+        return reply
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from ..learn.jobs import run_train
 from ..runtime.engine import Engine, EngineOptions
 from ..serve.capture import CaptureJob
 from ..serve.headset import HeadSet
-from ..serve.worker import tensorflow_available
+from ..serve.worker_client import tensorflow_available
 from ..sources import OpenCVSource
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples, NewExample, Store

@@ -8,7 +8,7 @@ from ..config import Config
 from ..daemon.daemon import Daemon
 from ..errors import NO_TENSORFLOW, ConfigError, EdgedError
 from ..fleet.trainer_node import TrainerNode
-from ..serve.worker import tensorflow_available
+from ..serve.worker_client import tensorflow_available
 from .checks import check_meaning
 from .common import install_signal_handlers, load, log, setup_logging, subcommand
 from .demo import Demo

@@ -13,29 +13,14 @@ from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..serve.capture import CaptureDesk, CaptureJob
 from ..serve.headset import HeadSet
-from ..serve.jobs import JobRunner, run_reporting
+from ..serve.background import JobRunner, run_reporting
 from ..serve.learning import Learning
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from .dispatch import DEFERRED, Handler, Responder
-from .schema import (
-    COMMANDS,
-    Activate,
-    Capture,
-    Delete,
-    Discard,
-    Empty,
-    Export,
-    Forget,
-    Label,
-    ListExamples,
-    Publish,
-    Relabel,
-    Rollback,
-    Share,
-    Train,
-)
+from .schema import COMMANDS, Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Publish
+from .schema import Relabel, Rollback, Share, Train
 
 log = logging.getLogger(__name__)
 

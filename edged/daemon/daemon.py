@@ -24,11 +24,11 @@ from ..serve.backbone import reembed_missing
 from ..serve.capture import CaptureDesk
 from ..serve.frameloop import FrameLoop
 from ..serve.homeassistant import HomeAssistant
-from ..serve.jobs import JobRunner
+from ..serve.background import JobRunner
 from ..serve.notify import Notifier
 from ..serve.outputs import Outputs
 from ..serve.precision import choose_precision
-from ..serve.review import Reviewer
+from ..serve.reviewer import Reviewer
 from ..serve.stack import ServingStack
 from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import FrameGrabber, open_source

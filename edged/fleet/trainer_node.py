@@ -32,7 +32,7 @@ from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
 from ..mqtt.replies import MqttResponder
 from ..mqtt.signing import FleetTrust
 from ..mqtt.topics import FleetTopics
-from ..serve.worker import TrainerWorker
+from ..serve.worker_client import TrainerWorker
 from ..state.backbones import backbone_id
 from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout

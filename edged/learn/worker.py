@@ -2,7 +2,7 @@
 
 It prints JSON lines: {"ready": true} once TensorFlow is imported, then per job {"progress": {...}}
 while working, {"result": {...}} or {"error": "..."}, and {"done": true}. The daemon side is
-`edged.serve.worker.TrainerWorker`; nothing else crosses the boundary.
+`edged.serve.worker_client.TrainerWorker`; nothing else crosses the boundary.
 """
 
 from __future__ import annotations

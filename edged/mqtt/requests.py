@@ -31,6 +31,7 @@ class BrokerClient:
         self.client = make_client(cfg, f"edged-{name}-{self.session}")
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload, getattr(m, "properties", None)))
         self.connected = False
+        self._subscribed: set[str] = set()
 
     def __enter__(self) -> "BrokerClient":
         try:
@@ -72,8 +73,10 @@ class BrokerClient:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply_topic
             props.CorrelationData = str(corr).encode()
-        self.subscribe(reply_topic)
-        time.sleep(0.05)  # let the subscription settle before the reply can arrive
+        if reply_topic not in self._subscribed:
+            self.subscribe(reply_topic)
+            self._subscribed.add(reply_topic)
+            time.sleep(0.05)  # let the subscription settle before the reply can arrive
         self.client.publish(topic, json.dumps(payload), qos=1, properties=props).wait_for_publish(10)
         for _, data, _ in self.messages(time.monotonic() + timeout):
             try:

@@ -21,7 +21,7 @@ from ..state.backbones import BackboneInfo
 from ..state.layout import StateLayout
 from ..state.store import Store
 from .headset import HeadSet
-from .worker import TrainerWorker, tensorflow_available
+from .worker_client import TrainerWorker, tensorflow_available
 
 log = logging.getLogger(__name__)
 

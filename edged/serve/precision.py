@@ -26,7 +26,7 @@ from ..sources.synthetic import scene_at
 from ..state.backbones import BackboneInfo, int8_path
 from ..state.store import Store
 from .headset import HeadSet
-from .worker import tensorflow_available
+from .worker_client import tensorflow_available
 
 log = logging.getLogger(__name__)
 

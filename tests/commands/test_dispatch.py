@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 from edged.commands.dispatch import DEFERRED, CollectingResponder, Dispatcher
 from edged.commands.schema import COMMANDS
@@ -15,7 +16,6 @@ from edged.errors import CommandError, HeadError
 from edged.heads.registry import head_classes, plugin_manager
 from edged.serve.headset import HeadSet
 from edged.state.store import Examples, NewExample, Store
-from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 
 def _handlers(**overrides):

@@ -15,6 +15,7 @@ import time
 import tracemalloc
 
 import pytest
+from conftest import backbone_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from edged.commands.schema import COMMANDS, parse
 from edged.config import load_config
 from edged.daemon.daemon import Daemon
 from edged.errors import CommandError, ConfigError
-
-from conftest import backbone_settings
 
 SPECIAL_STRINGS = ["../x", "../../etc/passwd", "/tmp/x", "./knn", "knn/", "a\x00b", "%2e%2e%2f", "+", "#", "a/+/b",
                    "é" * 70, "\U0001f600" * 20, "x" * 70_000, "", " ", "knn", "classifier", "v1", "v999999", "v0",

@@ -9,13 +9,12 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, write_config
 
 from edged.cli import main
 from edged.commands.schema import parse
 from edged.config import load_config
 from edged.errors import CommandError, ConfigError
-
-from conftest import ROOT, write_config
 
 
 @pytest.mark.parametrize("name,body,field", [
@@ -53,7 +52,7 @@ def _state(pid: int) -> str:
 def test_the_tensorflow_worker_does_not_outlive_a_killed_daemon():
     """kill -9 of the daemon, even while its worker is still importing TensorFlow: the worker goes too."""
     script = ("import threading, time\n"
-              "from edged.serve.worker import TrainerWorker\n"
+              "from edged.serve.worker_client import TrainerWorker\n"
               "w = TrainerWorker(600)\n"
               "threading.Thread(target=w._start, daemon=True).start()\n"
               "while w.proc is None: time.sleep(0.01)\n"

@@ -17,10 +17,9 @@ import time
 
 import cv2
 import pytest
+from conftest import Probe, backbone_settings, toml_config, write_config
 
 from edged.state.versions import Versions
-
-from conftest import Probe, backbone_settings, toml_config, write_config
 
 DEVICE = "crash"
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import backbone_settings, toml_config, without_tensorflow, write_config
 
 from edged.config import load_config
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
-
-from conftest import backbone_settings, toml_config, without_tensorflow, write_config
 
 DEVICE = "adapt1"
 

@@ -9,7 +9,6 @@ import subprocess
 
 import cv2
 import pytest
-
 from conftest import backbone_settings, prebuilt_backbones, toml_config, write_config
 
 DEVICE = "cam-full"

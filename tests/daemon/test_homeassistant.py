@@ -6,11 +6,10 @@ import json
 import time
 
 import pytest
+from conftest import backbone_settings, toml_config, write_config
 
 from edged.config import MqttConfig
 from edged.mqtt.client import make_client
-
-from conftest import backbone_settings, toml_config, write_config
 
 TOPIC = "homeassistant/device/edged_ha1/config"
 

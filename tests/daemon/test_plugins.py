@@ -152,12 +152,11 @@ def test_readme_head_example_runs(tmp_path):
     import re
 
     import numpy as np
+    from conftest import ROOT
 
     from edged.config import load_config
     from edged.heads.options import head_options
     from edged.state.store import Examples
-
-    from conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Writing a head"):]

@@ -8,13 +8,12 @@ import sys
 import time
 
 import pytest
+from conftest import backbone_settings, toml_config, write_config
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edged.config import MqttConfig
 from edged.mqtt.client import make_client
-
-from conftest import backbone_settings, toml_config, write_config
 
 
 def _daemon(broker, daemons, make_state, tmp_path, device, source="synthetic:shape=triangle,clutter=2", extra=""):

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
 
 from edged.config import load_config
 from edged.mqtt.parcels import pack
@@ -18,8 +19,6 @@ from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
 from edged.state.trust import Identity, TrustError
-
-from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
 
 
 def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):

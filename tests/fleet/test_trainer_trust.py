@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import enrol
 
 from edged.config import Config
 from edged.errors import EdgedError
@@ -15,8 +16,6 @@ from edged.fleet.remote_trainer import RemoteTrainer
 from edged.fleet.trainer_node import TrainerNode
 from edged.mqtt.parcels import Parcel
 from edged.mqtt.signing import FleetTrust
-
-from conftest import enrol
 
 
 def _node(tmp_path, fleet_admin) -> TrainerNode:

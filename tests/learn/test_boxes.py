@@ -11,36 +11,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import RACCOON, WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config
+from edged_plugins.boxes import BoxHead
+from edged_plugins.objects import ObjectsHead
 
 from edged.commands.schema import parse
 from edged.config import load_config
 from edged.heads import TrainRequest
 from edged.heads.geometry import iou_matrix, iou_numpy, mean_average_precision, nms, well_formed
 from edged.heads.registry import head_classes, plugin_manager
-from edged.serve.backbone import embed_image, open_backbone
 from edged.serve.headset import HeadSet
 from edged.sources.preprocess import FrameView, Placement, fit_frame
 from edged.sources.synthetic import scene_at
 from edged.state.store import NewExample, Store
 from edged.state.versions import Versions
-from edged_plugins.boxes import BoxHead
-from edged_plugins.objects import ObjectsHead
-
-from conftest import RACCOON, WEIGHTS_025, backbone_settings, needs_weights
-
-
-def _cfg(state, settings, *extra):
-    bb = [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()]
-    return load_config(None, [f"state_dir='{state}'", *bb, *extra])
 
 
 def _fill(cfg, scenes):
     """Store synthetic scenes with every shape's box (frame coordinates)."""
-    info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
-    store.add_many([NewExample(s.image, s.label, embed_image(engine, s.image), objects=list(s.objects)) for s in scenes],
-                   info.id)
-    return info, engine, store
+    return fill_store(cfg, [(s.image, s.label, list(s.objects)) for s in scenes])
 
 
 def _assert_well_formed(boxes):
@@ -83,10 +72,11 @@ def test_decoders_give_well_formed_boxes_for_any_output():
 def test_untrained_heads_output_ordered_boxes_inside_the_frame():
     """Random weights, saturating inputs: the models build ordered corners; decode keeps them in the frame."""
 
-    from edged.config import BackboneConfig
-    from edged.learn import keras_backbone
     from edged_plugins.boxes_train import box_model
     from edged_plugins.objects_train import grid_model
+
+    from edged.config import BackboneConfig
+    from edged.learn import keras_backbone
 
     features = keras_backbone.feature_map(BackboneConfig(**backbone_settings("none", input_size=96)), stride=16)
     x = np.concatenate([np.random.default_rng(1).uniform(-1, 1, (6, 96, 96, 3)), np.full((1, 96, 96, 3), -1.0),
@@ -226,7 +216,7 @@ def test_a_head_that_cannot_beat_the_mean_box_is_reported_and_not_activated(make
     from edged.learn.jobs import run_train
 
     settings = backbone_settings("none", input_size=96)
-    cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.fine_tune_layers=0",
+    cfg = state_config(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.fine_tune_layers=0",
                "heads.options.boxes.losses=['l1']", "heads.options.boxes.folds=2")
     scenes = [scene_at(5, i, 96, 96) for i in range(12)]
     for s in scenes:
@@ -250,7 +240,7 @@ def test_objects_head_finds_two_shapes_in_one_frame(make_state):
     from edged.learn.jobs import run_train
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
-    cfg = _cfg(make_state(settings), settings, "heads.options.objects.epochs=25",
+    cfg = state_config(make_state(settings), settings, "heads.options.objects.epochs=25",
                "heads.options.objects.fine_tune_layers=0")
     info, engine, store = _fill(cfg, [scene_at(11, i, 160, 120, clutter=6, objects=2) for i in range(240)])
     result = run_train(cfg, "objects", TrainRequest())
@@ -290,7 +280,7 @@ def test_box_head_beats_the_mean_box_and_reports_frame_coordinates(make_state):
     from edged.learn.jobs import run_train
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
-    cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=20", "heads.options.boxes.fine_tune_layers=0",
+    cfg = state_config(make_state(settings), settings, "heads.options.boxes.epochs=20", "heads.options.boxes.fine_tune_layers=0",
                "heads.options.boxes.losses=['giou_l1']")
     info, engine, store = _fill(cfg, [scene_at(21, i, 200, 120, clutter=6) for i in range(120)])
     result = run_train(cfg, "boxes", TrainRequest())

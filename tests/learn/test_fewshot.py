@@ -7,14 +7,13 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config
+from conftest import write_config, write_video
+from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
 
 from edged.heads import fewshot
 from edged.heads.fewshot import Candidate, cross_validate
 from edged.state.store import Examples
-from edged_plugins.classifier import UNKNOWN, ClassifierHead, ClassifierOptions
-
-from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits
-from conftest import needs_weights, toml_config, write_config, write_video
 
 
 def _blobs(n_per_class=8, classes=4, dim=32, seed=0, spread=0.4):

@@ -8,18 +8,16 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, fill_store, needs_sign_digits, needs_weights
+from conftest import state_config
 
-from edged.config import load_config
 from edged.errors import HeadError
 from edged.heads import TrainRequest
 from edged.heads.registry import head_classes, plugin_manager
-from edged.serve.backbone import embed_image, open_backbone
 from edged.serve.headset import HeadSet
 from edged.sources.preprocess import FrameView
 from edged.sources.synthetic import scene_at
-from edged.state.store import NewExample, Store
-
-from conftest import SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights
+from edged.state.store import Store
 
 
 def test_balanced_split_keeps_every_class_in_both_parts():
@@ -36,17 +34,6 @@ def test_balanced_split_keeps_every_class_in_both_parts():
     with pytest.raises(LearnError, match="at least 2 classes"):
         balanced_split(np.array(["a"] * 5))
 
-
-def _cfg(state, settings, *extra):
-    bb = [f"backbone.{k}={json.dumps(v)}" for k, v in settings.items()]
-    return load_config(None, [f"state_dir='{state}'", *bb, *extra])
-
-
-def _fill(cfg, items):
-    info, engine = open_backbone(cfg)
-    store = Store(cfg.state_path / "store")
-    store.add_many([NewExample(img, label, embed_image(engine, img), box) for img, label, box in items], info.id)
-    return info, engine, store
 
 
 SIGN_CLASSES = ("0", "3", "7")
@@ -68,8 +55,8 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     from edged.runtime.fused import FusedModel
 
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
-    cfg = _cfg(make_state(settings), settings)
-    info, engine, store = _fill(cfg, _sign_images(0, 20))
+    cfg = state_config(make_state(settings), settings)
+    info, engine, store = fill_store(cfg, _sign_images(0, 20))
     from edged.serve.learning import Learning
 
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
@@ -116,13 +103,13 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
 def test_fine_tune_changes_only_the_unfrozen_top(make_state):
     """The frozen numpy head becomes a Keras model with the same answers; fine-tuning changes exactly the opened top."""
     import keras
+    from edged_plugins.classifier import ClassifierHead, ClassifierOptions
+    from edged_plugins.classifier_train import keras_classifier
 
     from edged.config import BackboneConfig
     from edged.learn.finetune import set_trainable_top
     from edged.learn.keras_backbone import build
     from edged.state.store import Examples
-    from edged_plugins.classifier import ClassifierHead, ClassifierOptions
-    from edged_plugins.classifier_train import keras_classifier
 
     settings = backbone_settings("none", input_size=96)
     backbone = build(BackboneConfig(**settings))
@@ -156,9 +143,9 @@ def test_fine_tune_mode_in_the_worker_keeps_or_skips_by_cross_validation(make_st
     from edged.learn.jobs import run_train
 
     settings = backbone_settings("none", input_size=96)
-    cfg = _cfg(make_state(settings), settings, "heads.classifier.fine_tune_layers=2")
+    cfg = state_config(make_state(settings), settings, "heads.classifier.fine_tune_layers=2")
     items = [(scene_at(4, i, 96, 96, s).image, s, None) for s in ("triangle", "rectangle") for i in range(10)]
-    _fill(cfg, items)
+    fill_store(cfg, items)
     progress = []
     result = run_train(cfg, "classifier", TrainRequest(mode="fine_tune", epochs=2), progress.append)
     m = result["metrics"]
@@ -183,10 +170,10 @@ def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
     from edged.state.versions import Versions
 
     settings = backbone_settings("none", input_size=96)
-    cfg = _cfg(make_state(settings), settings, "heads.classifier.fine_tune_layers=2",
+    cfg = state_config(make_state(settings), settings, "heads.classifier.fine_tune_layers=2",
                "heads.classifier.fine_tune_epochs=2", "heads.classifier.augment_copies=0")
     items = [(scene_at(5, i, 96, 96, s).image, s, None) for s in ("triangle", "rectangle") for i in range(8)]
-    info, engine, store = _fill(cfg, items)
+    info, engine, store = fill_store(cfg, items)
     heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     progress, serving_before_tuning = [], []
@@ -217,7 +204,7 @@ def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
         store.close()
         engine.close()
 
-    remote = _cfg(cfg.state_path, settings, "fleet.trainer='remote'")
+    remote = state_config(cfg.state_path, settings, "fleet.trainer='remote'")
     store = Store(remote.state_path / "store")
     heads = HeadSet(remote, store, info, head_classes(plugin_manager()))
     learning = Learning(remote, store, info, heads)
@@ -249,10 +236,10 @@ def test_box_head_trains_from_store_and_serves_fused(make_state):
 
     settings = backbone_settings("none", input_size=96)
     # one loss, two folds: this test is about the plumbing; choosing among candidates is tested in test_boxes
-    cfg = _cfg(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.batch_size=8",
+    cfg = state_config(make_state(settings), settings, "heads.options.boxes.epochs=2", "heads.options.boxes.batch_size=8",
                "heads.options.boxes.fine_tune_layers=0", "heads.options.boxes.folds=2",
                "heads.options.boxes.losses=['l1']")
-    info, engine, store = _fill(cfg, _box_items(5, 30, 96) + [(scene_at(6, 0, 96, 96).image, "plain", None)])
+    info, engine, store = fill_store(cfg, _box_items(5, 30, 96) + [(scene_at(6, 0, 96, 96).image, "plain", None)])
     result = run_train(cfg, "boxes", TrainRequest())
     assert result["version"] == "v1" and 0.0 <= result["metrics"]["val_iou"] <= 1.0
     assert result["metrics"]["train_examples"] == 30  # the frame without a box is not a box example
@@ -273,9 +260,9 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     from edged.learn.jobs import run_export
 
     settings = backbone_settings("none", input_size=96)
-    cfg = _cfg(make_state(settings), settings)
+    cfg = state_config(make_state(settings), settings)
     items = [(scene_at(4, i, 96, 96, s).image, s, None) for s in ("triangle", "rectangle") for i in range(6)]
-    info, engine, store = _fill(cfg, items)
+    info, engine, store = fill_store(cfg, items)
     first = run_export(cfg, "knn", "float32")
     assert first["model_version"] == "v1" and first["parity"]["passed"]
     from edged.serve.learning import Learning

@@ -8,10 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from edged.state.bundles import BundleError, pack_folder, unpack_into
-
-from conftest import ROOT
 
 keras = pytest.importorskip("keras")
 

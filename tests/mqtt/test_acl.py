@@ -10,12 +10,11 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import ROOT
 
 from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
 from edged.mqtt.client import make_client
-
-from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None or shutil.which("mosquitto_passwd") is None,
                                 reason="mosquitto and mosquitto_passwd needed")

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, backbone_settings, toml_config, write_config
 
 from edged.mqtt.broker import MosquittoBroker, wait_for_port
-
-from conftest import ROOT, backbone_settings, toml_config, write_config
 
 
 def _bridge_config(central_port: int) -> str:

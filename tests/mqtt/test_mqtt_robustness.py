@@ -11,12 +11,11 @@ import sys
 import time
 
 import pytest
+from conftest import Probe, backbone_settings, toml_config, write_config
 
 from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker
 from edged.mqtt.client import make_client
-
-from conftest import Probe, backbone_settings, toml_config, write_config
 
 
 def _daemon_config(tmp_path, make_state, port, device, extra="", source="synthetic:shape=triangle,clutter=2"):

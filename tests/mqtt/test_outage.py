@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from conftest import backbone_settings, toml_config, write_config
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -17,8 +18,6 @@ from edged.config import MqttConfig
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
 from edged.mqtt.client import make_client
 from edged.mqtt.link import MqttLink
-
-from conftest import backbone_settings, toml_config, write_config
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 DEVICE = "cam-outage"

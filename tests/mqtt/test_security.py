@@ -14,10 +14,9 @@ import time
 import uuid
 
 import pytest
+from conftest import ROOT, backbone_settings, toml_config, write_config
 
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
-
-from conftest import ROOT, backbone_settings, toml_config, write_config
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None or shutil.which("mosquitto_passwd") is None,
                                 reason="mosquitto and mosquitto_passwd needed")

@@ -9,12 +9,11 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings, needs_weights
 
 from edged.runtime.engine import Engine, EngineOptions, InputAdapter, interpreter_module
 from edged.runtime.scaling import Scaling
 from edged.sources.preprocess import to_pixels
-
-from conftest import EXTRACTOR_U8, SIGN_DIGITS, backbone_settings, needs_weights
 
 
 def test_litert_is_the_default_interpreter():

@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import backbone_settings, toml_config, write_config, write_video
 
 from edged.config import SourceConfig
 from edged.errors import SourceError
@@ -20,8 +21,6 @@ from edged.sources import FrameGrabber, open_source
 from edged.sources.base import Frame, Source
 from edged.sources.preprocess import to_pixels
 from edged.sources.synthetic import scene_at
-
-from conftest import backbone_settings, toml_config, write_config, write_video
 
 
 def _wait(predicate, timeout=20.0):

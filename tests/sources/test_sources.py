@@ -11,6 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import write_video
 
 from edged.config import SourceConfig
 from edged.errors import SourceError
@@ -18,8 +19,6 @@ from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SyntheticSou
 from edged.sources.jpeg import jpeg_size
 from edged.sources.preprocess import to_pixels
 from edged.sources.synthetic import make_scene, scene_at
-
-from conftest import write_video
 
 
 def _frames(n, w=96, h=64):

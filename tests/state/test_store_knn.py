@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 from edged.state.store import NewExample, Store
-from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 
 def _img(v):

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-
-from conftest import ROOT, SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits
-from conftest import needs_weights, toml_config, write_config, write_video
+from conftest import ROOT, SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config
+from conftest import write_config, write_video
 
 pytest.importorskip("aiohttp")
 TOKEN = "test-token-123"

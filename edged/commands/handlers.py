@@ -69,7 +69,8 @@ class CommandHandlers:
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
                          responder=responder, corr_id=cmd.id, timeout_s=timeout,
                          dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe,
-                         max_per_label=cfg.max_per_label, max_total=cfg.max_total)
+                         max_per_label=cfg.max_per_label, max_total=cfg.max_total, writer=True,
+                         learned=self.heads.learned)
         self.captures.start(job)
         log.info("capture of %d %r examples started", cmd.count, cmd.label)
         self.changed()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -16,11 +17,16 @@ class CaptureJob:
     """Frames are due every `interval_s` from the start (not from the last one stored). With `dedupe` < 1 a
     frame whose embedding is at least that similar to the last kept one is skipped: a still camera gives
     near-copies, which teach nothing and make the quality report lie. Ends at `count`, or at `timeout_s`
-    with what it has."""
+    with what it has.
+
+    With a `writer` (`learned` is called for each example once it is on disk), the JPEG and the SQLite row are
+    written on a thread of the job's own: the frame loop only chooses frames and never waits on the disk. `stored`
+    counts what is on disk; the reply is made only after `close()` has waited for the last write."""
 
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
                  objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
-                 timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0):
+                 timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0,
+                 writer: bool = False, learned: Optional[Callable[[np.ndarray, str, object], None]] = None):
         self.store = store
         self.backbone_id = backbone_id
         self.label = label
@@ -39,6 +45,14 @@ class CaptureJob:
         self.started = time.monotonic()
         self._next_due = self.started
         self._last: Optional[np.ndarray] = None
+        self.accepted = 0  # frames chosen (stored, or waiting for the writer)
+        self.failed: Optional[str] = None  # why the writer stopped
+        self.learned = learned
+        self._writes: Optional["queue.Queue"] = None
+        if writer:
+            self._writes = queue.Queue()
+            self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
+            self._writer.start()
 
     @property
     def done(self) -> bool:
@@ -55,19 +69,54 @@ class CaptureJob:
         similarity = float(v @ self._last / max(np.linalg.norm(v) * np.linalg.norm(self._last), 1e-12))
         return similarity >= self.dedupe
 
+    @property
+    def all_chosen(self) -> bool:
+        return self.accepted >= self.count or self.failed is not None
+
     def offer(self, image: np.ndarray, embedding: np.ndarray) -> bool:
-        """Store this frame if one is due and it is not a near-copy of the last kept; True once it is on disk."""
+        """Take this frame if one is due and it is not a near-copy of the last kept; True once it is on disk (with a
+        writer: once it is handed to it)."""
         now = time.monotonic()
-        if self.done or now < self._next_due:
+        if self.all_chosen or now < self._next_due:
             return False
         if self._duplicate(embedding):
             self.skipped += 1
             return False
-        self.store.add(NewExample(image, self.label, embedding, objects=self.objects), self.backbone_id)
-        self.stored += 1
+        self.accepted += 1
         self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
         self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)
+        if self._writes is not None:
+            self._writes.put((image, embedding))
+        else:
+            self._write(image, embedding)
         return True
+
+    def _write(self, image: np.ndarray, embedding: np.ndarray) -> None:
+        self.store.add(NewExample(image, self.label, embedding, objects=self.objects), self.backbone_id)
+        self.stored += 1
+        if self.learned is not None:
+            self.learned(embedding, self.label, self.box)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            if self.failed is not None:
+                continue
+            try:
+                self._write(*item)
+            except Exception as e:  # e.g. the disk is full: the job ends with what is on disk
+                self.failed = f"capture stopped after {self.stored} examples: {type(e).__name__}: {e}"
+                continue
+            if self.responder is not None and self.stored % 10 == 0 and not self.done:
+                self.responder.progress(self.progress())
+
+    def close(self) -> None:
+        """Wait for the writer to put every chosen frame on disk (a no-op without a writer)."""
+        if self._writes is not None and self._writer.is_alive():
+            self._writes.put(None)
+            self._writer.join()
 
     def prune(self) -> int:
         """Apply the example caps (oldest first); how many examples were removed."""

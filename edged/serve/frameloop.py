@@ -59,14 +59,17 @@ class FrameLoop:
                 log.exception("frame %s failed", getattr(frame, "pos", "-"))
 
     def tend_capture(self) -> None:
-        """End the running capture when it is cancelled or past its deadline, frames or not."""
+        """End the running capture when it is cancelled, failed, complete on disk or past its deadline, frames or
+        not."""
         job = self.captures.current
         if job is None:
             return
         if job.cancelled:
             self._finish(job, error=f"capture of {job.label!r} cancelled after {job.stored} of {job.count} "
                                     f"examples (those are kept)")
-        elif job.timed_out:
+        elif job.failed is not None:
+            self._finish(job, error=job.failed)
+        elif job.done or job.timed_out:
             self._finish(job)
 
     def process(self, frame) -> None:
@@ -95,26 +98,15 @@ class FrameLoop:
         self.watchdog()
 
     def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
-        if job.cancelled:
-            self._finish(job, error=f"capture of {job.label!r} cancelled after {job.stored} of {job.count} "
-                                    f"examples (those are kept)")
-            return
-        try:
-            if not job.offer(frame.image, embedding):
-                if job.timed_out:
-                    self._finish(job)
-                return
-            self.heads.learned(embedding, job.label, job.box)
-        except Exception as e:
-            log.exception("capture failed")
-            self._finish(job, error=f"capture stopped after {job.stored} examples: {type(e).__name__}: {e}")
-            return
-        if job.done or job.timed_out:
-            self._finish(job)
-        elif job.stored % 10 == 0:
-            job.responder.progress(job.progress())
+        """Offer the frame to the capture (its writer stores it off this thread), then see whether it has ended."""
+        if not job.cancelled and job.failed is None:
+            job.offer(frame.image, embedding)
+        self.tend_capture()
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
+        job.close()  # every chosen frame on disk before the reply counts them
+        if error is None and job.failed is not None:
+            error = job.failed
         self.captures.finish(job)
         pruned = 0
         try:

@@ -6,20 +6,29 @@ interpreter and on the stored frames: mean cosine of the embeddings >= 0.99 and 
 embedding head's top-1 agreement >= 0.99. Both figures, the timings and the reason for the choice
 go into the status. Embeddings stay under the float backbone's id: parity is what makes them
 interchangeable, so heads trained on float embeddings keep working.
+
+A refusal in "auto" is remembered beside the backbone for this machine and this int8 file
+(`int8-refused.json`): later starts serve float at once instead of measuring again. Deleting the file
+(or the int8 twin) measures again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..config import Config
 from ..errors import EdgedError
+from ..files import file_sha256, read_json_object, write_atomic
 from ..runtime.engine import Engine, EngineOptions
 from ..sources.preprocess import to_pixels
 from ..sources.synthetic import scene_at
@@ -93,6 +102,12 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         report["reason"] = "runtime.precision = float32" if rt.precision == "float32" else "the Edge TPU runs its own model"
         return float_engine, report
     path = int8_path(info)
+    if rt.precision == "auto" and path.is_file():
+        earlier = remembered_refusal(path, rt.interpreter)
+        if earlier is not None:
+            report["reason"] = (f"int8 was refused on this machine before ({earlier['reason']}); delete "
+                                f"{refusal_path(path)} to measure again")
+            return float_engine, report
     try:
         if not path.is_file():
             if not tensorflow_available():
@@ -124,5 +139,39 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         float_engine.close()
         return int8, report
     int8.close()
+    if rt.precision == "auto":
+        remember_refusal(path, rt.interpreter, report)
     return float_engine, report
+
+
+def refusal_path(int8: Path) -> Path:
+    return int8.with_name("int8-refused.json")
+
+
+def machine(interpreter: str) -> str:
+    """What an int8-or-float verdict depends on besides the model: the CPU and the interpreter asked for."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.lower().startswith(("model name", "hardware", "cpu model"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {model} ({os.cpu_count()} cores) interpreter={interpreter}"
+
+
+def remember_refusal(int8: Path, interpreter: str, report: dict) -> None:
+    record = {"machine": machine(interpreter), "int8_sha256": file_sha256(int8), "reason": report["reason"],
+              "parity": report.get("parity"), "speed_ms": report.get("speed_ms"), "ts": round(time.time(), 3)}
+    try:
+        write_atomic(refusal_path(int8), json.dumps(record, default=str).encode())
+    except OSError as e:  # a read-only backbone cache: measured again next time
+        log.warning("cannot remember the int8 refusal: %s", e)
+
+
+def remembered_refusal(int8: Path, interpreter: str) -> Optional[dict]:
+    """The earlier refusal of this int8 file on this machine, if any."""
+    record = read_json_object(refusal_path(int8))
+    if record.get("machine") != machine(interpreter) or record.get("int8_sha256") != file_sha256(int8):
+        return None
+    return record
 

@@ -1,0 +1,58 @@
+"""An int8 twin refused in "auto" is remembered for this machine and that int8 file: later starts serve float at once
+instead of measuring again (issue 27, 11). Real backbones and interpreters; the parity verdict is forced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import backbone_settings, state_config
+from edged.serve import precision
+from edged.serve.stack import ServingStack
+from edged.state.backbones import int8_path
+
+
+def test_a_refusal_is_remembered_per_machine_and_int8_file(make_state, monkeypatch):
+    settings = backbone_settings("none")
+    cfg = state_config(make_state(settings), settings)
+    stack = ServingStack(cfg)
+    try:
+        int8 = int8_path(stack.backbone)
+        assert int8.is_file()
+        bad = {"cosine": 0.5, "agreement": {}}
+        monkeypatch.setattr(precision, "parity", lambda *a: dict(bad))
+        engine, report = precision.choose_precision(cfg, stack.backbone, stack.engine, stack.store, stack.heads)
+        assert report["precision"] == "float32" and "int8 parity failed (cosine 0.5" in report["reason"]
+        assert precision.refusal_path(int8).is_file()
+
+        def must_not_measure(*a):
+            raise AssertionError("measured again")
+
+        monkeypatch.setattr(precision, "parity", must_not_measure)
+        engine, again = precision.choose_precision(cfg, stack.backbone, engine, stack.store, stack.heads)
+        assert again["precision"] == "float32" and "int8 was refused on this machine before" in again["reason"]
+        assert "int8 parity failed" in again["reason"] and "int8-refused.json" in again["reason"]
+
+        # another machine's (or another int8 file's) refusal does not count
+        record = json.loads(precision.refusal_path(int8).read_text())
+        for changed in ({"machine": "riscv64 someone else's board"}, {"int8_sha256": "0" * 64}):
+            precision.refusal_path(int8).write_text(json.dumps({**record, **changed}))
+            assert precision.remembered_refusal(int8, cfg.runtime.interpreter) is None
+        stack.engine = engine
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("forced", ["int8", "float32"])
+def test_a_forced_precision_is_not_remembered(make_state, monkeypatch, forced):
+    settings = backbone_settings("none")
+    cfg = state_config(make_state(settings), settings, f"runtime.precision='{forced}'")
+    stack = ServingStack(cfg)
+    try:
+        monkeypatch.setattr(precision, "parity", lambda *a: {"cosine": 0.5, "agreement": {}})
+        engine, _ = precision.choose_precision(cfg, stack.backbone, stack.engine, stack.store, stack.heads)
+        assert not precision.refusal_path(int8_path(stack.backbone)).exists()
+        stack.engine = engine
+    finally:
+        stack.close()

@@ -212,6 +212,93 @@ class HomeAssistantConfig(_Strict):
                                        "often; 0 = only on the snapshot command")
 
 
+def _check_unit_box(box: tuple[float, float, float, float], what: str) -> None:
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+        raise ValueError(f"{what} must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, all within [0, 1] of the frame")
+
+
+class PublishConfig(_Strict):
+    predictions: Literal["every", "change", "off"] = Field(
+        "change", description="per-frame predictions on <device>/prediction/<head>: every inference, only when a "
+                              "head's label changes, or none (states and events are published either way)")
+    max_rate: float = Field(0.0, ge=0, description="at most this many prediction messages a second per head and "
+                                                   "region; 0 = no cap")
+
+
+class StatesConfig(_Strict):
+    enter: int = Field(3, ge=1, le=1000, description="a label becomes the state after winning this many inferences "
+                                                     "in a row at or above min_score")
+    enter_s: float = Field(0.0, ge=0, description="... and for at least this long (0: the count alone decides)")
+    min_score: float = Field(0.5, ge=0, le=1, description="score a win needs to count towards entering")
+    exit_score: float = Field(0.35, ge=0, le=1, description="the state goes to 'none' when the best score stays "
+                                                            "under this for exit_s")
+    exit_s: float = Field(3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self):
+        if self.exit_score > self.min_score:
+            raise ValueError("states.exit_score must be at most states.min_score (hysteresis)")
+        return self
+
+
+class EventsConfig(_Strict):
+    enabled: bool = Field(True, description="events (start/update/end) with a best-frame snapshot on disk")
+    labels: Optional[list[str]] = Field(None, description="state labels that make events; default every label but "
+                                                          "'none' and 'unknown'")
+    update_s: float = Field(5.0, gt=0, description="an ongoing event sends an update at most this often")
+    max_mb: float = Field(200.0, gt=0, description="events' snapshots and clips on disk: the oldest are removed "
+                                                   "beyond this many megabytes")
+    max_age_days: float = Field(14.0, gt=0, description="... and once older than this")
+    clip_s: float = Field(0.0, ge=0, le=60, description="keep a video clip of each event with this many seconds "
+                                                        "before and after it (0: snapshots only)")
+    clip_max_s: float = Field(60.0, gt=0, le=3600, description="longest clip; a longer event's clip is cut there")
+    clip_width: int = Field(480, ge=64, le=4096, description="clip frames are scaled down to this width")
+
+
+class GateConfig(_Strict):
+    mode: Literal["motion", "always"] = Field(
+        "motion", description="motion: run the backbone only while something moves (and every max_idle_s); always: "
+                              "every frame")
+    frame_height: int = Field(100, ge=24, le=1080, description="height of the grey copy motion is found on")
+    threshold: int = Field(25, ge=1, le=255, description="grey-level change of a pixel that counts as moving")
+    min_area: float = Field(0.002, gt=0, le=1, description="a moving blob must cover this fraction of the frame "
+                                                           "(or region)")
+    alpha: float = Field(0.05, gt=0, le=1, description="how fast the background follows the scene (per frame)")
+    lighting_fraction: float = Field(0.6, gt=0, le=1, description="more of the frame than this changing at once is a "
+                                                                   "light change: the background is reset")
+    hold_s: float = Field(1.0, ge=0, description="keep inferring this long after motion stops (the scene settles)")
+    max_idle_s: float = Field(30.0, gt=0, description="infer at least this often even without motion (slow changes)")
+    masks: list[tuple[float, float, float, float]] = Field(
+        default_factory=list, description="areas to ignore, [x1, y1, x2, y2] in [0, 1] of the frame (a clock, a tree)")
+
+    @field_validator("masks")
+    @classmethod
+    def _boxes(cls, v):
+        for i, box in enumerate(v):
+            _check_unit_box(box, f"masks[{i}]")
+        return v
+
+
+class RegionConfig(_Strict):
+    name: str = Field(description="the region's name: a topic level (state/<head>/<name>) and a capture's region")
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in [0, 1] of the frame")
+    heads: Optional[list[str]] = Field(None, description="heads that predict on this region; default the active heads")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME_RE.fullmatch(v):
+            raise ValueError("region name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v):
+        _check_unit_box(v, "box")
+        return v
+
+
 class Config(_Strict):
     device: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "edged")
     state_dir: str = "./state"
@@ -229,6 +316,20 @@ class Config(_Strict):
     web: WebConfig = Field(default_factory=WebConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    states: StatesConfig = Field(default_factory=StatesConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    regions: list[RegionConfig] = Field(default_factory=list, description="parts of the frame predicted, gated, "
+                                        "stated and taught on their own; without regions the whole frame is")
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, v):
+        names = [r.name for r in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be unique: {names}")
+        return v
 
     @field_validator("device")
     @classmethod

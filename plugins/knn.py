@@ -76,6 +76,7 @@ class KnnHead(Head):
         self._stale = False
         self._calibrated = 0.0
         self._calibrated_labels: tuple[str, ...] = ()
+        self._between = -1.0  # how alike the classes are (0.9 quantile of examples' similarity to other classes)
 
     @property
     def ready(self) -> bool:
@@ -166,10 +167,13 @@ class KnnHead(Head):
 
         * each example's similarity to the mean of the others of its class, centred on the mean of all
           stored examples (uncentred cosines of ReLU features all sit near 1);
+        * each example's similarity to the nearest mean of another class (how alike the classes are);
         * each example's similarity to its nearest other example (on a sample of up to 256 rows).
-        A frame is unknown when it is farther from its class than the `unknown_quantile` of the first and
-        farther from any stored example than the median of the second: a frame the head was shown (its
-        nearest neighbour is itself) is not called unknown.
+        A frame is unknown when it is farther from its class than the `unknown_quantile` of the first — but never
+        for being closer to its class than halfway between how alike the examples of a class are and how alike
+        the classes are (near-copies taught of two distinct things must not make every other frame unknown) —
+        and farther from any stored example than the median of the third: a frame the head was shown (its nearest
+        neighbour is itself) is not called unknown.
         """
         now = time.monotonic()
         # a new (or forgotten) label recalibrates at once: the class means must cover every label a vote can pick
@@ -185,15 +189,20 @@ class KnnHead(Head):
             mine = normalise(vectors - centre)
             sims = np.einsum("ij,ij->i", mine, rest) / np.maximum(np.linalg.norm(rest, axis=1), 1e-12)
             sims[counts[ids] < 2] = 1.0
+            self._means = normalise(sums / np.maximum(counts, 1)[:, None] - centre)
+            others = mine @ self._means.T
+            others[np.arange(n), ids] = -np.inf
+            between = others.max(axis=1) if (counts > 0).sum() > 1 else np.full(n, -np.inf, np.float32)
             sample = np.arange(n) if n <= 256 else np.random.default_rng(n).choice(n, 256, replace=False)
             nn = vectors[sample] @ vectors.T
             nn[np.arange(len(sample)), sample] = -np.inf
             nearest = nn.max(axis=1) if n > 1 else np.ones(1, np.float32)
             q = self.options.unknown_quantile
             self._reference = np.sort(sims)
-            self._means = normalise(sums / np.maximum(counts, 1)[:, None] - centre)
             self._centre = centre
-            self._threshold = float(np.quantile(self._reference, q)) if q > 0 else -np.inf
+            self._between = float(np.quantile(between, 0.9)) if np.isfinite(between).any() else -1.0
+            halfway = (float(np.median(sims)) + self._between) / 2
+            self._threshold = min(float(np.quantile(self._reference, q)), halfway) if q > 0 else -np.inf
             self._nn_threshold = float(np.median(nearest)) if q > 0 else -np.inf
             self._calibrated, self._stale = now, False
             self._calibrated_labels = tuple(self._labels)
@@ -216,12 +225,15 @@ class KnnHead(Head):
             labels = list(self._labels)
             auto = self.options.threshold is None
             means, centre, reference, threshold, nn_threshold = self._calibration() if auto else (None,) * 5
+            between = self._between
         pred = vote(sims, label_ids, labels, self.options.k, -1.0 if auto else self.options.threshold)
         if auto and pred.label != UNKNOWN:
             similarity = float(means[labels.index(pred.label)] @ normalise(query - centre))
             pred.novelty = round(novelty(similarity, reference), 4)
             if similarity < threshold and float(sims.max()) < nn_threshold:
+                # its own confidence: 0 at the threshold, 1 once as unlike its class as the classes are to each other
                 pred.label = UNKNOWN
+                pred.score = float(np.clip((threshold - similarity) / max(threshold - between, 1e-6), 0.0, 1.0))
         return pred
 
     @classmethod

@@ -185,10 +185,12 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def toml_config(state: Path, port: int, source: str, backbone: dict, device: str = "cam1", extra: str = "",
-                realtime: bool = True) -> str:
+                realtime: bool = True, every_frame: bool = True, fps: float = 60) -> str:
     """A daemon's config; `realtime = False` paces a file or synthetic source by the frame loop (no frame dropped
-    under load), for captures that must see every scene."""
+    under load), for captures that must see every scene. Every frame is inferred and published (the tests of the
+    motion gate and of states set their own)."""
     bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items())
+    per_frame = '[publish]\npredictions = "every"\n\n[gate]\nmode = "always"\n' if every_frame else ""
     return f"""
 device = "{device}"
 state_dir = "{state}"
@@ -197,12 +199,13 @@ log_level = "INFO"
 [source]
 uri = "{source}"
 realtime = {str(realtime).lower()}
-fps = 60
+fps = {fps}
 loop = true
 
 [backbone]
 {bb}
 
+{per_frame}
 [mqtt]
 host = "127.0.0.1"
 port = {port}

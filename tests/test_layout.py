@@ -21,7 +21,7 @@ from conftest import ROOT
 LAYERS = {
     "edged": 0, "edged.errors": 0, "edged.files": 0,
     "edged.config": 1,
-    "edged.runtime": 2, "edged.sources": 2,
+    "edged.runtime": 2, "edged.sources": 2, "edged.scene": 2,
     "edged.state": 3,
     "edged.heads": 4, "edged.mqtt": 4,
     "edged.serve": 5,

@@ -60,6 +60,7 @@ class Demo:
             "backbone.family='mobilenet_v1'", "backbone.alpha=0.25", "backbone.input_size=128",
             f"backbone.weights='{weights}'", "device='demo'", f"state_dir='{demo_state_dir()}'",
             "mqtt.stats_interval_s=10", "heads.active=['knn']",
+            "publish.predictions='every'", "gate.mode='always'",  # the demo shows every answer beside the truth
         ] + list(self.args.set or [])
         return load_config(getattr(self.args, "config", None), overrides)
 

@@ -1,4 +1,4 @@
-"""The `edged` command line: run, collect, import, predict, train, export, versions, heads, doctor, config, bench.
+"""The `edged` command line: run, collect, import, predict, train, export, versions, events, heads, doctor, config, bench.
 
 Each group of subcommands lives in its own module and registers itself here."""
 
@@ -10,6 +10,7 @@ import sys
 from .. import __version__
 from ..errors import ConfigError, EdgedError
 from .common import HelpfulParser
+from .events import add_parsers as add_events_parsers
 from .fleet import add_parsers as add_fleet_parsers
 from .remote import add_parsers as add_remote_parsers
 from .serving import add_parsers as add_serving_parsers
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serving_parsers(sub)
     add_teaching_parsers(sub)
+    add_events_parsers(sub)
     add_remote_parsers(sub)
     add_fleet_parsers(sub)
     add_tool_parsers(sub)

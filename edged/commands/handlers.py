@@ -15,12 +15,13 @@ from ..serve.capture import CaptureDesk, CaptureJob
 from ..serve.headset import HeadSet
 from ..serve.background import JobRunner, run_reporting
 from ..serve.learning import Learning
+from ..state.events import EventStore
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.store import Store
 from .dispatch import DEFERRED, Handler, Responder
-from .schema import COMMANDS, Activate, Capture, Delete, Discard, Empty, Export, Forget, Label, ListExamples, Publish
-from .schema import Relabel, Rollback, Share, Train
+from .schema import COMMANDS, Activate, Capture, Delete, Discard, Empty, Events, Export, Forget, Label, ListExamples
+from .schema import Publish, Relabel, Rollback, Share, Train
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,23 @@ class Sharer(Protocol):
     def share_examples(self, label: Optional[str], progress) -> dict: ...
 
 
+class SceneView(Protocol):
+    """What `state` and a region's `capture` need from the scene (edged.serve.scene.Scene)."""
+
+    views: list
+
+    def states(self) -> dict: ...
+
+
+MAX_SNAPSHOT_REPLY = 2 << 20
+
+
 class CommandHandlers:
     def __init__(self, *, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
-                 capture_cfg, reviews: ReviewQueue, sharing: "Sharer", stop=None):
+                 capture_cfg, reviews: ReviewQueue, sharing: "Sharer", scene: Optional["SceneView"] = None,
+                 events: Optional[EventStore] = None, stop=None):
         self.store = store
         self.backbone_id = backbone_id
         self.heads = heads
@@ -51,6 +64,8 @@ class CommandHandlers:
         self.capture_cfg = capture_cfg
         self.reviews = reviews
         self.sharing = sharing
+        self.scene = scene
+        self.events = events
         self.stop = stop
 
     def table(self) -> dict[str, Handler]:
@@ -65,12 +80,16 @@ class CommandHandlers:
 
     def on_capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
+        regions = [v.name for v in self.scene.views if v.name] if self.scene is not None else []
+        if cmd.region is not None and cmd.region not in regions:
+            raise CommandError(f"capture.region: no region {cmd.region!r}; configured: {', '.join(regions) or 'none'} "
+                               f"([[regions]])", cmd.id)
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
                          responder=responder, corr_id=cmd.id, timeout_s=timeout,
                          dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe,
                          max_per_label=cfg.max_per_label, max_total=cfg.max_total, writer=True,
-                         learned=self.heads.learned)
+                         learned=self.heads.learned, region=cmd.region or "")
         self.captures.start(job)
         log.info("capture of %d %r examples started", cmd.count, cmd.label)
         self.changed()
@@ -150,6 +169,24 @@ class CommandHandlers:
         topic = self.publish_snapshot(data)
         return {"topic": topic, "bytes": len(data), "pos": frame.pos,
                 "jpeg_base64": base64.b64encode(data).decode() if len(data) < 48_000 else None}
+
+    def on_state(self, cmd: Empty, responder: Responder) -> dict:
+        """Every head's (and region's) debounced state."""
+        if self.scene is None:
+            raise CommandError("states are kept by a serving daemon")
+        return {"states": self.scene.states()}
+
+    def on_events(self, cmd: Events, responder: Responder) -> dict:
+        """Recent events (newest first), or one event with its snapshot."""
+        if self.events is None:
+            raise CommandError("events are kept by a serving daemon")
+        if cmd.event is None:
+            return {"events": self.events.list(cmd.limit, cmd.head, cmd.label)}
+        event = self.events.get(cmd.event)
+        jpeg = self.events.snapshot(cmd.event)
+        if jpeg is not None and len(jpeg) <= MAX_SNAPSHOT_REPLY:
+            event["snapshot_jpeg_base64"] = base64.b64encode(jpeg).decode()
+        return {"event": event}
 
     def on_heads(self, cmd: Empty, responder: Responder) -> dict:
         return {"heads": self.heads.describe(), "active": self.heads.active}

@@ -63,6 +63,8 @@ class Capture(_Labelled):
                                                                       "kept one (1 = keep all); default [capture]")
     timeout_s: Optional[float] = Field(None, gt=0, le=86_400, description="end with what was stored by then; "
                                                                            "default [capture]")
+    region: Optional[str] = Field(None, max_length=64, description="take the examples from this region's crop "
+                                                                   "([[regions]]); default the whole frame")
 
     @model_validator(mode="after")
     def _box_ordered(self):
@@ -157,6 +159,14 @@ class Share(_Cmd):
         return v
 
 
+class Events(_Cmd):
+    event: Optional[str] = Field(None, max_length=40, description="one event's id: that event with its snapshot; "
+                                                                  "default the list")
+    limit: int = Field(20, ge=1, le=1000)
+    head: Optional[str] = Field(None, max_length=64, description="only this head's events")
+    label: Optional[str] = Field(None, max_length=64, description="only this label's events")
+
+
 class Discard(_Cmd):
     review_id: str = Field(pattern=r"^[0-9a-f]{12}$")
 
@@ -181,6 +191,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "relabel": Relabel,
     "publish": Publish,
     "share": Share,
+    "state": Empty,
+    "events": Events,
 }
 
 

@@ -29,11 +29,13 @@ from ..serve.notify import Notifier
 from ..serve.outputs import Outputs
 from ..serve.precision import choose_precision
 from ..serve.reviewer import Reviewer
+from ..serve.scene import Scene
 from ..serve.stack import ServingStack
 from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
+from ..state.events import EventStore
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.trust import Identity
@@ -119,12 +121,19 @@ class Daemon:
                                    times=self.times, grabber=lambda: self.grabber, link=lambda: self.mqtt,
                                    precision=self.precision)
         self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
-        self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions)
+        self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
+                               self.cfg.publish)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
-        self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.telemetry.changed,
-                              self.notifier.watchdog, self.reviewer.consider,
+        events = self.cfg.events
+        self.events = EventStore(StateLayout(self.cfg.state_path).events, int(events.max_mb * 2**20),
+                                 events.max_age_days * 86400)
+        self.scene = Scene(self.cfg, self.outputs, self.events)
+        self.telemetry.sections["scene"] = self.scene.describe
+        self.telemetry.stats_sections["gate"] = self.scene.gate.stats
+        self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.scene,
+                              self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider,
                               lambda: self.grabber.health if self.grabber else "starting")
-        return None
+        return self.scene.close
 
     def _start_learning(self):
         # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
@@ -148,7 +157,7 @@ class Daemon:
                                    status=self.telemetry.status, changed=self.telemetry.changed,
                                    last_frame=lambda: self.loop.last_frame, publish_snapshot=self.outputs.snapshot,
                                    capture_cfg=self.cfg.capture, reviews=self.reviews, sharing=self.sharing,
-                                   stop=self.stop)
+                                   scene=self.scene, events=self.events, stop=self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()

@@ -1,8 +1,9 @@
 """Home Assistant MQTT discovery: one device-based discovery payload describing a daemon's entities.
 
 The payload goes retained to `<discovery_prefix>/device/<node>/config`; it names the daemon's own topics, so
-Home Assistant reads predictions, stats, status and snapshots, and presses buttons by publishing `capture`
-commands. Built from plain values (no MQTT client here).
+Home Assistant reads states (retained, sent only on change: the recorder writes a row per change, not per frame),
+events, stats, status and snapshots, and presses buttons by publishing `capture` commands. Built from plain values
+(no MQTT client here).
 """
 
 from __future__ import annotations
@@ -39,8 +40,38 @@ class DeviceFacts:
     version: str
     model: str  # the backbone's description
     heads: list[str]  # active heads: one sensor each
-    labels: list[str]  # known labels: one capture button each
+    labels: list[str]  # known labels: one capture button each, one "present" binary sensor per head and region
     capture_count: int
+    regions: tuple[str, ...] = ("",)  # "" the whole frame
+
+
+EVENT_TEMPLATE = ("{{ {'event_type': value_json.type, 'label': value_json.label, 'id': value_json.id, "
+                  "'top_score': value_json.top_score} | tojson }}")
+
+
+def _state_entities(topics: Topics, node: str, head: str, region: str, labels: list[str], several: bool) -> dict:
+    """A head's (or a head's in a region) state sensor, one 'present' binary sensor per label, its event entity."""
+    key = _slug(head) + (f"_{_slug(region)}" if region else "")
+    where = f"{region} " if region else ""
+    suffix = f" ({head})" if several else ""
+    state = topics.state(head, region)
+    out = {f"{node}_head_{key}": {
+        "platform": "sensor", "name": f"{where}{head}", "unique_id": f"{node}_head_{key}",
+        "state_topic": state, "value_template": "{{ value_json.label }}", "json_attributes_topic": state,
+        "json_attributes_template": "{{ {'since': value_json.since, 'score': value_json.score, "
+                                    "'event': value_json.event} | tojson }}",
+        "icon": "mdi:eye"}}
+    for label in labels:
+        if label in ("none", "unknown"):
+            continue
+        cid = f"{node}_present_{key}_{_slug(label)}"
+        out[cid] = {"platform": "binary_sensor", "name": f"{where}{label} present{suffix}", "unique_id": cid,
+                    "state_topic": state, "value_template": "{{ 'ON' if value_json.label == %s else 'OFF' }}"
+                    % json.dumps(label), "device_class": "occupancy"}
+    out[f"{node}_event_{key}"] = {"platform": "event", "name": f"{where}{head} event", "unique_id": f"{node}_event_{key}",
+                                  "state_topic": topics.event(head, region), "event_types": ["start", "update", "end"],
+                                  "value_template": EVENT_TEMPLATE}
+    return out
 
 
 def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str] | None = None) -> dict:
@@ -48,14 +79,10 @@ def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str
     which is how Home Assistant is told to drop an entity of a device payload."""
     node = node_id(facts.device)
     components: dict[str, dict] = {}
+    several = len(facts.heads) > 1
     for head in facts.heads:
-        components[f"{node}_head_{_slug(head)}"] = {
-            "platform": "sensor", "name": f"{head}", "unique_id": f"{node}_head_{_slug(head)}",
-            "state_topic": topics.prediction(head), "value_template": "{{ value_json.label }}",
-            "json_attributes_topic": topics.prediction(head),
-            "json_attributes_template": "{{ {'score': value_json.score, 'scores': value_json.scores} | tojson }}",
-            "icon": "mdi:eye",
-        }
+        for region in facts.regions:
+            components.update(_state_entities(topics, node, head, region, facts.labels, several))
     for label in facts.labels:
         cid = f"{node}_teach_{_slug(label)}"
         components[cid] = {
@@ -65,6 +92,8 @@ def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str
         }
     components[f"{node}_snapshot"] = {"platform": "image", "name": "snapshot", "unique_id": f"{node}_snapshot",
                                        "image_topic": topics.snapshot, "content_type": "image/jpeg"}
+    components[f"{node}_event_snapshot"] = {"platform": "image", "name": "last event", "unique_id": f"{node}_event_snapshot",
+                                             "image_topic": topics.event_snapshot, "content_type": "image/jpeg"}
     components[f"{node}_fps"] = {"platform": "sensor", "name": "fps", "unique_id": f"{node}_fps",
                                   "state_topic": topics.stats, "value_template": "{{ value_json.fps_out }}",
                                   "unit_of_measurement": "fps", "state_class": "measurement", "entity_category": "diagnostic"}

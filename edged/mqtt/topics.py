@@ -1,7 +1,8 @@
 """The topic tree, in one place: `<prefix>/<device>/...` per device, `<prefix>/fleet/...` for every device.
 
 ```
-<prefix>/<device>/status | stats | snapshot | review | prediction/<head>   what a device publishes
+<prefix>/<device>/status | stats | snapshot | review | event_snapshot    what a device publishes
+<prefix>/<device>/prediction | state | event/<head>[/<region>]           per-frame answers, states, events
 <prefix>/<device>/cmd/<command>  ->  <prefix>/<device>/reply/<command>     commands and replies
 <prefix>/<device>/share/<kind>/<name>/manifest | <sha16>/<i>               what a device shares (parcels)
 <prefix>/fleet/cmd/<command>                                               a command for every device
@@ -25,11 +26,19 @@ class Topics:
         self.stats = f"{self.base}/stats"
         self.snapshot = f"{self.base}/snapshot"
         self.review = f"{self.base}/review"
+        self.event_snapshot = f"{self.base}/event_snapshot"
         self.commands = f"{self.base}/cmd/+"
         self.fleet_commands = f"{prefix}/fleet/cmd/+"
 
-    def prediction(self, head: str) -> str:
-        return f"{self.base}/prediction/{head}"
+    def prediction(self, head: str, region: str = "") -> str:
+        return f"{self.base}/prediction/{head}" + (f"/{region}" if region else "")
+
+    def state(self, head: str, region: str = "") -> str:
+        """A head's debounced state (retained, on change); `region` for a region's."""
+        return f"{self.base}/state/{head}" + (f"/{region}" if region else "")
+
+    def event(self, head: str, region: str = "") -> str:
+        return f"{self.base}/event/{head}" + (f"/{region}" if region else "")
 
     def command(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"

@@ -26,8 +26,10 @@ class CaptureJob:
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
                  objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
                  timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0,
-                 writer: bool = False, learned: Optional[Callable[[np.ndarray, str, object], None]] = None):
+                 writer: bool = False, learned: Optional[Callable[[np.ndarray, str, object], None]] = None,
+                 region: str = ""):
         self.store = store
+        self.region = region  # the view examples are taken from: "" the whole frame, else a region's crop
         self.backbone_id = backbone_id
         self.label = label
         self.count = count
@@ -123,7 +125,7 @@ class CaptureJob:
         return self.store.prune(self.label, *self.caps) if any(self.caps) else 0
 
     def progress(self) -> dict:
-        return {"label": self.label, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
+        return {"label": self.label, **({"region": self.region} if self.region else {}), "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
                 "seconds": round(time.monotonic() - self.started, 2)}
 
 

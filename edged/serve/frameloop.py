@@ -1,4 +1,6 @@
-"""The frame loop: frame -> backbone -> heads -> outputs, feeding captures and the watchdog on the way.
+"""The frame loop: frame -> motion gate -> backbone -> heads -> outputs and scene (states, events), feeding captures
+and the watchdog on the way. The gate decides which views (the frame, or each region) the backbone runs on; the
+watchdog is fed by every frame that arrives, inferred or not.
 
 It owns the loop (`run`): frames from the grabber at most `max_fps`, the daemon's housekeeping between them, and
 the running capture tended even when no frame comes (a capture on a dead camera still ends at its deadline and
@@ -13,10 +15,12 @@ import time
 from typing import Callable, Optional
 
 from ..runtime.engine import Engine
-from ..sources.preprocess import FrameView
+from ..scene.views import View
+from ..sources.preprocess import FrameView, to_pixels
 from .capture import CaptureDesk, CaptureJob
 from .headset import HeadSet
 from .outputs import Outputs
+from .scene import Scene
 from .telemetry import StageTimes
 
 log = logging.getLogger(__name__)
@@ -24,13 +28,14 @@ log = logging.getLogger(__name__)
 
 class FrameLoop:
     def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes, outputs: Outputs,
-                 changed: Callable[[], None], watchdog: Callable[[], None], review: Optional[Callable] = None,
-                 source_state: Callable[[], str] = lambda: "ok"):
+                 scene: Scene, changed: Callable[[], None], watchdog: Callable[[], None],
+                 review: Optional[Callable] = None, source_state: Callable[[], str] = lambda: "ok"):
         self.engine = engine
         self.heads = heads
         self.captures = captures
         self.times = times
         self.outputs = outputs
+        self.scene = scene
         self.changed = changed
         self.watchdog = watchdog
         self.review = review
@@ -74,34 +79,51 @@ class FrameLoop:
 
     def process(self, frame) -> None:
         t0 = time.perf_counter()
+        now = time.monotonic()
         job = self.captures.current
-        embedding = self.engine.embed(frame.pixels) if job is not None or self.heads.needs_embedding else None
-        t1 = time.perf_counter()
         self.frames_seen += 1
         self.last_frame = frame
+        views = self.scene.due(frame, now, job.region if job is not None else None)
+        self.times.gate += time.perf_counter() - t0
+        for view in views:
+            self._infer(view, frame, job, now)
         if job is not None:
-            self._capture_step(job, frame, embedding)
-        predictions = self.heads.predict(embedding, FrameView(frame.image, self.engine.input_size, frame.pixels))
+            self.tend_capture()
+        self.times.frames += 1
+        if views:
+            self.times.latencies_ms.append((time.time() - frame.ts) * 1000)
+        self.watchdog()
+
+    def _infer(self, view: View, frame, job: Optional[CaptureJob], now: float) -> None:
+        """Backbone and heads on one view; its predictions to the outputs and the scene."""
+        t0 = time.perf_counter()
+        image = view.crop(frame.image)
+        pixels = frame.pixels if view.whole else to_pixels(image, self.engine.input_size)
+        capturing = job is not None and job.region == view.name
+        embedding = self.engine.embed(pixels) if capturing or self.heads.needs_embedding else None
+        t1 = time.perf_counter()
+        if capturing:
+            self._capture_step(job, image, embedding)
+        predictions = self.heads.predict(embedding, FrameView(image, self.engine.input_size, pixels), view.heads)
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:
-            self.outputs.prediction(name, pred, frame, self.frames_seen, latency_ms)
-        if self.review is not None and job is None:
+            self.outputs.prediction(name, pred, frame, self.frames_seen, latency_ms, view.name)
+            self.scene.observe(name, view, pred, frame, now)
+        if self.review is not None and job is None and view.whole:
             self.review(frame, embedding, predictions)
         t3 = time.perf_counter()
         times = self.times
         times.invoke += t1 - t0
         times.head += t2 - t1
         times.publish += t3 - t2
-        times.frames += 1
-        times.latencies_ms.append((time.time() - frame.ts) * 1000)
-        self.watchdog()
+        times.inferences += 1
 
-    def _capture_step(self, job: CaptureJob, frame, embedding) -> None:
-        """Offer the frame to the capture (its writer stores it off this thread), then see whether it has ended."""
+    @staticmethod
+    def _capture_step(job: CaptureJob, image, embedding) -> None:
+        """Offer the frame (or the region's crop) to the capture; its writer stores it off this thread."""
         if not job.cancelled and job.failed is None:
-            job.offer(frame.image, embedding)
-        self.tend_capture()
+            job.offer(image, embedding)
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
         job.close()  # every chosen frame on disk before the reply counts them

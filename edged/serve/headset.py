@@ -158,10 +158,13 @@ class HeadSet:
     def needs_embedding(self) -> bool:
         return any(model is None and head is not None for _, model, head in self._plan())
 
-    def predict(self, embedding: Optional[np.ndarray], view: FrameView) -> list[tuple[str, Prediction]]:
-        """Predictions of the active heads; boxes in the frame's coordinates."""
+    def predict(self, embedding: Optional[np.ndarray], view: FrameView,
+                only: Optional[tuple[str, ...]] = None) -> list[tuple[str, Prediction]]:
+        """Predictions of the active heads (those of them in `only`); boxes in the view's coordinates."""
         out = []
         for name, model, head in self._plan():
+            if only is not None and name not in only:
+                continue
             if model is not None:
                 out.append((name, model.predict(*view.fitted(model.fit, model.input_size))))
             elif head is not None and head.ready:

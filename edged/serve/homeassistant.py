@@ -63,7 +63,8 @@ class HomeAssistant:
 
     def payload(self) -> dict:
         heads, labels, model = self.describe()
-        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count)
+        regions = tuple(r.name for r in self.cfg.regions) or ("",)
+        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count, regions)
         current = discovery_payload(self.link.topics, facts)
         removed = {}
         if self._last is not None:

@@ -1,30 +1,71 @@
 """Where what the daemon sees goes: each head's latest prediction (for the teach page), MQTT, the console.
 
-The frame loop hands it predictions; it knows the topics and the payloads, the loop knows neither.
+The frame loop and the scene hand it predictions, states and events; it knows the topics and the payloads, they
+know neither. Per-frame predictions go out as `[publish] predictions` says (every one, on change, or not at all)
+and at most `max_rate` a second per head and region.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
+from ..config import PublishConfig
 from ..heads.base import Prediction
 
 
 class Outputs:
-    def __init__(self, link: Callable[[], object], backbone_id: str, model_sha: str, print_predictions: bool):
+    def __init__(self, link: Callable[[], object], backbone_id: str, model_sha: str, print_predictions: bool,
+                 publish: Optional[PublishConfig] = None):
         self.link = link  # the MQTT link, or None (disabled, or not up yet)
         self.backbone_id, self.model_sha = backbone_id, model_sha
         self.print_predictions = print_predictions
-        self.latest: dict[str, dict] = {}  # the last prediction payload per head, for readers off the frame loop
+        self.publish = publish or PublishConfig(predictions="every")
+        self.latest: dict[str, dict] = {}  # the last prediction payload per head (`head/region`), off the frame loop
+        self._published: dict[str, tuple[str, float]] = {}  # key -> (label, monotonic time) of the last sent
+        self.predictions_sent = self.predictions_held = 0
 
-    def prediction(self, head: str, pred: Prediction, frame, frame_index: int, latency_ms: float) -> None:
+    def prediction(self, head: str, pred: Prediction, frame, frame_index: int, latency_ms: float,
+                   region: str = "") -> None:
         payload = pred.message(head, frame_index, frame.pos, latency_ms, self.backbone_id, self.model_sha)
-        self.latest[head] = payload
+        key = f"{head}/{region}" if region else head
+        if region:
+            payload["region"] = region
+        self.latest[key] = payload
+        if self.print_predictions:
+            where = f" in {region}" if region else ""
+            print(f"{head}{where}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
+        link = self.link()
+        if link is None or not self._due(key, pred.label):
+            return
+        link.publish(link.topics.prediction(head, region), payload)
+
+    def _due(self, key: str, label: str) -> bool:
+        mode, now = self.publish.predictions, time.monotonic()
+        last = self._published.get(key)
+        if mode == "off" or (mode == "change" and last is not None and last[0] == label) or (
+                self.publish.max_rate and last is not None and now - last[1] < 1.0 / self.publish.max_rate):
+            self.predictions_held += 1
+            return False
+        self._published[key] = (label, now)
+        self.predictions_sent += 1
+        return True
+
+    def state(self, head: str, region: str, payload: dict) -> None:
         link = self.link()
         if link is not None:
-            link.publish(link.topics.prediction(head), payload)
-        if self.print_predictions:
-            print(f"{head}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
+            link.publish(link.topics.state(head, region), payload, retain=True, qos=1)
+
+    def event(self, head: str, region: str, payload: dict) -> None:
+        link = self.link()
+        if link is not None:
+            link.publish(link.topics.event(head, region), payload, qos=1)
+
+    def event_snapshot(self, jpeg: bytes) -> None:
+        """The latest event's best frame, retained (Home Assistant's event image)."""
+        link = self.link()
+        if link is not None:
+            link.publish(link.topics.event_snapshot, jpeg, retain=True, qos=1)
 
     def stats(self, payload: dict) -> None:
         link = self.link()

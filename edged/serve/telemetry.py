@@ -21,7 +21,9 @@ class StageTimes:
     invoke: float = 0.0
     head: float = 0.0
     publish: float = 0.0
-    frames: int = 0
+    gate: float = 0.0  # seconds spent deciding (motion) per frame, inferred or not
+    frames: int = 0  # frames handled, inferred or skipped by the gate
+    inferences: int = 0  # backbone (or model) runs: one per inferred view
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
 
@@ -39,10 +41,11 @@ class Telemetry:
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
         self.grabber, self.link = grabber, link
         self.sections: dict[str, Callable[[], dict]] = {}  # more of the status, from parts started later
+        self.stats_sections: dict[str, Callable[[], dict]] = {}  # more of the stats (the motion gate's counts)
         self.listeners: list[Callable[[], None]] = []  # told of every change (e.g. Home Assistant discovery)
         self._dirty = threading.Event()
         self._key = None
-        self._mark = (time.monotonic(), 0, 0)
+        self._mark = (time.monotonic(), 0, 0, 0)
 
     def changed(self) -> None:
         self._dirty.set()
@@ -95,17 +98,19 @@ class Telemetry:
 
     def stats(self) -> dict:
         now = time.monotonic()
-        t_prev, captured_prev, frames_prev = self._mark
+        t_prev, captured_prev, frames_prev, inferred_prev = self._mark
         dt = max(now - t_prev, 1e-6)
         g, t = self.grabber(), self.times
-        self._mark = (now, g.captured, t.frames)
-        n = max(t.frames, 1)
+        self._mark = (now, g.captured, t.frames, t.inferences)
+        n = max(t.inferences, 1)
         lat = list(t.latencies_ms)
         stats = {
             "ts": round(time.time(), 3),
             "fps_in": round((g.captured - captured_prev) / dt, 2),
             "fps_out": round((t.frames - frames_prev) / dt, 2),
+            "inference_fps": round((t.inferences - inferred_prev) / dt, 2),
             "frames": t.frames,
+            "inferences": t.inferences,
             "dropped": g.dropped,
             "latency_ms": {"p50": round(_percentile(lat, 50), 2), "p99": round(_percentile(lat, 99), 2)},
             "stage_ms": {
@@ -114,6 +119,7 @@ class Telemetry:
                 "invoke": round(t.invoke / n * 1000, 3),
                 "head": round(t.head / n * 1000, 3),
                 "publish": round(t.publish / n * 1000, 3),
+                "gate": round(t.gate / max(t.frames, 1) * 1000, 3),
             },
             "interpreter": self.engine.interpreter_name,
             "delegate": self.engine.delegate,
@@ -121,6 +127,7 @@ class Telemetry:
             "reconnects": g.reconnects,
             "bad_frames": g.bad_frames,
         }
+        stats.update({name: describe() for name, describe in list(self.stats_sections.items())})
         link: Optional[object] = self.link()
         if link is not None:
             stats["mqtt_queued"] = link.queued

@@ -7,6 +7,7 @@ state_dir/
   heads/<head>/vN/        trained head versions, `current` (edged.state.versions)
   models/<head>/vN/       exported TFLite models, `current`
   review/<id>/            kept uncertain frames (edged.state.review)
+  events/<id>/            events: record, best-frame snapshot, optional clip (edged.state.events)
   keys/                   this daemon's keys and certificate; keys/trainer-<name>/ a trainer node's
   devices/<device>/       a trainer node's copy of a device's state
   serving.json            which heads and models serve
@@ -30,6 +31,7 @@ class StateLayout:
         self.store = self.root / "store"
         self.backbones = self.root / "backbones"
         self.review = self.root / "review"
+        self.events = self.root / "events"
         self.keys = self.root / "keys"
         self.serving = self.root / "serving.json"
         self.fleet_memory = self.root / "fleet.json"

@@ -30,9 +30,9 @@ def _check_payload(config: dict) -> dict:
     assert availability["topic"] == "edged/ha1/status" and availability["payload_available"] == "online"
     components = config["components"]
     for cid, c in components.items():
-        assert c["platform"] in ("sensor", "button", "image")
+        assert c["platform"] in ("sensor", "binary_sensor", "event", "button", "image")
         assert c["unique_id"] == cid
-        topic = {"sensor": "state_topic", "button": "command_topic", "image": "image_topic"}[c["platform"]]
+        topic = {"button": "command_topic", "image": "image_topic"}.get(c["platform"], "state_topic")
         assert c[topic].startswith("edged/ha1/"), c
     return components
 
@@ -43,7 +43,10 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     d = daemons(_config(tmp_path, make_state, broker.port, True), tmp_path / "ha.log")
     first = json.loads(probe.wait_for(lambda t, p, r: t == TOPIC and p, 60)[1])
     components = _check_payload(first)
-    assert components["edged_ha1_head_knn"]["state_topic"] == "edged/ha1/prediction/knn"
+    # the head's entities read its state (retained, only on change), never the per-frame predictions
+    assert components["edged_ha1_head_knn"]["state_topic"] == "edged/ha1/state/knn"
+    assert components["edged_ha1_event_knn"]["state_topic"] == "edged/ha1/event/knn"
+    assert not [c for c in components.values() if "prediction" in json.dumps(c)]
     assert components["edged_ha1_snapshot"]["image_topic"] == "edged/ha1/snapshot"
     assert not [c for c in components.values() if c["platform"] == "button"]  # nothing taught yet
     probe.wait_for(lambda t, p, r: t == "edged/ha1/snapshot" and p[:2] == b"\xff\xd8", 20)  # a JPEG for the image entity
@@ -52,6 +55,7 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     assert probe.request("ha1", "capture", {"label": "mug", "count": 1, "interval_ms": 0})["ok"]
     updated = json.loads(probe.wait_for(lambda t, p, r: t == TOPIC and b"teach_mug" in p, 20)[1])
     button = _check_payload(updated)["edged_ha1_teach_mug"]
+    assert _check_payload(updated)["edged_ha1_present_knn_mug"]["state_topic"] == "edged/ha1/state/knn"
 
     # pressing it in Home Assistant publishes payload_press on command_topic: examples are stored
     probe.client.publish(button["command_topic"], button["payload_press"], qos=1).wait_for_publish(5)

@@ -1,0 +1,80 @@
+"""Events from states: one starts when a state becomes a label of interest, updates (best score, best frame) at
+most every `update_s` while it lasts, and ends when the state leaves the label."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config import EventsConfig
+from .states import NONE, State
+
+NOT_OF_INTEREST = (NONE, "unknown")
+
+
+def new_event_id(ts: float) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(ts)) + "-" + os.urandom(3).hex()
+
+
+@dataclass
+class Event:
+    id: str
+    head: str
+    region: str  # "" for the whole frame
+    label: str
+    start: float  # wall clock
+    score: float  # the score that started it
+    top_score: float
+    end: Optional[float] = None
+    best_frame: object = field(default=None, repr=False)  # the frame of the top score (written as the snapshot)
+    best_changed: bool = False  # a better frame than the last one sent
+    last_update: float = 0.0  # monotonic
+
+    def message(self, kind: str) -> dict:
+        out = {"type": kind, "id": self.id, "head": self.head, "label": self.label, "start": round(self.start, 3),
+               "end": None if self.end is None else round(self.end, 3), "score": round(self.score, 4),
+               "top_score": round(self.top_score, 4), "snapshot": f"events/{self.id}/snapshot.jpg"}
+        if self.region:
+            out["region"] = self.region
+        return out
+
+
+class EventTracker:
+    """The events of one head on one view."""
+
+    def __init__(self, cfg: EventsConfig, head: str, region: str):
+        self.cfg, self.head, self.region = cfg, head, region
+        self.current: Optional[Event] = None
+
+    def of_interest(self, label: str) -> bool:
+        if self.cfg.labels is not None:
+            return label in self.cfg.labels
+        return label not in NOT_OF_INTEREST
+
+    def on_state(self, state: State, frame, now: float) -> list[tuple[str, Event]]:
+        """The state changed: end the running event, start one for the new label if it is of interest."""
+        out = []
+        if self.current is not None:
+            self.current.end = state.since
+            out.append(("end", self.current))
+            self.current = None
+        if self.cfg.enabled and self.of_interest(state.label):
+            event = Event(new_event_id(state.since), self.head, self.region, state.label, state.since, state.score,
+                          state.score, best_frame=frame, last_update=now)
+            self.current = event
+            out.append(("start", event))
+        return out
+
+    def on_prediction(self, label: str, score: float, frame, now: float) -> Optional[tuple[str, Event]]:
+        """A per-frame answer while an event runs: keep the best frame; an update when one is due and news."""
+        event = self.current
+        if event is None:
+            return None
+        if label == event.label and score > event.top_score:
+            event.top_score, event.best_frame, event.best_changed = score, frame, True
+        if event.best_changed and now - event.last_update >= self.cfg.update_s:
+            event.last_update, event.best_changed = now, False
+            return "update", event
+        return None

@@ -1,0 +1,177 @@
+"""The scene: the motion gate before the backbone, debounced states and events after the heads.
+
+The frame loop asks `due()` which views (the frame, or its regions) to infer and hands every prediction to
+`observe()`; states go out retained and only on change, events as start / update / end. Snapshots and clips are
+written on a thread of the scene's own, never on the frame loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import cv2
+
+from ..config import Config
+from ..heads.base import Prediction
+from ..scene.events import Event, EventTracker
+from ..scene.gate import Gate
+from ..scene.states import StateTracker
+from ..scene.views import View, views_of
+from ..state.events import EventStore
+from .outputs import Outputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Recording:
+    event: Event
+    frames: list = field(default_factory=list)
+    started: float = 0.0
+    stop_at: Optional[float] = None  # the event ended: post-roll until then
+
+
+class Scene:
+    def __init__(self, cfg: Config, outputs: Outputs, store: EventStore):
+        self.cfg = cfg
+        self.outputs, self.store = outputs, store
+        self.views = views_of(cfg.regions)
+        self.gate = Gate(cfg.gate, self.views)
+        self.trackers: dict[tuple[str, str], StateTracker] = {}
+        self.events: dict[tuple[str, str], EventTracker] = {}
+        self._ring: deque = deque()  # (monotonic, small frame) for clips' pre-roll
+        self._recordings: dict[str, _Recording] = {}
+        self._writes: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue(maxsize=256)
+        self._writer = threading.Thread(target=self._write_loop, name="events-writer", daemon=True)
+        self._writer.start()
+        self.dropped_writes = 0
+
+    # -- before the backbone -----------------------------------------------------------------------
+    def due(self, frame, now: float, capturing: Optional[str] = None) -> list[View]:
+        """The views the backbone runs on for this frame."""
+        if self.cfg.events.clip_s:
+            self._record(frame, now)
+        return self.gate.due(frame.image, now, capturing, self._settling)
+
+    def _settling(self, view: str) -> bool:
+        return any(t.settling for (_, v), t in list(self.trackers.items()) if v == view)
+
+    # -- after the heads -----------------------------------------------------------------------------
+    def observe(self, head: str, view: View, pred: Prediction, frame, now: float) -> None:
+        key = (head, view.name)
+        tracker = self.trackers.get(key)
+        if tracker is None:
+            tracker = self.trackers[key] = StateTracker(self.cfg.states)
+            self.events[key] = EventTracker(self.cfg.events, head, view.name)
+        events = self.events[key]
+        state = tracker.observe(pred.label, pred.score, now, time.time(), frame.pos)
+        if state is None:
+            update = events.on_prediction(pred.label, pred.score, frame.image, now)
+            if update is not None:
+                self._event(*update, now)
+            return
+        for kind, event in events.on_state(state, frame.image, now):
+            self._event(kind, event, now)
+        state.extra = {"event": events.current.id if events.current else None}
+        self.outputs.state(head, view.name, self._state_message(head, view.name, tracker))
+
+    @staticmethod
+    def _state_message(head: str, region: str, tracker: StateTracker) -> dict:
+        s = tracker.state
+        out = {"head": head, "label": s.label, "since": round(s.since, 3), "score": round(s.score, 4),
+               "frame": s.frame, "event": s.extra.get("event")}
+        if region:
+            out["region"] = region
+        return out
+
+    def _event(self, kind: str, event: Event, now: float) -> None:
+        message = event.message(kind)
+        self.outputs.event(event.head, event.region, message)
+        frame = event.best_frame
+        self._write(lambda: self._save(message, frame))
+        if not self.cfg.events.clip_s:
+            return
+        if kind == "start":
+            self._recordings[event.id] = _Recording(event, [f for _, f in self._ring], now)
+        elif kind == "end" and event.id in self._recordings:
+            self._recordings[event.id].stop_at = now + self.cfg.events.clip_s
+
+    def _save(self, message: dict, frame) -> None:
+        self.store.save(message, frame)
+        if frame is not None:
+            jpeg = self.store.snapshot(message["id"])
+            if jpeg is not None:
+                self.outputs.event_snapshot(jpeg)
+        if message["type"] == "end":
+            removed = self.store.prune()
+            if removed:
+                log.info("removed %d old events (events.max_mb / max_age_days)", removed)
+
+    # -- clips ---------------------------------------------------------------------------------------
+    def _record(self, frame, now: float) -> None:
+        cfg = self.cfg.events
+        h, w = frame.image.shape[:2]
+        width = min(cfg.clip_width, w)
+        small = cv2.resize(frame.image, (width, max(2, round(h * width / w) // 2 * 2)), interpolation=cv2.INTER_AREA)
+        self._ring.append((now, small))
+        while self._ring and now - self._ring[0][0] > cfg.clip_s:
+            self._ring.popleft()
+        for event_id, rec in list(self._recordings.items()):
+            rec.frames.append(small)
+            if (rec.stop_at is not None and now >= rec.stop_at) or now - rec.started >= cfg.clip_max_s:
+                del self._recordings[event_id]
+                duration = max(now - rec.started + cfg.clip_s, 1e-3)
+                frames, fps = rec.frames, len(rec.frames) / duration
+                self._write(lambda i=event_id, f=frames, r=fps: self.store.save_clip(i, f, r))
+
+    # -- the writer ----------------------------------------------------------------------------------
+    def _write(self, work: Callable[[], None]) -> None:
+        try:
+            self._writes.put_nowait(work)
+        except queue.Full:  # the disk is far behind: an event's file is lost, never the frame loop's time
+            self.dropped_writes += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            work = self._writes.get()
+            if work is None:
+                return
+            try:
+                work()
+            except Exception:
+                log.exception("writing an event failed")
+
+    # -- reading -------------------------------------------------------------------------------------
+    def states(self) -> dict:
+        """Every head's (and region's) current state, keyed `head` or `head/region`."""
+        return {(h if not v else f"{h}/{v}"): self._state_message(h, v, t)
+                for (h, v), t in sorted(self.trackers.items()) if t.known}
+
+    def describe(self) -> dict:
+        return {"states": self.states(), "gate": {"mode": self.cfg.gate.mode, **self.gate.stats()},
+                "views": [v.name or "(frame)" for v in self.views]}
+
+    def close(self) -> None:
+        """End running events (the daemon stops: they are not seen to the end) and let the writer finish."""
+        now, ts = time.monotonic(), time.time()
+        for tracker in self.events.values():
+            event = tracker.current
+            if event is not None:
+                event.end = ts
+                tracker.current = None
+                message = event.message("end")
+                message["reason"] = "stopped"
+                self.outputs.event(event.head, event.region, message)
+                self._write(lambda m=message: self.store.save(m, None))
+        for event_id, rec in list(self._recordings.items()):
+            fps = len(rec.frames) / max(now - rec.started + self.cfg.events.clip_s, 1e-3)
+            self._write(lambda i=event_id, f=rec.frames, r=fps: self.store.save_clip(i, f, r))
+        self._recordings.clear()
+        self._writes.put(None)
+        self._writer.join(10)

@@ -1,0 +1,115 @@
+"""States, events and the motion gate end to end: a daemon subprocess, a real mosquitto, a real mp4 of a scene in
+which a taught object enters and leaves (camera noise, a light drift, a masked distractor)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ROOT, WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config, toml_config
+from conftest import write_config
+
+from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
+
+DEVICE = "cam1"
+CORNER = (0.0, 0.0, 0.25, 0.3)
+BOX = (0.35, 0.25, 0.8, 0.9)
+ENTERS, LEAVES, LENGTH = 4.0, 9.0, 20.0
+
+
+def _scene() -> EventScene:
+    return EventScene(textured_background(), {"star": [shape_photo("star")]}, [Appearance("star", ENTERS, LEAVES, BOX)],
+                      fps=15.0, distractor=CORNER, drift_period_s=60.0)
+
+
+@pytest.mark.heavy
+@needs_weights
+def test_an_object_entering_and_leaving_is_one_event_and_a_still_scene_sends_nothing(broker, probe, daemons,
+                                                                                     make_state, tmp_path):
+    backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
+    state = make_state(backbone)
+    scene = _scene()
+    video = scene.write(tmp_path / "scene.mp4", LENGTH)
+    taught = [(img, "star", None) for img in scene.examples("star", 8)] + \
+             [(img, "none", None) for img in scene.examples("none", 8)]
+    _, engine, store = fill_store(state_config(state, backbone), taught)
+    store.close()
+    engine.close()
+
+    extra = f"""
+[gate]
+masks = [{list(CORNER)}]
+max_idle_s = 60
+[states]
+enter = 3
+exit_s = 1.0
+[events]
+update_s = 1.0
+clip_s = 1.0
+[homeassistant]
+enabled = true
+snapshot_interval_s = 0
+"""
+    config = write_config(tmp_path / "events.toml", toml_config(state, broker.port, str(video), backbone, DEVICE, extra,
+                                                                 every_frame=False, fps=15))
+    probe.client.subscribe("homeassistant/#", qos=1)
+    d = daemons(config, tmp_path / "events.log")
+    probe.wait_online(DEVICE, 90)
+
+    start = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn" and b'"start"' in p, 60)[1])
+    assert start["label"] == "star" and start["head"] == "knn" and start["score"] >= 0.5
+    end = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn" and b'"end"' in p, 30)[1])
+    assert end["id"] == start["id"] and 3.0 <= end["end"] - end["start"] <= 7.0, end  # on screen for 5 s
+
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/state/knn" and json.loads(p)["label"] == "none", 10)
+    states = [json.loads(p) for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn"]
+    labels = [s["label"] for s in states]
+    assert labels == ["none", "star", "none"], labels  # each change once: no flicker reaches subscribers
+    assert states[1]["event"] == start["id"]
+    predictions = [p for t, p, r in probe.seen if t.startswith(f"edged/{DEVICE}/prediction/")]
+    assert len(predictions) <= 10, len(predictions)  # [publish] predictions = "change" (the default)
+
+    # the scene is still again: no state message, no prediction while it stays so (the rest of the video)
+    probe.drain()
+    quiet = probe.collect(f"edged/{DEVICE}/state/knn", 4.0) + probe.collect(f"edged/{DEVICE}/prediction/knn", 0.1)
+    assert quiet == []
+
+    # the gate skipped most frames; the watchdog and the frame count still saw every one
+    stats = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/stats", 10)[1])
+    assert stats["gate"]["skipped_still"] > stats["inferences"] / 2, stats
+    assert stats["frames"] > stats["inferences"], stats
+
+    # Home Assistant's entities read the state and event topics; the event's snapshot is its image
+    probe.drain()
+    discovery = json.loads([p for t, p, r in probe.seen if t == "homeassistant/device/edged_cam1/config"][-1])
+    assert discovery["components"]["edged_cam1_present_knn_star"]["state_topic"] == f"edged/{DEVICE}/state/knn"
+    event_image = next(p for t, p, r in probe.seen if t == f"edged/{DEVICE}/event_snapshot")
+    assert cv2.imdecode(np.frombuffer(event_image, np.uint8), cv2.IMREAD_COLOR) is not None
+
+    # the event over MQTT, with its snapshot; on disk with its clip; through the CLI
+    listed = probe.request(DEVICE, "events", {})
+    assert listed.get("ok"), listed
+    listed = listed["result"]["events"]
+    assert listed[0]["id"] == start["id"] and listed[0]["end"] is not None
+    one = probe.request(DEVICE, "events", {"event": start["id"]})["result"]["event"]
+    jpeg = base64.b64decode(one["snapshot_jpeg_base64"])
+    best = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert best.shape[:2] == (240, 320)
+    assert probe.request(DEVICE, "state", {})["result"]["states"]["knn"]["label"] == "none"
+    bad = probe.request(DEVICE, "events", {"event": "../../etc"})
+    assert not bad["ok"] and "event id" in bad["error"]
+
+    clip = cv2.VideoCapture(str(state / "events" / start["id"] / "clip.mp4"))
+    frames = int(clip.get(cv2.CAP_PROP_FRAME_COUNT))
+    clip.release()
+    assert frames >= 15 * 5, frames  # pre-roll + the event + post-roll
+    out = subprocess.run([sys.executable, "-m", "edged", "events", "show", start["id"], "--config", str(config),
+                          "--snapshot", str(tmp_path / "best.jpg")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["label"] == "star" and (tmp_path / "best.jpg").read_bytes() == jpeg
+    assert d.stop() == 0, d.output()

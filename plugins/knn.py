@@ -76,7 +76,7 @@ class KnnHead(Head):
         self._stale = False
         self._calibrated = 0.0
         self._calibrated_labels: tuple[str, ...] = ()
-        self._between = -1.0  # how alike the classes are (0.9 quantile of examples' similarity to other classes)
+        self._between = 0.0  # how alike the classes are (0.9 quantile of examples' similarity to other classes, >= 0)
 
     @property
     def ready(self) -> bool:
@@ -167,7 +167,8 @@ class KnnHead(Head):
 
         * each example's similarity to the mean of the others of its class, centred on the mean of all
           stored examples (uncentred cosines of ReLU features all sit near 1);
-        * each example's similarity to the nearest mean of another class (how alike the classes are);
+        * each example's similarity to the nearest mean of another class (how alike the classes are; at least 0,
+          where a frame like none of them lies);
         * each example's similarity to its nearest other example (on a sample of up to 256 rows).
         A frame is unknown when it is farther from its class than the `unknown_quantile` of the first — but never
         for being closer to its class than halfway between how alike the examples of a class are and how alike
@@ -200,7 +201,8 @@ class KnnHead(Head):
             q = self.options.unknown_quantile
             self._reference = np.sort(sims)
             self._centre = centre
-            self._between = float(np.quantile(between, 0.9)) if np.isfinite(between).any() else -1.0
+            # a frame unrelated to every class sits near 0 (centred); classes more alike than that raise the floor
+            self._between = max(float(np.quantile(between, 0.9)), 0.0) if np.isfinite(between).any() else 0.0
             halfway = (float(np.median(sims)) + self._between) / 2
             self._threshold = min(float(np.quantile(self._reference, q)), halfway) if q > 0 else -np.inf
             self._nn_threshold = float(np.median(nearest)) if q > 0 else -np.inf

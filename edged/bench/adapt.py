@@ -53,8 +53,14 @@ def run(args) -> int:
                     version = reply["result"]["version"]
                     t_pred, pred = probe.wait(lambda t, m: t == "edged/adapt/prediction/classifier" and m.get("ts", 0) >= 0
                                               and t_reply is not None, 30)
+                    tuned = "—"
+                    if str(reply["result"].get("fine_tune", "")).startswith("following"):
+                        t_tuned, job = probe.wait(lambda t, m: t == "edged/adapt/job" and m.get("for") == corr
+                                                  and m.get("final"), 1800)
+                        outcome = job["result"]["metrics"].get("fine_tune", "") if job.get("ok") else job.get("error", "")
+                        tuned = f"{t_tuned - t_send:.1f} ({outcome.split(':')[0]})"
                     rows.append([f"train #{r + 1} ({version})", f"{t_reply - t_send:.2f}", f"{t_pred - t_send:.2f}",
-                                 reply["result"]["metrics"].get("cv_accuracy")])
+                                 reply["result"]["metrics"].get("cv_accuracy"), tuned])
                 t_send = probe.send("capture", {"label": "bench", "count": args.capture, "interval_ms": 0, "id": "cap"})
                 t_done, reply = probe.wait(lambda t, m: t == "edged/adapt/reply/capture" and m.get("final"), 120)
                 capture_rate = args.capture / (t_done - t_send)
@@ -72,9 +78,10 @@ def run(args) -> int:
     finally:
         broker.close()
     print(f"{args.examples} stored sign-digits examples, classifier head, "
-          f"{info.description}; the default train (numpy in the serving process: cross-validated choice, "
-          f"4 augmented copies of each frame embedded by the backbone), the daemon keeps serving")
-    print(table(rows, ["command", "reply s", "first new prediction s", "cv accuracy"]))
+          f"{info.description}; the default train: the numpy head in the serving process (cross-validated choice, "
+          f"4 augmented copies of each frame embedded by the backbone) answers and serves; where TensorFlow is "
+          f"installed a fine-tune follows as its own job; the daemon keeps serving")
+    print(table(rows, ["command", "reply s", "first new prediction s", "cv accuracy", "fine-tune job done s"]))
     best = min(float(r[2]) for r in rows)
     warm = [float(r[2]) for r in rows[1:]] or [best]
     print(f"capture while serving: {capture_rate:.1f} examples/s stored durably (count {args.capture}, interval 0)")

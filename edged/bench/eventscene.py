@@ -75,11 +75,12 @@ class EventScene:
         writer.release()
         return path
 
-    def examples(self, label: str, count: int, seed: int = 1) -> list[np.ndarray]:
-        """Frames of `label` as the script shows it (or of the empty scene, 'none') under other noise and light:
-        what a user would capture to teach it."""
+    def examples(self, label: str, count: int, seed: int = 1, showing: Optional[list[Appearance]] = None) -> list[np.ndarray]:
+        """Frames of `label` as the script (or `showing`) shows it, or of the empty scene ('none'), under other noise
+        and light: what a user would capture to teach it."""
         rng = np.random.default_rng(seed)
-        showing = [a for a in self.script if a.label == label]
+        if showing is None:
+            showing = [a for a in self.script if a.label == label]
         return [self._render(float(rng.uniform(0, self.drift_period_s)), [showing[i % len(showing)]] if showing else [],
                              with_distractor=False) for i in range(count)]
 

@@ -85,6 +85,7 @@ BENCHES = {
     "knn": "kNN query time at 1k/10k/100k stored 1024-d examples, exact vs compact, with accuracy",
     "detect": "box heads (single box, objects grid) on raccoon photos and multi-shape synthetic scenes vs the mean box",
     "fleet": "fleet ls / fleet send against N simulated devices on one broker, next to the raw round trip",
+    "events": "a scripted scene through a motion-gated and an always-on daemon: inferences, CPU, events, latency",
     "soak": "a long run with a command every few seconds: RSS, open files and threads sampled, must stay flat",
 }
 

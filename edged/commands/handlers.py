@@ -13,7 +13,7 @@ from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..serve.capture import CaptureDesk, CaptureJob
 from ..serve.headset import HeadSet
-from ..serve.background import JobRunner, run_reporting
+from ..serve.background import JobRunner, TopicResponder, run_reporting
 from ..serve.learning import Learning
 from ..state.events import EventStore
 from ..state.layout import StateLayout
@@ -50,7 +50,8 @@ class CommandHandlers:
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
                  last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
                  capture_cfg, reviews: ReviewQueue, sharing: "Sharer", scene: Optional["SceneView"] = None,
-                 events: Optional[EventStore] = None, stop=None):
+                 events: Optional[EventStore] = None, publish_job: Optional[Callable[[dict], None]] = None,
+                 stop=None):
         self.store = store
         self.backbone_id = backbone_id
         self.heads = heads
@@ -66,6 +67,7 @@ class CommandHandlers:
         self.sharing = sharing
         self.scene = scene
         self.events = events
+        self.publish_job = publish_job  # where a follow-up job reports (None: train waits for its fine-tune)
         self.stop = stop
 
     def table(self) -> dict[str, Handler]:
@@ -126,10 +128,19 @@ class CommandHandlers:
         self._known(cmd.head, "train")
         request = TrainRequest(mode=cmd.mode, epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
 
+        def fine_tune_later(job) -> str:
+            what = f"fine-tune {cmd.head}"
+            follow = TopicResponder(self.publish_job, what, cmd.id)
+            self.jobs.start(what, lambda: run_reporting(lambda: job(follow.progress), follow, what, self.changed,
+                                                        self.jobs))
+            return (f"following as the job {what!r}: the numpy head serves meanwhile; progress and result on "
+                    f"the job topic (edged/<device>/job) and in the status (job, last_job)")
+
         def work() -> dict:
             responder.progress({"phase": "starting", "step": f"training {cmd.head} ({cmd.mode})"})
             log.info("training %s (%s)", cmd.head, cmd.mode)
-            result = self.learning.train(cmd.head, request, responder.progress, self.stop)
+            result = self.learning.train(cmd.head, request, responder.progress, self.stop,
+                                         fine_tune_later if self.publish_job is not None else None)
             if cmd.activate and cmd.head not in self.heads.active:
                 self.heads.activate(self.heads.active + [cmd.head])
             result["active"] = cmd.head in self.heads.active
@@ -155,7 +166,8 @@ class CommandHandlers:
         return DEFERRED
 
     def _job(self, what: str, corr_id, responder: Responder, work) -> None:
-        self.jobs.start(what, lambda: run_reporting(work, responder, what, self.changed), corr_id)
+        self.jobs.start(what, lambda: run_reporting(work, responder, what, self.changed, self.jobs), corr_id,
+                        waiting=lambda ahead: responder.progress({"phase": "queued", "step": f"waiting for {ahead}"}))
         self.changed()
 
     def on_snapshot(self, cmd: Empty, responder: Responder) -> dict:

@@ -63,6 +63,7 @@ class Daemon:
         return [("store, backbone and heads", self._start_stack), ("precision", self._start_precision), ("frame loop", self._start_frame_loop),
                 ("learning", self._start_learning), ("commands", self._start_commands), ("mqtt", self._start_mqtt),
                 ("fleet", self._start_fleet), ("homeassistant", self._start_homeassistant),
+                ("events", lambda: self.scene.end_events),
                 ("source", self._start_source)] + [(name, lambda start=start: start(self)) for name, start in self.extra]
 
     def start(self) -> None:
@@ -157,7 +158,7 @@ class Daemon:
                                    status=self.telemetry.status, changed=self.telemetry.changed,
                                    last_frame=lambda: self.loop.last_frame, publish_snapshot=self.outputs.snapshot,
                                    capture_cfg=self.cfg.capture, reviews=self.reviews, sharing=self.sharing,
-                                   scene=self.scene, events=self.events, stop=self.stop)
+                                   scene=self.scene, events=self.events, publish_job=self.outputs.job, stop=self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()
@@ -209,8 +210,9 @@ class Daemon:
     def _start_source(self):
         self.source = open_source(self.cfg.source)
         size = self.backbone.input_size
-        self.grabber = FrameGrabber(self.source, self.cfg.source, self.stop, lambda img: to_pixels(img, size),
-                                    self.cfg.serve.queue_size)
+        # gated by motion, most frames are never inferred: the frame loop preprocesses those it infers
+        preprocess = None if self.cfg.gate.mode == "motion" else (lambda img: to_pixels(img, size))
+        self.grabber = FrameGrabber(self.source, self.cfg.source, self.stop, preprocess, self.cfg.serve.queue_size)
         self.grabber.start()
         return self.grabber.join
 
@@ -272,3 +274,9 @@ class PageSources:
 
     def example_frame(self, example_id: int):
         return self._daemon.store.load_frame(example_id)
+
+    def recent_events(self, limit: int = 12) -> list[dict]:
+        return self._daemon.events.list(limit)
+
+    def event_snapshot(self, event_id: str) -> Optional[bytes]:
+        return self._daemon.events.snapshot(event_id)

@@ -1,7 +1,7 @@
 """The topic tree, in one place: `<prefix>/<device>/...` per device, `<prefix>/fleet/...` for every device.
 
 ```
-<prefix>/<device>/status | stats | snapshot | review | event_snapshot    what a device publishes
+<prefix>/<device>/status | stats | snapshot | review | event_snapshot | job   what a device publishes
 <prefix>/<device>/prediction | state | event/<head>[/<region>]           per-frame answers, states, events
 <prefix>/<device>/cmd/<command>  ->  <prefix>/<device>/reply/<command>     commands and replies
 <prefix>/<device>/share/<kind>/<name>/manifest | <sha16>/<i>               what a device shares (parcels)
@@ -27,6 +27,7 @@ class Topics:
         self.snapshot = f"{self.base}/snapshot"
         self.review = f"{self.base}/review"
         self.event_snapshot = f"{self.base}/event_snapshot"
+        self.job = f"{self.base}/job"
         self.commands = f"{self.base}/cmd/+"
         self.fleet_commands = f"{prefix}/fleet/cmd/+"
 

@@ -28,6 +28,7 @@ class Event:
     score: float  # the score that started it
     top_score: float
     end: Optional[float] = None
+    frame: int = 0  # the frame position that started it
     best_frame: object = field(default=None, repr=False)  # the frame of the top score (written as the snapshot)
     best_changed: bool = False  # a better frame than the last one sent
     last_update: float = 0.0  # monotonic
@@ -35,7 +36,8 @@ class Event:
     def message(self, kind: str) -> dict:
         out = {"type": kind, "id": self.id, "head": self.head, "label": self.label, "start": round(self.start, 3),
                "end": None if self.end is None else round(self.end, 3), "score": round(self.score, 4),
-               "top_score": round(self.top_score, 4), "snapshot": f"events/{self.id}/snapshot.jpg"}
+               "top_score": round(self.top_score, 4), "frame": self.frame,
+               "snapshot": f"events/{self.id}/snapshot.jpg"}
         if self.region:
             out["region"] = self.region
         return out
@@ -62,7 +64,7 @@ class EventTracker:
             self.current = None
         if self.cfg.enabled and self.of_interest(state.label):
             event = Event(new_event_id(state.since), self.head, self.region, state.label, state.since, state.score,
-                          state.score, best_frame=frame, last_update=now)
+                          state.score, frame=state.frame, best_frame=frame, last_update=now)
             self.current = event
             out.append(("start", event))
         return out

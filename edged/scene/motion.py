@@ -39,13 +39,14 @@ class MotionDetector:
         self._background: Optional[np.ndarray] = None
         self._ignore: Optional[np.ndarray] = None  # 0 on masked areas, 1 elsewhere
         self._kernel = np.ones((3, 3), np.uint8)
+        self._still: Optional[np.ndarray] = None  # the all-zero mask of a frame without motion (shared, read-only)
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         height = min(self.cfg.frame_height, h)
         width = max(1, round(w * height / h))
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        small = cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(grey, (width, height), interpolation=cv2.INTER_LINEAR)  # the blur does the smoothing
         return cv2.GaussianBlur(small, (5, 5), 0)
 
     def _ignore_mask(self, shape: tuple[int, int]) -> np.ndarray:
@@ -71,11 +72,15 @@ class MotionDetector:
             self._background = small.astype(np.float32)
             return Motion(np.zeros_like(small), fraction, lighting=True)
         cv2.accumulateWeighted(small, self._background, self.cfg.alpha)
+        if self._still is None or self._still.shape != small.shape:
+            self._still = np.zeros_like(small)
+        if not fraction:
+            return Motion(self._still, 0.0)
+        smallest = self.cfg.min_area * moving.size * self.smallest_view
+        contours, _ = cv2.findContours(moving, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        big = [c for c in contours if cv2.contourArea(c) >= smallest]
+        if not big:
+            return Motion(self._still, fraction)
         blobs = np.zeros_like(small)
-        if fraction:
-            smallest = self.cfg.min_area * moving.size * self.smallest_view
-            contours, _ = cv2.findContours(moving, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            big = [c for c in contours if cv2.contourArea(c) >= smallest]
-            if big:
-                cv2.drawContours(blobs, big, -1, 255, thickness=cv2.FILLED)
+        cv2.drawContours(blobs, big, -1, 255, thickness=cv2.FILLED)
         return Motion(blobs, fraction)

@@ -98,7 +98,7 @@ class FrameLoop:
         """Backbone and heads on one view; its predictions to the outputs and the scene."""
         t0 = time.perf_counter()
         image = view.crop(frame.image)
-        pixels = frame.pixels if view.whole else to_pixels(image, self.engine.input_size)
+        pixels = frame.pixels if view.whole and frame.pixels is not None else to_pixels(image, self.engine.input_size)
         capturing = job is not None and job.region == view.name
         embedding = self.engine.embed(pixels) if capturing or self.heads.needs_embedding else None
         t1 = time.perf_counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -88,12 +88,15 @@ class Learning:
         )
 
     def train(self, name: str, request: TrainRequest, progress: Progress = None,
-              stop: Optional[threading.Event] = None) -> dict:
+              stop: Optional[threading.Event] = None,
+              fine_tune_later: Optional[Callable[[Callable[[Progress], dict]], str]] = None) -> dict:
         """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in.
 
         Mode "auto": a head that fits in process is fitted and served first; when it asks for fine-tuning
         and a worker or trainer node can run it, the fine-tuning follows, and its version serves only if
-        cross-validation kept it."""
+        cross-validation kept it. With `fine_tune_later`, the fine-tuning is handed to it as a job of its own
+        (`job(progress) -> result`; it returns what to tell the user) and this returns at once with the
+        numpy head's result: what a user waits for is the head that serves."""
         cls = self._class(name, "train")
         if cls.trains_in_worker(request):
             return self._train_in_worker(name, request, progress, stop)
@@ -104,13 +107,22 @@ class Learning:
         if missing:
             result["fine_tune"] = f"not tried: {missing}"
             return result
+        frozen = {"version": result["version"], "metrics": result["metrics"]}
+        if fine_tune_later is not None:
+            result["fine_tune"] = fine_tune_later(lambda p: self._fine_tune(name, request, frozen, p, stop))
+            return result
         if progress:
             progress({"phase": "auto", "step": f"{name} {result['version']} is serving (cross-validated "
                                                f"{result['metrics'].get('cv_accuracy')}); fine-tuning the backbone next"})
+        return self._fine_tune(name, request, frozen, progress, stop)
+
+    def _fine_tune(self, name: str, request: TrainRequest, frozen: dict, progress: Progress,
+                   stop: Optional[threading.Event]) -> dict:
+        """The backbone fine-tuned after the numpy head `frozen` serves; kept only if cross-validation says so."""
         tuned = self._train_in_worker(name, request, progress, stop)
-        tuned["frozen"] = {"version": result["version"], "metrics": result["metrics"]}
+        tuned["frozen"] = frozen
         if not tuned.get("activated", True):
-            tuned["note"] = f"{tuned['metrics'].get('fine_tune')}; {result['version']} (frozen) keeps serving"
+            tuned["note"] = f"{tuned['metrics'].get('fine_tune')}; {frozen['version']} (frozen) keeps serving"
         return tuned
 
     def _train_in_worker(self, name: str, request: TrainRequest, progress: Progress,

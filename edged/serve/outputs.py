@@ -67,6 +67,12 @@ class Outputs:
         if link is not None:
             link.publish(link.topics.event_snapshot, jpeg, retain=True, qos=1)
 
+    def job(self, payload: dict) -> None:
+        """A background job's progress and result (a fine-tune following a train's answer)."""
+        link = self.link()
+        if link is not None:
+            link.publish(link.topics.job, payload, qos=1)
+
     def stats(self, payload: dict) -> None:
         link = self.link()
         if link is not None:

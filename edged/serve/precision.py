@@ -1,7 +1,8 @@
 """Which backbone serves: the float one, or its full-integer twin when that is faster here and answers the same.
 
 At start (`runtime.precision = "auto"`) the int8 twin is built once if missing (in a child process,
-calibrated on stored frames topped up from the source), then measured against float on this
+calibrated on stored frames topped up from the source; not before MIN_CALIBRATION frames are stored, so a
+first start on an empty store serves float at once), then measured against float on this
 interpreter and on the stored frames: mean cosine of the embeddings >= 0.99 and every active
 embedding head's top-1 agreement >= 0.99. Both figures, the timings and the reason for the choice
 go into the status. Embeddings stay under the float backbone's id: parity is what makes them
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MIN_COSINE = 0.99
 MIN_AGREEMENT = 0.99
 MIN_SPEEDUP = 1.1  # int8 must be at least this much faster to be worth a second set of numbers
+MIN_CALIBRATION = 20  # stored frames an int8 twin is calibrated on at the least; fewer: not built yet
 
 
 def build_int8_in_child(cfg: Config) -> None:
@@ -112,6 +114,11 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
         if not path.is_file():
             if not tensorflow_available():
                 report["reason"] = "no int8 backbone built yet, and building it needs TensorFlow once"
+                return float_engine, report
+            stored = len(store.examples(info.id).ids)
+            if rt.int8_calibration == "store" and stored < MIN_CALIBRATION:
+                report["reason"] = (f"int8 not built yet: it is calibrated on stored frames and {stored} are stored "
+                                    f"(at least {MIN_CALIBRATION}); a start after teaching builds and measures it")
                 return float_engine, report
             build_int8_in_child(cfg)
         int8 = Engine(EngineOptions(str(path), rt.num_threads, rt.delegate, rt.interpreter, info.scaling))

@@ -157,9 +157,9 @@ class Scene:
         return {"states": self.states(), "gate": {"mode": self.cfg.gate.mode, **self.gate.stats()},
                 "views": [v.name or "(frame)" for v in self.views]}
 
-    def close(self) -> None:
-        """End running events (the daemon stops: they are not seen to the end) and let the writer finish."""
-        now, ts = time.monotonic(), time.time()
+    def end_events(self) -> None:
+        """The daemon stops: end the running events (with `reason: stopped`) while MQTT is still up."""
+        ts = time.time()
         for tracker in self.events.values():
             event = tracker.current
             if event is not None:
@@ -169,6 +169,10 @@ class Scene:
                 message["reason"] = "stopped"
                 self.outputs.event(event.head, event.region, message)
                 self._write(lambda m=message: self.store.save(m, None))
+
+    def close(self) -> None:
+        """Write what is still recorded and let the writer finish."""
+        now = time.monotonic()
         for event_id, rec in list(self._recordings.items()):
             fps = len(rec.frames) / max(now - rec.started + self.cfg.events.clip_s, 1e-3)
             self._write(lambda i=event_id, f=rec.frames, r=fps: self.store.save_clip(i, f, r))

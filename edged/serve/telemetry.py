@@ -72,6 +72,8 @@ class Telemetry:
             "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.health if g else "starting", "error": g.error if g else None},
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
+            "jobs_queued": self.jobs.queued,
+            "last_job": self.jobs.last,
             "tensorflow_imported": "tensorflow" in sys.modules,
             **{name: describe() for name, describe in list(self.sections.items())},
         }

@@ -57,7 +57,7 @@ class FrameGrabber:
         source: Source,
         cfg: SourceConfig,
         stop: threading.Event,
-        preprocess: Callable[[np.ndarray], np.ndarray],
+        preprocess: Optional[Callable[[np.ndarray], np.ndarray]],
         queue_size: int = 2,
     ):
         self.source = source
@@ -169,7 +169,8 @@ class FrameGrabber:
                     t1 = time.perf_counter()
                     try:
                         frame.image = as_bgr(frame.image)
-                        frame.pixels = self.preprocess(frame.image)
+                        if self.preprocess is not None:  # None: the frame loop preprocesses the frames it infers
+                            frame.pixels = self.preprocess(frame.image)
                     except Exception as e:  # one garbage frame must not end the grabber (and with it serving)
                         self.bad_frames += 1
                         if self.bad_frames in (1, 10, 100) or self.bad_frames % 1000 == 0:

@@ -153,6 +153,7 @@ class WebServer:
         app.router.add_post("/api/cmd/{name}", self.command)
         app.router.add_get(r"/api/example/{id:\d{1,19}}.jpg", self.example_frame)
         app.router.add_get(r"/api/review/{id:" + ID_PATTERN + r"}.jpg", self.review_frame)
+        app.router.add_get(r"/api/event/{id:\d{8}-\d{6}-[0-9a-f]{6}}.jpg", self.event_snapshot)
         return app
 
     @web.middleware
@@ -246,8 +247,8 @@ class WebServer:
         return f"event: status\ndata: {json.dumps(self.sources.status(), default=str)}\n\n"
 
     async def _ticker(self) -> None:
-        """Predictions at the live view's rate, status every 2 s, new review items: to every open page."""
-        last_status, last_review = 0.0, None
+        """Predictions at the live view's rate, status every 2 s, new review items and events: to every open page."""
+        last_status, last_review, last_event = 0.0, None, None
         while True:
             await asyncio.sleep(1.0 / self.cfg.fps)
             if not self.events.queues:
@@ -262,6 +263,11 @@ class WebServer:
                 if newest != last_review:
                     last_review = newest
                     self.events.publish("review", {"items": items[-30:]})
+                recent = await self.loop.run_in_executor(None, self.sources.recent_events)
+                latest = (recent[0]["id"], recent[0].get("end")) if recent else None
+                if latest != last_event:
+                    last_event = latest
+                    self.events.publish("scene_events", {"events": recent})
 
     async def example_frame(self, request: web.Request) -> web.Response:
         example_id = int(request.match_info["id"][:20])
@@ -273,6 +279,12 @@ class WebServer:
             raise web.HTTPNotFound(text=str(e)) from None
         return web.Response(body=self._jpeg(cv2.resize(image, (96, int(96 * image.shape[0] / image.shape[1])))),
                             content_type="image/jpeg")
+
+    async def event_snapshot(self, request: web.Request) -> web.Response:
+        jpeg = await self.loop.run_in_executor(None, self.sources.event_snapshot, request.match_info["id"])
+        if jpeg is None:
+            raise web.HTTPNotFound(text="no such event snapshot")
+        return web.Response(body=jpeg, content_type="image/jpeg")
 
     async def review_frame(self, request: web.Request) -> web.Response:
         path = self.sources.review_frame(request.match_info["id"])

@@ -210,5 +210,5 @@ def test_readme_walkthrough_step_by_step(broker, daemons, make_state, tmp_path):
         if argv[1] == "cmd" and argv[4] == "activate":
             assert json.loads(out.stdout)["version"] == "v1"
     assert ran == ["config check", "run", "cmd --config", "cmd --config", "cmd --config", "status --config",
-                   "cmd --config", "cmd --config"], ran
+                   "cmd --config", "cmd --config", "events list"], ran
     assert d.stop() == 0

@@ -43,33 +43,48 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log")
     probe.wait_online(DEVICE)
 
-    # train (fine-tuning, in the TensorFlow worker): progress replies (final: false), then the result;
-    # the frame loop keeps publishing meanwhile
+    # train (auto): the answer comes once the numpy head serves; the fine-tune of the backbone follows as a job of
+    # its own (progress and result on edged/<device>/job), the frame loop publishing all along
     corr = "train-1"
-    probe.send(DEVICE, "train", {"head": "classifier", "mode": "fine_tune", "epochs": 2, "id": corr})
+    probe.send(DEVICE, "train", {"head": "classifier", "epochs": 2, "id": corr})
+    reply = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/reply/train" and json.loads(p)["final"],
+                                      60)[1])
+    assert reply["ok"] and reply["id"] == corr, reply
+    assert reply["result"]["version"] == "v1" and reply["result"]["active"], reply
+    assert reply["result"]["fine_tune"].startswith("following as the job 'fine-tune classifier'"), reply
+    # an export sent meanwhile waits its turn behind the fine-tune instead of being refused
+    probe.send(DEVICE, "export", {"head": "classifier", "quantize": "float32", "id": "exp-0"})
     progress, knn_during, final = [], 0, None
-    topic = f"edged/{DEVICE}/reply/train"
 
     def watch(t, p, r):
         nonlocal knn_during, final
         if t == f"edged/{DEVICE}/prediction/knn":
             knn_during += 1
-        if t == topic:
+        if t == f"edged/{DEVICE}/reply/export":
+            progress.append(("export", json.loads(p)))
+        if t == f"edged/{DEVICE}/job":
             msg = json.loads(p)
-            assert msg["id"] == corr, msg
+            assert msg["job"] == "fine-tune classifier" and msg["for"] == corr, msg
             if msg["final"]:
                 final = msg
                 return True
-            progress.append(msg["result"]["progress"])
+            progress.append(("job", msg["progress"]))
         return False
 
     probe.wait_for(watch, timeout=180)
     assert final["ok"], final
-    assert final["result"]["version"] == "v1"
+    assert final["result"]["frozen"]["version"] == "v1" and final["result"]["version"] == "v2"
     for fold in ("fine_tune fold 1/2", "fine_tune fold 2/2"):
-        assert [p["epoch"] for p in progress if p["phase"] == fold and "epoch" in p] == [1, 2]
+        assert [p["epoch"] for k, p in progress if k == "job" and p["phase"] == fold and "epoch" in p] == [1, 2]
     assert final["result"]["metrics"]["fine_tune"].startswith(("kept", "skipped"))
     assert knn_during > 10, "serving stopped while training"
+    queued = [m for k, m in progress if k == "export"]
+    assert queued and queued[0]["result"]["progress"]["step"] == "waiting for fine-tune classifier", queued
+    exported = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/reply/export" and json.loads(p)["final"],
+                                         180)[1])
+    assert exported["ok"] and exported["id"] == "exp-0", exported
+    status = _final(probe, "status", {})["result"]
+    assert status["last_job"]["job"] == "export classifier" and status["last_job"]["ok"], status["last_job"]
 
     busy = _final(probe, "activate", {"heads": ["knn", "classifier"]})
     assert busy["ok"] and busy["result"]["active"] == ["knn", "classifier"]
@@ -79,17 +94,17 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     # export twice (float32; float16's parity is meaningless on random weights), serve the newest, roll back
     exp = _final(probe, "export", {"head": "classifier", "quantize": "float32"})
     assert exp["ok"], exp
-    assert exp["result"]["model_version"] == "v1" and exp["result"]["parity"]["passed"]
+    assert exp["result"]["model_version"] == "v2" and exp["result"]["parity"]["passed"]  # v1 was exp-0's
     exp2 = _final(probe, "export", {"head": "classifier", "quantize": "float32", "force": True})
-    assert exp2["ok"] and exp2["result"]["model_version"] == "v2", exp2
+    assert exp2["ok"] and exp2["result"]["model_version"] == "v3", exp2
     act = _final(probe, "activate", {"model": "classifier"})
-    assert act["ok"] and act["result"]["version"] == "v2" and act["result"]["quantization"] == "float32"
-    sha_v2 = act["result"]["sha256"]
+    assert act["ok"] and act["result"]["version"] == "v3" and act["result"]["quantization"] == "float32"
+    sha_v3 = act["result"]["sha256"]
     pred = json.loads(probe.wait_for(
-        lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] == sha_v2, 20)[1])
+        lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] == sha_v3, 20)[1])
     frame_at_swap = pred["frame"]
     back = _final(probe, "rollback", {"model": "classifier"})
-    assert back["ok"] and back["result"]["version"] == "v1", back
+    assert back["ok"] and back["result"]["version"] == "v2", back
     pred = json.loads(probe.wait_for(
         lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier" and json.loads(p)["model_sha"] == back["result"]["sha256"], 20)[1])
     assert pred["frame"] > frame_at_swap  # the same stream went on across swaps
@@ -98,7 +113,7 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     assert not bad["ok"] and "no version 'v9'" in bad["error"]
     status = _final(probe, "status", {})["result"]
     assert status["tensorflow_imported"] is False
-    assert status["heads"]["classifier"]["model"]["version"] == "v1"
+    assert status["heads"]["classifier"]["model"]["version"] == "v2"
     assert d.stop() == 0, d.output()
 
     # the serving choice survives a restart
@@ -106,12 +121,12 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
     probe.drain()
     d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d2.log")
     status = probe.wait_online(DEVICE)
-    assert status["active"] == ["knn", "classifier"] and status["heads"]["classifier"]["model"]["version"] == "v1"
+    assert status["active"] == ["knn", "classifier"] and status["heads"]["classifier"]["model"]["version"] == "v2"
 
     # training again: the new head version predicts, the older export stops serving, and the reply says so
     retrained = _final(probe, "train", {"head": "classifier", "mode": "frozen"})
     assert retrained["ok"] and retrained["result"]["active"], retrained
-    assert "model v1 (exported from an older version) no longer serves" in retrained["result"]["model"]
+    assert "model v2 (exported from an older version) no longer serves" in retrained["result"]["model"]
     status = _final(probe, "status", {})["result"]
     assert status["heads"]["classifier"].get("model") is None
     assert status["heads"]["classifier"]["version"] == retrained["result"]["version"]

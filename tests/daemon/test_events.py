@@ -113,3 +113,62 @@ snapshot_interval_s = 0
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["label"] == "star" and (tmp_path / "best.jpg").read_bytes() == jpeg
     assert d.stop() == 0, d.output()
+
+
+@pytest.mark.heavy
+@needs_weights
+def test_regions_have_their_own_states_and_are_taught_from_their_crop(broker, probe, daemons, make_state, tmp_path):
+    from edged.config import RegionConfig
+    from edged.scene.views import views_of
+
+    backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
+    state = make_state(backbone)
+    scene = _scene()
+    video = scene.write(tmp_path / "scene.mp4", LENGTH)
+    regions = [RegionConfig(name="shelf", box=(0.0, 0.35, 0.3, 0.95)), RegionConfig(name="desk", box=BOX)]
+    shelf, desk = views_of(regions)
+    taught = [(desk.crop(img), "star", None) for img in scene.examples("star", 8)] + \
+             [(desk.crop(img), "none", None) for img in scene.examples("none", 8)] + \
+             [(shelf.crop(img), "none", None) for img in scene.examples("none", 8, seed=2)]
+    _, engine, store = fill_store(state_config(state, backbone), taught)
+    store.close()
+    engine.close()
+    extra = f"""
+[gate]
+masks = [{list(CORNER)}]
+[states]
+exit_s = 1.0
+[[regions]]
+name = "shelf"
+box = {list(shelf.box)}
+[[regions]]
+name = "desk"
+box = {list(desk.box)}
+"""
+    config = write_config(tmp_path / "regions.toml", toml_config(state, broker.port, str(video), backbone, DEVICE, extra,
+                                                                  every_frame=False, fps=15))
+    d = daemons(config, tmp_path / "regions.log")
+    probe.wait_online(DEVICE, 90)
+    start = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn/desk" and b'"start"' in p, 60)[1])
+    assert start["label"] == "star" and start["region"] == "desk"
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn/desk" and b'"end"' in p, 30)
+    shelf_states = [json.loads(p)["label"] for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn/shelf"]
+    assert shelf_states == ["none"], shelf_states  # nothing moved on the shelf: decided once, never changed
+    assert not [t for t, p, r in probe.seen if t in (f"edged/{DEVICE}/state/knn", f"edged/{DEVICE}/event/knn")]
+
+    # a capture of a region stores its crop (and an unknown region is refused, naming the configured ones)
+    bad = probe.request(DEVICE, "capture", {"label": "box", "count": 1, "region": "garage"})
+    assert not bad["ok"] and "capture.region" in bad["error"] and "shelf, desk" in bad["error"]
+    reply = probe.request(DEVICE, "capture", {"label": "box", "count": 2, "interval_ms": 0, "region": "shelf"})
+    assert reply["ok"] and reply["result"]["stored"] == 2 and reply["result"]["region"] == "shelf", reply
+    assert d.stop() == 0, d.output()
+    from edged.state.store import Store
+
+    store = Store(state / "store")
+    try:
+        box_ids = [row["id"] for row in store.list("box", 10)]
+        assert len(box_ids) == 2
+        frame = store.load_frame(box_ids[0])
+    finally:
+        store.close()
+    assert frame.shape[:2] == shelf.crop(scene.frame(0)).shape[:2]  # the shelf's crop, not the whole frame

@@ -56,3 +56,26 @@ def test_a_forced_precision_is_not_remembered(make_state, monkeypatch, forced):
         stack.engine = engine
     finally:
         stack.close()
+
+
+def test_no_int8_twin_is_built_before_there_are_stored_frames_to_calibrate_on(make_state, monkeypatch):
+    """A first start on an empty store serves float at once instead of building a twin it cannot calibrate."""
+    settings = backbone_settings("none")
+    cfg = state_config(make_state(settings), settings)
+    stack = ServingStack(cfg)
+    try:
+        int8 = int8_path(stack.backbone)
+        for f in int8.parent.glob(int8.stem + ".*"):
+            f.unlink()
+
+        def must_not_build(*a):
+            raise AssertionError("built an int8 twin with nothing stored to calibrate it on")
+
+        monkeypatch.setattr(precision, "build_int8_in_child", must_not_build)
+        monkeypatch.setattr(precision, "tensorflow_available", lambda: True)
+        engine, report = precision.choose_precision(cfg, stack.backbone, stack.engine, stack.store, stack.heads)
+        assert report["precision"] == "float32" and "0 are stored (at least 20)" in report["reason"], report
+        assert not int8.exists() and not precision.refusal_path(int8).exists()
+        stack.engine = engine
+    finally:
+        stack.close()

@@ -103,3 +103,23 @@ def test_knn_a_new_label_is_voted_for_at_once_without_an_index_error():
     shown = rng.normal(size=32).astype(np.float32)
     head.add(shown, "phone")
     assert head.predict(shown).label == "phone"
+
+
+def test_knn_near_copies_of_two_things_do_not_make_every_other_view_of_them_unknown():
+    """Two classes taught from near-copies (a still camera): a frame of one of them with other noise is farther from
+    its class than the copies are from each other, but far closer to it than the classes are alike. It must be that
+    class, not 'unknown' with score 1.0; something unlike both is 'unknown' with its own confidence."""
+    rng = np.random.default_rng(3)
+    d = 64
+    base = np.abs(rng.normal(size=d)).astype(np.float32)  # ReLU features share a large common part
+    a, b = base + np.abs(rng.normal(size=d)), base + np.abs(rng.normal(size=d))
+    head = KnnHead(KnnOptions())
+    for _ in range(8):
+        head.add(a + rng.normal(0, 0.01, d), "mug", None)
+        head.add(b + rng.normal(0, 0.01, d), "keys", None)
+    seen_again = [head.predict(a + rng.normal(0, 0.15, d)) for _ in range(20)]
+    assert all(p.label == "mug" for p in seen_again), [(p.label, p.score) for p in seen_again]
+    unlike = head.predict(base + 3 * np.abs(rng.normal(size=d)))
+    assert unlike.label == UNKNOWN and 0.0 < unlike.score <= 1.0
+    halfway = head.predict((a + b) / 2 + np.abs(rng.normal(0, 0.5, d)))
+    assert halfway.label != UNKNOWN or halfway.score < 1.0  # never a certain 'unknown' for what lies between

@@ -52,6 +52,28 @@ function renderPredictions(latest) {
   }
 }
 
+function renderStates(scene) {
+  const states = (scene && scene.states) || {};
+  const gate = (scene && scene.gate) || {};
+  const skipped = gate.skipped_still || 0;
+  const rows = Object.entries(states).map(([key, s]) =>
+    el("div", { class: "state", "data-key": key, "data-label": s.label },
+      `${key}: `, el("span", { class: "label" }, s.label),
+      ` since ${new Date(s.since * 1000).toLocaleTimeString()} (${s.score.toFixed(2)})`));
+  rows.push(el("div", { class: "hint" }, `gate ${gate.mode || "?"}: ${skipped} frames skipped as still`));
+  $("states").replaceChildren(...rows);
+}
+
+function renderSceneEvents(list) {
+  $("scene-events").replaceChildren(...list.map((e) => {
+    const when = new Date(e.start * 1000).toLocaleTimeString();
+    const span = e.end ? `${Math.round(e.end - e.start)} s` : "now";
+    return el("div", { class: "scene-event", "data-id": e.id, "data-label": e.label },
+      el("img", { src: `/api/event/${e.id}.jpg`, alt: e.label }),
+      `${e.label}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)}`);
+  }));
+}
+
 // -- teach ---------------------------------------------------------------------------------------
 async function thumbs(label, into) {
   const result = await api("examples", { label, limit: 8 });
@@ -203,7 +225,9 @@ events.addEventListener("status", (e) => {
   $("device").textContent = status.device;
   $("state").textContent = `${status.state}, source ${status.source.state}${status.job ? ", " + status.job : ""}`;
   if (JSON.stringify(status.examples) !== before) refreshLabels();
+  renderStates(status.scene);
 });
+events.addEventListener("scene_events", (e) => renderSceneEvents(JSON.parse(e.data).events));
 events.addEventListener("progress", (e) => {
   const msg = JSON.parse(e.data);
   if (msg.command !== "train" && msg.command !== "export") return;

@@ -227,12 +227,14 @@ class PublishConfig(_Strict):
 
 
 class StatesConfig(_Strict):
-    enter: int = Field(3, ge=1, le=1000, description="a label becomes the state after winning this many inferences "
-                                                     "in a row at or above min_score")
+    smoothing: float = Field(0.5, gt=0, le=1, description="weight of the newest answer in each label's running "
+                                                          "score (1: no smoothing)")
+    enter: int = Field(3, ge=1, le=1000, description="a label becomes the state after its running score has led at "
+                                                     "or above min_score for this many inferences in a row")
     enter_s: float = Field(0.0, ge=0, description="... and for at least this long (0: the count alone decides)")
     min_score: float = Field(0.5, ge=0, le=1, description="score a win needs to count towards entering")
-    exit_score: float = Field(0.35, ge=0, le=1, description="the state goes to 'none' when the best score stays "
-                                                            "under this for exit_s")
+    exit_score: float = Field(0.35, ge=0, le=1, description="the state goes to 'none' when the leading running "
+                                                            "score stays under this for exit_s")
     exit_s: float = Field(3.0, ge=0)
 
     @model_validator(mode="after")

@@ -57,6 +57,19 @@ def knn_baseline(x, y, xt, k=5):
     return votes.argmax(1)
 
 
+def instant_head(data, rows: np.ndarray, xt: np.ndarray) -> list[str]:
+    """What the user sees while teaching, before any `train`: edged's kNN head with its defaults, fed the taught
+    rows one by one as captures feed it; its best class (an 'unknown' answer is scored by the class under it)."""
+    head = KnnHead(KnnOptions())
+    for i in rows:
+        head.add(data.emb[i], data.classes[data.y[i]], None)
+    out = []
+    for q in xt:
+        pred = head.predict(q)
+        out.append(max(pred.scores, key=pred.scores.get) if pred.scores else pred.label)
+    return out
+
+
 def ncm_baseline(x, y, xt):
     return np.argmax(nearest_mean(l2(x), y, y.max() + 1).logits(l2(xt)), 1)
 
@@ -111,12 +124,13 @@ def photos_variant(data: Data, shots_list, draws, t, path: Optional[TrainPath]) 
     """Mean over draws; `path` set: also `train` with its defaults (mode auto: fine-tuning where it wins)."""
     rows, summary = [], {}
     for shots in shots_list:
-        acc = {k: [] for k in ("knn", "ncm", "logistic", "frozen", "edged", "cv")}
+        acc = {k: [] for k in ("knn", "instant", "ncm", "logistic", "frozen", "edged", "cv")}
         chosen, tuned = [], 0
         for draw in range(draws):
             tr, te = data.draw(shots, 1000 * shots + draw)
             x, y, xt, yt = data.emb[tr], data.y[tr], data.emb[te], data.y[te]
             acc["knn"].append(_accuracy(knn_baseline(x, y, xt), yt))
+            acc["instant"].append(_accuracy(instant_head(data, tr, xt), [data.classes[i] for i in yt]))
             acc["ncm"].append(_accuracy(ncm_baseline(x, y, xt), yt))
             acc["logistic"].append(_accuracy(logistic_baseline(x, y, xt), yt))
             head = data.edged(tr)
@@ -135,7 +149,7 @@ def photos_variant(data: Data, shots_list, draws, t, path: Optional[TrainPath]) 
         m = {k: float(np.mean(v)) for k, v in acc.items()}
         summary[shots] = m
         common = max(set(chosen), key=chosen.count)
-        rows.append([shots, f"{m['knn']:.3f}", f"{m['ncm']:.3f}", f"{m['logistic']:.3f}", f"{m['frozen']:.3f}",
+        rows.append([shots, f"{m['knn']:.3f}", f"{m['instant']:.3f}", f"{m['ncm']:.3f}", f"{m['logistic']:.3f}", f"{m['frozen']:.3f}",
                      f"{m['edged']:.3f}", f"{100 * (m['edged'] - m['logistic']):+.1f}", f"{m['cv']:.3f}", common,
                      f"{tuned}/{draws}" if path is not None else "-"])
         print(f"  {shots} shots x {draws} draws done ({t():.0f}s)", flush=True)
@@ -310,8 +324,11 @@ def run(args) -> int:
                       f"'frozen': the numpy head (no TensorFlow); 'train defaults': what `train` gives"
                       + (" (mode auto: fine-tuned when 2-fold cross-validation on the taught photos says it wins)"
                          if fine_tune else " without TensorFlow (the frozen head)"))
-                print(table(rows, ["shots", "kNN k=5", "class mean", "logistic", "edged frozen", "train defaults",
+                print(table(rows, ["shots", "kNN k=5", "edged kNN (instant)", "class mean", "logistic", "edged frozen", "train defaults",
                                    "vs logistic", "frozen cv", "chosen most", "fine-tuned"]))
+                final.append(f"{alpha}/{size} instant head - class mean: " + ", ".join(
+                    f"{s}-shot {100 * (summary[s]['instant'] - summary[s]['ncm']):+.1f}" for s in sorted(summary))
+                    + " points (target >= 0)")
                 for shots in (5, 10):
                     if shots in summary:
                         s = summary[shots]

@@ -55,16 +55,18 @@ class EventTracker:
             return label in self.cfg.labels
         return label not in NOT_OF_INTEREST
 
-    def on_state(self, state: State, frame, now: float) -> list[tuple[str, Event]]:
-        """The state changed: end the running event, start one for the new label if it is of interest."""
+    def on_state(self, state: State, frame, now: float, score: Optional[float] = None) -> list[tuple[str, Event]]:
+        """The state changed: end the running event, start one for the new label if it is of interest. `score`: the
+        answer of the frame that decided (the state's own score is a running one)."""
         out = []
         if self.current is not None:
             self.current.end = state.since
             out.append(("end", self.current))
             self.current = None
         if self.cfg.enabled and self.of_interest(state.label):
+            top = state.score if score is None else max(score, state.score)
             event = Event(new_event_id(state.since), self.head, self.region, state.label, state.since, state.score,
-                          state.score, frame=state.frame, best_frame=frame, last_update=now)
+                          top, frame=state.frame, best_frame=frame, last_update=now)
             self.current = event
             out.append(("start", event))
         return out

@@ -1,9 +1,11 @@
 """Debounced states: a head's per-frame answers (label, score) become a state that changes only on evidence.
 
-A label becomes the state once it has won `enter` inferences in a row at or above `min_score` (and for
-`enter_s`); the state stays until another label has done the same, or the best score has stayed under
-`exit_score` for `exit_s`, which makes the state `none`. Between `exit_score` and `min_score` nothing changes
-(hysteresis): an answer hovering between two labels does not flap.
+Each label keeps a running score: the newest answer's score (0 for the labels it did not give) weighted by
+`smoothing`, the older ones by the rest. A label becomes the state once its running score has led at or above
+`min_score` for `enter` inferences in a row (and for `enter_s`); the state stays until another label has done
+the same, or the leading running score has stayed under `exit_score` for `exit_s`, which makes the state `none`.
+An answer hovering between two labels keeps both running scores near half its score, so neither takes over,
+and between `exit_score` and `min_score` nothing changes (hysteresis).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class StateTracker:
         self._count = 0
         self._candidate_since = 0.0
         self._low_since: Optional[float] = None
+        self._running: dict[str, float] = {}  # label -> running score
 
     @property
     def settling(self) -> bool:
@@ -44,6 +47,7 @@ class StateTracker:
     def observe(self, label: str, score: float, now: float, ts: float, frame: int = 0) -> Optional[State]:
         """One inference (`now`: monotonic seconds, `ts`: wall clock); the new state when it changed."""
         cfg = self.cfg
+        label, score = self._smooth(label, score)
         if score >= cfg.min_score:
             if label != self._candidate:
                 self._candidate, self._count, self._candidate_since = label, 0, now
@@ -61,6 +65,18 @@ class StateTracker:
         else:
             self._low_since = None
         return None
+
+    def _smooth(self, label: str, score: float) -> tuple[str, float]:
+        """The leading label by running score, and that score."""
+        keep = 1.0 - self.cfg.smoothing
+        running = self._running
+        for key in running:
+            running[key] *= keep
+        running[label] = running.get(label, 0.0) + self.cfg.smoothing * score
+        for key in [k for k, v in running.items() if v < 1e-3]:
+            del running[key]
+        best = max(running, key=running.get)
+        return best, running[best]
 
     def _change(self, label: str, score: float, ts: float, frame: int) -> State:
         self.state = State(label, ts, score, frame)

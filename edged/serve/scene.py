@@ -76,7 +76,7 @@ class Scene:
             if update is not None:
                 self._event(*update, now)
             return
-        for kind, event in events.on_state(state, frame.image, now):
+        for kind, event in events.on_state(state, frame.image, now, pred.score):
             self._event(kind, event, now)
         state.extra = {"event": events.current.id if events.current else None}
         self.outputs.state(head, view.name, self._state_message(head, view.name, tracker))

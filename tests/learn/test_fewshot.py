@@ -197,3 +197,42 @@ def test_review_item_becomes_an_example_and_survives_restart(broker, probe, daem
     status = probe.wait_online("rev1")
     assert status["examples"]["newthing"] == 1 and "newthing" in status["heads"]["knn"]["classes"]
     assert d.stop() == 0
+
+
+@pytest.mark.heavy
+@needs_sign_digits
+@needs_weights
+def test_the_instant_head_is_at_least_as_good_as_the_class_mean_on_real_photos(make_state):
+    """What a user sees while teaching (the kNN head, before any train) learns at least as well as the nearest class
+    mean on the same embeddings: 10 sign-digit classes, 5 and 10 photos a class, the rest of 40 a class tested."""
+    from conftest import state_config
+    from edged_plugins.knn import KnnHead, KnnOptions
+
+    from edged.serve.backbone import embed_image, open_backbone
+
+    settings = backbone_settings(str(WEIGHTS_025), input_size=128)
+    _, engine = open_backbone(state_config(make_state(settings), settings))
+    folders = sorted(p for p in SIGN_DIGITS.iterdir() if p.is_dir())
+    x, y = [], []
+    for c, folder in enumerate(folders):
+        for f in sorted(folder.iterdir())[:40]:
+            x.append(embed_image(engine, cv2.imread(str(f))))
+            y.append(c)
+    engine.close()
+    x, y = np.stack(x).astype(np.float32), np.array(y)
+    gaps = []
+    for shots in (5, 10):
+        for draw in range(3):
+            rng = np.random.default_rng(100 * shots + draw)
+            train = np.concatenate([rng.choice(np.where(y == c)[0], shots, replace=False) for c in range(len(folders))])
+            test = np.setdiff1d(np.arange(len(y)), train)
+            head = KnnHead(KnnOptions())
+            for i in train:
+                head.add(x[i], f"c{y[i]}", None)
+            answers = [head.predict(x[i]) for i in test]
+            instant = np.mean([max(p.scores, key=p.scores.get) == f"c{y[i]}" for p, i in zip(answers, test)])
+            unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+            means = np.stack([unit[train][y[train] == c].mean(0) for c in range(len(folders))])
+            class_mean = np.mean((unit[test] @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T).argmax(1) == y[test])
+            gaps.append(instant - class_mean)
+    assert np.mean(gaps) >= 0.0, gaps

@@ -58,7 +58,8 @@ def test_regions_are_gated_on_their_own_and_a_settling_state_keeps_its_view_infe
     woke = [v for t, v in frames if 3.0 <= t < 3.2]
     assert all(v == ["right"] for v in woke), woke
     tracker = StateTracker(StatesConfig())
-    tracker.observe("star", 0.9, 0.0, 0.0)  # one win of three: settling
+    tracker.observe("star", 0.9, 0.0, 0.0)
+    tracker.observe("star", 0.9, 0.1, 0.1)  # one lead of three: settling
     assert tracker.settling
     settling = Gate(GateConfig(masks=[CORNER], max_idle_s=60.0), [View("")])
     quiet = scene(drift_period_s=1000.0)

@@ -241,19 +241,24 @@ class CommandHandlers:
         return {"relabelled": changed, "label": cmd.label, "counts": self.store.counts()}
 
     def on_models(self, cmd: Empty, responder: Responder) -> dict:
-        """Per head: trained versions with their metrics, exported models with precision and parity, what serves."""
+        """Per head: trained versions with their metrics, exported models with precision and parity, and which one
+        predicts (`predicts`): the current trained version, unless the head serves one of its exported models."""
         layout = StateLayout(self.learning.cfg.state_path)
         out = {}
         for name in sorted(self.heads.classes):
             trained, exported = layout.heads(name), layout.models(name)
-            out[name] = {
-                "active": name in self.heads.active,
-                "serving_model": name in self.heads.models,
-                "versions": [_summary(trained.root / v / "head.json", v, trained.current()) for v in trained.versions()],
-                "models": [_summary(exported.root / v / "metadata.json", v, exported.current()) for v in exported.versions()],
-            }
+            served = self.heads.models.get(name)
+            served_model = served.folder.name if served is not None else None
+            active = name in self.heads.active
+            versions = [_summary(trained.root / v / "head.json", v, trained.current()) for v in trained.versions()]
+            models = [_summary(exported.root / v / "metadata.json", v, exported.current()) for v in exported.versions()]
+            for v in versions:
+                v["predicts"] = active and served_model is None and v["current"]
+            for m in models:
+                m["predicts"] = active and m["version"] == served_model
+            out[name] = {"active": active, "serving_model": served_model is not None, "versions": versions,
+                         "models": models}
         return {"heads": out}
-
 
     def on_cancel(self, cmd: Empty, responder: Responder) -> dict:
         """Stop the running capture (its stored examples are kept) and the running TensorFlow job."""
@@ -274,7 +279,7 @@ def _summary(meta_path, version: str, current) -> dict:
     metrics = meta.get("metrics", {})
     keep = {k: metrics[k] for k in ("cv_accuracy", "chosen", "val_accuracy", "val_iou", "fine_tune") if k in metrics}
     out = {"version": version, "current": version == current, "metrics": keep}
-    for key in ("quantization", "parity", "bytes", "created"):
+    for key in ("quantization", "parity", "bytes", "created", "from_version"):
         if key in meta:
             out[key] = meta[key]
     return out

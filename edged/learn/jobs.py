@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 
 import numpy as np
 
 from ..config import Config
 from ..errors import HeadError, TrainingError
+from ..files import write_atomic
 from ..heads.base import Progress, TrainRequest
 from ..heads.options import head_options
 from ..heads.registry import head_classes, plugin_manager
@@ -79,6 +81,8 @@ def run_export(cfg: Config, head: str, quantize: str = "float32", force: bool = 
         versions = StateLayout(cfg.state_path).models(head)
         with versions.draft() as draft:
             meta = context.write_model(draft.folder, spec, quantize, check, _representative(context), progress)
+            meta["from_version"] = StateLayout(cfg.state_path).heads(head).current()  # the trained version exported
+            write_atomic(draft.folder / "metadata.json", json.dumps(meta, indent=2).encode())
             if not meta["parity"]["passed"] and not force:
                 raise HeadError(f"parity check failed: {meta['parity']}; the model was not activated (use force to keep it)")
         version = draft.version

@@ -250,6 +250,14 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
             if s and 10 <= s[0] % 90 <= 80:
                 seen[_segment(s[0])].append(s[1])
             time.sleep(0.2)
+        # the models panel says which version predicts, once, in words (no raw JSON); states show under the view
+        b_js("refreshModels()")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#models .version[data-version=v1]"))
+        predicting = browser.find_elements(By.CSS_SELECTOR, "#models [data-predicts=true]")
+        assert [e.get_attribute("data-version") for e in predicting] == ["v1"], [e.text for e in predicting]
+        panel = browser.find_element(By.ID, "models").text
+        assert "predicting" in panel and "cross-validated accuracy" in panel and "{" not in panel, panel
+        wait.until(lambda b: "frames skipped as still" in b.find_element(By.ID, "states").text)
         browser.save_screenshot(str(artifacts / "web.png"))
         for truth, labels in seen.items():
             assert len(labels) >= 8 and labels.count(truth) / len(labels) >= 0.8, (truth, labels)

@@ -190,23 +190,37 @@ $("train").addEventListener("click", async () => {
 });
 
 // -- models --------------------------------------------------------------------------------------
+function metricsText(m) {
+  const parts = [];
+  if (m.cv_accuracy !== undefined) parts.push(`cross-validated accuracy ${(100 * m.cv_accuracy).toFixed(1)} %`);
+  if (m.val_accuracy !== undefined) parts.push(`validation accuracy ${(100 * m.val_accuracy).toFixed(1)} %`);
+  if (m.val_iou !== undefined) parts.push(`validation IoU ${m.val_iou.toFixed(3)}`);
+  if (m.chosen) parts.push(m.chosen);
+  if (m.fine_tune) parts.push(`fine-tune ${m.fine_tune.split(";")[0]}`);
+  return parts.join(", ");
+}
+
 async function refreshModels() {
   const result = await api("models", {});
   const box = $("models");
   box.replaceChildren();
   for (const [head, info] of Object.entries(result.heads)) {
     if (!info.versions.length && !info.models.length) continue;
-    const line = (v, kind) => el("div", { class: "row" },
-      `${kind} ${v.version}${v.current ? " (current)" : ""} ${JSON.stringify(v.metrics)}`,
-      v.quantization ? ` ${v.quantization}, parity ${v.parity ? v.parity.value : "?"}` : "",
-      kind === "model" ? el("button", { onclick: async () => { await api("activate", { model: head, version: v.version }); refreshModels(); } }, "serve") : "");
-    box.append(el("h3", {}, `${head}${info.active ? " (predicting)" : ""}${info.serving_model ? " from its exported model" : ""}`),
-      ...info.versions.map((v) => line(v, "trained")), ...info.models.map((v) => line(v, "model")),
+    const mark = (v) => v.predicts ? el("strong", { class: "predicts" }, " — predicting") : "";
+    const trained = (v) => el("div", { class: "row version", "data-version": v.version, "data-predicts": v.predicts },
+      `trained ${v.version}`, mark(v), ` ${metricsText(v.metrics)}`);
+    const model = (v) => el("div", { class: "row model", "data-version": v.version, "data-predicts": v.predicts },
+      `exported model ${v.version}${v.from_version ? " (of trained " + v.from_version + ")" : ""}`, mark(v),
+      ` ${v.quantization || ""}, parity ${v.parity ? v.parity.value : "?"}${v.bytes ? ", " + (v.bytes / 1e6).toFixed(1) + " MB" : ""}`,
+      v.predicts ? "" : el("button", { onclick: async () => { await api("activate", { model: head, version: v.version }); refreshModels(); } }, "serve this"));
+    const what = !info.active ? "not predicting" : info.serving_model ? "predicting from an exported model" : "predicting from its trained version";
+    box.append(el("h3", {}, `${head} (${what})`),
+      ...info.versions.slice().reverse().map(trained), ...info.models.slice().reverse().map(model),
       el("div", { class: "row" },
         el("button", { onclick: async () => { say(`exporting ${head}…`); await api("export", { head, quantize: $("export-quantize").value }); refreshModels(); } }, "export"),
         el("button", { onclick: async () => { await api("rollback", { model: head }); refreshModels(); } }, "rollback"),
         el("button", { onclick: async () => { const active = new Set(status.active || []); active.add(head);
-          await api("activate", { heads: [...active] }); } }, "predict with it")));
+          await api("activate", { heads: [...active] }); refreshModels(); } }, "predict with it")));
   }
 }
 $("refresh-models").addEventListener("click", refreshModels);

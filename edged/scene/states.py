@@ -5,7 +5,9 @@ Each label keeps a running score: the newest answer's score (0 for the labels it
 `min_score` for `enter` inferences in a row (and for `enter_s`); the state stays until another label has done
 the same, or the leading running score has stayed under `exit_score` for `exit_s`, which makes the state `none`.
 An answer hovering between two labels keeps both running scores near half its score, so neither takes over,
-and between `exit_score` and `min_score` nothing changes (hysteresis).
+and between `exit_score` and `min_score` nothing changes (hysteresis). An `unknown` answer counts as no answer:
+the running scores fall, and the state becomes `none` only if they stay low for `exit_s` (a few frames of a
+taught object the head is unsure of do not end its state, or its event).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Optional
 from ..config import StatesConfig
 
 NONE = "none"
+NO_ANSWER = ("unknown",)  # what heads say when nothing taught fits
 
 
 @dataclass
@@ -67,14 +70,17 @@ class StateTracker:
         return None
 
     def _smooth(self, label: str, score: float) -> tuple[str, float]:
-        """The leading label by running score, and that score."""
+        """The leading label by running score, and that score ("none", 0 when nothing leads)."""
         keep = 1.0 - self.cfg.smoothing
         running = self._running
         for key in running:
             running[key] *= keep
-        running[label] = running.get(label, 0.0) + self.cfg.smoothing * score
+        if label not in NO_ANSWER:
+            running[label] = running.get(label, 0.0) + self.cfg.smoothing * score
         for key in [k for k, v in running.items() if v < 1e-3]:
             del running[key]
+        if not running:
+            return NONE, 0.0
         best = max(running, key=running.get)
         return best, running[best]
 

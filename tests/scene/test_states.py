@@ -66,3 +66,11 @@ def test_events_start_update_and_end_with_the_best_frame():
     assert log[0][1] == "fox" and log[0][2] == 0.8 and log[0][3] == "frame5"  # its running score's second lead
     assert log[1][2] == 0.95 and log[1][3] == "frame6"  # the update carries the best frame
     assert log[2][3] == "frame6"
+
+
+def test_a_few_unknown_answers_do_not_end_a_state_but_a_lasting_stretch_does():
+    tracker = StateTracker(StatesConfig(enter=3, min_score=0.5, exit_score=0.35, exit_s=2.0))
+    answers = [("nine", 0.9)] * 10 + [("unknown", 0.8)] * 20 + [("nine", 0.9)] * 10  # 1.3 s unsure, then sure again
+    assert feed(tracker, answers) == [(3, "nine")]
+    later = feed(tracker, [("unknown", 0.9)] * 60, t0=10.0)  # 4 s of 'unknown': nothing taught is there
+    assert [label for _, label in later] == ["none"] and 30 <= later[0][0] <= 33, later

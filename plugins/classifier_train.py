@@ -160,16 +160,19 @@ def _cross_validated(context: TrainContext, fit: FitContext, mode: str, opts, fo
     if tuned_cv > frozen_cv + opts.fine_tune_margin:
         model, _, run = tuning.run(every, best_epochs, np.array([], int), f"{mode}, all examples", progress)
         history["all examples loss"] = run["loss"]
-        metrics["fine_tune"] = (f"kept: {len(folds)}-fold accuracy {tuned_cv:.3f} > frozen {frozen_cv:.3f}; "
-                                f"trained on all {len(y)} examples for {best_epochs} epochs")
+        metrics["fine_tune"] = (f"kept: fine-tuned {tuned_cv:.3f} > frozen {frozen_cv:.3f}, both {len(folds)}-fold on "
+                                f"the same folds; trained on all {len(y)} examples for {best_epochs} epochs")
+        # one comparable figure for both: the same folds; the frozen head's own figure (more folds) is kept beside it
+        metrics["frozen_own_cv_accuracy"] = head_metrics.get("cv_accuracy")
         metrics["cv_accuracy"] = round(tuned_cv, 4)
+        metrics["cv_folds"] = len(folds)
         save_fused(model, context.folder)
         spec = ExportSpec(model, classes, {"cv_accuracy": metrics["cv_accuracy"]})
         check = np.concatenate([f[:3] for f in folds])
         context.write_model(context.folder, spec, "float32", images[check], progress=progress)
     else:
-        metrics["fine_tune"] = (f"skipped: {len(folds)}-fold accuracy {tuned_cv:.3f} does not beat the frozen head's "
-                                f"{frozen_cv:.3f} by {opts.fine_tune_margin}")
+        metrics["fine_tune"] = (f"skipped: fine-tuned {tuned_cv:.3f} does not beat frozen {frozen_cv:.3f} by "
+                                f"{opts.fine_tune_margin}, both {len(folds)}-fold on the same folds")
         # after an "auto" fit the frozen head (fitted with augmented copies in the serving process) already serves
         metrics["activate"] = context.request.mode != "auto"
     final.metrics = metrics

@@ -1,12 +1,13 @@
-"""kNN head: learns every example at once; answers with the nearest class prototype (or a k-vote of neighbours).
+"""kNN head: learns every example at once; answers with the examples a frame copies, else the nearest prototype.
 
-The default answer (`vote = "prototype"`) is the class whose mean is most like the frame after the same feature
-transform the classifier uses (square root, L2 normalisation, centring on the mean of every stored example, L2
-normalisation again):
-on few examples a class it beats a vote of the k nearest examples, whose raw cosines all sit near 1
-(measured in `edged bench fewshot`). `vote = "neighbours"` keeps the similarity-weighted k-vote, for classes
-whose examples form separate clusters. Adding an example stays instant: the prototypes are recomputed with the
-open-set calibration (at once for a new label, else at most every 2 s).
+A frame within a quarter of the distance stored examples keep to their nearest neighbours is a copy of what was
+taught: the examples it copies answer (a shown frame is known). Any other frame gets the class whose mean is
+most like it after the classifier's feature transform (square root, L2, centred on the mean of every stored
+example, L2 again; `vote = "prototype"`, the default): on few examples a class that beats a vote of the k nearest
+examples, whose raw cosines all sit near 1 (measured in `edged bench fewshot`). `vote = "neighbours"` keeps the
+similarity-weighted k-vote everywhere, for classes whose examples form separate clusters. Adding an example
+stays instant: the prototypes are recomputed with the open-set calibration (at once for a new label, else at
+most every 2 s).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edged.state.store import Examples
 
 UNKNOWN = "unknown"
 PROTOTYPE_POWER = 0.5  # the classifier's default feature power (edged_plugins.classifier)
+COPY_DISTANCE = 0.25  # a frame this close (share of the examples' median nearest-neighbour distance) is a copy
 
 
 class KnnOptions(HeadOptions):
@@ -94,6 +96,7 @@ class KnnHead(Head):
         self._prototypes = np.zeros((0, 0), np.float32)  # class means after the classifier's transform (normalised)
         self._transform = FeatureTransform(PROTOTYPE_POWER)
         self._present = np.zeros(0, bool)
+        self._memory = np.inf  # a frame at least this like a stored example is a copy of it (median nearest-neighbour)
 
     @property
     def ready(self) -> bool:
@@ -222,7 +225,9 @@ class KnnHead(Head):
             self._between = max(float(np.quantile(between, 0.9)), 0.0) if np.isfinite(between).any() else 0.0
             halfway = (float(np.median(sims)) + self._between) / 2
             self._threshold = min(float(np.quantile(self._reference, q)), halfway) if q > 0 else -np.inf
-            self._nn_threshold = float(np.median(nearest)) if q > 0 else -np.inf
+            # a copy: within a quarter of the distance stored examples keep to their nearest neighbours
+            self._memory = 1.0 - COPY_DISTANCE * (1.0 - float(np.median(nearest))) if n > 1 else np.inf
+            self._nn_threshold = self._memory if q > 0 else -np.inf
             self._transform = FeatureTransform(PROTOTYPE_POWER).fit(vectors)
             psums = np.zeros_like(sums)
             np.add.at(psums, ids, self._transform(vectors))
@@ -251,9 +256,13 @@ class KnnHead(Head):
             calibration = self._calibration()
             means, centre, reference, threshold, nn_threshold = calibration if auto else (None,) * 5
             between, prototypes, transform, present = self._between, self._prototypes, self._transform, self._present
+            memory = self._memory
         fixed = -1.0 if auto else self.options.threshold
-        if self.options.vote == "prototype":
+        close = sims >= memory if self.options.vote == "prototype" else None
+        if close is not None and not close.any():
             pred = self._nearest_prototype(query, prototypes, transform, present, labels, float(sims.max()), fixed)
+        elif close is not None:  # a copy of what was taught: the examples it copies answer (a shown frame is known)
+            pred = vote(sims[close], label_ids[close], labels, self.options.k, fixed)
         else:
             pred = vote(sims, label_ids, labels, self.options.k, fixed)
         if auto and pred.label != UNKNOWN:

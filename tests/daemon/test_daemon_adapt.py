@@ -84,7 +84,10 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
                                          180)[1])
     assert exported["ok"] and exported["id"] == "exp-0", exported
     status = _final(probe, "status", {})["result"]
-    assert status["last_job"]["job"] == "export classifier" and status["last_job"]["ok"], status["last_job"]
+    assert status["last_job"]["job"].startswith("export classifier") and status["last_job"]["ok"], status["last_job"]
+    # the fine-tuned version's figure is compared like with like, and whichever version serves has a quality report
+    assert "both 2-fold on the same folds" in final["result"]["metrics"]["fine_tune"], final["result"]["metrics"]
+    assert status["heads"]["classifier"].get("quality", {}).get("per_class_accuracy"), status["heads"]["classifier"]
 
     busy = _final(probe, "activate", {"heads": ["knn", "classifier"]})
     assert busy["ok"] and busy["result"]["active"] == ["knn", "classifier"]

@@ -225,9 +225,10 @@ class KnnHead(Head):
             self._between = max(float(np.quantile(between, 0.9)), 0.0) if np.isfinite(between).any() else 0.0
             halfway = (float(np.median(sims)) + self._between) / 2
             self._threshold = min(float(np.quantile(self._reference, q)), halfway) if q > 0 else -np.inf
+            median_nearest = float(np.median(nearest))
+            self._nn_threshold = median_nearest if q > 0 else -np.inf
             # a copy: within a quarter of the distance stored examples keep to their nearest neighbours
-            self._memory = 1.0 - COPY_DISTANCE * (1.0 - float(np.median(nearest))) if n > 1 else np.inf
-            self._nn_threshold = self._memory if q > 0 else -np.inf
+            self._memory = 1.0 - COPY_DISTANCE * (1.0 - median_nearest) if n > 1 else np.inf
             self._transform = FeatureTransform(PROTOTYPE_POWER).fit(vectors)
             psums = np.zeros_like(sums)
             np.add.at(psums, ids, self._transform(vectors))
@@ -253,8 +254,7 @@ class KnnHead(Head):
                 label_ids = self._label_ids[:n]
             labels = list(self._labels)
             auto = self.options.threshold is None
-            calibration = self._calibration()
-            means, centre, reference, threshold, nn_threshold = calibration if auto else (None,) * 5
+            means, centre, reference, threshold, nn_threshold = self._calibration()
             between, prototypes, transform, present = self._between, self._prototypes, self._transform, self._present
             memory = self._memory
         fixed = -1.0 if auto else self.options.threshold

@@ -6,18 +6,13 @@ import json
 import shutil
 import sys
 
-from ..state.events import EventStore
-from ..state.layout import StateLayout
+from ..state.events import event_store
 from .common import add_config_args, load, subcommand
-
-
-def _store(cfg) -> EventStore:
-    return EventStore(StateLayout(cfg.state_path).events, int(cfg.events.max_mb * 2**20), cfg.events.max_age_days * 86400)
 
 
 def cmd_events(args) -> int:
     cfg = load(args)
-    store = _store(cfg)
+    store = event_store(cfg)
     if args.events_command == "list":
         for record in store.list(args.limit, args.head, args.label):
             print(json.dumps(record))

@@ -35,7 +35,7 @@ from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
-from ..state.events import EventStore
+from ..state.events import event_store
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
 from ..state.trust import Identity
@@ -125,9 +125,7 @@ class Daemon:
         self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
                                self.cfg.publish)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
-        events = self.cfg.events
-        self.events = EventStore(StateLayout(self.cfg.state_path).events, int(events.max_mb * 2**20),
-                                 events.max_age_days * 86400)
+        self.events = event_store(self.cfg)
         self.scene = Scene(self.cfg, self.outputs, self.events)
         self.telemetry.sections["scene"] = self.scene.describe
         self.telemetry.stats_sections["gate"] = self.scene.gate.stats

@@ -31,6 +31,7 @@ class Event:
     frame: int = 0  # the frame position that started it
     best_frame: object = field(default=None, repr=False)  # the frame of the top score (written as the snapshot)
     best_changed: bool = False  # a better frame than the last one sent
+    saved_frame: object = field(default=None, repr=False)  # the best frame as last written (not written again)
     last_update: float = 0.0  # monotonic
 
     def message(self, kind: str) -> dict:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..config import GateConfig
-from .views import Box
+from .views import Box, pixel_slices
 
 
 @dataclass
@@ -23,12 +23,7 @@ class Motion:
 
     def moving_in(self, box: Optional[Box], min_area: float) -> bool:
         """Whether moving blobs cover at least `min_area` of this box (None: the whole frame)."""
-        mask = self.mask
-        if box is not None:
-            h, w = mask.shape
-            x1, y1, x2, y2 = box
-            mask = mask[int(y1 * h):max(int(round(y2 * h)), int(y1 * h) + 1),
-                        int(x1 * w):max(int(round(x2 * w)), int(x1 * w) + 1)]
+        mask = self.mask if box is None else self.mask[pixel_slices(box, *self.mask.shape)]
         return mask.size > 0 and cv2.countNonZero(mask) >= min_area * mask.size
 
 

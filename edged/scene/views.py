@@ -23,13 +23,14 @@ class View:
         return self.box is None
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        if self.box is None:
-            return image
-        h, w = image.shape[:2]
-        x1, y1, x2, y2 = self.box
-        c1, r1 = min(int(x1 * w), w - 1), min(int(y1 * h), h - 1)
-        c2, r2 = max(int(round(x2 * w)), c1 + 1), max(int(round(y2 * h)), r1 + 1)
-        return image[r1:r2, c1:c2]
+        return image if self.box is None else image[pixel_slices(self.box, *image.shape[:2])]
+
+
+def pixel_slices(box: Box, h: int, w: int) -> tuple[slice, slice]:
+    """The rows and columns of an h x w image that a [0, 1] box covers (at least one pixel each way)."""
+    x1, y1, x2, y2 = box
+    r1, c1 = min(int(y1 * h), h - 1), min(int(x1 * w), w - 1)
+    return slice(r1, max(int(round(y2 * h)), r1 + 1)), slice(c1, max(int(round(x2 * w)), c1 + 1))
 
 
 WHOLE = View("")

@@ -93,7 +93,8 @@ class Scene:
     def _event(self, kind: str, event: Event, now: float) -> None:
         message = event.message(kind)
         self.outputs.event(event.head, event.region, message)
-        frame = event.best_frame
+        frame = event.best_frame if event.best_frame is not event.saved_frame else None  # encoded once
+        event.saved_frame = event.best_frame
         self._write(lambda: self._save(message, frame))
         if not self.cfg.events.clip_s:
             return
@@ -103,11 +104,9 @@ class Scene:
             self._recordings[event.id].stop_at = now + self.cfg.events.clip_s
 
     def _save(self, message: dict, frame) -> None:
-        self.store.save(message, frame)
-        if frame is not None:
-            jpeg = self.store.snapshot(message["id"])
-            if jpeg is not None:
-                self.outputs.event_snapshot(jpeg)
+        jpeg = self.store.save(message, frame)
+        if jpeg is not None:
+            self.outputs.event_snapshot(jpeg)
         if message["type"] == "end":
             removed = self.store.prune()
             if removed:
@@ -125,10 +124,13 @@ class Scene:
         for event_id, rec in list(self._recordings.items()):
             rec.frames.append(small)
             if (rec.stop_at is not None and now >= rec.stop_at) or now - rec.started >= cfg.clip_max_s:
-                del self._recordings[event_id]
-                duration = max(now - rec.started + cfg.clip_s, 1e-3)
-                frames, fps = rec.frames, len(rec.frames) / duration
-                self._write(lambda i=event_id, f=frames, r=fps: self.store.save_clip(i, f, r))
+                self._finish_clip(event_id, now)
+
+    def _finish_clip(self, event_id: str, now: float) -> None:
+        """Hand a recording to the writer, at the frame rate it was recorded at (pre-roll included)."""
+        rec = self._recordings.pop(event_id)
+        fps = len(rec.frames) / max(now - rec.started + self.cfg.events.clip_s, 1e-3)
+        self._write(lambda: self.store.save_clip(event_id, rec.frames, fps))
 
     # -- the writer ----------------------------------------------------------------------------------
     def _write(self, work: Callable[[], None]) -> None:
@@ -173,9 +175,7 @@ class Scene:
     def close(self) -> None:
         """Write what is still recorded and let the writer finish."""
         now = time.monotonic()
-        for event_id, rec in list(self._recordings.items()):
-            fps = len(rec.frames) / max(now - rec.started + self.cfg.events.clip_s, 1e-3)
-            self._write(lambda i=event_id, f=rec.frames, r=fps: self.store.save_clip(i, f, r))
-        self._recordings.clear()
+        for event_id in list(self._recordings):
+            self._finish_clip(event_id, now)
         self._writes.put(None)
         self._writer.join(10)

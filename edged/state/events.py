@@ -16,10 +16,18 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..config import Config
 from ..errors import CommandError
 from ..files import read_json_object, write_atomic
+from .layout import StateLayout
 
 EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def event_store(cfg: Config) -> "EventStore":
+    """The state folder's events, with the config's limits."""
+    events = cfg.events
+    return EventStore(StateLayout(cfg.state_path).events, int(events.max_mb * 2**20), events.max_age_days * 86400)
 
 
 class EventStore:
@@ -32,15 +40,18 @@ class EventStore:
             raise CommandError(f"event id {str(event_id)[:40]!r} is not of the form YYYYMMDD-HHMMSS-xxxxxx")
         return self.folder / event_id
 
-    def save(self, message: dict, frame: Optional[np.ndarray], quality: int = 85) -> None:
-        """Write (or rewrite) an event's record and, when given, its snapshot."""
+    def save(self, message: dict, frame: Optional[np.ndarray], quality: int = 85) -> Optional[bytes]:
+        """Write (or rewrite) an event's record and, when given, its snapshot; the snapshot's JPEG written."""
         folder = self._dir(message["id"])
         folder.mkdir(parents=True, exist_ok=True)
+        jpeg = None
         if frame is not None:
-            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if ok:
-                write_atomic(folder / "snapshot.jpg", jpeg.tobytes())
+                jpeg = encoded.tobytes()
+                write_atomic(folder / "snapshot.jpg", jpeg)
         write_atomic(folder / "event.json", json.dumps(message).encode())
+        return jpeg
 
     def save_clip(self, event_id: str, frames: list[np.ndarray], fps: float) -> Optional[Path]:
         if not frames:

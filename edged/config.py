@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -301,6 +302,45 @@ class RegionConfig(_Strict):
         return v
 
 
+class CameraConfig(SourceConfig):
+    """One of several sources (`[[sources]]`): a named source with its own cap, regions and heads."""
+
+    name: str = Field(description="the source's name: a topic level (state/<head>/<name>) and a capture's source")
+    max_fps: float = Field(0.0, ge=0, description="cap on this source's inferences per second; 0 = its fair share")
+    regions: list[RegionConfig] = Field(default_factory=list, description="this source's regions")
+    heads: Optional[list[str]] = Field(None, description="heads that predict on this source; default the active heads")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME_RE.fullmatch(v):
+            raise ValueError("source name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, v):
+        return _unique_names(v, "region")
+
+
+def _unique_names(items: list, what: str) -> list:
+    names = [item.name for item in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique: {names}")
+    return items
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A source as the daemon serves it: `name` is "" for the single `[source]`."""
+
+    name: str
+    source: SourceConfig
+    regions: tuple[RegionConfig, ...] = ()
+    heads: Optional[tuple[str, ...]] = None
+    max_fps: float = 0.0
+
+
 class Config(_Strict):
     device: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "edged")
     state_dir: str = "./state"
@@ -325,13 +365,45 @@ class Config(_Strict):
     regions: list[RegionConfig] = Field(default_factory=list, description="parts of the frame predicted, gated, "
                                         "stated and taught on their own; without regions the whole frame is")
 
+    sources: list[CameraConfig] = Field(default_factory=list, description="several sources served by one daemon "
+                                        "and one backbone, each named; instead of [source]")
+
     @field_validator("regions")
     @classmethod
     def _unique_regions(cls, v):
-        names = [r.name for r in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"region names must be unique: {names}")
-        return v
+        return _unique_names(v, "region")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, v):
+        return _unique_names(v, "source")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self):
+        if self.sources and "source" in self.model_fields_set:
+            raise ValueError("sources: give [source] (one source) or [[sources]] (several, each named), not both")
+        if self.sources and self.regions:
+            raise ValueError("regions: with [[sources]], a source's regions go in its own [[sources.regions]]")
+        return self
+
+    @property
+    def cameras(self) -> list[Camera]:
+        """Every source the daemon serves, in order: the `[[sources]]`, or the one `[source]` (named "")."""
+        if not self.sources:
+            return [Camera("", self.source, tuple(self.regions))]
+        return [Camera(s.name, SourceConfig(**s.model_dump(exclude={"name", "max_fps", "regions", "heads"})),
+                       tuple(s.regions), tuple(s.heads) if s.heads is not None else None, s.max_fps)
+                for s in self.sources]
+
+    def camera(self, name: Optional[str] = None) -> Camera:
+        """One source by name; without a name the only one (or, with several, the first)."""
+        cameras = self.cameras
+        if name is None:
+            return cameras[0]
+        for camera in cameras:
+            if camera.name == name:
+                return camera
+        raise ConfigError(f"sources: no source {name!r}; configured: {', '.join(c.name for c in cameras if c.name) or 'one unnamed [source]'}")
 
     @field_validator("device")
     @classmethod
@@ -355,6 +427,8 @@ def redacted_dump(cfg: "Config") -> dict:
     """The config as a dict with every secret replaced by '***'."""
     data = cfg.model_dump()
     data["source"]["uri"] = redact_uri(data["source"]["uri"])
+    for source in data["sources"]:
+        source["uri"] = redact_uri(source["uri"])
     if data["mqtt"].get("password"):
         data["mqtt"]["password"] = "***"
     if data["web"].get("token"):

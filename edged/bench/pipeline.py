@@ -129,7 +129,7 @@ def _pipeline(info_cfg, video: Path, broker_port: int, threads: int, seconds: fl
     runner.start()
     readers = _page_client(port) if web else []
     time.sleep(2.0)  # warm-up
-    g, t = daemon.grabber, daemon.times
+    g, t = daemon.cameras, daemon.times
     start = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)
     time.sleep(seconds)
     end = (time.perf_counter(), t.frames, g.captured, g.decode_s, g.preprocess_s, t.invoke, t.head, t.publish)

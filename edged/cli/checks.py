@@ -64,10 +64,12 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
     if web.enabled and web.host not in ("127.0.0.1", "localhost", "::1") and not web.token:
         errors.append(f"web.token: required when web.host is {web.host!r} (not loopback): anyone on the network "
                       f"could see the camera and teach the device")
-    uri = cfg.source.uri.strip()
-    if uri.isdigit():
-        if not Path(f"/dev/video{uri}").exists():
-            warnings.append(f"source.uri: no camera /dev/video{uri} on this machine now (the daemon retries)")
-    elif "://" not in uri and not uri.startswith("synthetic") and not Path(uri).exists():
-        warnings.append(f"source.uri: {uri} does not exist (the daemon retries until it does)")
+    for i, camera in enumerate(cfg.cameras):
+        key = f"sources[{i}].uri" if camera.name else "source.uri"
+        uri = camera.source.uri.strip()
+        if uri.isdigit():
+            if not Path(f"/dev/video{uri}").exists():
+                warnings.append(f"{key}: no camera /dev/video{uri} on this machine now (the daemon retries)")
+        elif "://" not in uri and not uri.startswith("synthetic") and not Path(uri).exists():
+            warnings.append(f"{key}: {uri} does not exist (the daemon retries until it does)")
     return errors, warnings

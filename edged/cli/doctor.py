@@ -16,6 +16,27 @@ from ..state.backbones import backbone_id
 from ..state.layout import StateLayout
 
 
+def _check_source(camera) -> int:
+    """Open a source and read one frame; 1 when that fails."""
+    source = open_source(camera.source)
+    name = f"source {camera.name}" if camera.name else "source"
+    try:
+        source.open()
+        t0 = time.monotonic()
+        frame = source.read()
+        if frame is None:
+            _line(False, name, f"{source.description}: opened but gave no frame")
+            return 1
+        h, w = frame.image.shape[:2]
+        _line(True, name, f"{source.description}: {w}x{h} frame in {(time.monotonic() - t0) * 1000:.0f} ms")
+        return 0
+    except SourceError as e:
+        _line(False, name, str(e))
+        return 1
+    finally:
+        source.close()
+
+
 def _line(ok: bool | None, what: str, detail: str) -> None:
     mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
     print(f"[{mark}] {what:12s} {detail}")
@@ -48,22 +69,8 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
           "installed: train/export available" if has_tf else "not installed: serving and kNN work; training needs pip install 'edged[train]'")
     print(f"[info] numpy        {np.__version__}")
 
-    source = open_source(cfg.source)
-    try:
-        source.open()
-        t0 = time.monotonic()
-        frame = source.read()
-        if frame is None:
-            _line(False, "source", f"{source.description}: opened but gave no frame")
-            failures += 1
-        else:
-            h, w = frame.image.shape[:2]
-            _line(True, "source", f"{source.description}: {w}x{h} frame in {(time.monotonic() - t0) * 1000:.0f} ms")
-    except SourceError as e:
-        _line(False, "source", str(e))
-        failures += 1
-    finally:
-        source.close()
+    for camera in cfg.cameras:
+        failures += _check_source(camera)
 
     if cfg.mqtt.enabled:
         try:

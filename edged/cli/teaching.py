@@ -34,9 +34,12 @@ def cmd_collect(args) -> int:
     info, engine = open_backbone(cfg)
     store = Store(StateLayout(cfg.state_path).store)
     objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
-    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe)
-    source = open_source(cfg.source)
-    grabber = FrameGrabber(source, cfg.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size)
+    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe,
+                     source=cfg.camera(args.source).name)
+    camera = cfg.camera(args.source)
+    source = open_source(camera.source)
+    grabber = FrameGrabber(source, camera.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size,
+                           camera.name)
     grabber.start()
     deadline = time.monotonic() + args.timeout
     try:
@@ -223,6 +226,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), action="append",
                    help="an object's box in [0, 1] frame coordinates, for the box heads (repeat for several)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up when no frame arrives for this long")
+    p.add_argument("--source", help="with [[sources]]: the source's name (default the first)")
     p = subcommand(sub, "import", cmd_import, help="store a labelled data set: class folders or Pascal VOC boxes")
     p.add_argument("format", choices=["folders", "voc"], help="folders: FOLDER/<label>/*.jpg; voc: Pascal VOC boxes")
     p.add_argument("folder", help="the data set's folder")

@@ -41,7 +41,7 @@ def cmd_config_check(args) -> int:
             print(f"warning: {origin}: {w}", file=sys.stderr)
     if problems:
         raise ConfigError("\n".join(problems))
-    print(f"{args.file}: ok (device {cfg.device!r}, source {redact_uri(cfg.source.uri)!r}, backbone {cfg.backbone.family})")
+    print(f"{args.file}: ok (device {cfg.device!r}, source {', '.join(redact_uri(c.source.uri) for c in cfg.cameras)!r}, backbone {cfg.backbone.family})")
     if args.show:
         print(dump_config(cfg))  # secrets shown as ***
     return 0

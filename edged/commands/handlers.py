@@ -21,7 +21,7 @@ from ..state.review import ReviewQueue
 from ..state.store import Store
 from .dispatch import DEFERRED, Handler, Responder
 from .schema import COMMANDS, Activate, Capture, Delete, Discard, Empty, Events, Export, Forget, Label, ListExamples
-from .schema import Publish, Relabel, Rollback, Share, Train
+from .schema import Publish, Relabel, Rollback, Share, Snapshot, Train
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,14 @@ class Sharer(Protocol):
 
 
 class SceneView(Protocol):
-    """What `state` and a region's `capture` need from the scene (edged.serve.scene.Scene)."""
+    """What `state` and a capture of a source or region need from the scene (edged.serve.scene.Scene)."""
 
     views: list
+    sources: list[str]
 
     def states(self) -> dict: ...
+
+    def view(self, source: str, region: str = ""): ...
 
 
 MAX_SNAPSHOT_REPLY = 2 << 20
@@ -48,7 +51,7 @@ MAX_SNAPSHOT_REPLY = 2 << 20
 class CommandHandlers:
     def __init__(self, *, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
                  jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
-                 last_frame: Callable[[], object], publish_snapshot: Callable[[bytes], Optional[str]],
+                 last_frame: Callable[[Optional[str]], object], publish_snapshot: Callable[[bytes], Optional[str]],
                  capture_cfg, reviews: ReviewQueue, sharing: "Sharer", scene: Optional["SceneView"] = None,
                  events: Optional[EventStore] = None, publish_job: Optional[Callable[[dict], None]] = None,
                  stop=None):
@@ -82,20 +85,34 @@ class CommandHandlers:
 
     def on_capture(self, cmd: Capture, responder: Responder):
         cfg = self.capture_cfg
-        regions = [v.name for v in self.scene.views if v.name] if self.scene is not None else []
-        if cmd.region is not None and cmd.region not in regions:
-            raise CommandError(f"capture.region: no region {cmd.region!r}; configured: {', '.join(regions) or 'none'} "
-                               f"([[regions]])", cmd.id)
+        source = self._capture_source(cmd)
+        if self.scene is not None and self.scene.view(source, cmd.region or "") is None:
+            regions = [v.region for v in self.scene.views if v.source == source and v.region]
+            raise CommandError(f"capture.region: no region {cmd.region!r}" + (f" in source {source!r}" if source else "")
+                               + f"; configured: {', '.join(regions) or 'none'}", cmd.id)
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
                          responder=responder, corr_id=cmd.id, timeout_s=timeout,
                          dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe,
                          max_per_label=cfg.max_per_label, max_total=cfg.max_total, writer=True,
-                         learned=self.heads.learned, region=cmd.region or "")
+                         learned=self.heads.learned, region=cmd.region or "", source=source)
         self.captures.start(job)
         log.info("capture of %d %r examples started", cmd.count, cmd.label)
         self.changed()
         return DEFERRED  # replied when the last example is stored
+
+    def _capture_source(self, cmd: Capture) -> str:
+        """The source a capture takes frames from: the one there is, or the one it names."""
+        sources = self.scene.sources if self.scene is not None else [""]
+        if cmd.source is None:
+            if len(sources) > 1:
+                raise CommandError(f"capture.source: this daemon serves several sources; name one of "
+                                   f"{', '.join(sources)}", cmd.id)
+            return sources[0]
+        if cmd.source not in sources:
+            raise CommandError(f"capture.source: no source {cmd.source!r}; configured: "
+                               f"{', '.join(s for s in sources if s) or 'one unnamed [source]'}", cmd.id)
+        return cmd.source
 
     def on_forget(self, cmd: Forget, responder: Responder) -> dict:
         removed = self.store.forget(cmd.label)
@@ -170,16 +187,19 @@ class CommandHandlers:
                         waiting=lambda ahead: responder.progress({"phase": "queued", "step": f"waiting for {ahead}"}))
         self.changed()
 
-    def on_snapshot(self, cmd: Empty, responder: Responder) -> dict:
-        frame = self.last_frame()
+    def on_snapshot(self, cmd: Snapshot, responder: Responder) -> dict:
+        if cmd.source is not None and self.scene is not None and cmd.source not in self.scene.sources:
+            raise CommandError(f"snapshot.source: no source {cmd.source!r}; configured: "
+                               f"{', '.join(s for s in self.scene.sources if s) or 'one unnamed [source]'}", cmd.id)
+        frame = self.last_frame(cmd.source)
         if frame is None:
-            raise CommandError("no frame has arrived yet")
+            raise CommandError("no frame has arrived yet" + (f" from {cmd.source!r}" if cmd.source else ""))
         ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise CommandError("JPEG encoding failed")
         data = jpeg.tobytes()
         topic = self.publish_snapshot(data)
-        return {"topic": topic, "bytes": len(data), "pos": frame.pos,
+        return {"topic": topic, "bytes": len(data), "pos": frame.pos, **({"source": frame.source} if frame.source else {}),
                 "jpeg_base64": base64.b64encode(data).decode() if len(data) < 48_000 else None}
 
     def on_state(self, cmd: Empty, responder: Responder) -> dict:

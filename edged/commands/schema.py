@@ -65,6 +65,8 @@ class Capture(_Labelled):
                                                                            "default [capture]")
     region: Optional[str] = Field(None, max_length=64, description="take the examples from this region's crop "
                                                                    "([[regions]]); default the whole frame")
+    source: Optional[str] = Field(None, max_length=64, description="take the examples from this source "
+                                                                   "([[sources]]); needed when there are several")
 
     @model_validator(mode="after")
     def _box_ordered(self):
@@ -171,11 +173,16 @@ class Discard(_Cmd):
     review_id: str = Field(pattern=r"^[0-9a-f]{12}$")
 
 
+class Snapshot(_Cmd):
+    source: Optional[str] = Field(None, max_length=64, description="the source's newest frame; default the newest "
+                                                                   "frame of any source")
+
+
 COMMANDS: dict[str, type[_Cmd]] = {
     "capture": Capture,
     "forget": Forget,
     "status": Empty,
-    "snapshot": Empty,
+    "snapshot": Snapshot,
     "heads": Empty,
     "activate": Activate,
     "train": Train,

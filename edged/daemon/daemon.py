@@ -32,7 +32,8 @@ from ..serve.reviewer import Reviewer
 from ..serve.scene import Scene
 from ..serve.stack import ServingStack
 from ..serve.telemetry import StageTimes, Telemetry
-from ..sources import FrameGrabber, open_source
+from ..sources import open_source
+from ..sources.cameras import Cameras
 from ..sources.preprocess import to_pixels
 from ..state.backbones import int8_path
 from ..state.events import event_store
@@ -54,7 +55,7 @@ class Daemon:
         self.jobs = JobRunner()
         self.times = StageTimes()
         self.mqtt: Optional[MqttLink] = None
-        self.grabber: Optional[FrameGrabber] = None
+        self.cameras: Optional[Cameras] = None
         self._stack: list[tuple[str, Callable[[], None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------
@@ -75,10 +76,10 @@ class Daemon:
                 self._stack.append((name, stopper))
         log.info("edged %s serving device %r: %s via %s (%s), heads %s, source %s",
                  __version__, self.cfg.device, self.backbone.description, self.engine.interpreter_name,
-                 self.engine.delegate, ",".join(self.heads.active), self.source.description)
+                 self.engine.delegate, ",".join(self.heads.active), self.cameras.description)
         release_free_memory()
         release_file_pages(os.path.realpath(self.engine.options.model_path))
-        self.notifier.ready(f"serving {self.source.description}")
+        self.notifier.ready(f"serving {self.cameras.description}")
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -119,7 +120,7 @@ class Daemon:
         """Telemetry, the outputs (MQTT, the teach page's latest, the console), the review queue and the loop."""
         self.telemetry = Telemetry(cfg=self.cfg, backbone=self.backbone, engine=self.engine, model_sha=self.model_sha,
                                    heads=self.heads, store=self.store, captures=self.captures, jobs=self.jobs,
-                                   times=self.times, grabber=lambda: self.grabber, link=lambda: self.mqtt,
+                                   times=self.times, cameras=lambda: self.cameras, link=lambda: self.mqtt,
                                    precision=self.precision)
         self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
         self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
@@ -128,10 +129,10 @@ class Daemon:
         self.events = event_store(self.cfg)
         self.scene = Scene(self.cfg, self.outputs, self.events)
         self.telemetry.sections["scene"] = self.scene.describe
-        self.telemetry.stats_sections["gate"] = self.scene.gate.stats
+        self.telemetry.stats_sections["gate"] = self.scene.gate_stats
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.scene,
                               self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider,
-                              lambda: self.grabber.health if self.grabber else "starting")
+                              self._source_state)
         return self.scene.close
 
     def _start_learning(self):
@@ -154,7 +155,7 @@ class Daemon:
         handlers = CommandHandlers(store=self.store, backbone_id=self.backbone.id, heads=self.heads,
                                    learning=self.learning, captures=self.captures, jobs=self.jobs,
                                    status=self.telemetry.status, changed=self.telemetry.changed,
-                                   last_frame=lambda: self.loop.last_frame, publish_snapshot=self.outputs.snapshot,
+                                   last_frame=self.loop.newest, publish_snapshot=self.outputs.snapshot,
                                    capture_cfg=self.cfg.capture, reviews=self.reviews, sharing=self.sharing,
                                    scene=self.scene, events=self.events, publish_job=self.outputs.job, stop=self.stop)
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
@@ -206,19 +207,25 @@ class Daemon:
         return list(self.heads.active), sorted(labels), model
 
     def _start_source(self):
-        self.source = open_source(self.cfg.source)
+        """A grabber per source (edged.sources.cameras), all feeding the one frame loop."""
         size = self.backbone.input_size
         # gated by motion, most frames are never inferred: the frame loop preprocesses those it infers
         preprocess = None if self.cfg.gate.mode == "motion" else (lambda img: to_pixels(img, size))
-        self.grabber = FrameGrabber(self.source, self.cfg.source, self.stop, preprocess, self.cfg.serve.queue_size)
-        self.grabber.start()
-        return self.grabber.join
+        self.cameras = Cameras(self.cfg.cameras, open_source, self.stop, preprocess, self.cfg.serve.queue_size)
+        self.cameras.start()
+        return self.cameras.join
+
+    def _source_state(self, source: str = "") -> str:
+        """A source's state (a capture's reply names it): starting, ok, camera_lost, stalled or ended."""
+        if self.cameras is None:
+            return "starting"
+        return self.cameras.grabbers[source].health if source in self.cameras.grabbers else self.cameras.health
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
         """Serve frames (edged.serve.frameloop) until the stop event is set."""
         self._stats_due = time.monotonic() + self.cfg.mqtt.stats_interval_s
-        self.loop.run(self.grabber.get, self.stop, self.cfg.serve.max_fps, self._housekeeping)
+        self.loop.run(self.cameras.get, self.stop, self.cfg.serve.max_fps, self._housekeeping)
 
     def _housekeeping(self, now: float) -> None:
         """Between frames: the retained stats and the store's changes every stats interval, the status when due."""
@@ -255,8 +262,11 @@ class PageSources:
     def submit(self, name: str, payload: bytes, responder) -> None:
         self._daemon.dispatcher.submit(name, payload, responder)
 
-    def last_frame(self):
-        return self._daemon.loop.last_frame
+    def last_frame(self, source: Optional[str] = None):
+        return self._daemon.loop.newest(source)
+
+    def source_names(self) -> list[str]:
+        return [camera.name for camera in self._daemon.cfg.cameras]
 
     def latest(self) -> dict:
         return self._daemon.outputs.latest

@@ -51,7 +51,7 @@ def calibration_frames(cfg: Config, info: BackboneInfo, n: int) -> tuple[np.ndar
         store.close()
     stored = len(frames)
     if len(frames) < n:
-        source = open_source(cfg.source)
+        source = open_source(cfg.camera().source)
         try:
             source.open()
             while len(frames) < n and (frame := source.read()) is not None:
@@ -66,7 +66,7 @@ def calibration_frames(cfg: Config, info: BackboneInfo, n: int) -> tuple[np.ndar
 
 
 def source_name(cfg: Config) -> str:
-    return cfg.source.uri.split("@")[-1][:80]
+    return cfg.camera().source.uri.split("@")[-1][:80]
 
 
 def build_int8(cfg: Config) -> Path:

@@ -42,7 +42,8 @@ class DeviceFacts:
     heads: list[str]  # active heads: one sensor each
     labels: list[str]  # known labels: one capture button each, one "present" binary sensor per head and region
     capture_count: int
-    regions: tuple[str, ...] = ("",)  # "" the whole frame
+    regions: tuple[str, ...] = ("",)  # the places states are kept for: "" the whole frame, "[source/]region"
+    sources: tuple[str, ...] = ("",)  # "" the one source; else a capture button per label and source
 
 
 EVENT_TEMPLATE = ("{{ {'event_type': value_json.type, 'label': value_json.label, 'id': value_json.id, "
@@ -84,12 +85,14 @@ def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str
         for region in facts.regions:
             components.update(_state_entities(topics, node, head, region, facts.labels, several))
     for label in facts.labels:
-        cid = f"{node}_teach_{_slug(label)}"
-        components[cid] = {
-            "platform": "button", "name": f"this is {label}", "unique_id": cid,
-            "command_topic": topics.command("capture"),
-            "payload_press": json.dumps({"label": label, "count": facts.capture_count}), "icon": "mdi:school",
-        }
+        for source in facts.sources:
+            cid = f"{node}_teach_{_slug(label)}" + (f"_{_slug(source)}" if source else "")
+            components[cid] = {
+                "platform": "button", "name": f"this is {label}" + (f" at {source}" if source else ""), "unique_id": cid,
+                "command_topic": topics.command("capture"), "icon": "mdi:school",
+                "payload_press": json.dumps({"label": label, "count": facts.capture_count,
+                                             **({"source": source} if source else {})}),
+            }
     components[f"{node}_snapshot"] = {"platform": "image", "name": "snapshot", "unique_id": f"{node}_snapshot",
                                        "image_topic": topics.snapshot, "content_type": "image/jpeg"}
     components[f"{node}_event_snapshot"] = {"platform": "image", "name": "last event", "unique_id": f"{node}_event_snapshot",

@@ -2,7 +2,7 @@
 
 ```
 <prefix>/<device>/status | stats | snapshot | review | event_snapshot | job   what a device publishes
-<prefix>/<device>/prediction | state | event/<head>[/<region>]           per-frame answers, states, events
+<prefix>/<device>/prediction | state | event/<head>[/<source>][/<region>]  per-frame answers, states, events
 <prefix>/<device>/cmd/<command>  ->  <prefix>/<device>/reply/<command>     commands and replies
 <prefix>/<device>/share/<kind>/<name>/manifest | <sha16>/<i>               what a device shares (parcels)
 <prefix>/fleet/cmd/<command>                                               a command for every device
@@ -11,6 +11,7 @@
 <prefix>/fleet/revoked                                                     the fleet-signed revocation list
 <prefix>/clients/<session>/reply | sync                                    a CLI's own MQTT 5 response topics
 ```
+`<source>` is there only when the daemon serves several (`[[sources]]`), `<region>` only for a region's view.
 Every topic a device or trainer writes carries its own name (a broker ACL can then hold it to its tree).
 """
 
@@ -32,6 +33,7 @@ class Topics:
         self.fleet_commands = f"{prefix}/fleet/cmd/+"
 
     def prediction(self, head: str, region: str = "") -> str:
+        """`region`: the view's place, `[source/]region` (edged.scene.views.place)."""
         return f"{self.base}/prediction/{head}" + (f"/{region}" if region else "")
 
     def state(self, head: str, region: str = "") -> str:

@@ -22,7 +22,7 @@ def new_event_id(ts: float) -> str:
 class Event:
     id: str
     head: str
-    region: str  # "" for the whole frame
+    region: str  # the view's place (topic levels): "" for the whole frame of the one source
     label: str
     start: float  # wall clock
     score: float  # the score that started it
@@ -33,22 +33,22 @@ class Event:
     best_changed: bool = False  # a better frame than the last one sent
     saved_frame: object = field(default=None, repr=False)  # the best frame as last written (not written again)
     last_update: float = 0.0  # monotonic
+    where: Optional[dict] = None  # the view's `source` and `region` for messages; default {"region": region}
 
     def message(self, kind: str) -> dict:
         out = {"type": kind, "id": self.id, "head": self.head, "label": self.label, "start": round(self.start, 3),
                "end": None if self.end is None else round(self.end, 3), "score": round(self.score, 4),
                "top_score": round(self.top_score, 4), "frame": self.frame,
                "snapshot": f"events/{self.id}/snapshot.jpg"}
-        if self.region:
-            out["region"] = self.region
+        out.update(self.where if self.where is not None else ({"region": self.region} if self.region else {}))
         return out
 
 
 class EventTracker:
     """The events of one head on one view."""
 
-    def __init__(self, cfg: EventsConfig, head: str, region: str):
-        self.cfg, self.head, self.region = cfg, head, region
+    def __init__(self, cfg: EventsConfig, head: str, region: str, where: Optional[dict] = None):
+        self.cfg, self.head, self.region, self.where = cfg, head, region, where
         self.current: Optional[Event] = None
 
     def of_interest(self, label: str) -> bool:
@@ -67,7 +67,7 @@ class EventTracker:
         if self.cfg.enabled and self.of_interest(state.label):
             top = state.score if score is None else max(score, state.score)
             event = Event(new_event_id(state.since), self.head, self.region, state.label, state.since, state.score,
-                          top, frame=state.frame, best_frame=frame, last_update=now)
+                          top, frame=state.frame, best_frame=frame, last_update=now, where=self.where)
             self.current = event
             out.append(("start", event))
         return out

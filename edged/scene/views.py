@@ -1,4 +1,8 @@
-"""Views of a frame: the whole frame, or the configured regions, each predicted and stated on its own."""
+"""Views of a frame: the whole frame, or the configured regions, each predicted and stated on its own.
+
+A view's `name` is its place in the daemon, the topic levels after the head: "" (the one source's frame),
+"<region>", "<source>" or "<source>/<region>" when the daemon serves several sources.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,23 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import RegionConfig
+from ..config import Camera
 
 Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class View:
-    name: str  # "" for the whole frame
+    name: str  # the place: "" for the whole frame of the one source
     box: Optional[Box] = None  # x1, y1, x2, y2 in [0, 1] of the frame; None = all of it
     heads: Optional[tuple[str, ...]] = None  # None = the active heads
+    source: str = ""  # the source's name ("" for the one `[source]`)
+    region: str = ""  # the region's name ("" for the whole frame)
+
+    @property
+    def fields(self) -> dict:
+        """The view's `source` and `region`, for a message (none for the one source's whole frame)."""
+        return {k: v for k, v in (("source", self.source), ("region", self.region)) if v}
 
     @property
     def whole(self) -> bool:
@@ -36,8 +47,15 @@ def pixel_slices(box: Box, h: int, w: int) -> tuple[slice, slice]:
 WHOLE = View("")
 
 
-def views_of(regions: list[RegionConfig]) -> list[View]:
-    """The regions when there are any (a region [0, 0, 1, 1] keeps the whole frame too), else the whole frame."""
-    if not regions:
-        return [WHOLE]
-    return [View(r.name, tuple(r.box), tuple(r.heads) if r.heads is not None else None) for r in regions]
+def place(source: str, region: str = "") -> str:
+    """The topic levels naming a view: `source/region`, either part left out when empty."""
+    return "/".join(part for part in (source, region) if part)
+
+
+def views_of(camera: Camera) -> list[View]:
+    """A source's regions when it has any (a region [0, 0, 1, 1] keeps the whole frame too), else its frame."""
+    if not camera.regions:
+        return [View(camera.name, heads=camera.heads, source=camera.name)]
+    return [View(place(camera.name, r.name), tuple(r.box),
+                 tuple(r.heads) if r.heads is not None else camera.heads, camera.name, r.name)
+            for r in camera.regions]

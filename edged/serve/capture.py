@@ -27,9 +27,11 @@ class CaptureJob:
                  objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
                  timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0,
                  writer: bool = False, learned: Optional[Callable[[np.ndarray, str, object], None]] = None,
-                 region: str = ""):
+                 region: str = "", source: str = ""):
         self.store = store
-        self.region = region  # the view examples are taken from: "" the whole frame, else a region's crop
+        self.source = source  # the source examples are taken from ("" the one source)
+        self.region = region  # "" the whole frame, else a region's crop
+        self.place = "/".join(part for part in (source, region) if part)  # the view's name (edged.scene.views)
         self.backbone_id = backbone_id
         self.label = label
         self.count = count
@@ -94,7 +96,8 @@ class CaptureJob:
         return True
 
     def _write(self, image: np.ndarray, embedding: np.ndarray) -> None:
-        self.store.add(NewExample(image, self.label, embedding, objects=self.objects), self.backbone_id)
+        self.store.add(NewExample(image, self.label, embedding, objects=self.objects, source=self.source or None),
+                       self.backbone_id)
         self.stored += 1
         if self.learned is not None:
             self.learned(embedding, self.label, self.box)
@@ -125,7 +128,8 @@ class CaptureJob:
         return self.store.prune(self.label, *self.caps) if any(self.caps) else 0
 
     def progress(self) -> dict:
-        return {"label": self.label, **({"region": self.region} if self.region else {}), "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
+        where = {k: v for k, v in (("source", self.source), ("region", self.region)) if v}
+        return {"label": self.label, **where, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
                 "seconds": round(time.monotonic() - self.started, 2)}
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class FrameLoop:
     def __init__(self, engine: Engine, heads: HeadSet, captures: CaptureDesk, times: StageTimes, outputs: Outputs,
                  scene: Scene, changed: Callable[[], None], watchdog: Callable[[], None],
-                 review: Optional[Callable] = None, source_state: Callable[[], str] = lambda: "ok"):
+                 review: Optional[Callable] = None, source_state: Callable[[str], str] = lambda source: "ok"):
         self.engine = engine
         self.heads = heads
         self.captures = captures
@@ -39,9 +39,14 @@ class FrameLoop:
         self.changed = changed
         self.watchdog = watchdog
         self.review = review
-        self.source_state = source_state
+        self.source_state = source_state  # source_state(name) -> the named source's state
         self.last_frame = None
+        self.last_frames: dict[str, object] = {}  # the newest frame of each source
         self.frames_seen = 0
+
+    def newest(self, source: Optional[str] = None):
+        """The newest frame of a source, or of any source; None before one came."""
+        return self.last_frame if source is None else self.last_frames.get(source)
 
     def run(self, next_frame: Callable[[float], object], stop: threading.Event, max_fps: float = 0.0,
             housekeeping: Callable[[float], None] = lambda now: None) -> None:
@@ -82,8 +87,8 @@ class FrameLoop:
         now = time.monotonic()
         job = self.captures.current
         self.frames_seen += 1
-        self.last_frame = frame
-        views = self.scene.due(frame, now, job.region if job is not None else None)
+        self.last_frame = self.last_frames[frame.source] = frame
+        views = self.scene.due(frame, now, job.place if job is not None else None)
         self.times.gate += time.perf_counter() - t0
         for view in views:
             self._infer(view, frame, job, now)
@@ -99,7 +104,7 @@ class FrameLoop:
         t0 = time.perf_counter()
         image = view.crop(frame.image)
         pixels = frame.pixels if view.whole and frame.pixels is not None else to_pixels(image, self.engine.input_size)
-        capturing = job is not None and job.region == view.name
+        capturing = job is not None and job.place == view.name
         embedding = self.engine.embed(pixels) if capturing or self.heads.needs_embedding else None
         t1 = time.perf_counter()
         if capturing:
@@ -108,7 +113,7 @@ class FrameLoop:
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
         for name, pred in predictions:
-            self.outputs.prediction(name, pred, frame, self.frames_seen, latency_ms, view.name)
+            self.outputs.prediction(name, pred, frame, self.frames_seen, latency_ms, view)
             self.scene.observe(name, view, pred, frame, now)
         if self.review is not None and job is None and view.whole:
             self.review(frame, embedding, predictions)
@@ -118,6 +123,7 @@ class FrameLoop:
         times.head += t2 - t1
         times.publish += t3 - t2
         times.inferences += 1
+        times.by_source[frame.source] += 1
 
     @staticmethod
     def _capture_step(job: CaptureJob, image, embedding) -> None:
@@ -146,7 +152,7 @@ class FrameLoop:
             result["pruned_oldest"] = pruned
         result["examples"] = job.store.counts().get(job.label, 0)
         if not job.done:
-            source = self.source_state()
+            source = self.source_state(job.source)
             result["source"] = source
             why = (f"{job.skipped} frames were too similar to the last kept one (dedupe)" if source == "ok"
                    else f"the source is {source}")

@@ -16,6 +16,7 @@ from ..config import Config
 from ..files import read_json_object, write_atomic
 from ..mqtt.discovery import DeviceFacts, birth_topic, discovery_payload, discovery_topic
 from ..mqtt.link import MqttLink
+from ..scene.views import views_of
 from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class HomeAssistant:
 
     def payload(self) -> dict:
         heads, labels, model = self.describe()
-        regions = tuple(r.name for r in self.cfg.regions) or ("",)
-        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count, regions)
+        places = tuple(view.name for camera in self.cfg.cameras for view in views_of(camera))
+        sources = tuple(camera.name for camera in self.cfg.cameras)
+        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count, places, sources)
         current = discovery_payload(self.link.topics, facts)
         removed = {}
         if self._last is not None:

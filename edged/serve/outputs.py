@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from ..config import PublishConfig
 from ..heads.base import Prediction
+from ..scene.views import WHOLE, View
 
 
 class Outputs:
@@ -26,11 +27,11 @@ class Outputs:
         self.predictions_sent = self.predictions_held = 0
 
     def prediction(self, head: str, pred: Prediction, frame, frame_index: int, latency_ms: float,
-                   region: str = "") -> None:
+                   view: View = WHOLE) -> None:
         payload = pred.message(head, frame_index, frame.pos, latency_ms, self.backbone_id, self.model_sha)
+        region = view.name  # the place: [source/]region
         key = f"{head}/{region}" if region else head
-        if region:
-            payload["region"] = region
+        payload.update(view.fields)
         self.latest[key] = payload
         if self.print_predictions:
             where = f" in {region}" if region else ""

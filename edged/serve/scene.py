@@ -2,7 +2,8 @@
 
 The frame loop asks `due()` which views (the frame, or its regions) to infer and hands every prediction to
 `observe()`; states go out retained and only on change, events as start / update / end. Snapshots and clips are
-written on a thread of the scene's own, never on the frame loop.
+written on a thread of the scene's own, never on the frame loop. With several sources each has its own motion
+gate and clip ring; views, states and events are named by their place (`source/region`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Recording:
     event: Event
+    source: str
     frames: list = field(default_factory=list)
     started: float = 0.0
     stop_at: Optional[float] = None  # the event ended: post-roll until then
@@ -41,11 +43,18 @@ class Scene:
     def __init__(self, cfg: Config, outputs: Outputs, store: EventStore):
         self.cfg = cfg
         self.outputs, self.store = outputs, store
-        self.views = views_of(cfg.regions)
-        self.gate = Gate(cfg.gate, self.views)
+        self.views: list[View] = []
+        self.gates: dict[str, Gate] = {}
+        self.sources: list[str] = []
+        for camera in cfg.cameras:
+            views = views_of(camera)
+            self.views += views
+            self.gates[camera.name] = Gate(cfg.gate, views)
+            self.sources.append(camera.name)
         self.trackers: dict[tuple[str, str], StateTracker] = {}
         self.events: dict[tuple[str, str], EventTracker] = {}
-        self._ring: deque = deque()  # (monotonic, small frame) for clips' pre-roll
+        self._where: dict[tuple[str, str], dict] = {}  # (head, place) -> the view's source and region
+        self._rings: dict[str, deque] = {name: deque() for name in self.sources}  # (monotonic, small frame): pre-roll
         self._recordings: dict[str, _Recording] = {}
         self._writes: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue(maxsize=256)
         self._writer = threading.Thread(target=self._write_loop, name="events-writer", daemon=True)
@@ -57,7 +66,18 @@ class Scene:
         """The views the backbone runs on for this frame."""
         if self.cfg.events.clip_s:
             self._record(frame, now)
-        return self.gate.due(frame.image, now, capturing, self._settling)
+        return self.gates[frame.source].due(frame.image, now, capturing, self._settling)
+
+    def gate_stats(self) -> dict:
+        """The motion gates' decisions by reason, every source's together."""
+        total: Counter = Counter()
+        for gate in self.gates.values():
+            total.update(gate.reasons)
+        return dict(total)
+
+    def view(self, source: str, region: str = "") -> Optional[View]:
+        """The view a capture of (source, region) takes examples from; None when there is none."""
+        return next((v for v in self.views if v.source == source and v.region == region), None)
 
     def _settling(self, view: str) -> bool:
         return any(t.settling for (_, v), t in list(self.trackers.items()) if v == view)
@@ -68,7 +88,8 @@ class Scene:
         tracker = self.trackers.get(key)
         if tracker is None:
             tracker = self.trackers[key] = StateTracker(self.cfg.states)
-            self.events[key] = EventTracker(self.cfg.events, head, view.name)
+            self.events[key] = EventTracker(self.cfg.events, head, view.name, view.fields)
+            self._where[key] = view.fields
         events = self.events[key]
         state = tracker.observe(pred.label, pred.score, now, time.time(), frame.pos)
         if state is None:
@@ -79,16 +100,12 @@ class Scene:
         for kind, event in events.on_state(state, frame.image, now, pred.score):
             self._event(kind, event, now)
         state.extra = {"event": events.current.id if events.current else None}
-        self.outputs.state(head, view.name, self._state_message(head, view.name, tracker))
+        self.outputs.state(head, view.name, self._state_message(key, tracker))
 
-    @staticmethod
-    def _state_message(head: str, region: str, tracker: StateTracker) -> dict:
+    def _state_message(self, key: tuple[str, str], tracker: StateTracker) -> dict:
         s = tracker.state
-        out = {"head": head, "label": s.label, "since": round(s.since, 3), "score": round(s.score, 4),
-               "frame": s.frame, "event": s.extra.get("event")}
-        if region:
-            out["region"] = region
-        return out
+        return {"head": key[0], "label": s.label, "since": round(s.since, 3), "score": round(s.score, 4),
+                "frame": s.frame, "event": s.extra.get("event"), **self._where.get(key, {})}
 
     def _event(self, kind: str, event: Event, now: float) -> None:
         message = event.message(kind)
@@ -99,7 +116,8 @@ class Scene:
         if not self.cfg.events.clip_s:
             return
         if kind == "start":
-            self._recordings[event.id] = _Recording(event, [f for _, f in self._ring], now)
+            source = (event.where or {}).get("source", "")
+            self._recordings[event.id] = _Recording(event, source, [f for _, f in self._rings[source]], now)
         elif kind == "end" and event.id in self._recordings:
             self._recordings[event.id].stop_at = now + self.cfg.events.clip_s
 
@@ -118,10 +136,13 @@ class Scene:
         h, w = frame.image.shape[:2]
         width = min(cfg.clip_width, w)
         small = cv2.resize(frame.image, (width, max(2, round(h * width / w) // 2 * 2)), interpolation=cv2.INTER_AREA)
-        self._ring.append((now, small))
-        while self._ring and now - self._ring[0][0] > cfg.clip_s:
-            self._ring.popleft()
+        ring = self._rings[frame.source]
+        ring.append((now, small))
+        while ring and now - ring[0][0] > cfg.clip_s:
+            ring.popleft()
         for event_id, rec in list(self._recordings.items()):
+            if rec.source != frame.source:
+                continue
             rec.frames.append(small)
             if (rec.stop_at is not None and now >= rec.stop_at) or now - rec.started >= cfg.clip_max_s:
                 self._finish_clip(event_id, now)
@@ -152,11 +173,11 @@ class Scene:
     # -- reading -------------------------------------------------------------------------------------
     def states(self) -> dict:
         """Every head's (and region's) current state, keyed `head` or `head/region`."""
-        return {(h if not v else f"{h}/{v}"): self._state_message(h, v, t)
+        return {(h if not v else f"{h}/{v}"): self._state_message((h, v), t)
                 for (h, v), t in sorted(self.trackers.items()) if t.known}
 
     def describe(self) -> dict:
-        return {"states": self.states(), "gate": {"mode": self.cfg.gate.mode, **self.gate.stats()},
+        return {"states": self.states(), "gate": {"mode": self.cfg.gate.mode, **self.gate_stats()},
                 "views": [v.name or "(frame)" for v in self.views]}
 
     def end_events(self) -> None:

@@ -6,7 +6,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -24,6 +24,7 @@ class StageTimes:
     gate: float = 0.0  # seconds spent deciding (motion) per frame, inferred or not
     frames: int = 0  # frames handled, inferred or skipped by the gate
     inferences: int = 0  # backbone (or model) runs: one per inferred view
+    by_source: Counter = field(default_factory=Counter)  # inferences per source name
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
 
@@ -35,17 +36,18 @@ class Telemetry:
     """Builds status and stats from the running parts; `changed()` asks for a status publish soon."""
 
     def __init__(self, *, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
-                 grabber: Callable[[], object], link: Callable[[], object], precision: Optional[dict] = None):
+                 cameras: Callable[[], object], link: Callable[[], object], precision: Optional[dict] = None):
         self.cfg, self.backbone, self.engine, self.model_sha = cfg, backbone, engine, model_sha
         self.precision = precision or {"precision": "float32"}
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
-        self.grabber, self.link = grabber, link
+        self.cameras, self.link = cameras, link
         self.sections: dict[str, Callable[[], dict]] = {}  # more of the status, from parts started later
         self.stats_sections: dict[str, Callable[[], dict]] = {}  # more of the stats (the motion gate's counts)
         self.listeners: list[Callable[[], None]] = []  # told of every change (e.g. Home Assistant discovery)
         self._dirty = threading.Event()
         self._key = None
         self._mark = (time.monotonic(), 0, 0, 0)
+        self._source_marks: dict[str, tuple[int, int]] = {}  # name -> (captured, inferences) at the last stats
 
     def changed(self) -> None:
         self._dirty.set()
@@ -54,7 +56,7 @@ class Telemetry:
 
     def status(self) -> dict:
         capture = self.captures.current
-        g = self.grabber()
+        g = self.cameras()
         return {
             "state": "online",
             "version": __version__,
@@ -69,7 +71,9 @@ class Telemetry:
             "active": self.heads.active,
             "examples": self.store.counts(),
             "store": self._store_figures(),
-            "source": {"uri": redact_uri(self.cfg.source.uri), "state": g.health if g else "starting", "error": g.error if g else None},
+            "source": {"uri": ", ".join(redact_uri(c.source.uri) for c in self.cfg.cameras),
+                       "state": g.health if g else "starting", "error": g.error if g else None},
+            **({"sources": self._sources()} if len(self.cfg.cameras) > 1 else {}),
             "capture": capture.progress() if capture else None,
             "job": self.jobs.running,
             "jobs_queued": self.jobs.queued,
@@ -77,6 +81,29 @@ class Telemetry:
             "tensorflow_imported": "tensorflow" in sys.modules,
             **{name: describe() for name, describe in list(self.sections.items())},
         }
+
+    def _sources(self) -> dict:
+        """Every source's own state, when the daemon serves several."""
+        g = self.cameras()
+        out = {}
+        for camera in self.cfg.cameras:
+            grabber = g.grabbers.get(camera.name) if g else None
+            out[camera.name] = {"uri": redact_uri(camera.source.uri), "state": grabber.health if grabber else "starting",
+                                "error": grabber.error if grabber else None,
+                                "reconnects": grabber.reconnects if grabber else 0}
+        return out
+
+    def _source_stats(self, dt: float) -> dict:
+        """Per source: frames in and inferences a second since the last stats, state, drops and reconnects."""
+        g, out = self.cameras(), {}
+        for name, grabber in g.grabbers.items():
+            inferred = self.times.by_source[name]
+            captured_prev, inferred_prev = self._source_marks.get(name, (0, 0))
+            self._source_marks[name] = (grabber.captured, inferred)
+            out[name] = {"fps_in": round((grabber.captured - captured_prev) / dt, 2),
+                         "inference_fps": round((inferred - inferred_prev) / dt, 2), "inferences": inferred,
+                         "state": grabber.health, "dropped": grabber.dropped, "reconnects": grabber.reconnects}
+        return out
 
     def _store_figures(self) -> dict:
         cap = self.cfg.capture
@@ -88,7 +115,7 @@ class Telemetry:
 
     def maybe_publish_status(self, notify: Callable[[str], None]) -> None:
         """Publish the status when the source state changed or something asked for it."""
-        g = self.grabber()
+        g = self.cameras()
         key = (g.health, g.error) if g else ("starting", None)
         if key != self._key or self._dirty.is_set():
             self._key = key
@@ -102,7 +129,7 @@ class Telemetry:
         now = time.monotonic()
         t_prev, captured_prev, frames_prev, inferred_prev = self._mark
         dt = max(now - t_prev, 1e-6)
-        g, t = self.grabber(), self.times
+        g, t = self.cameras(), self.times
         self._mark = (now, g.captured, t.frames, t.inferences)
         n = max(t.inferences, 1)
         lat = list(t.latencies_ms)
@@ -129,6 +156,8 @@ class Telemetry:
             "reconnects": g.reconnects,
             "bad_frames": g.bad_frames,
         }
+        if g.several:
+            stats["sources"] = self._source_stats(dt)
         stats.update({name: describe() for name, describe in list(self.stats_sections.items())})
         link: Optional[object] = self.link()
         if link is not None:

@@ -17,6 +17,7 @@ class Frame:
     pos: int  # index of the frame in its source (files: position in the file)
     ts: float = field(default_factory=time.time)
     pixels: Optional[np.ndarray] = None  # preprocessed RGB uint8, filled by the grabber
+    source: str = ""  # the name of the source it came from ("" for the one `[source]`), set by the grabber
 
 
 class Source:

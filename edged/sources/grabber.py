@@ -59,11 +59,15 @@ class FrameGrabber:
         stop: threading.Event,
         preprocess: Optional[Callable[[np.ndarray], np.ndarray]],
         queue_size: int = 2,
+        name: str = "",
+        ready: Optional[threading.Event] = None,
     ):
         self.source = source
         self.cfg = cfg
         self.stop = stop
         self.preprocess = preprocess
+        self.name = name  # stamped on every frame
+        self.ready = ready  # set after every frame queued (several grabbers feeding one loop wait on one event)
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=queue_size)
         self.state = "starting"
         self.error: Optional[str] = None
@@ -74,7 +78,7 @@ class FrameGrabber:
         self.last_frame_at: Optional[float] = None  # monotonic time of the last usable frame
         self.decode_s = 0.0
         self.preprocess_s = 0.0
-        self._thread = threading.Thread(target=self._run, name="grabber", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"grabber-{name}" if name else "grabber", daemon=True)
 
     def start(self) -> None:
         if self.cfg.decode_threads:
@@ -97,6 +101,13 @@ class FrameGrabber:
     def get(self, timeout: float) -> Optional[Frame]:
         try:
             return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def take(self) -> Optional[Frame]:
+        """The oldest queued frame without waiting, or None."""
+        try:
+            return self.frames.get_nowait()
         except queue.Empty:
             return None
 
@@ -182,7 +193,10 @@ class FrameGrabber:
                     self.decode_s += t1 - t0
                     self.preprocess_s += t2 - t1
                     self.captured += 1
+                    frame.source = self.name
                     self._put(frame, backpressure)
+                    if self.ready is not None:
+                        self.ready.set()
                     if paced:
                         next_due += 1.0 / getattr(self.source, "fps", self.cfg.fps)
                         wait = next_due - time.monotonic()

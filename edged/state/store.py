@@ -74,6 +74,7 @@ class NewExample:
     uid: Optional[str] = None  # kept when the example comes from another device (the same example is stored once)
     origin: Optional[str] = None  # the device it was taught on; None: this one
     jpeg: Optional[bytes] = None  # the frame as JPEG already (a shared thumbnail): stored as is
+    source: Optional[str] = None  # the source it was captured from, when the daemon serves several
 
 
 Box = tuple[float, float, float, float]
@@ -115,6 +116,8 @@ class Store:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(examples)")}
         if "origin" not in columns:  # stores from before fleet sharing
             self._db.execute("ALTER TABLE examples ADD COLUMN origin TEXT")
+        if "source" not in columns:  # stores from before several sources
+            self._db.execute("ALTER TABLE examples ADD COLUMN source TEXT")
 
     def collect_orphans(self, older_than_s: float = 3600.0) -> int:
         """Delete frame files no row points at (a kill between the JPEG and its row) and temp files of torn writes."""
@@ -166,16 +169,17 @@ class Store:
             written.append(self.frames / f"{uid}.jpg")
             box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
-            rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes(), item.origin))
+            rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes(), item.origin,
+                         item.source))
         ids = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for uid, label, ts, frame, box, vector, origin in rows:
+                for uid, label, ts, frame, box, vector, origin, source in rows:
                     cur.execute(
-                        "INSERT INTO examples (uid, label, ts, frame, box, origin) VALUES (?, ?, ?, ?, ?, ?)",
-                        (uid, label, ts, frame, box, origin),
+                        "INSERT INTO examples (uid, label, ts, frame, box, origin, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (uid, label, ts, frame, box, origin, source),
                     )
                     ids.append(cur.lastrowid)
                     cur.execute(
@@ -255,7 +259,7 @@ class Store:
 
     def list(self, label: Optional[str] = None, limit: int = 100, offset: int = 0) -> list[dict]:
         """Stored examples, newest first: id, label, time, frame file, box."""
-        query = "SELECT id, label, ts, frame, box, origin FROM examples"
+        query = "SELECT id, label, ts, frame, box, origin, source FROM examples"
         params: tuple = ()
         if label is not None:
             query += " WHERE label = ?"
@@ -268,7 +272,8 @@ class Store:
             objs = decode_objects(r[1], r[4])
             out.append({"id": r[0], "label": r[1], "ts": round(r[2], 3), "frame": f"store/frames/{r[3]}",
                         "box": list(objs[0][1]) if len(objs) == 1 else None,
-                        "boxes": [{"label": l, "box": list(b)} for l, b in objs], "origin": r[5]})
+                        "boxes": [{"label": l, "box": list(b)} for l, b in objs], "origin": r[5],
+                        **({"source": r[6]} if r[6] else {})})
         return out
 
     def delete(self, ids: list[int]) -> int:

@@ -78,7 +78,9 @@ class PageSources(Protocol):
 
     def submit(self, name: str, payload: bytes, responder) -> None: ...
 
-    def last_frame(self): ...
+    def last_frame(self, source: Optional[str] = None): ...
+
+    def source_names(self) -> list[str]: ...
 
     def latest(self) -> dict: ...
 
@@ -204,6 +206,9 @@ class WebServer:
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         """MJPEG of what the backbone sees (the centre crop the model is given), at [web] fps."""
+        source = request.query.get("source")
+        if source is not None and source not in self.sources.source_names():
+            raise web.HTTPBadRequest(text=f"no source {source[:64]!r}")
         response = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
                                                "Cache-Control": "no-store"})
         await response.prepare(request)
@@ -211,7 +216,7 @@ class WebServer:
         last = None
         try:
             while not self.closing:
-                frame = self.sources.last_frame()
+                frame = self.sources.last_frame(source)
                 if frame is not None and frame is not last and frame.pixels is not None:
                     last = frame
                     jpeg = await self.loop.run_in_executor(None, self._jpeg, cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR))

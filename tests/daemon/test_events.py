@@ -124,7 +124,7 @@ snapshot_interval_s = 0
 @pytest.mark.heavy
 @needs_weights
 def test_regions_have_their_own_states_and_are_taught_from_their_crop(broker, probe, daemons, make_state, tmp_path):
-    from edged.config import RegionConfig
+    from edged.config import Camera, RegionConfig, SourceConfig
     from edged.scene.views import views_of
 
     backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
@@ -132,7 +132,7 @@ def test_regions_have_their_own_states_and_are_taught_from_their_crop(broker, pr
     scene = _scene()
     video = scene.write(tmp_path / "scene.mp4", LENGTH)
     regions = [RegionConfig(name="shelf", box=(0.0, 0.35, 0.3, 0.95)), RegionConfig(name="desk", box=BOX)]
-    shelf, desk = views_of(regions)
+    shelf, desk = views_of(Camera("", SourceConfig(), tuple(regions)))
     _teach(state, backbone, [(desk.crop, "star", 1), (desk.crop, "none", 1), (shelf.crop, "none", 2)])
     extra = f"""
 [gate]

@@ -2,7 +2,7 @@
 backbone; an object entering does, at once; a still scene is still inferred every max_idle_s."""
 
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
-from edged.config import GateConfig, RegionConfig, StatesConfig
+from edged.config import Camera, GateConfig, RegionConfig, SourceConfig, StatesConfig
 from edged.scene.gate import Gate
 from edged.scene.states import StateTracker
 from edged.scene.views import View, views_of
@@ -25,7 +25,7 @@ def run(gate, sc, seconds, fps=15.0):
 
 
 def test_noise_light_drift_and_a_masked_distractor_leave_the_backbone_idle():
-    gate = Gate(GateConfig(masks=[CORNER], max_idle_s=5.0), views_of([]))
+    gate = Gate(GateConfig(masks=[CORNER], max_idle_s=5.0), views_of(Camera("", SourceConfig())))
     frames = run(gate, scene(), 20.0)  # the light goes through a whole 15 % cycle
     inferred = [t for t, views in frames if views]
     # the first frame (no background yet), its hold, then once every max_idle_s
@@ -34,14 +34,14 @@ def test_noise_light_drift_and_a_masked_distractor_leave_the_backbone_idle():
 
 
 def test_the_distractor_without_its_mask_is_motion():
-    gate = Gate(GateConfig(), views_of([]))
+    gate = Gate(GateConfig(), views_of(Camera("", SourceConfig())))
     frames = run(gate, scene(), 6.0)
     assert sum(1 for _, v in frames if v) > 0.8 * len(frames)
 
 
 def test_an_object_entering_wakes_the_backbone_on_its_first_frame_and_it_sleeps_again_once_still():
     sc = scene([Appearance("star", 4.0, 100.0, (0.35, 0.3, 0.75, 0.85))])
-    gate = Gate(GateConfig(masks=[CORNER], hold_s=1.0, max_idle_s=60.0), views_of([]))
+    gate = Gate(GateConfig(masks=[CORNER], hold_s=1.0, max_idle_s=60.0), views_of(Camera("", SourceConfig())))
     frames = run(gate, sc, 12.0)
     enter = next(i for i, (t, _) in enumerate(frames) if t >= 4.0)
     assert frames[enter][1] == [""], "the first frame with the object is inferred"
@@ -53,7 +53,7 @@ def test_an_object_entering_wakes_the_backbone_on_its_first_frame_and_it_sleeps_
 def test_regions_are_gated_on_their_own_and_a_settling_state_keeps_its_view_inferred():
     regions = [RegionConfig(name="left", box=(0.0, 0.3, 0.3, 1.0)), RegionConfig(name="right", box=(0.35, 0.3, 0.75, 0.85))]
     sc = scene([Appearance("star", 3.0, 100.0, (0.35, 0.3, 0.75, 0.85))])
-    gate = Gate(GateConfig(masks=[CORNER], hold_s=0.5, max_idle_s=60.0), views_of(regions))
+    gate = Gate(GateConfig(masks=[CORNER], hold_s=0.5, max_idle_s=60.0), views_of(Camera("", SourceConfig(), tuple(regions))))
     frames = run(gate, sc, 5.0)
     woke = [v for t, v in frames if 3.0 <= t < 3.2]
     assert all(v == ["right"] for v in woke), woke

@@ -28,6 +28,22 @@ function el(tag, attrs, ...children) {
 }
 
 // -- live view --------------------------------------------------------------------------------
+// With several sources ([[sources]]) a camera is chosen: the live view, the predictions and captures follow it.
+function camera() { return $("camera").hidden ? null : $("camera").value; }
+function here() { return camera() === null ? {} : { source: camera() }; }
+
+function renderCameras(sources) {
+  const select = $("camera");
+  const names = Object.keys(sources || {});
+  if (!names.length || select.options.length) return;
+  select.replaceChildren(...names.map((n) => el("option", { value: n }, `${n} (${sources[n].state})`)));
+  select.hidden = false;
+  $("live").src = `/api/live.mjpg?source=${encodeURIComponent(names[0])}`;
+}
+$("camera").addEventListener("change", () => {
+  $("live").src = `/api/live.mjpg?source=${encodeURIComponent(camera())}`;
+});
+
 function renderPredictions(latest) {
   const box = $("predictions");
   box.replaceChildren();
@@ -36,6 +52,7 @@ function renderPredictions(latest) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   for (const [head, p] of Object.entries(latest)) {
+    if (camera() !== null && p.source !== camera()) continue;
     const bars = Object.entries(p.scores || {}).sort((a, b) => b[1] - a[1]).slice(0, 6).map(([label, score]) =>
       el("div", { class: "bar" }, el("span", { class: "fill", style: `width:${Math.round(score * 120)}px` }),
          `${label} ${score.toFixed(2)}`));
@@ -70,7 +87,7 @@ function renderSceneEvents(list) {
     const span = e.end ? `${Math.round(e.end - e.start)} s` : "now";
     return el("div", { class: "scene-event", "data-id": e.id, "data-label": e.label },
       el("img", { src: `/api/event/${e.id}.jpg`, alt: e.label }),
-      `${e.label}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)}`);
+      `${e.label}${e.source ? " at " + e.source : ""}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)}`);
   }));
 }
 
@@ -88,7 +105,7 @@ function holdButton(label) {
   const button = el("button", { class: "hold", "data-label": label }, `hold: ${label}`);
   const loop = async () => {
     while (held) {
-      try { await api("capture", { label, count: 1, interval_ms: 0, dedupe: 1.0 }); } catch (e) { held = false; }
+      try { await api("capture", { label, count: 1, interval_ms: 0, dedupe: 1.0, ...here() }); } catch (e) { held = false; }
       await new Promise((r) => setTimeout(r, 150));
     }
     refreshLabels();
@@ -113,7 +130,7 @@ function refreshLabels() {
         el("span", { class: "name" }, label), el("span", { class: "count" }, `${counts[label] || 0} examples`),
         holdButton(label),
         el("button", { class: "capture10", onclick: async () => {
-          await api("capture", { label, count: 10, interval_ms: 100 }); refreshLabels(); } }, "capture 10"),
+          await api("capture", { label, count: 10, interval_ms: 100, ...here() }); refreshLabels(); } }, "capture 10"),
         el("button", { class: "rename", onclick: async () => {
           const to = prompt(`rename ${label} to`); if (!to) return;
           const all = await api("examples", { label, limit: 10000 });
@@ -239,6 +256,7 @@ events.addEventListener("status", (e) => {
   $("device").textContent = status.device;
   $("state").textContent = `${status.state}, source ${status.source.state}${status.job ? ", " + status.job : ""}`;
   if (JSON.stringify(status.examples) !== before) refreshLabels();
+  renderCameras(status.sources);
   renderStates(status.scene);
 });
 events.addEventListener("scene_events", (e) => renderSceneEvents(JSON.parse(e.data).events));

@@ -37,7 +37,8 @@ def device_table(devices: dict[str, Device]) -> str:
     for name in sorted(devices):
         r = devices[name].row()
         examples = r["examples"] if isinstance(r["examples"], dict) else {}
-        rows.append([name, r["state"], str(r["version"] or "-"), str(r["source"] or "-"), ",".join(r["active"]) or "-",
+        source = ", ".join(f"{k} {v}" for k, v in r["sources"].items()) if r["sources"] else str(r["source"] or "-")
+        rows.append([name, r["state"], str(r["version"] or "-"), source, ",".join(r["active"]) or "-",
                      _models(r), f"{sum(examples.values())} ({len(examples)} labels)" if examples else "0",
                      "-" if r["fps"] is None else f"{r['fps']:.1f}", "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}",
                      _age(r["last_seen"])])

@@ -46,6 +46,8 @@ class Device:
             "state": self.status.get("state", "unknown"),
             "version": self.status.get("version"),
             "source": (self.status.get("source") or {}).get("state"),
+            "sources": {str(k): v.get("state") for k, v in (self.status.get("sources") or {}).items()
+                        if isinstance(v, dict)},
             "active": self.status.get("active") or [],
             "backbone": self.status.get("model"),
             "model_sha": self.status.get("model_sha"),

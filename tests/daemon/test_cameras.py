@@ -5,13 +5,27 @@ taught on its own topics; the dead one is reported and holds up nobody."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import pytest
-from conftest import WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config, write_config
+from conftest import (
+    WEIGHTS_025,
+    backbone_settings,
+    fill_store,
+    headless_browser,
+    needs_weights,
+    state_config,
+    write_config,
+)
 
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
+from edged.cli.fleet import device_table
+from edged.mqtt.broker import free_port
+from edged.mqtt.roster import Device
 
 DEVICE = "cams"
+TOKEN = "cams-token"
 BOX = (0.35, 0.25, 0.8, 0.9)
 
 
@@ -20,7 +34,7 @@ def _scene(label: str, seed: int) -> EventScene:
                       fps=15.0, seed=seed)
 
 
-def _config(state, port: int, backbone: dict, front: str, yard: str, garage: str) -> str:
+def _config(state, port: int, backbone: dict, front: str, yard: str, garage: str, web_port: int) -> str:
     bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items())
     cameras = "".join(f"""
 [[sources]]
@@ -43,6 +57,9 @@ mode = "always"
 [states]
 enter = 2
 
+[capture]
+dedupe = 1.0  # a still scene: keep near-copies
+
 [mqtt]
 host = "127.0.0.1"
 port = {port}
@@ -51,6 +68,11 @@ stats_interval_s = 1.0
 [homeassistant]
 enabled = true
 snapshot_interval_s = 0
+
+[web]
+enabled = true
+port = {web_port}
+token = "{TOKEN}"
 """
 
 
@@ -59,6 +81,7 @@ snapshot_interval_s = 0
 def test_one_daemon_serves_each_camera_on_its_own_topics(broker, probe, daemons, make_state, tmp_path):
     backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
     state = make_state(backbone)
+    web_port = free_port()
     front, yard = _scene("star", 1), _scene("disc", 2)
     taught = [(img, "star", None) for img in front.examples("star", 8)] + \
              [(img, "disc", None) for img in yard.examples("disc", 8)]
@@ -67,7 +90,7 @@ def test_one_daemon_serves_each_camera_on_its_own_topics(broker, probe, daemons,
     engine.close()
     config = write_config(tmp_path / "cams.toml", _config(
         state, broker.port, backbone, front.write(tmp_path / "front.mp4", 20.0),
-        yard.write(tmp_path / "yard.mp4", 20.0), tmp_path / "garage.mp4"))
+        yard.write(tmp_path / "yard.mp4", 20.0), tmp_path / "garage.mp4", web_port))
     probe.client.subscribe("homeassistant/#", qos=1)
     d = daemons(config, tmp_path / "cams.log")
     probe.wait_online(DEVICE, 90)
@@ -89,6 +112,8 @@ def test_one_daemon_serves_each_camera_on_its_own_topics(broker, probe, daemons,
     assert sources["front"]["state"] == "ok" and sources["yard"]["state"] == "ok", sources
     assert sources["garage"]["state"] == "camera_lost" and "garage.mp4" in sources["garage"]["error"]
     assert "garage camera_lost" in status["source"]["state"]
+    listed = device_table({DEVICE: Device(DEVICE, status)})  # what `edged fleet ls` prints
+    assert "front ok, yard ok, garage camera_lost" in listed, listed
     stats = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/stats" and
                                       json.loads(p).get("sources", {}).get("yard", {}).get("inference_fps", 0) > 0, 20)[1])
     per_source = stats["sources"]
@@ -115,5 +140,33 @@ def test_one_daemon_serves_each_camera_on_its_own_topics(broker, probe, daemons,
     components = discovery["components"]
     assert components[f"edged_{DEVICE}_head_knn_yard"]["state_topic"] == f"edged/{DEVICE}/state/knn/yard"
     assert json.loads(components[f"edged_{DEVICE}_teach_disc_garage"]["payload_press"])["source"] == "garage"
+
+    # the teach page: a camera is chosen; the live view, the predictions and the capture buttons follow it
+    page = f"http://127.0.0.1:{web_port}"
+    with pytest.raises(urllib.error.HTTPError) as refused_view:
+        urllib.request.urlopen(urllib.request.Request(f"{page}/api/live.mjpg?source=shed",
+                                                      headers={"Authorization": f"Bearer {TOKEN}"}), timeout=10)
+    assert refused_view.value.code == 400
+    browser = headless_browser(tmp_path)
+    from selenium.webdriver.support.ui import WebDriverWait  # after the skip when Selenium is missing
+
+    try:
+        browser.get(f"{page}/?token={TOKEN}")
+        js = browser.execute_script
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: js("return document.getElementById('camera').options.length") == 3)
+        js("const s = document.getElementById('camera'); s.value = 'yard'; s.dispatchEvent(new Event('change'));")
+        assert "source=yard" in js("return document.getElementById('live').src")
+        wait.until(lambda b: js("return document.getElementById('live').naturalWidth") > 0)
+        shown = "return [...document.querySelectorAll('#predictions .head')].map((h) => h.dataset.label)"
+        wait.until(lambda b: js(shown) == ["disc"])
+        before = probe.request(DEVICE, "examples", {"label": "disc", "limit": 1000})["result"]["examples"]
+        wait.until(lambda b: js("return document.querySelector('.label-row[data-label=disc] button.capture10')"))
+        js("document.querySelector('.label-row[data-label=disc] button.capture10').click()")
+        wait.until(lambda b: js("return (status.examples || {}).disc || 0") >= len(before) + 10)
+    finally:
+        browser.quit()
+    taught = probe.request(DEVICE, "examples", {"label": "disc", "limit": 10})["result"]["examples"]
+    assert {e.get("source") for e in taught} == {"yard"}, taught
     assert d.alive()
     assert d.stop() == 0, d.output()

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import cv2
 import pytest
-from conftest import ROOT, SIGN_DIGITS, WEIGHTS_025, backbone_settings, needs_sign_digits, needs_weights, toml_config
-from conftest import write_config, write_video
+from conftest import (
+    ROOT,
+    SIGN_DIGITS,
+    WEIGHTS_025,
+    backbone_settings,
+    headless_browser,
+    needs_sign_digits,
+    needs_weights,
+    toml_config,
+    write_config,
+    write_video,
+)
 
 pytest.importorskip("aiohttp")
 TOKEN = "test-token-123"
@@ -147,7 +155,7 @@ def test_another_origin_and_a_rebound_host_change_and_read_nothing(broker, daemo
         assert code == 403, (what, body)
 
     server = _attacker_site(tmp_path, base)
-    browser = _browser(tmp_path)
+    browser = headless_browser(tmp_path)
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/index.html")
         deadline = time.monotonic() + 20
@@ -161,24 +169,6 @@ def test_another_origin_and_a_rebound_host_change_and_read_nothing(broker, daemo
     code, listed = _post(f"{base}/api/cmd/examples", b"{}", {"Content-Type": "application/json"})
     assert code == 200 and listed["result"]["counts"] == {"keep": 1}, listed
     assert d.stop() == 0
-
-
-def _browser(download_dir: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    options = Options()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", f"--user-data-dir={download_dir / 'profile'}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def _segments(tmp_path) -> str:
@@ -203,7 +193,7 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
     settings = backbone_settings(str(WEIGHTS_025), input_size=128)
     d, port, _, _ = _web_daemon(broker, daemons, make_state, tmp_path, _segments(tmp_path), settings)
     _wait_http(f"http://127.0.0.1:{port}/")
-    browser = _browser(tmp_path)
+    browser = headless_browser(tmp_path)
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     try:

@@ -309,6 +309,7 @@ class CameraConfig(SourceConfig):
     max_fps: float = Field(0.0, ge=0, description="cap on this source's inferences per second; 0 = its fair share")
     regions: list[RegionConfig] = Field(default_factory=list, description="this source's regions")
     heads: Optional[list[str]] = Field(None, description="heads that predict on this source; default the active heads")
+    gate: Optional[GateConfig] = Field(None, description="this source's motion gate; default [gate]")
 
     @field_validator("name")
     @classmethod
@@ -339,6 +340,7 @@ class Camera:
     regions: tuple[RegionConfig, ...] = ()
     heads: Optional[tuple[str, ...]] = None
     max_fps: float = 0.0
+    gate: Optional[GateConfig] = None  # None: the daemon's [gate]
 
 
 class Config(_Strict):
@@ -390,9 +392,10 @@ class Config(_Strict):
     def cameras(self) -> list[Camera]:
         """Every source the daemon serves, in order: the `[[sources]]`, or the one `[source]` (named "")."""
         if not self.sources:
-            return [Camera("", self.source, tuple(self.regions))]
-        return [Camera(s.name, SourceConfig(**s.model_dump(exclude={"name", "max_fps", "regions", "heads"})),
-                       tuple(s.regions), tuple(s.heads) if s.heads is not None else None, s.max_fps)
+            return [Camera("", self.source, tuple(self.regions), gate=self.gate)]
+        return [Camera(s.name, SourceConfig(**s.model_dump(exclude={"name", "max_fps", "regions", "heads", "gate"})),
+                       tuple(s.regions), tuple(s.heads) if s.heads is not None else None, s.max_fps,
+                       s.gate if s.gate is not None else self.gate)
                 for s in self.sources]
 
     def camera(self, name: Optional[str] = None) -> Camera:

@@ -210,7 +210,7 @@ class Daemon:
         """A grabber per source (edged.sources.cameras), all feeding the one frame loop."""
         size = self.backbone.input_size
         # gated by motion, most frames are never inferred: the frame loop preprocesses those it infers
-        preprocess = None if self.cfg.gate.mode == "motion" else (lambda img: to_pixels(img, size))
+        preprocess = lambda camera: None if camera.gate.mode == "motion" else (lambda img: to_pixels(img, size))  # noqa: E731
         self.cameras = Cameras(self.cfg.cameras, open_source, self.stop, preprocess, self.cfg.serve.queue_size)
         self.cameras.start()
         return self.cameras.join

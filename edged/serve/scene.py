@@ -49,7 +49,7 @@ class Scene:
         for camera in cfg.cameras:
             views = views_of(camera)
             self.views += views
-            self.gates[camera.name] = Gate(cfg.gate, views)
+            self.gates[camera.name] = Gate(camera.gate, views)
             self.sources.append(camera.name)
         self.trackers: dict[tuple[str, str], StateTracker] = {}
         self.events: dict[tuple[str, str], EventTracker] = {}

@@ -21,13 +21,16 @@ from .grabber import FrameGrabber
 
 class Cameras:
     def __init__(self, cameras: list[Camera], open_source: Callable[[object], Source], stop: threading.Event,
-                 preprocess: Optional[Callable[[np.ndarray], np.ndarray]], queue_size: int = 2):
+                 preprocess: Callable[[Camera], Optional[Callable[[np.ndarray], np.ndarray]]] = lambda camera: None,
+                 queue_size: int = 2):
+        """`preprocess(camera)`: what the camera's grabber does to each frame (None: the frame loop preprocesses
+        the frames it infers)."""
         self._ready = threading.Event()
         self.grabbers: dict[str, FrameGrabber] = {}
         self.max_fps: dict[str, float] = {}
         for camera in cameras:
-            self.grabbers[camera.name] = FrameGrabber(open_source(camera.source), camera.source, stop, preprocess,
-                                                      queue_size, camera.name, self._ready)
+            self.grabbers[camera.name] = FrameGrabber(open_source(camera.source), camera.source, stop,
+                                                      preprocess(camera), queue_size, camera.name, self._ready)
             self.max_fps[camera.name] = camera.max_fps
         self._order = list(self.grabbers.values())
         self._next = 0

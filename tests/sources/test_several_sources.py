@@ -60,7 +60,7 @@ def _serve(cameras: Cameras, stop: threading.Event, seconds: float, work_s: floa
 def test_sources_are_taken_in_turn_and_a_dead_one_holds_up_nobody(tmp_path):
     cfg = _config(tmp_path)
     stop = threading.Event()
-    cameras = Cameras(cfg.cameras, open_source, stop, None)
+    cameras = Cameras(cfg.cameras, open_source, stop)
     cameras.start()
     try:
         seen = _serve(cameras, stop, 2.0)
@@ -82,7 +82,7 @@ def test_a_capped_source_keeps_to_its_cap_and_the_other_gets_the_rest(tmp_path):
     cfg = _config(tmp_path)
     cfg = cfg.model_copy(update={"sources": [cfg.sources[0].model_copy(update={"max_fps": 10.0}), cfg.sources[1]]})
     stop = threading.Event()
-    cameras = Cameras(cfg.cameras, open_source, stop, None)
+    cameras = Cameras(cfg.cameras, open_source, stop)
     cameras.start()
     try:
         seen = _serve(cameras, stop, 2.0)
@@ -108,7 +108,8 @@ def test_one_source_is_served_as_before_and_named_sources_validate(tmp_path):
     (tmp_path / "regions.toml").write_text('[[sources]]\nname = "a"\n[[regions]]\nname = "r"\nbox = [0, 0, 1, 1]\n')
     with pytest.raises(ConfigError, match=r"sources\.regions"):
         load_config(tmp_path / "regions.toml")
-    cfg = _config(tmp_path)
+    cfg = _config(tmp_path, '[sources.gate]\nmode = "always"\n')  # the garage's own gate
     assert cfg.camera("yard").source.uri.endswith("yard.mp4")
+    assert cfg.camera("yard").gate.mode == "motion" and cfg.camera("garage").gate.mode == "always"
     with pytest.raises(ConfigError, match="no source 'shed'; configured: front, yard, garage"):
         cfg.camera("shed")

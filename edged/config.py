@@ -64,6 +64,18 @@ class BackboneConfig(_Strict):
     pooling: Literal["avg", "flatten"] = "avg"
     path: Optional[str] = Field(None, description="model file for family 'keras' (.keras) or 'tflite'")
     seed: int = 0
+    choose: Literal["auto", "fixed"] = Field(
+        "auto", description="auto: with family mobilenet_v1, ImageNet weights and neither alpha nor input_size set, "
+                            "serve the largest MobileNet v1 whose backbone runs at least `min_fps` here (measured once "
+                            "at the first start)")
+    min_fps: float = Field(30.0, gt=0, le=10_000, description="auto: backbone runs a second the chosen one must reach "
+                                                               "on this machine")
+
+    @property
+    def auto(self) -> bool:
+        """The backbone is chosen from measurements (edged.serve.choice), not taken from alpha and input_size."""
+        return (self.choose == "auto" and self.family == "mobilenet_v1" and self.weights == "imagenet"
+                and not {"alpha", "input_size"} & self.model_fields_set)
 
 
 class RuntimeConfig(_Strict):

@@ -6,7 +6,8 @@ import importlib.util
 from pathlib import Path
 
 from ..config import Config
-from ..state.backbones import cache_folder
+from ..serve.choice import LADDER
+from ..state.backbones import cache_folder, local_imagenet_weights
 
 # Widths and input sizes Keras has ImageNet weights for.
 IMAGENET = {
@@ -32,7 +33,11 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
             if bb.input_size not in sizes:
                 warnings.append(f"backbone.input_size: {bb.family} ImageNet weights were trained at {sorted(sizes)} px; "
                                 f"{bb.input_size} px works but embeds less well")
-            if not (cache_folder(bb, cfg.state_path) / "backbone.tflite").is_file():
+            if bb.auto:
+                if not any(local_imagenet_weights(alpha, size) for alpha, size in LADDER):
+                    warnings.append("backbone.choose = 'auto' builds MobileNet v1 backbones from Keras' ImageNet "
+                                    "download at the first start; offline, put the weight files in $EDGED_WEIGHTS_DIR")
+            elif not (cache_folder(bb, cfg.state_path) / "backbone.tflite").is_file():
                 warnings.append("backbone.weights = 'imagenet' downloads the weights on first start; offline, set "
                                 "backbone.weights to a local .weights.h5 file")
         elif bb.weights != "none" and _missing(bb.weights):

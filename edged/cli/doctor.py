@@ -11,6 +11,7 @@ import numpy as np
 from ..config import Config
 from ..errors import BackboneError, SourceError
 from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version, load_delegate
+from ..serve.choice import candidate, remembered
 from ..sources import open_source
 from ..state.backbones import backbone_id
 from ..state.layout import StateLayout
@@ -80,6 +81,16 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
             _line(False, "broker", f"{cfg.mqtt.host}:{cfg.mqtt.port}: {e}")
             failures += 1
 
+    if cfg.backbone.auto:
+        memory = remembered(cfg)
+        if memory:
+            _line(True, "backbone", f"chosen for this machine: MobileNet v1 {memory['alpha']:g}/{memory['input_size']}, "
+                                    f"{memory['reason']} (backbone.choose = \"auto\"; {StateLayout(cfg.state_path).backbone_choice})")
+            cfg = cfg.model_copy(update={"backbone": candidate(cfg.backbone, memory["alpha"], memory["input_size"])})
+        else:
+            _line(None, "backbone", f"chosen at the first start: the largest MobileNet v1 running >= "
+                                    f"{cfg.backbone.min_fps:g} fps here (backbone.choose = \"auto\")")
+            return 1 if failures else 0
     try:
         bid = backbone_id(cfg.backbone)
         cached = (StateLayout(cfg.state_path).backbones / bid / "backbone.tflite").is_file() or cfg.backbone.family == "tflite"

@@ -96,7 +96,9 @@ class Daemon:
     def _start_stack(self):
         """Store, backbone (stored frames re-embedded for it when it changed) and heads (edged.serve.stack)."""
         self.stack = ServingStack(self.cfg, lambda done, total: self.notifier.extend_start(
-            60, f"embedding stored frames {done}/{total}"))
+            60, f"embedding stored frames {done}/{total}"),
+                                  lambda step: self.notifier.extend_start(120, step))
+        self.cfg = self.stack.cfg  # with backbone.choose = "auto": the backbone chosen for this machine
         self.store, self.backbone, self.engine, self.heads = (self.stack.store, self.stack.backbone, self.stack.engine,
                                                               self.stack.heads)
         self.model_sha = file_sha256(self.backbone.path)[:16]
@@ -129,6 +131,7 @@ class Daemon:
         self.events = event_store(self.cfg)
         self.scene = Scene(self.cfg, self.outputs, self.events)
         self.telemetry.sections["scene"] = self.scene.describe
+        self.telemetry.sections["backbone_choice"] = lambda: self.stack.choice
         self.telemetry.stats_sections["gate"] = self.scene.gate_stats
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.scene,
                               self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider,

@@ -17,6 +17,7 @@ from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
 from ..state.layout import StateLayout
 from ..state.store import Store
+from .choice import chosen
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def resolve(cfg: Config) -> BackboneInfo:
 
 
 def open_backbone(cfg: Config) -> tuple[BackboneInfo, Engine]:
+    """The serving backbone and its interpreter; with `backbone.choose = "auto"`, the one chosen for this machine
+    (edged.serve.choice)."""
+    cfg, _ = chosen(cfg, resolve)
     info = resolve(cfg)
     engine = Engine(EngineOptions(
         model_path=info.path, num_threads=cfg.runtime.num_threads, delegate=cfg.runtime.delegate,

@@ -11,14 +11,19 @@ from ..config import Config
 from ..heads.registry import head_classes, plugin_manager
 from ..state.layout import StateLayout
 from ..state.store import Store
-from .backbone import open_backbone, reembed_missing
+from .backbone import open_backbone, reembed_missing, resolve
+from .choice import chosen
 from .headset import HeadSet
 from .learning import Learning, RemoteJobs
 
 
 class ServingStack:
-    def __init__(self, cfg: Config, reembed_progress: Optional[Callable[[int, int], None]] = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, reembed_progress: Optional[Callable[[int, int], None]] = None,
+                 choice_progress: Optional[Callable[[str], None]] = None):
+        # the backbone chosen for this machine (edged.serve.choice): everything built here, and the TensorFlow
+        # worker, are given the concrete one
+        self.cfg, self.choice = chosen(cfg, resolve, choice_progress)
+        cfg = self.cfg
         self.store = Store(StateLayout(cfg.state_path).store)
         try:
             self.backbone, self.engine = open_backbone(cfg)

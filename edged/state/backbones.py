@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,23 @@ def _weights_token(cfg: BackboneConfig) -> str:
     if not Path(cfg.weights).is_file():
         raise BackboneError(f"backbone.weights: file not found: {cfg.weights}")
     return "sha256:" + file_sha256(cfg.weights)
+
+
+def weights_folders() -> list[Path]:
+    """Where ImageNet weight files are looked for before Keras would download them: $EDGED_WEIGHTS_DIR, then the
+    workspace's shared models folder beside a checkout."""
+    folders = [Path(os.environ["EDGED_WEIGHTS_DIR"])] if os.environ.get("EDGED_WEIGHTS_DIR") else []
+    return folders + [Path(__file__).resolve().parents[3] / "shared" / "models"]
+
+
+def local_imagenet_weights(alpha: float, size: int) -> Path | None:
+    """A MobileNet v1 ImageNet weights file for (alpha, size) on this disk (`mobilenet_v1_<alpha>_<size>_imagenet_no_top
+    .weights.h5`), or None."""
+    name = f"mobilenet_v1_{float(alpha)}_{size}_imagenet_no_top.weights.h5"
+    for folder in weights_folders():
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def cut_layer(cfg: BackboneConfig) -> str | None:

@@ -4,6 +4,7 @@
 state_dir/
   store/                  examples: SQLite + JPEG frames (edged.state.store)
   backbones/<id>/         converted backbones (edged.state.backbones)
+  backbones/choice.json   the backbone chosen for this machine (edged.serve.choice)
   heads/<head>/vN/        trained head versions, `current` (edged.state.versions)
   models/<head>/vN/       exported TFLite models, `current`
   review/<id>/            kept uncertain frames (edged.state.review)
@@ -30,6 +31,7 @@ class StateLayout:
         self.root = Path(root).expanduser()
         self.store = self.root / "store"
         self.backbones = self.root / "backbones"
+        self.backbone_choice = self.backbones / "choice.json"
         self.review = self.root / "review"
         self.events = self.root / "events"
         self.keys = self.root / "keys"

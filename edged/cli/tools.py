@@ -87,6 +87,7 @@ BENCHES = {
     "fleet": "fleet ls / fleet send against N simulated devices on one broker, next to the raw round trip",
     "events": "a scripted scene through a motion-gated and an always-on daemon: inferences, CPU, events, latency",
     "cameras": "one daemon with N sources vs N daemons: RSS per source, inferences/s, fairness, a camera dying",
+    "audio": "words and sounds from 5-10 clips (espeak-ng voices, synthetic sounds): heads and backbones side by side",
     "soak": "a long run with a command every few seconds: RSS, open files and threads sampled, must stay flat",
 }
 

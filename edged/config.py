@@ -27,6 +27,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AudioConfig(_Strict):
+    """Sound sources (`audio:`, `audio:<device>`, a .wav file): windows and when a window is a sound."""
+
+    window_s: float = Field(1.5, ge=0.2, le=10, description="seconds of sound in each window")
+    hop_s: float = Field(0.25, ge=0.02, le=10, description="seconds between windows")
+    loud_db: float = Field(10.0, ge=0, le=60, description="a window this many dB above the room's noise floor is a "
+                                                          "sound: the gate infers it, a capture stores it")
+    image_size: int = Field(128, ge=32, le=512, description="pixels of the spectrogram picture the backbone sees")
+
+
 class SourceConfig(_Strict):
     uri: str = Field(
         "synthetic",
@@ -53,6 +63,7 @@ class SourceConfig(_Strict):
                                 "default, all cores")
     nice: int = Field(0, ge=0, le=19, description="scheduling niceness of the thread that decodes frames (Linux): "
                       "above 0 it yields the cores to the interpreter's threads")
+    audio: AudioConfig = Field(default_factory=AudioConfig, description="sound sources: windows and loudness")
 
 
 class BackboneConfig(_Strict):
@@ -260,7 +271,7 @@ class StatesConfig(_Strict):
 class EventsConfig(_Strict):
     enabled: bool = Field(True, description="events (start/update/end) with a best-frame snapshot on disk")
     labels: Optional[list[str]] = Field(None, description="state labels that make events; default every label but "
-                                                          "'none' and 'unknown'")
+                                                          "'none', 'unknown' and 'background'")
     update_s: float = Field(5.0, gt=0, description="an ongoing event sends an update at most this often")
     max_mb: float = Field(200.0, gt=0, description="events' snapshots and clips on disk: the oldest are removed "
                                                    "beyond this many megabytes")

@@ -214,3 +214,14 @@ def test_each_concept_lives_in_one_place():
             if rel != home and mark.search(path.read_text()):
                 leaks.append(f"{rel}: {what} (belongs in {home})")
     assert leaks == []
+
+
+def test_every_package_folder_is_installed():
+    """A regular (not editable) install ships exactly the packages pyproject.toml lists: each folder must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"edged." + p.parent.relative_to(ROOT / "edged").as_posix().replace("/", ".")
+               for p in (ROOT / "edged").rglob("__init__.py") if p.parent != ROOT / "edged"}
+    missing = (folders | {"edged", "edged_plugins"}) - listed
+    assert not missing, f"package folders not in pyproject.toml [tool.setuptools] packages: {sorted(missing)}"

@@ -11,7 +11,7 @@ from typing import Optional
 from ..config import EventsConfig
 from .states import NONE, State
 
-NOT_OF_INTEREST = (NONE, "unknown")
+NOT_OF_INTEREST = (NONE, "unknown", "background")  # "background": the room's own sound, taught as a class
 
 
 def new_event_id(ts: float) -> str:

@@ -8,6 +8,7 @@ frames were skipped and why.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -15,6 +16,18 @@ import numpy as np
 from ..config import GateConfig
 from .motion import MotionDetector
 from .views import View
+
+
+@dataclass
+class Heard:
+    """A sound window as the gate sees it: loud is motion everywhere, and there are no light changes."""
+
+    loud: bool
+    first: bool = False
+    lighting: bool = False
+
+    def moving_in(self, box, min_area: float) -> bool:
+        return self.loud
 
 
 class Gate:
@@ -26,11 +39,17 @@ class Gate:
         self.last_motion = {v.name: float("-inf") for v in views}
         self.last_run = {v.name: float("-inf") for v in views}
         self.reasons: Counter = Counter()  # "<reason>" per view run, "skipped_still" per view skipped
+        self._first_sound = True
 
     def due(self, image: np.ndarray, now: float, capturing: Optional[str] = None,
-            settling: Callable[[str], bool] = lambda view: False) -> list[View]:
-        """The views to infer on this frame. `capturing`: the view a capture is taking examples from."""
-        motion = self.detector.detect(image) if self.detector is not None else None
+            settling: Callable[[str], bool] = lambda view: False, sound: Optional[bool] = None) -> list[View]:
+        """The views to infer on this frame. `capturing`: the view a capture is taking examples from. `sound`: for a
+        sound window, whether it is loud (edged.sources.audio), which stands for motion: a spectrogram always moves."""
+        if sound is not None and self.detector is not None:
+            motion = Heard(sound, first=self._first_sound)
+            self._first_sound = False
+        else:
+            motion = self.detector.detect(image) if self.detector is not None else None
         out = []
         for view in self.views:
             reason = self._reason(view, motion, now, capturing, settling)

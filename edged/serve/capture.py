@@ -45,6 +45,7 @@ class CaptureJob:
         self.caps = (max_per_label, max_total)  # the store's example caps, applied when the capture ends
         self.stored = 0
         self.skipped = 0
+        self.skipped_loudness = 0  # sound windows of the wrong loudness for the label (edged.serve.frameloop)
         self.cancelled = False
         self.started = time.monotonic()
         self._next_due = self.started
@@ -130,6 +131,7 @@ class CaptureJob:
     def progress(self) -> dict:
         where = {k: v for k, v in (("source", self.source), ("region", self.region)) if v}
         return {"label": self.label, **where, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
+                **({"skipped_loudness": self.skipped_loudness} if self.skipped_loudness else {}),
                 "seconds": round(time.monotonic() - self.started, 2)}
 
 

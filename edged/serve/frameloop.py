@@ -108,7 +108,7 @@ class FrameLoop:
         embedding = self.engine.embed(pixels) if capturing or self.heads.needs_embedding else None
         t1 = time.perf_counter()
         if capturing:
-            self._capture_step(job, image, embedding)
+            self._capture_step(job, image, embedding, frame)
         predictions = self.heads.predict(embedding, FrameView(image, self.engine.input_size, pixels), view.heads)
         t2 = time.perf_counter()
         latency_ms = (t2 - t0) * 1000
@@ -126,10 +126,15 @@ class FrameLoop:
         times.by_source[frame.source] += 1
 
     @staticmethod
-    def _capture_step(job: CaptureJob, image, embedding) -> None:
-        """Offer the frame (or the region's crop) to the capture; its writer stores it off this thread."""
-        if not job.cancelled and job.failed is None:
-            job.offer(image, embedding)
+    def _capture_step(job: CaptureJob, image, embedding, frame) -> None:
+        """Offer the frame (or the region's crop) to the capture; its writer stores it off this thread. Of sound,
+        only windows above the noise floor are examples of a sound, and only those below it of `background`."""
+        if job.cancelled or job.failed is not None:
+            return
+        if frame.audio is not None and frame.loud != (job.label != "background"):
+            job.skipped_loudness += 1  # a quiet window for a sound, or a sound for the background
+            return
+        job.offer(image, embedding)
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
         job.close()  # every chosen frame on disk before the reply counts them
@@ -154,8 +159,13 @@ class FrameLoop:
         if not job.done:
             source = self.source_state(job.source)
             result["source"] = source
-            why = (f"{job.skipped} frames were too similar to the last kept one (dedupe)" if source == "ok"
-                   else f"the source is {source}")
+            if source != "ok":
+                why = f"the source is {source}"
+            elif job.skipped_loudness > job.skipped:
+                why = (f"{job.skipped_loudness} sound windows were too quiet for a sound, or too loud for the "
+                       f"background (make the sound while the capture runs; [source.audio] loud_db sets the line)")
+            else:
+                why = f"{job.skipped} frames were too similar to the last kept one (dedupe)"
             result["note"] = f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: {why}"
         log.info("capture of %r done: %d stored", job.label, job.stored)
         job.responder.done(result)

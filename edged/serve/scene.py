@@ -66,7 +66,8 @@ class Scene:
         """The views the backbone runs on for this frame."""
         if self.cfg.events.clip_s:
             self._record(frame, now)
-        return self.gates[frame.source].due(frame.image, now, capturing, self._settling)
+        sound = frame.loud if frame.audio is not None else None
+        return self.gates[frame.source].due(frame.image, now, capturing, self._settling, sound)
 
     def gate_stats(self) -> dict:
         """The motion gates' decisions by reason, every source's together."""

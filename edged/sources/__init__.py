@@ -1,10 +1,12 @@
-"""Frame sources: camera index / URL / video file, image folder, synthetic scenes; preprocessing."""
+"""Frame sources: camera index / URL / video file, image folder, synthetic scenes, sound (microphone, WAV file);
+preprocessing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..config import SourceConfig
+from .audio import MicrophoneSource, WavSource, is_audio
 from .base import IMAGE_SUFFIXES, Frame, Source
 from .folder import FolderSource
 from .grabber import FrameGrabber
@@ -20,6 +22,8 @@ def open_source(cfg: SourceConfig) -> Source:
     uri = cfg.uri.strip()
     if uri == "synthetic" or uri.startswith("synthetic:"):
         return SyntheticSource(uri, cfg)
+    if is_audio(uri):
+        return MicrophoneSource(uri, cfg) if uri.startswith("audio:") else WavSource(uri, cfg)
     if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
         return FolderSource(uri, cfg)
     if uri.lower().startswith("http://"):  # https stays with FFmpeg, which accepts cameras' self-signed certificates

@@ -18,6 +18,9 @@ class Frame:
     ts: float = field(default_factory=time.time)
     pixels: Optional[np.ndarray] = None  # preprocessed RGB uint8, filled by the grabber
     source: str = ""  # the name of the source it came from ("" for the one `[source]`), set by the grabber
+    audio: Optional[np.ndarray] = None  # a sound window's samples (16 kHz mono, int16 range); image is its spectrogram
+    level_db: float = 0.0  # a sound window's loudness (dB below full scale)
+    loud: bool = False  # a sound window above the room's noise floor (the gate infers it)
 
 
 class Source:

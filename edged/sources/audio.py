@@ -1,0 +1,228 @@
+"""Sound as frames: a WAV file or a microphone, cut into overlapping windows, each drawn as its log-mel
+spectrogram.
+
+A window of `window_s` seconds comes every `hop_s` seconds. Its frame's `image` is the window's log-mel
+spectrogram (time across, low frequencies at the bottom, a fixed decibel scale, so loudness shows), which the
+image backbones embed like a photo; `audio` holds the window's samples (16 kHz mono, int16 range), `level_db` its
+loudness and `loud` whether it stands above the room's noise floor: the gate infers loud windows, and a capture
+stores only loud ones (except for the `background` label).
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import wave
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from ..config import SourceConfig
+from ..errors import SourceError
+from .base import Frame, Source
+
+SAMPLE_RATE = 16_000
+N_FFT, WIN, HOP = 512, 400, 160  # 25 ms windows every 10 ms
+DB_RANGE = (40.0, 140.0)  # mel power in dB (int16-range samples) drawn as 0..255
+
+
+def _mel_filters(n_mels: int) -> np.ndarray:
+    hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    mel_to_hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = mel_to_hz(np.linspace(hz_to_mel(50.0), hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    bins = np.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)
+    fb = np.zeros((n_mels, bins.size), np.float32)
+    for i in range(n_mels):
+        lo, mid, hi = edges[i:i + 3]
+        fb[i] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
+    return fb
+
+
+class Spectrogram:
+    """Samples -> the window's picture: a `size` x `size` BGR image of its log-mel spectrogram."""
+
+    def __init__(self, n_mels: int = 64, size: int = 128):
+        self.filters, self.size = _mel_filters(n_mels), size
+        self.hann = np.hanning(WIN).astype(np.float32)
+
+    def db(self, samples: np.ndarray) -> np.ndarray:
+        """(n_mels, frames) mel power in dB."""
+        x = np.asarray(samples, np.float32)
+        n = 1 + max(len(x) - WIN, 0) // HOP
+        idx = np.arange(WIN)[None, :] + HOP * np.arange(n)[:, None]
+        frames = np.pad(x, (0, max(0, WIN - len(x))))[idx] * self.hann
+        power = np.abs(np.fft.rfft(frames, N_FFT)) ** 2
+        return 10.0 * np.log10(self.filters @ power.T + 1e-10)
+
+    def image(self, samples: np.ndarray) -> np.ndarray:
+        lo, hi = DB_RANGE
+        grey = np.clip((self.db(samples)[::-1] - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+        grey = cv2.resize(grey, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        return cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO)
+
+
+def level_db(samples: np.ndarray) -> float:
+    """Loudness in dB below full scale (int16)."""
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+    return 20.0 * np.log10(max(rms, 1e-3) / 32768.0)
+
+
+class NoiseFloor:
+    """The room's noise level: follows quiet windows at once and loud ones only slowly (`rise_db` a window)."""
+
+    def __init__(self, rise_db: float = 0.05):
+        self.level: Optional[float] = None
+        self.rise_db = rise_db
+
+    def update(self, level: float) -> float:
+        self.level = level if self.level is None else min(level, self.level + self.rise_db)
+        return self.level
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A WAV file as 16 kHz mono samples in the int16 range; SourceError for what is not a PCM WAV."""
+    try:
+        with wave.open(str(path)) as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except (OSError, EOFError, wave.Error) as e:
+        raise SourceError(f"cannot read {path}: {e}") from None
+    if width not in (1, 2, 4):
+        raise SourceError(f"{path}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+    data = np.frombuffer(raw, {1: np.uint8, 2: np.int16, 4: np.int32}[width]).astype(np.float32)
+    data = (data - 128.0) * 256.0 if width == 1 else data / 65536.0 if width == 4 else data
+    if channels > 1:
+        data = data[: len(data) // channels * channels].reshape(-1, channels).mean(1)
+    if rate != SAMPLE_RATE and len(data):
+        t = np.arange(0, len(data) / rate, 1 / SAMPLE_RATE)
+        data = np.interp(t, np.arange(len(data)) / rate, data).astype(np.float32)
+    return data
+
+
+class _Windows(Source):
+    """Cuts a stream of samples into frames; subclasses give `_more(n)` samples."""
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg, self.audio = cfg, cfg.audio
+        self.window = int(self.audio.window_s * SAMPLE_RATE)
+        self.hop = int(self.audio.hop_s * SAMPLE_RATE)
+        self.fps = 1.0 / self.audio.hop_s  # the grabber paces files at this rate
+        self.picture = Spectrogram(size=self.audio.image_size)
+        self._buffer = np.zeros(0, np.float32)
+        self._pos = 0
+        self._floor = NoiseFloor()
+
+    def _more(self, n: int) -> Optional[np.ndarray]: ...
+
+    def read(self) -> Optional[Frame]:
+        need = self.window if self._pos == 0 else self.hop
+        chunk = self._more(need)
+        if chunk is None:
+            return None
+        self._buffer = np.concatenate([self._buffer, chunk])[-self.window:]
+        if len(self._buffer) < self.window:
+            self._buffer = np.pad(self._buffer, (self.window - len(self._buffer), 0))
+        samples = self._buffer.copy()
+        level = level_db(samples[-max(self.hop, 1):])  # the newest hop: a sound is loud as it starts
+        floor = self._floor.update(level)
+        frame = Frame(self.picture.image(samples), self._pos)
+        frame.audio, frame.level_db, frame.loud = samples, round(level, 1), level >= floor + self.audio.loud_db
+        self._pos += 1
+        return frame
+
+
+class WavSource(_Windows):
+    """A WAV file (any rate, channels, 8/16/32-bit PCM), played at its own pace; `loop` restarts it."""
+
+    live = False
+
+    def __init__(self, uri: str, cfg: SourceConfig):
+        super().__init__(cfg)
+        self.path = Path(uri)
+        self.description = f"sound file {uri}"
+        self._samples = np.zeros(0, np.float32)
+        self._at = 0
+
+    def open(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"sound file not found: {self.path}")
+        self._samples = read_wav(self.path)
+        if len(self._samples) < self.hop:
+            raise SourceError(f"{self.path}: shorter than one hop ({self.audio.hop_s:g} s)")
+        self._at = 0
+
+    def _more(self, n: int) -> Optional[np.ndarray]:
+        out = []
+        while n > 0:
+            if self._at >= len(self._samples):
+                if not self.cfg.loop:
+                    return np.concatenate(out) if out else None
+                self._at = 0
+            piece = self._samples[self._at:self._at + n]
+            self._at += len(piece)
+            n -= len(piece)
+            out.append(piece)
+        return np.concatenate(out)
+
+    def close(self) -> None:
+        self._samples = np.zeros(0, np.float32)
+
+
+class MicrophoneSource(_Windows):
+    """A microphone through PortAudio (`sounddevice`, the `audio` extra): `audio:` the default input,
+    `audio:<name or index>` another. A microphone that goes away is a lost source: reopened with backoff."""
+
+    live = True
+
+    def __init__(self, uri: str, cfg: SourceConfig):
+        super().__init__(cfg)
+        name = uri.split(":", 1)[1]
+        self.device = int(name) if name.isdigit() else (name or None)
+        self.description = f"microphone {name or '(default)'}"
+        self._stream = None
+        self._chunks: "queue.Queue[np.ndarray]" = queue.Queue(maxsize=256)
+        self._pending = np.zeros(0, np.float32)
+
+    def open(self) -> None:
+        try:
+            sd = importlib.import_module("sounddevice")
+        except (ImportError, OSError) as e:  # OSError: the PortAudio library itself is missing
+            raise SourceError(f"{self.description}: sound input needs the audio extra (pip install 'edged[audio]' "
+                              f"and Debian's libportaudio2): {e}") from None
+        try:
+            self._stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16", device=self.device,
+                                          blocksize=HOP * 4, callback=self._on_audio)
+            self._stream.start()
+        except Exception as e:  # PortAudioError, ValueError for an unknown device
+            raise SourceError(f"cannot open {self.description}: {e}") from None
+
+    def _on_audio(self, data, frames, time_info, status) -> None:
+        try:
+            self._chunks.put_nowait(np.asarray(data, np.float32).reshape(-1).copy())
+        except queue.Full:
+            pass
+
+    def _more(self, n: int) -> Optional[np.ndarray]:
+        while len(self._pending) < n:
+            try:
+                chunk = self._chunks.get(timeout=self.cfg.read_timeout_s)
+            except queue.Empty:
+                raise SourceError(f"{self.description}: no sound for {self.cfg.read_timeout_s:g} s") from None
+            self._pending = np.concatenate([self._pending, chunk])
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return out
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.stop()
+                self._stream.close()
+            except Exception:
+                pass
+            self._stream = None
+
+
+def is_audio(uri: str) -> bool:
+    return uri.startswith("audio:") or uri.lower().endswith(".wav")

@@ -1,0 +1,102 @@
+"""Sound end to end: a daemon subprocess, a real mosquitto, a WAV file made here (room noise with a smoke alarm
+and a knock at scripted times, looped) read as overlapping windows drawn as spectrograms, a real MobileNet.
+Taught from windows of other renditions; the daemon's states and events follow the script, the background
+makes none, and a capture takes only windows of the right loudness."""
+
+from __future__ import annotations
+
+import json
+import wave
+
+import numpy as np
+import pytest
+from conftest import WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config, toml_config
+from conftest import write_config
+
+from edged.bench.audio import noise, synthetic_sound
+from edged.config import SourceConfig
+from edged.sources import open_source
+
+DEVICE = "ears"
+RATE = 16_000
+LOOP_S = 10.0  # noise 0-3 s, smoke alarm from 3 s, noise, knock from 7 s
+
+
+def _write_wav(path, samples) -> str:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(np.clip(samples, -32767, 32767).astype(np.int16).tobytes())
+    return str(path)
+
+
+def _room(seconds: float, rng) -> np.ndarray:
+    return noise(int(seconds * RATE), rng) * 300.0
+
+
+def _script(rng) -> np.ndarray:
+    out = _room(LOOP_S, rng)
+    for start, kind in ((3.0, "smoke alarm"), (7.0, "knock")):
+        sound = synthetic_sound(kind, rng)
+        at = int(start * RATE)
+        out[at:at + sound.size] += sound
+    return out
+
+
+def _windows(path: str) -> list:
+    source = open_source(SourceConfig(uri=path, loop=False))
+    source.open()
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    return frames
+
+
+def _teach(state, backbone, tmp_path) -> None:
+    """Windows of other renditions: loud ones of each sound, quiet ones of the room as `background`."""
+    rng = np.random.default_rng(7)
+    items = []
+    for kind in ("smoke alarm", "knock"):
+        for i in range(4):
+            clip = _room(4.0, rng)  # the room first: the noise floor is learnt before the sound
+            sound = synthetic_sound(kind, rng)
+            clip[2 * RATE:2 * RATE + sound.size] += sound
+            items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.loud]
+    room = _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))
+    items += [(f.image, "background", None) for f in room[::2] if not f.loud]
+    _, engine, store = fill_store(state_config(state, backbone), items)
+    store.close()
+    engine.close()
+
+
+@pytest.mark.heavy
+@needs_weights
+def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_state, tmp_path):
+    backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
+    state = make_state(backbone)
+    _teach(state, backbone, tmp_path)
+    wav = _write_wav(tmp_path / "kitchen.wav", _script(np.random.default_rng(1)))
+    extra = "\n[states]\nenter = 2\nexit_s = 0.5\n[events]\nupdate_s = 1.0\n"
+    config = write_config(tmp_path / "ears.toml", toml_config(state, broker.port, wav, backbone, DEVICE, extra,
+                                                               every_frame=False))
+    d = daemons(config, tmp_path / "ears.log")
+    probe.wait_online(DEVICE, 90)
+
+    # a loop of the script: the alarm is an event, then the knock; the room in between makes none
+    topic = f"edged/{DEVICE}/event/knn"
+    starts = []
+    while len(starts) < 2:
+        _, payload, _ = probe.wait_for(lambda t, p, r: t == topic and json.loads(p)["type"] == "start", 30)
+        starts.append(json.loads(payload)["label"])
+    assert set(starts) == {"smoke alarm", "knock"}, starts
+    states = [json.loads(p)["label"] for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn"]
+    assert "background" in states and "unknown" not in starts, states
+
+    # a capture of a sound takes only the loud windows
+    reply = probe.request(DEVICE, "capture", {"label": "smoke alarm", "count": 2, "interval_ms": 0, "timeout_s": 30})
+    assert reply["ok"] and reply["result"]["stored"] == 2, reply
+    assert reply["result"].get("skipped_loudness", 0) > 0, reply  # it waited through quiet windows
+    status = probe.request(DEVICE, "status", {})["result"]
+    assert status["source"]["state"] == "ok" and status["scene"]["gate"].get("skipped_still", 0) > 0, status["scene"]
+    assert d.stop() == 0, d.output()

@@ -6,12 +6,24 @@ makes none, and a capture takes only windows of the right loudness."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
+import sys
 import wave
 
 import numpy as np
 import pytest
-from conftest import WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config, toml_config
-from conftest import write_config
+from conftest import (
+    ROOT,
+    WEIGHTS_025,
+    backbone_settings,
+    fill_store,
+    needs_weights,
+    state_config,
+    toml_config,
+    write_config,
+)
 
 from edged.bench.audio import noise, synthetic_sound
 from edged.config import SourceConfig
@@ -99,4 +111,42 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     assert reply["result"].get("skipped_loudness", 0) > 0, reply  # it waited through quiet windows
     status = probe.request(DEVICE, "status", {})["result"]
     assert status["source"]["state"] == "ok" and status["scene"]["gate"].get("skipped_still", 0) > 0, status["scene"]
+    assert d.stop() == 0, d.output()
+
+
+def _readme_sound_block() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", readme[readme.index("## Sound"):], re.S).group(1)
+    return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.startswith("edged ")]
+
+
+@pytest.mark.heavy
+@needs_weights
+def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_state, tmp_path):
+    """The README's "Sound" commands, in order, against a daemon hearing a room where a doorbell rings every 4 s."""
+    backbone = backbone_settings(str(WEIGHTS_025), input_size=128)
+    state = make_state(backbone)
+    rng = np.random.default_rng(3)
+    room = _room(16.0, rng)
+    for start in (2.0, 6.0, 10.0, 14.0):
+        chime = synthetic_sound("chime", rng)
+        room[int(start * RATE):int(start * RATE) + chime.size] += chime
+    wav = _write_wav(tmp_path / "hall.wav", room)
+    config = write_config(tmp_path / "hall.toml", toml_config(state, broker.port, wav, backbone, "hall",
+                                                               "\n[states]\nenter = 2\n", every_frame=False))
+    d = daemons(config, tmp_path / "hall.log")
+    probe.wait_online("hall", 90)
+    ran = []
+    for argv in _readme_sound_block():
+        out = subprocess.run([sys.executable, "-m", "edged", argv[1], "--config", str(config), *argv[2:]],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, (argv, out.stdout, out.stderr)
+        reply = json.loads(out.stdout)
+        ran.append(argv[2])
+        if argv[2] == "capture":
+            assert reply["stored"] == 10, reply
+    assert ran == ["capture", "capture", "train"], ran
+    assert reply["active"], reply
+    start = probe.wait_for(lambda t, p, r: t == "edged/hall/event/classifier" and json.loads(p)["type"] == "start", 60)
+    assert json.loads(start[1])["label"] == "doorbell"
     assert d.stop() == 0, d.output()

@@ -122,10 +122,13 @@ class Daemon:
         """Telemetry, the outputs (MQTT, the teach page's latest, the console), the review queue and the loop."""
         self.telemetry = Telemetry(cfg=self.cfg, backbone=self.backbone, engine=self.engine, model_sha=self.model_sha,
                                    heads=self.heads, store=self.store, captures=self.captures, jobs=self.jobs,
-                                   times=self.times, cameras=lambda: self.cameras, link=lambda: self.mqtt,
+                                   times=self.times, cameras=lambda: self.cameras,
                                    precision=self.precision)
         self.reviews = ReviewQueue(StateLayout(self.cfg.state_path).review, self.cfg.review.max_items)
-        self.outputs = Outputs(lambda: self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
+        # the link exists (unconnected) before what publishes on it; `mqtt` connects it
+        self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status) \
+            if self.cfg.mqtt.enabled else None
+        self.outputs = Outputs(self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
                                self.cfg.publish)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
         self.events = event_store(self.cfg)
@@ -145,14 +148,14 @@ class Daemon:
             log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
                         "on the broker")
         # trainer nodes are reached over the broker; they are heard of once MQTT is up (_start_fleet)
-        self.remote = RemoteTrainer(self.cfg, self.store, self.backbone, lambda: self.mqtt, self.trust) \
-            if self.cfg.mqtt.enabled else None
+        self.remote = RemoteTrainer(self.cfg, self.store, self.backbone, self.mqtt, self.trust) \
+            if self.mqtt is not None else None
         self.learning = self.stack.with_learning(self.remote).learning
         self.learning.start()
         return self.learning.close
 
     def _start_commands(self):
-        self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, lambda: self.mqtt,
+        self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, self.mqtt,
                                self.telemetry.changed, self.stop, self.trust)
         self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(store=self.store, backbone_id=self.backbone.id, heads=self.heads,
@@ -173,10 +176,9 @@ class Daemon:
         return stop
 
     def _start_mqtt(self):
-        if not self.cfg.mqtt.enabled:
+        if self.mqtt is None:
             return None
         check_broker_certificate(self.cfg.mqtt)
-        self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status)
         self.mqtt.start()
         return self.mqtt.stop
 
@@ -234,9 +236,13 @@ class Daemon:
         """Between frames: the retained stats and the store's changes every stats interval, the status when due."""
         if now >= self._stats_due:
             self._stats_due = now + self.cfg.mqtt.stats_interval_s
-            self.outputs.stats(self.telemetry.stats())
+            self.outputs.stats({**self.telemetry.stats(), **(self.mqtt.figures() if self.mqtt else {})})
             self._sync_store()
-        self.telemetry.maybe_publish_status(self.notifier.status)
+        source = self.telemetry.status_due()
+        if source is not None:
+            if self.mqtt is not None:
+                self.mqtt.publish_status()
+            self.notifier.status(f"source {source}")
 
     def page_sources(self) -> "PageSources":
         """What the teach page reads and does (edged.web.server.PageSources)."""

@@ -104,7 +104,7 @@ class RemoteTrainer:
 
     def run(self, job: str, head: str, params: dict, progress=None, stop: Optional[threading.Event] = None) -> dict:
         """Send the job to a trainer, wait for its version, commit it here. Returns the job's result (local names)."""
-        link = self.link()
+        link = self.link
         trainer = self.available()
         if link is None or trainer is None:
             raise TrainingError(f"{job} needs TensorFlow, which is not installed here, and no trainer is online "

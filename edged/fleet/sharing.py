@@ -274,7 +274,7 @@ class Sharing:
 
     # -- publishing ------------------------------------------------------------------------
     def _send(self, kind: str, name: str, data: bytes, manifest: dict, progress) -> dict:
-        link = self.link()
+        link = self.link
         if link is None:
             raise EdgedError("publish: MQTT is disabled here ([mqtt] enabled = false); nothing to share on")
         base = self.topics.publisher(self.cfg.device)

@@ -288,6 +288,11 @@ class MqttLink:
         with self._lock:
             return len(self._pending)
 
+    def figures(self) -> dict:
+        """For the stats: QoS 1 messages in flight, and what was dropped (queue full; QoS 0 while away)."""
+        return {"mqtt_queued": self.queued, "mqtt_dropped": self.queue_dropped,
+                "mqtt_dropped_offline_qos0": self.dropped_offline}
+
     def publish_status(self) -> None:
         self.publish(self.topics.status, self.online_status(), retain=True, qos=1)
 

@@ -8,7 +8,7 @@ and at most `max_rate` a second per head and region.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from ..config import PublishConfig
 from ..heads.base import Prediction
@@ -16,9 +16,9 @@ from ..scene.views import WHOLE, View
 
 
 class Outputs:
-    def __init__(self, link: Callable[[], object], backbone_id: str, model_sha: str, print_predictions: bool,
+    def __init__(self, link: Optional[object], backbone_id: str, model_sha: str, print_predictions: bool,
                  publish: Optional[PublishConfig] = None):
-        self.link = link  # the MQTT link, or None (disabled, or not up yet)
+        self.link = link  # the MQTT link (it queues until connected), or None when MQTT is disabled
         self.backbone_id, self.model_sha = backbone_id, model_sha
         self.print_predictions = print_predictions
         self.publish = publish or PublishConfig(predictions="every")
@@ -36,7 +36,7 @@ class Outputs:
         if self.print_predictions:
             where = f" in {region}" if region else ""
             print(f"{head}{where}: {pred.label} {pred.score:.2f} (frame {frame.pos}, {latency_ms:.1f} ms)", flush=True)
-        link = self.link()
+        link = self.link
         if link is None or not self._due(key, pred.label):
             return
         link.publish(link.topics.prediction(head, region), payload)
@@ -53,40 +53,40 @@ class Outputs:
         return True
 
     def state(self, head: str, region: str, payload: dict) -> None:
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.state(head, region), payload, retain=True, qos=1)
 
     def event(self, head: str, region: str, payload: dict) -> None:
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.event(head, region), payload, qos=1)
 
     def event_snapshot(self, jpeg: bytes) -> None:
         """The latest event's best frame, retained (Home Assistant's event image)."""
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.event_snapshot, jpeg, retain=True, qos=1)
 
     def job(self, payload: dict) -> None:
         """A background job's progress and result (a fine-tune following a train's answer)."""
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.job, payload, qos=1)
 
     def stats(self, payload: dict) -> None:
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.stats, payload, retain=True)  # retained: `fleet ls` reads it
 
     def review(self, item: dict) -> None:
-        link = self.link()
+        link = self.link
         if link is not None:
             link.publish(link.topics.review, {**item, "thumbnail": f"review/{item['id']}/frame.jpg"}, qos=1)
 
     def snapshot(self, jpeg: bytes) -> Optional[str]:
         """Publish a snapshot; the topic it went to, or None without MQTT."""
-        link = self.link()
+        link = self.link
         if link is None:
             return None
         link.publish(link.topics.snapshot, jpeg, qos=1)

@@ -36,11 +36,11 @@ class Telemetry:
     """Builds status and stats from the running parts; `changed()` asks for a status publish soon."""
 
     def __init__(self, *, cfg, backbone, engine, model_sha: str, heads, store, captures, jobs, times: StageTimes,
-                 cameras: Callable[[], object], link: Callable[[], object], precision: Optional[dict] = None):
+                 cameras: Callable[[], object], precision: Optional[dict] = None):
         self.cfg, self.backbone, self.engine, self.model_sha = cfg, backbone, engine, model_sha
         self.precision = precision or {"precision": "float32"}
         self.heads, self.store, self.captures, self.jobs, self.times = heads, store, captures, jobs, times
-        self.cameras, self.link = cameras, link
+        self.cameras = cameras
         self.sections: dict[str, Callable[[], dict]] = {}  # more of the status, from parts started later
         self.stats_sections: dict[str, Callable[[], dict]] = {}  # more of the stats (the motion gate's counts)
         self.listeners: list[Callable[[], None]] = []  # told of every change (e.g. Home Assistant discovery)
@@ -113,17 +113,15 @@ class Telemetry:
             free = None
         return {"max_per_label": cap.max_per_label or None, "max_total": cap.max_total or None, "free_bytes": free}
 
-    def maybe_publish_status(self, notify: Callable[[str], None]) -> None:
-        """Publish the status when the source state changed or something asked for it."""
+    def status_due(self) -> Optional[str]:
+        """The source's state when the status should go out again (it changed, or something asked), else None."""
         g = self.cameras()
         key = (g.health, g.error) if g else ("starting", None)
         if key != self._key or self._dirty.is_set():
             self._key = key
             self._dirty.clear()
-            link = self.link()
-            if link is not None:
-                link.publish_status()
-            notify(f"source {key[0]}")
+            return key[0]
+        return None
 
     def stats(self) -> dict:
         now = time.monotonic()
@@ -159,9 +157,4 @@ class Telemetry:
         if g.several:
             stats["sources"] = self._source_stats(dt)
         stats.update({name: describe() for name, describe in list(self.stats_sections.items())})
-        link: Optional[object] = self.link()
-        if link is not None:
-            stats["mqtt_queued"] = link.queued
-            stats["mqtt_dropped"] = link.queue_dropped
-            stats["mqtt_dropped_offline_qos0"] = link.dropped_offline
         return stats

@@ -72,7 +72,7 @@ def test_a_job_never_names_a_file_on_the_trainer(tmp_path, fleet_admin):
 
 def _remote(tmp_path, fleet_admin) -> RemoteTrainer:
     cfg = Config.model_validate({"device": "door", "state_dir": str(tmp_path / "door")})
-    return RemoteTrainer(cfg, None, None, lambda: None, FleetTrust("signed", enrol(fleet_admin, cfg.state_path, "door")))
+    return RemoteTrainer(cfg, None, None, None, FleetTrust("signed", enrol(fleet_admin, cfg.state_path, "door")))
 
 
 def test_a_device_listens_only_to_certified_trainers(tmp_path, fleet_admin):

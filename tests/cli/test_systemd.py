@@ -43,5 +43,6 @@ def test_unit_is_notify_with_watchdog_and_hardened(tmp_path):
     m = re.search(r"Overall exposure level for edged.service: ([\d.]+)", result.stdout + result.stderr)
     assert m, result.stdout + result.stderr
     assert float(m.group(1)) <= 2.0, result.stdout  # measured 1.7 "OK"
-    for line in ("DeviceAllow=char-video4linux rw", "SupplementaryGroups=video"):  # the camera stays reachable
+    for line in ("DeviceAllow=char-video4linux rw", "DeviceAllow=char-alsa rw",
+                 "SupplementaryGroups=video audio"):  # the camera and the microphone stay reachable
         assert line in text

@@ -47,7 +47,7 @@ def install(root: Path, user: str = "edged", chown: bool = True) -> list[str]:
         try:
             uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
         except KeyError:
-            done.append(f"user {user!r} does not exist: sudo useradd --system --groups video {user}, then run this again")
+            done.append(f"user {user!r} does not exist: sudo useradd --system --groups video,audio {user}, then run this again")
         else:
             os.chown(config_dir, 0, gid)
             os.chown(config, 0, gid)

@@ -27,6 +27,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def is_audio_uri(uri: str) -> bool:
+    """A sound source: a microphone (`audio:`, `audio:<device>`) or a WAV file."""
+    uri = uri.strip()
+    return uri.startswith("audio:") or uri.lower().endswith(".wav")
+
+
 class AudioConfig(_Strict):
     """Sound sources (`audio:`, `audio:<device>`, a .wav file): windows and when a window is a sound."""
 
@@ -67,13 +73,16 @@ class SourceConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    family: Literal["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "keras", "tflite"] = "mobilenet_v1"
+    family: Literal["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "keras", "tflite",
+                    "speech_embedding"] = "mobilenet_v1"
     alpha: float = Field(0.25, gt=0, le=1.4)
     input_size: int = Field(128, ge=32, le=1024)
     cut_layer: Optional[str] = Field(None, description="layer to cut at; default per family")
     weights: str = Field("imagenet", description="'imagenet', 'none' (random, seeded) or a weights file path")
     pooling: Literal["avg", "flatten"] = "avg"
-    path: Optional[str] = Field(None, description="model file for family 'keras' (.keras) or 'tflite'")
+    path: Optional[str] = Field(None, description="model file for family 'keras' (.keras) or 'tflite'; for "
+                                                  "'speech_embedding' the folder of its two models (default "
+                                                  "$EDGED_SPEECH_MODELS, or the workspace's shared models)")
     seed: int = 0
     choose: Literal["auto", "fixed"] = Field(
         "auto", description="auto: with family mobilenet_v1, ImageNet weights and neither alpha nor input_size set, "
@@ -409,6 +418,11 @@ class Config(_Strict):
             raise ValueError("sources: give [source] (one source) or [[sources]] (several, each named), not both")
         if self.sources and self.regions:
             raise ValueError("regions: with [[sources]], a source's regions go in its own [[sources.regions]]")
+        if self.backbone.family == "speech_embedding":
+            pictures = [c.source.uri for c in self.cameras if not is_audio_uri(c.source.uri)]
+            if pictures:
+                raise ValueError(f"backbone.family: 'speech_embedding' hears sound, and {pictures[0]!r} is not a sound "
+                                 f"source (audio:, audio:<device> or a .wav file)")
         return self
 
     @property

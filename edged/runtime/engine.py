@@ -199,5 +199,9 @@ class Engine:
         """First output, flattened to a float32 vector."""
         return self.run(pixels)[0].reshape(-1)
 
+    def embed_frame(self, frame, pixels: np.ndarray) -> np.ndarray:
+        """A frame's embedding: an image backbone sees its pixels (the speech backbone hears its sound)."""
+        return self.embed(pixels)
+
     def close(self) -> None:
         self.interpreter = None

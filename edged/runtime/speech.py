@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackboneError
-from .engine import interpreter_module
+from ..errors import BackboneError, EngineError
+from .engine import EngineOptions, interpreter_module
 
 SAMPLE_RATE = 16_000
 MEL_BINS = 32
@@ -99,3 +99,34 @@ class SpeechEmbedder:
 
     def close(self) -> None:
         self._mel = self._emb = None
+
+
+class SpeechEngine:
+    """The speech embedding where the daemon expects a backbone engine: it embeds a frame's sound, and refuses
+    pictures (a sound example's stored picture is its spectrogram, which this backbone cannot read)."""
+
+    hears = True
+    delegate = "cpu"
+    input_size = 128  # the spectrogram picture's size, for what shows or stores it
+
+    def __init__(self, folder: str | Path, num_threads: int = 1, interpreter: str = "auto"):
+        self.interpreter_name, _ = interpreter_module(interpreter)
+        self.options = EngineOptions(str(Path(folder) / EMBEDDING_FILE), num_threads, interpreter=interpreter)
+        self.embedder = SpeechEmbedder(SpeechOptions(str(folder), num_threads=num_threads, interpreter=interpreter))
+        self.output_dim = SpeechEmbedder.dim
+
+    def embed_sound(self, samples: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(samples)
+
+    def embed_frame(self, frame, pixels: np.ndarray) -> np.ndarray:
+        if getattr(frame, "audio", None) is None:
+            raise EngineError("backbone.family = 'speech_embedding' hears sound: the source must be audio (a "
+                              "microphone, audio:..., or a .wav file)")
+        return self.embed_sound(frame.audio)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        raise EngineError("the speech embedding embeds sound, not pictures: this needs the example's sound")
+
+    def close(self) -> None:
+        self.embedder.close()
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 from ..config import Config
 from ..errors import BackboneError
 from ..runtime.engine import Engine, EngineOptions
+from ..runtime.speech import SpeechEngine
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
 from ..state.layout import StateLayout
@@ -51,6 +53,8 @@ def open_backbone(cfg: Config) -> tuple[BackboneInfo, Engine]:
     (edged.serve.choice)."""
     cfg, _ = chosen(cfg, resolve)
     info = resolve(cfg)
+    if info.family == "speech_embedding":
+        return info, SpeechEngine(Path(info.path).parent, cfg.runtime.num_threads, cfg.runtime.interpreter)
     engine = Engine(EngineOptions(
         model_path=info.path, num_threads=cfg.runtime.num_threads, delegate=cfg.runtime.delegate,
         interpreter=cfg.runtime.interpreter, scaling=info.scaling,
@@ -64,7 +68,8 @@ def embed_image(engine: Engine, image_bgr: np.ndarray) -> np.ndarray:
 
 def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine,
                     progress: Optional[Callable[[int, int], None]] = None, batch: int = 100) -> int:
-    """Compute embeddings for examples stored under another backbone (frames are kept for this).
+    """Compute embeddings for examples stored under another backbone (frames are kept for this; a speech backbone
+    embeds a sound example's kept sound, and skips examples without one).
 
     Committed every `batch` frames, so work done before a crash is kept; `progress(done, total)` after each.
     """
@@ -74,8 +79,13 @@ def reembed_missing(store: Store, backbone: BackboneInfo, engine: Engine,
     log.info("embedding %d stored frames for backbone %s", len(missing), backbone.id)
     pairs, done = [], 0
     for i, (example_id, path) in enumerate(missing, 1):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
+        if getattr(engine, "hears", False):
+            sound = store.load_audio(example_id)
+            if sound is None:
+                log.warning("example %d has no sound kept: the speech backbone cannot embed it; skipped", example_id)
+            else:
+                pairs.append((example_id, engine.embed_sound(sound)))
+        elif (img := cv2.imread(str(path), cv2.IMREAD_COLOR)) is None:
             log.warning("example %d: frame %s unreadable; skipped", example_id, path)
         else:
             pairs.append((example_id, embed_image(engine, img)))

@@ -78,7 +78,7 @@ class CaptureJob:
     def all_chosen(self) -> bool:
         return self.accepted >= self.count or self.failed is not None
 
-    def offer(self, image: np.ndarray, embedding: np.ndarray) -> bool:
+    def offer(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray] = None) -> bool:
         """Take this frame if one is due and it is not a near-copy of the last kept; True once it is on disk (with a
         writer: once it is handed to it)."""
         now = time.monotonic()
@@ -91,14 +91,14 @@ class CaptureJob:
         self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
         self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)
         if self._writes is not None:
-            self._writes.put((image, embedding))
+            self._writes.put((image, embedding, audio))
         else:
-            self._write(image, embedding)
+            self._write(image, embedding, audio)
         return True
 
-    def _write(self, image: np.ndarray, embedding: np.ndarray) -> None:
-        self.store.add(NewExample(image, self.label, embedding, objects=self.objects, source=self.source or None),
-                       self.backbone_id)
+    def _write(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray] = None) -> None:
+        self.store.add(NewExample(image, self.label, embedding, objects=self.objects, source=self.source or None,
+                                  audio=audio), self.backbone_id)
         self.stored += 1
         if self.learned is not None:
             self.learned(embedding, self.label, self.box)

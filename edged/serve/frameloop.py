@@ -105,7 +105,7 @@ class FrameLoop:
         image = view.crop(frame.image)
         pixels = frame.pixels if view.whole and frame.pixels is not None else to_pixels(image, self.engine.input_size)
         capturing = job is not None and job.place == view.name
-        embedding = self.engine.embed(pixels) if capturing or self.heads.needs_embedding else None
+        embedding = self.engine.embed_frame(frame, pixels) if capturing or self.heads.needs_embedding else None
         t1 = time.perf_counter()
         if capturing:
             self._capture_step(job, image, embedding, frame)
@@ -134,7 +134,7 @@ class FrameLoop:
         if frame.audio is not None and frame.loud != (job.label != "background"):
             job.skipped_loudness += 1  # a quiet window for a sound, or a sound for the background
             return
-        job.offer(image, embedding)
+        job.offer(image, embedding, frame.audio)
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
         job.close()  # every chosen frame on disk before the reply counts them

@@ -26,6 +26,9 @@ from .worker_client import TrainerWorker, tensorflow_available
 log = logging.getLogger(__name__)
 
 
+SPEECH_NO_JOBS = ("the speech embedding has no Keras form here: fine-tuning and exported models are for the image "
+                  "backbones (train gives the numpy head, which serves)")
+
 class RemoteJobs(Protocol):
     """A trainer node reached over the broker (edged.fleet.remote_trainer.RemoteTrainer)."""
 
@@ -68,6 +71,8 @@ class Learning:
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed off the frame loop (whose interpreter is not shared across threads) with one interpreter of
         our own, built on first use and kept for the next train or label."""
+        if self.backbone.family == "speech_embedding":
+            raise HeadError("the speech embedding embeds sound, not pictures: this needs the example's sound")
         with self._embed_lock:
             if self._embedder is None:
                 self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
@@ -77,8 +82,11 @@ class Learning:
     def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
         return self.embed_pixels(to_pixels(image_bgr, self.backbone.input_size))
 
-    def fit_context(self, request: TrainRequest) -> FitContext:
-        """Stored frames and the serving backbone's embedding, for an in-process fit."""
+    def fit_context(self, request: TrainRequest) -> Optional[FitContext]:
+        """Stored frames and the serving backbone's embedding, for an in-process fit (none for the speech backbone:
+        its examples' pictures are spectrograms it cannot read)."""
+        if self.backbone.family == "speech_embedding":
+            return None
         size = self.backbone.input_size
         return FitContext(
             request=request, input_size=size,
@@ -170,6 +178,8 @@ class Learning:
 
     def _placement(self) -> tuple[Optional[str], Optional[str]]:
         """Where a TensorFlow job runs now, "here" or "remote" ([fleet] trainer), or (None, why it cannot)."""
+        if self.backbone.family == "speech_embedding":
+            return None, SPEECH_NO_JOBS
         where, here = self.cfg.fleet.trainer, tensorflow_available()
         if where == "local" or (where == "auto" and here):
             return ("here", None) if here else (None, "TensorFlow is not installed (pip install 'edged[train]')")
@@ -187,6 +197,8 @@ class Learning:
     def _run_job(self, job: str, name: str, params: dict, progress: Progress, stop: Optional[threading.Event]) -> dict:
         """A TensorFlow job: in the worker process here, or on a trainer node ([fleet] trainer)."""
         place, why = self._placement()
+        if self.backbone.family == "speech_embedding":
+            raise TrainingError(f"{job}: {SPEECH_NO_JOBS}")
         if place == "remote":
             return self.remote.run(job, name, params, progress, stop)
         if place is None and self.cfg.fleet.trainer != "local":

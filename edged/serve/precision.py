@@ -100,6 +100,9 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
     """(the engine to serve with, what status says about it)."""
     rt = cfg.runtime
     report = {"precision": "float32", "requested": rt.precision}
+    if info.family == "speech_embedding":
+        report["reason"] = "the speech embedding is served as shipped (float32)"
+        return float_engine, report
     if rt.precision == "float32" or rt.delegate == "edgetpu":
         report["reason"] = "runtime.precision = float32" if rt.precision == "float32" else "the Edge TPU runs its own model"
         return float_engine, report

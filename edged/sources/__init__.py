@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import SourceConfig
-from .audio import MicrophoneSource, WavSource, is_audio
+from ..config import SourceConfig, is_audio_uri
+from .audio import MicrophoneSource, WavSource
 from .base import IMAGE_SUFFIXES, Frame, Source
 from .folder import FolderSource
 from .grabber import FrameGrabber
@@ -22,7 +22,7 @@ def open_source(cfg: SourceConfig) -> Source:
     uri = cfg.uri.strip()
     if uri == "synthetic" or uri.startswith("synthetic:"):
         return SyntheticSource(uri, cfg)
-    if is_audio(uri):
+    if is_audio_uri(uri):
         return MicrophoneSource(uri, cfg) if uri.startswith("audio:") else WavSource(uri, cfg)
     if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
         return FolderSource(uri, cfg)

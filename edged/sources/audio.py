@@ -3,16 +3,19 @@ spectrogram.
 
 A window of `window_s` seconds comes every `hop_s` seconds. Its frame's `image` is the window's log-mel
 spectrogram (time across, low frequencies at the bottom, a fixed decibel scale, so loudness shows), which the
-image backbones embed like a photo; `audio` holds the window's samples (16 kHz mono, int16 range), `level_db` its
-loudness and `loud` whether it stands above the room's noise floor: the gate infers loud windows, and a capture
-stores only loud ones (except for the `background` label).
+image backbones embed like a photo; `audio` holds the window's samples (16 kHz mono, int16 range), `level_db` the
+loudness of its newest hop, and `loud` whether any hop of it stands above the room's noise floor: the gate infers
+while a sound is in the window, and a capture stores only windows holding a sound (only quiet ones for the
+`background` label). A word of half a second is then in about six windows, at every place in them.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import queue
 import wave
+from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -101,6 +104,17 @@ def read_wav(path: Path) -> np.ndarray:
     return data
 
 
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz mono 16-bit PCM WAV of int16-range samples."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(np.clip(np.asarray(samples, np.float32), -32768, 32767).astype(np.int16).tobytes())
+    return buffer.getvalue()
+
+
 class _Windows(Source):
     """Cuts a stream of samples into frames; subclasses give `_more(n)` samples."""
 
@@ -113,6 +127,7 @@ class _Windows(Source):
         self._buffer = np.zeros(0, np.float32)
         self._pos = 0
         self._floor = NoiseFloor()
+        self._hops: deque = deque(maxlen=max(1, round(self.audio.window_s / self.audio.hop_s)))  # levels in the window
 
     def _more(self, n: int) -> Optional[np.ndarray]: ...
 
@@ -125,10 +140,12 @@ class _Windows(Source):
         if len(self._buffer) < self.window:
             self._buffer = np.pad(self._buffer, (self.window - len(self._buffer), 0))
         samples = self._buffer.copy()
-        level = level_db(samples[-max(self.hop, 1):])  # the newest hop: a sound is loud as it starts
+        level = level_db(samples[-max(self.hop, 1):])  # the newest hop
         floor = self._floor.update(level)
+        self._hops.append(level)
         frame = Frame(self.picture.image(samples), self._pos)
-        frame.audio, frame.level_db, frame.loud = samples, round(level, 1), level >= floor + self.audio.loud_db
+        frame.audio, frame.level_db = samples, round(level, 1)
+        frame.loud = max(self._hops) >= floor + self.audio.loud_db
         self._pos += 1
         return frame
 
@@ -223,6 +240,3 @@ class MicrophoneSource(_Windows):
                 pass
             self._stream = None
 
-
-def is_audio(uri: str) -> bool:
-    return uri.startswith("audio:") or uri.lower().endswith(".wav")

@@ -18,6 +18,7 @@ from ..errors import BackboneError
 from ..files import file_sha256, write_atomic
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.scaling import SCALING_BY_FAMILY, Scaling
+from ..runtime.speech import EMBEDDING_FILE, MEL_FILE, SpeechEmbedder, speech_models_folder
 from .layout import StateLayout
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class BackboneInfo:
 
 
 def _weights_token(cfg: BackboneConfig) -> str:
+    if cfg.family == "speech_embedding":
+        folder = speech_models_folder(cfg.path)
+        return "sha256:" + file_sha256(folder / MEL_FILE)[:32] + file_sha256(folder / EMBEDDING_FILE)[:32]
     if cfg.family in ("keras", "tflite"):
         if not cfg.path:
             raise BackboneError(f"backbone.path is required for family {cfg.family!r}")
@@ -93,16 +97,19 @@ def backbone_id(cfg: BackboneConfig) -> str:
         "pooling": cfg.pooling,
         "weights": _weights_token(cfg),
     }
-    if cfg.family == "tflite":
-        spec = {"family": "tflite", "weights": spec["weights"]}
+    if cfg.family in ("tflite", "speech_embedding"):
+        spec = {"family": cfg.family, "weights": spec["weights"]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    short = {"mobilenet_v1": "mnv1", "mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s"}.get(cfg.family, cfg.family)
+    short = {"mobilenet_v1": "mnv1", "mobilenet_v2": "mnv2", "mobilenet_v3_small": "mnv3s",
+             "speech_embedding": "speech"}.get(cfg.family, cfg.family)
     if cfg.family.startswith("mobilenet"):
         short += f"-{cfg.alpha:g}-{cfg.input_size}"
     return f"{short}-{digest}"
 
 
 def describe(cfg: BackboneConfig) -> str:
+    if cfg.family == "speech_embedding":
+        return f"speech embedding (Google; the loudest windows' mean and max), {speech_models_folder(cfg.path)}"
     return (f"{cfg.family} alpha={cfg.alpha:g} {cfg.input_size}px cut at {cut_layer(cfg)} ({cfg.pooling}), "
             f"weights {cfg.weights}")
 
@@ -128,6 +135,10 @@ def lookup_backbone(cfg: BackboneConfig, state_dir: Path) -> BackboneInfo | None
     bid = backbone_id(cfg)
     if cfg.family == "tflite":
         return _tflite_info(cfg, bid)
+    if cfg.family == "speech_embedding":  # served as shipped: nothing to convert or cache
+        folder = speech_models_folder(cfg.path)
+        return BackboneInfo(bid, str(folder / EMBEDDING_FILE), cfg.family, 128, SpeechEmbedder.dim, 1.0, 0.0,
+                            describe(cfg))
     folder = StateLayout(state_dir).backbones / bid
     meta_path = folder / "backbone.json"
     if meta_path.is_file() and (folder / "backbone.tflite").is_file():

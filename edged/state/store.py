@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import write_atomic
+from ..sources.audio import read_wav, wav_bytes
 
 LABEL_RE = re.compile(r"[\w][\w .\-]{0,63}")  # what a label may be: 1-64 letters, digits, '_', '-', '.', space
 
@@ -75,6 +76,7 @@ class NewExample:
     origin: Optional[str] = None  # the device it was taught on; None: this one
     jpeg: Optional[bytes] = None  # the frame as JPEG already (a shared thumbnail): stored as is
     source: Optional[str] = None  # the source it was captured from, when the daemon serves several
+    audio: Optional[np.ndarray] = None  # a sound example's samples: kept as <uid>.wav beside its spectrogram picture
 
 
 Box = tuple[float, float, float, float]
@@ -123,10 +125,10 @@ class Store:
         """Delete frame files no row points at (a kill between the JPEG and its row) and temp files of torn writes."""
         cutoff = time.time() - older_than_s
         with self._lock:
-            known = {r[0] for r in self._db.execute("SELECT frame FROM examples")}
+            known = {Path(r[0]).stem for r in self._db.execute("SELECT frame FROM examples")}
         removed = 0
-        for path in self.frames.iterdir():
-            if path.name not in known and path.stat().st_mtime < cutoff:
+        for path in self.frames.iterdir():  # a row keeps its <uid>.jpg and, for a sound, its <uid>.wav
+            if path.stem not in known and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -167,6 +169,9 @@ class Store:
             uid = item.uid or uuid.uuid4().hex
             write_atomic(self.frames / f"{uid}.jpg", data)
             written.append(self.frames / f"{uid}.jpg")
+            if item.audio is not None:  # the sound itself: what a speech backbone embeds again
+                write_atomic(self.frames / f"{uid}.wav", wav_bytes(item.audio))
+                written.append(self.frames / f"{uid}.wav")
             box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
             rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes(), item.origin,
@@ -253,8 +258,7 @@ class Store:
             frames = [r[0] for r in self._db.execute("SELECT frame FROM examples WHERE label = ?", (label,))]
             with self._db:
                 self._db.execute("DELETE FROM examples WHERE label = ?", (label,))
-        for name in frames:
-            (self.frames / name).unlink(missing_ok=True)
+        self._remove_files(frames)
         return len(frames)
 
     def list(self, label: Optional[str] = None, limit: int = 100, offset: int = 0) -> list[dict]:
@@ -283,8 +287,7 @@ class Store:
             frames = [r[0] for r in self._db.execute(f"SELECT frame FROM examples WHERE id IN ({marks})", ids)]
             with self._db:
                 self._db.execute(f"DELETE FROM examples WHERE id IN ({marks})", ids)
-        for name in frames:
-            (self.frames / name).unlink(missing_ok=True)
+        self._remove_files(frames)
         return len(frames)
 
     def relabel(self, ids: list[int], label: str) -> int:
@@ -311,6 +314,20 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT label, COUNT(*) FROM examples GROUP BY label").fetchall()
         return dict(Counter({label: n for label, n in rows}))
+
+    def _remove_files(self, frames: list[str]) -> None:
+        for name in frames:
+            (self.frames / name).unlink(missing_ok=True)
+            (self.frames / name).with_suffix(".wav").unlink(missing_ok=True)
+
+    def load_audio(self, example_id: int) -> Optional[np.ndarray]:
+        """A sound example's samples, or None when it has none (a picture, or stored before sound was kept)."""
+        with self._lock:
+            row = self._db.execute("SELECT frame FROM examples WHERE id = ?", (example_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no example {example_id}")
+        path = (self.frames / row[0]).with_suffix(".wav")
+        return read_wav(path) if path.is_file() else None
 
     def load_frame(self, example_id: int) -> np.ndarray:
         with self._lock:

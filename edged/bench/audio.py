@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -27,14 +28,16 @@ import numpy as np
 from edged_plugins.classifier import ClassifierHead, ClassifierOptions
 from edged_plugins.knn import KnnHead, KnnOptions
 
-from ..config import SourceConfig
+from ..config import BackboneConfig, SourceConfig
 from ..mqtt.broker import local_broker
 from ..runtime.engine import Engine, EngineOptions
-from ..runtime.speech import SAMPLE_RATE, SpeechEmbedder, SpeechOptions, speech_models_folder
-from ..sources.audio import WavSource
-from ..state.store import Examples
+from ..runtime.speech import SAMPLE_RATE, SpeechEmbedder, SpeechEngine, SpeechOptions, speech_models_folder
+from ..sources.audio import WavSource, wav_bytes
+from ..sources.preprocess import to_pixels
+from ..state.backbones import lookup_backbone
+from ..state.store import Examples, NewExample, Store
 from .common import CACHE, bench_backbone, table
-from .daemonrun import Probe, prepare_state, start_daemon, stop_daemon, write_config
+from .daemonrun import Probe, start_daemon, stop_daemon, write_config
 from .fewshot import logistic_baseline, ncm_baseline
 
 WORDS = ("yes", "no", "up", "down", "left", "right")
@@ -265,23 +268,22 @@ def run(args) -> int:
     if not args.daemon_minutes:
         print("false events an hour, sound -> event latency: --daemon-minutes N plays a recording through the daemon")
     if args.daemon_minutes:
-        daemon_run(args)
+        daemon_run(args, words=False)
+        daemon_run(args, words=True)
     print(f"audio: words, 10 clips a word, unseen voices, edged classifier {w10['edged classifier']:.3f} "
           f"(logistic {w10['logistic']:.3f}; target >= 0.92 and >= logistic + 0.03)")
     return 0
 
 
 # -- through the daemon -------------------------------------------------------------------------------------
-TAUGHT = ("chime", "smoke alarm")
-UNTAUGHT = ("knock", "siren", "speech")
+TAUGHT_SOUNDS, UNTAUGHT_SOUNDS = ("chime", "smoke alarm"), ("knock", "siren", "speech")
+TAUGHT_WORDS, UNTAUGHT_WORDS = ("lights", "music"), ("kitchen", "window", "stop", "hello", "yes")
+TEACHING_VOICES = tuple(f"{lang}+{v}" for lang in ("en", "en-us") for v in ("m1", "m3", "f2", "f4"))
+HEARD_VOICES = tuple(f"{lang}+{v}" for lang in ("en-gb-scotland", "en-029", "en-gb-x-rp") for v in ("m5", "f1", "m7"))
 
 
 def _write_wav(path: Path, samples: np.ndarray) -> str:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(np.clip(samples, -32767, 32767).astype(np.int16).tobytes())
+    path.write_bytes(wav_bytes(samples))
     return str(path)
 
 
@@ -289,52 +291,84 @@ def _room(seconds: float, rng) -> np.ndarray:
     return noise(int(seconds * SAMPLE_RATE), rng) * rng.uniform(150, 450)
 
 
-def recording(minutes: float, rng) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
-    """`minutes` of room noise with a sound every 12-20 s: taught and untaught ones in turn. (start, end, kind)."""
-    total = _room(minutes * 60, rng)
-    script, t, i = [], 8.0, 0
-    while t < minutes * 60 - 5:
-        kind = TAUGHT[i // 2 % 2] if i % 2 == 0 else UNTAUGHT[i // 2 % 3]
-        sound = synthetic_sound(kind, rng)
-        at = int(t * SAMPLE_RATE)
-        sound = sound[: total.size - at]
-        total[at:at + sound.size] += sound
-        script.append((t, t + sound.size / SAMPLE_RATE, kind))
-        t += rng.uniform(12, 20)
-        i += 1
-    return total, script
+class Scenario:
+    """What is taught and what is played: sounds through the spectrogram picture, or words through the speech
+    embedding (spoken by voices never taught)."""
+
+    def __init__(self, words: bool):
+        self.words = words
+        self.taught, self.untaught = (TAUGHT_WORDS, UNTAUGHT_WORDS) if words else (TAUGHT_SOUNDS, UNTAUGHT_SOUNDS)
+
+    def sound(self, kind: str, rng, voices=HEARD_VOICES) -> np.ndarray:
+        if kind in TAUGHT_WORDS + UNTAUGHT_WORDS:
+            return spoken(kind, str(rng.choice(voices)), int(rng.integers(130, 180)), int(rng.integers(35, 65)))
+        return synthetic_sound(kind, rng)
+
+    def recording(self, minutes: float, rng) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+        """`minutes` of room noise, a sound every 12-20 s, taught and untaught in turn: (samples, [(start, end, kind)])."""
+        total = _room(minutes * 60, rng)
+        script, t, i = [], 8.0, 0
+        while t < minutes * 60 - 5:
+            kind = self.taught[i // 2 % len(self.taught)] if i % 2 == 0 else self.untaught[i // 2 % len(self.untaught)]
+            sound = self.sound(kind, rng)
+            at = int(t * SAMPLE_RATE)
+            sound = sound[: total.size - at]
+            total[at:at + sound.size] += sound
+            script.append((t, t + sound.size / SAMPLE_RATE, kind))
+            t += rng.uniform(12, 20)
+            i += 1
+        return total, script
+
+    def teaching(self, tmp: Path, rng, per: int = 8) -> list[tuple[object, str]]:
+        """Windows as captures store them: those holding each taught sound (other renditions; for words, the
+        teaching voices), quiet ones of the room as `background`."""
+        def windows(samples):
+            source = WavSource(_write_wav(tmp / "teach.wav", samples), SourceConfig(loop=False))
+            source.open()
+            return list(iter(source.read, None))
+
+        out = []
+        for kind in self.taught:
+            for i in range(per):
+                clip = _room(4.0, rng)
+                sound = self.sound(kind, rng, (TEACHING_VOICES[i % len(TEACHING_VOICES)],))
+                clip[2 * SAMPLE_RATE:2 * SAMPLE_RATE + sound.size] += sound[: clip.size - 2 * SAMPLE_RATE]
+                out += [(f, kind) for f in windows(clip) if f.loud]
+        out += [(f, "background") for f in windows(_room(20.0, rng))[::3] if not f.loud]
+        return out
 
 
-def _teaching(tmp: Path, rng, per: int = 6) -> list[tuple[np.ndarray, str]]:
-    """Spectrogram windows of other renditions, as captures store them: loud ones of each taught sound, quiet ones
-    of the room as `background`."""
-    def windows(samples):
-        source = WavSource(_write_wav(tmp / "teach.wav", samples), SourceConfig(loop=False))
-        source.open()
-        return list(iter(source.read, None))
+def _prepare(state: Path, scenario: Scenario, rng) -> dict:
+    """The state folder with the taught windows stored (picture, sound and embedding); the backbone config."""
+    items = scenario.teaching(state, rng)
+    if scenario.words:
+        backbone = BackboneConfig(family="speech_embedding")
+        info = lookup_backbone(backbone, state)
+        engine = SpeechEngine(Path(info.path).parent)
+        embed = lambda f: engine.embed_sound(f.audio)  # noqa: E731
+    else:
+        backbone, info = bench_backbone(0.25, 128)
+        shutil.copytree(CACHE / "backbones" / info.id, state / "backbones" / info.id, dirs_exist_ok=True)
+        engine = Engine(EngineOptions(info.path, scaling=info.scaling))
+        embed = lambda f: engine.embed(to_pixels(f.image, info.input_size))  # noqa: E731
+    store = Store(state / "store")
+    store.add_many([NewExample(f.image, label, embed(f), audio=f.audio) for f, label in items], info.id)
+    store.close()
+    engine.close()
+    return {"backbone": backbone.model_dump(), "description": info.description, "examples": len(items)}
 
-    out = []
-    for kind in TAUGHT:
-        for _ in range(per):
-            clip = _room(4.0, rng)
-            sound = synthetic_sound(kind, rng)
-            clip[2 * SAMPLE_RATE:2 * SAMPLE_RATE + sound.size] += sound[: clip.size - 2 * SAMPLE_RATE]
-            out += [(f.image, kind) for f in windows(clip) if f.loud]
-    out += [(f.image, "background") for f in windows(_room(20.0, rng))[::3] if not f.loud]
-    return out
 
-
-def daemon_run(args) -> None:
+def daemon_run(args, words: bool) -> None:
     """A recording through the real daemon and broker at its own pace: events against the script."""
-    rng = np.random.default_rng(args.seed + 7)
-    cfg, info = bench_backbone(0.25, 128)
-    samples, script = recording(args.daemon_minutes, rng)
+    scenario = Scenario(words)
+    rng = np.random.default_rng(args.seed + 7 + words)
+    samples, script = scenario.recording(args.daemon_minutes, rng)
     broker = local_broker()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        prepare_state(state, info, _teaching(state, rng))
+        prepared = _prepare(state, scenario, rng)
         wav = _write_wav(state / "room.wav", samples)
-        config = write_config(state, broker.port, wav, cfg.model_dump(), "ears",
+        config = write_config(state, broker.port, wav, prepared["backbone"], "ears",
                               extra="[states]\nenter = 2\n", every_frame=False)
         config.write_text(config.read_text().replace("realtime = true", "realtime = true\nloop = false"))
         probe = Probe(broker.port, "ears")
@@ -368,15 +402,16 @@ def daemon_run(args) -> None:
         found.add(match)
         latencies.append((heard_at - script[match][0], heard_at - script[match][1]))
         lags.append(received - msg["start"])
-    taught = [i for i, (_, _, kind) in enumerate(script) if kind in TAUGHT]
+    taught = [i for i, (_, _, kind) in enumerate(script) if kind in scenario.taught]
     hours = args.daemon_minutes / 60
-    print(f"\nthrough the daemon ({info.description}, the spectrogram picture, kNN): {args.daemon_minutes:g} min of "
-          f"room noise with {len(taught)} taught sounds and {len(script) - len(taught)} untaught ones (knock, siren, "
-          f"speech), played at its own pace")
-    print(f"taught sounds heard: {len(found)}/{len(taught)}; false events: {false} ({false / hours:.1f} an hour; "
+    what = "words (voices never taught)" if words else "sounds"
+    print(f"\nthrough the daemon, {what}: {prepared['description']}, kNN, {prepared['examples']} windows taught; "
+          f"{args.daemon_minutes:g} min of room noise with {len(taught)} taught {', '.join(scenario.taught)} and "
+          f"{len(script) - len(taught)} untaught {', '.join(scenario.untaught)}, played at its own pace")
+    print(f"  taught ones heard: {len(found)}/{len(taught)}; false events: {false} ({false / hours:.1f} an hour; "
           f"target <= 1)")
     if latencies:
         onset, end = np.median(latencies, axis=0)
-        print(f"the deciding window's end after the sound's onset, median {onset:.2f} s ({end:+.2f} s from the sound's "
-              f"end: negative is before it ends); that window -> the event message, median {np.median(lags) * 1000:.0f} ms "
+        print(f"  the deciding window's end after the onset, median {onset:.2f} s ({end:+.2f} s from the end: negative "
+              f"is before it ends); that window -> the event message, median {np.median(lags) * 1000:.0f} ms "
               f"(target end of sound -> event <= 0.5 s)")

@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 
 from ..config import Config
+from ..errors import BackboneError
+from ..runtime.speech import speech_models_folder
 from ..serve.choice import LADDER
 from ..state.backbones import cache_folder, local_imagenet_weights
 
@@ -42,6 +44,11 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
                                 "backbone.weights to a local .weights.h5 file")
         elif bb.weights != "none" and _missing(bb.weights):
             errors.append(f"backbone.weights: file not found: {bb.weights}")
+    if bb.family == "speech_embedding":
+        try:
+            speech_models_folder(bb.path)
+        except BackboneError as e:
+            errors.append(f"backbone.path: {e}")
     if bb.family in ("keras", "tflite"):
         if not bb.path:
             errors.append(f"backbone.path: required for family {bb.family!r}")
@@ -75,6 +82,6 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
         if uri.isdigit():
             if not Path(f"/dev/video{uri}").exists():
                 warnings.append(f"{key}: no camera /dev/video{uri} on this machine now (the daemon retries)")
-        elif "://" not in uri and not uri.startswith("synthetic") and not Path(uri).exists():
+        elif "://" not in uri and not uri.startswith(("synthetic", "audio:")) and not Path(uri).exists():
             warnings.append(f"{key}: {uri} does not exist (the daemon retries until it does)")
     return errors, warnings

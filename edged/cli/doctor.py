@@ -93,7 +93,7 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
             return 1 if failures else 0
     try:
         bid = backbone_id(cfg.backbone)
-        cached = (StateLayout(cfg.state_path).backbones / bid / "backbone.tflite").is_file() or cfg.backbone.family == "tflite"
+        cached = (StateLayout(cfg.state_path).backbones / bid / "backbone.tflite").is_file() or cfg.backbone.family in ("tflite", "speech_embedding")
         _line(True if cached else None, "backbone",
               f"{bid} {'cached' if cached else 'not cached yet: the first start converts it (needs TensorFlow)'}")
     except BackboneError as e:

@@ -27,13 +27,14 @@ MEL_FILE, EMBEDDING_FILE = "melspectrogram.tflite", "embedding_model.tflite"
 def speech_models_folder(configured: str | None = None) -> Path:
     """The folder holding the two speech-embedding models: the configured one, $EDGED_SPEECH_MODELS, or this
     workspace's shared models; never downloaded."""
-    candidates = [configured, os.environ.get("EDGED_SPEECH_MODELS"),
-                  Path(__file__).resolve().parents[3] / "shared" / "models" / "speech_embedding"]
+    candidates = [configured] if configured else [os.environ.get("EDGED_SPEECH_MODELS"),
+                                                  Path(__file__).resolve().parents[3] / "shared" / "models" / "speech_embedding"]
     for folder in candidates:
         if folder and (Path(folder) / MEL_FILE).is_file() and (Path(folder) / EMBEDDING_FILE).is_file():
             return Path(folder)
-    raise BackboneError(f"speech embedding: {MEL_FILE} and {EMBEDDING_FILE} not found (set the folder, or "
-                        f"$EDGED_SPEECH_MODELS; `pip download --no-deps openwakeword==0.5.1` ships them)")
+    where = f"in {configured}" if configured else "(set backbone.path to their folder, or $EDGED_SPEECH_MODELS)"
+    raise BackboneError(f"speech embedding: {MEL_FILE} and {EMBEDDING_FILE} not found {where}; "
+                        f"`pip download --no-deps openwakeword==0.5.1` ships them in openwakeword/resources/models/")
 
 
 @dataclass

@@ -135,6 +135,7 @@ class Daemon:
         self.scene = Scene(self.cfg, self.outputs, self.events)
         self.telemetry.sections["scene"] = self.scene.describe
         self.telemetry.sections["backbone_choice"] = lambda: self.stack.choice
+        self.telemetry.sections["sound"] = self.sound
         self.telemetry.stats_sections["gate"] = self.scene.gate_stats
         self.loop = FrameLoop(self.engine, self.heads, self.captures, self.times, self.outputs, self.scene,
                               self.telemetry.changed, self.notifier.watchdog, self.reviewer.consider,
@@ -220,6 +221,13 @@ class Daemon:
         self.cameras.start()
         return self.cameras.join
 
+    def sound(self) -> Optional[dict]:
+        """The newest sound window's loudness (the teach page's level meter); None for pictures."""
+        frame = self.loop.last_frame
+        if frame is None or frame.audio is None:
+            return None
+        return {"level_db": frame.level_db, "loud": frame.loud}
+
     def _source_state(self, source: str = "") -> str:
         """A source's state (a capture's reply names it): starting, ok, camera_lost, stalled or ended."""
         if self.cameras is None:
@@ -279,6 +287,13 @@ class PageSources:
 
     def latest(self) -> dict:
         return self._daemon.outputs.latest
+
+    def sound(self) -> Optional[dict]:
+        return self._daemon.sound()
+
+    def model_input(self, frame):
+        """What the backbone sees of a frame (the centred square at its input size), made when the gate skipped it."""
+        return frame.pixels if frame.pixels is not None else to_pixels(frame.image, self._daemon.backbone.input_size)
 
     def status(self) -> dict:
         return self._daemon.telemetry.status()

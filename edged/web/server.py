@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 import cv2
+import numpy as np
 from aiohttp import web
 
 from ..config import WebConfig
@@ -83,6 +84,10 @@ class PageSources(Protocol):
     def source_names(self) -> list[str]: ...
 
     def latest(self) -> dict: ...
+
+    def sound(self) -> Optional[dict]: ...
+
+    def model_input(self, frame) -> np.ndarray: ...
 
     def status(self) -> dict: ...
 
@@ -217,9 +222,10 @@ class WebServer:
         try:
             while not self.closing:
                 frame = self.sources.last_frame(source)
-                if frame is not None and frame is not last and frame.pixels is not None:
-                    last = frame
-                    jpeg = await self.loop.run_in_executor(None, self._jpeg, cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR))
+                if frame is not None and frame is not last:
+                    last = frame  # a frame the gate did not infer has no model input yet: made here, off the loop
+                    jpeg = await self.loop.run_in_executor(None, lambda f=frame: self._jpeg(
+                        cv2.cvtColor(self.sources.model_input(f), cv2.COLOR_RGB2BGR)))
                     if jpeg:
                         await response.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                              + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
@@ -252,13 +258,16 @@ class WebServer:
         return f"event: status\ndata: {json.dumps(self.sources.status(), default=str)}\n\n"
 
     async def _ticker(self) -> None:
-        """Predictions at the live view's rate, status every 2 s, new review items and events: to every open page."""
+        """Predictions (and a sound source's level) at the live view's rate, status every 2 s, new review items and events: to every open page."""
         last_status, last_review, last_event = 0.0, None, None
         while True:
             await asyncio.sleep(1.0 / self.cfg.fps)
             if not self.events.queues:
                 continue
             self.events.publish("predictions", dict(self.sources.latest()))
+            sound = self.sources.sound()
+            if sound is not None:  # the level meter, at the live view's rate
+                self.events.publish("sound", sound)
             now = time.monotonic()
             if now - last_status > 2.0:
                 last_status = now

@@ -15,11 +15,22 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED, WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config
-from conftest import toml_config, write_config
+from conftest import (
+    ROOT,
+    SHARED,
+    WEIGHTS_025,
+    backbone_settings,
+    fill_store,
+    headless_browser,
+    needs_weights,
+    state_config,
+    toml_config,
+    write_config,
+)
 
 from edged.bench.audio import noise, synthetic_sound
 from edged.config import SourceConfig
+from edged.mqtt.broker import free_port
 from edged.serve.backbone import open_backbone
 from edged.sources import open_source
 from edged.sources.audio import read_wav
@@ -130,8 +141,10 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
         chime = synthetic_sound("chime", rng)
         room[int(start * RATE):int(start * RATE) + chime.size] += chime
     wav = _write_wav(tmp_path / "hall.wav", room)
-    config = write_config(tmp_path / "hall.toml", toml_config(state, broker.port, wav, backbone, "hall",
-                                                               "\n[states]\nenter = 2\n", every_frame=False))
+    web_port = free_port()
+    config = write_config(tmp_path / "hall.toml", toml_config(
+        state, broker.port, wav, backbone, "hall",
+        f"\n[states]\nenter = 2\n[web]\nenabled = true\nport = {web_port}\n", every_frame=False))
     d = daemons(config, tmp_path / "hall.log")
     probe.wait_online("hall", 90)
     ran = []
@@ -147,6 +160,22 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
     assert reply["active"], reply
     start = probe.wait_for(lambda t, p, r: t == "edged/hall/event/classifier" and json.loads(p)["type"] == "start", 60)
     assert json.loads(start[1])["label"] == "doorbell"
+
+    # the teach page shows the spectrogram as the live view and a level meter that turns red while it rings
+    assert probe.request("hall", "status", {})["result"]["sound"]["level_db"] < 0
+    browser = headless_browser(tmp_path)
+    from selenium.webdriver.support.ui import WebDriverWait  # after the skip when Selenium is missing
+
+    try:
+        browser.get(f"http://127.0.0.1:{web_port}/")
+        js = browser.execute_script
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: js("return document.getElementById('live').naturalWidth") > 0)
+        wait.until(lambda b: not js("return document.getElementById('meter').hidden"))
+        wait.until(lambda b: js("return document.getElementById('meter').classList.contains('loud')"))
+        assert js("return document.getElementById('level').textContent").endswith("dB, sound")
+    finally:
+        browser.quit()
     assert d.stop() == 0, d.output()
 
 

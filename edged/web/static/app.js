@@ -44,6 +44,17 @@ $("camera").addEventListener("change", () => {
   $("live").src = `/api/live.mjpg?source=${encodeURIComponent(camera())}`;
 });
 
+// A sound source: a level meter under the spectrogram (status.sound: the newest window's level and loudness).
+function renderMeter(sound) {
+  const meter = $("meter");
+  meter.hidden = !sound;
+  if (!sound) return;
+  const fill = meter.querySelector(".fill");
+  fill.style.width = `${Math.max(0, Math.min(100, (sound.level_db + 80) / 80 * 100))}%`;
+  meter.classList.toggle("loud", sound.loud);
+  $("level").textContent = `${sound.level_db.toFixed(0)} dB${sound.loud ? ", sound" : ""}`;
+}
+
 function renderPredictions(latest) {
   const box = $("predictions");
   box.replaceChildren();
@@ -250,6 +261,7 @@ $("add-label").addEventListener("click", () => {
 // -- events ------------------------------------------------------------------------------------------
 const events = new EventSource("/api/events");
 events.addEventListener("predictions", (e) => renderPredictions(JSON.parse(e.data)));
+events.addEventListener("sound", (e) => renderMeter(JSON.parse(e.data)));
 events.addEventListener("status", (e) => {
   const before = JSON.stringify(status.examples);
   status = JSON.parse(e.data);
@@ -257,6 +269,7 @@ events.addEventListener("status", (e) => {
   $("state").textContent = `${status.state}, source ${status.source.state}${status.job ? ", " + status.job : ""}`;
   if (JSON.stringify(status.examples) !== before) refreshLabels();
   renderCameras(status.sources);
+  renderMeter(status.sound);
   renderStates(status.scene);
 });
 events.addEventListener("scene_events", (e) => renderSceneEvents(JSON.parse(e.data).events));

@@ -5,6 +5,7 @@ measured again when what it was measured for changes. An explicit alpha or input
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import WEIGHTS_025, backbone_settings, needs_weights
@@ -30,7 +31,7 @@ def test_the_default_backbone_is_measured_once_kept_and_reused(make_state):
 
     served, choice = chosen(cfg, resolve, ladder=RUNGS)
     assert (served.backbone.alpha, served.backbone.input_size) == (0.25, 128)
-    assert served.backbone.weights == str(WEIGHTS_025.resolve()) and not served.backbone.auto
+    assert Path(served.backbone.weights).resolve() == WEIGHTS_025.resolve() and not served.backbone.auto
     assert choice["tried"][0]["ms"] > 0 and "the largest that runs >= 1 fps here" in choice["reason"]
     kept = json.loads(StateLayout(state).backbone_choice.read_text())
     assert kept["alpha"] == 0.25 and kept["measured_on"]["min_fps"] == 1.0

@@ -47,4 +47,4 @@ def add_parsers(sub) -> None:
     add_config_args(e)
     e.add_argument("id", help="event id (edged events list)")
     e.add_argument("--snapshot", metavar="FILE", help="write the best frame (JPEG) here")
-    e.add_argument("--clip", metavar="FILE", help="write the clip (MP4) here")
+    e.add_argument("--clip", metavar="FILE", help="write the clip here (MP4; WAV for a sound)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import cv2
+import numpy as np
 
 from ..config import Config
 from ..heads.base import Prediction
@@ -35,6 +36,7 @@ class _Recording:
     event: Event
     source: str
     frames: list = field(default_factory=list)
+    sound: list = field(default_factory=list)  # a sound source's new samples, hop by hop: the clip is a WAV
     started: float = 0.0
     stop_at: Optional[float] = None  # the event ended: post-roll until then
 
@@ -51,6 +53,7 @@ class Scene:
             self.views += views
             self.gates[camera.name] = Gate(camera.gate, views)
             self.sources.append(camera.name)
+        self._hops = {c.name: int(c.source.audio.hop_s * 16_000) for c in cfg.cameras}  # new samples a sound window brings
         self.trackers: dict[tuple[str, str], StateTracker] = {}
         self.events: dict[tuple[str, str], EventTracker] = {}
         self._where: dict[tuple[str, str], dict] = {}  # (head, place) -> the view's source and region
@@ -118,7 +121,9 @@ class Scene:
             return
         if kind == "start":
             source = (event.where or {}).get("source", "")
-            self._recordings[event.id] = _Recording(event, source, [f for _, f in self._rings[source]], now)
+            ring = self._rings[source]
+            self._recordings[event.id] = _Recording(event, source, [f for _, f, _ in ring],
+                                                    [s for _, _, s in ring if s is not None], now)
         elif kind == "end" and event.id in self._recordings:
             self._recordings[event.id].stop_at = now + self.cfg.events.clip_s
 
@@ -137,20 +142,26 @@ class Scene:
         h, w = frame.image.shape[:2]
         width = min(cfg.clip_width, w)
         small = cv2.resize(frame.image, (width, max(2, round(h * width / w) // 2 * 2)), interpolation=cv2.INTER_AREA)
+        sound = frame.audio[-self._hops[frame.source]:] if frame.audio is not None else None
         ring = self._rings[frame.source]
-        ring.append((now, small))
+        ring.append((now, small, sound))
         while ring and now - ring[0][0] > cfg.clip_s:
             ring.popleft()
         for event_id, rec in list(self._recordings.items()):
             if rec.source != frame.source:
                 continue
             rec.frames.append(small)
+            if sound is not None:
+                rec.sound.append(sound)
             if (rec.stop_at is not None and now >= rec.stop_at) or now - rec.started >= cfg.clip_max_s:
                 self._finish_clip(event_id, now)
 
     def _finish_clip(self, event_id: str, now: float) -> None:
         """Hand a recording to the writer, at the frame rate it was recorded at (pre-roll included)."""
         rec = self._recordings.pop(event_id)
+        if rec.sound:  # a sound's clip is the sound itself
+            self._write(lambda: self.store.save_sound(event_id, np.concatenate(rec.sound)))
+            return
         fps = len(rec.frames) / max(now - rec.started + self.cfg.events.clip_s, 1e-3)
         self._write(lambda: self.store.save_clip(event_id, rec.frames, fps))
 

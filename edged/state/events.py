@@ -1,4 +1,5 @@
-"""Events on disk: `events/<id>/event.json`, `snapshot.jpg` (the best frame) and an optional `clip.mp4`.
+"""Events on disk: `events/<id>/event.json`, `snapshot.jpg` (the best frame) and an optional `clip.mp4` (a sound
+source's: `clip.wav`).
 
 Pruned by age and by total size, oldest first. Ids are checked against one pattern before they reach a path.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from ..config import Config
 from ..errors import CommandError
 from ..files import read_json_object, write_atomic
+from ..sources.audio import wav_bytes
 from .layout import StateLayout
 
 EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
@@ -72,12 +74,19 @@ class EventStore:
         partial.replace(final)
         return final
 
+    def save_sound(self, event_id: str, samples: np.ndarray) -> Path:
+        """A sound event's clip: the sound before, during and after it, as `clip.wav`."""
+        folder = self._dir(event_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "clip.wav", wav_bytes(samples))
+        return folder / "clip.wav"
+
     def get(self, event_id: str) -> dict:
         folder = self._dir(event_id)
         record = read_json_object(folder / "event.json")
         if not record:
             raise CommandError(f"no event {event_id!r}")
-        record["has_clip"] = (folder / "clip.mp4").exists()
+        record["has_clip"] = (folder / "clip.mp4").exists() or (folder / "clip.wav").exists()
         return record
 
     def snapshot(self, event_id: str) -> Optional[bytes]:
@@ -85,8 +94,12 @@ class EventStore:
         return path.read_bytes() if path.exists() else None
 
     def clip_path(self, event_id: str) -> Optional[Path]:
-        path = self._dir(event_id) / "clip.mp4"
-        return path if path.exists() else None
+        """The event's clip: `clip.mp4` of a camera, `clip.wav` of a sound; None when there is none (yet)."""
+        for name in ("clip.mp4", "clip.wav"):
+            path = self._dir(event_id) / name
+            if path.is_file():
+                return path
+        return None
 
     def ids(self) -> list[str]:
         """Every stored event, newest first (ids sort by time)."""

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import wave
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     state = make_state(backbone)
     _teach(state, backbone, tmp_path)
     wav = _write_wav(tmp_path / "kitchen.wav", _script(np.random.default_rng(1)))
-    extra = "\n[states]\nenter = 2\nexit_s = 0.5\n[events]\nupdate_s = 1.0\n"
+    extra = "\n[states]\nenter = 2\nexit_s = 0.5\n[events]\nupdate_s = 1.0\nclip_s = 1.0\n"
     config = write_config(tmp_path / "ears.toml", toml_config(state, broker.port, wav, backbone, DEVICE, extra,
                                                                every_frame=False))
     d = daemons(config, tmp_path / "ears.log")
@@ -120,6 +121,15 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     assert reply["result"].get("skipped_loudness", 0) > 0, reply
     status = probe.request(DEVICE, "status", {})["result"]
     assert status["source"]["state"] == "ok" and status["scene"]["gate"].get("skipped_still", 0) > 0, status["scene"]
+
+    # a sound event's clip is the sound itself: clip_s before, the event, clip_s after
+    deadline = time.monotonic() + 30
+    while not (clips := sorted((state / "events").glob("*/clip.wav"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert clips, "no clip.wav written"
+    event = json.loads((clips[0].parent / "event.json").read_text())
+    seconds = len(read_wav(clips[0])) / RATE
+    assert event["end"] is not None and seconds >= (event["end"] - event["start"]) + 1.5, (seconds, event)
     assert d.stop() == 0, d.output()
 
 

@@ -154,7 +154,9 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
     web_port = free_port()
     config = write_config(tmp_path / "hall.toml", toml_config(
         state, broker.port, wav, backbone, "hall",
-        f"\n[states]\nenter = 2\n[web]\nenabled = true\nport = {web_port}\n", every_frame=False))
+        f"\n[states]\nenter = 2\n[web]\nenabled = true\nport = {web_port}\n"
+        '[fleet]\ntrainer = "remote"\n',  # the numpy head serves; no fine-tune job to wait out at the end
+        every_frame=False))
     d = daemons(config, tmp_path / "hall.log")
     probe.wait_online("hall", 90)
     ran = []

@@ -323,9 +323,7 @@ class RegionConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not NAME_RE.fullmatch(v):
-            raise ValueError("region name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
-        return v
+        return _topic_level(v, "region name")
 
     @field_validator("box")
     @classmethod
@@ -346,14 +344,18 @@ class CameraConfig(SourceConfig):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not NAME_RE.fullmatch(v):
-            raise ValueError("source name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
-        return v
+        return _topic_level(v, "source name")
 
     @field_validator("regions")
     @classmethod
     def _unique_regions(cls, v):
         return _unique_names(v, "region")
+
+
+def _topic_level(v: str, what: str) -> str:
+    if not NAME_RE.fullmatch(v):
+        raise ValueError(f"{what} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return v
 
 
 def _unique_names(items: list, what: str) -> list:

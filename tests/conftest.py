@@ -166,6 +166,13 @@ def fill_store(cfg, items) -> tuple:
     return info, engine, store
 
 
+def teach(state: Path, settings: dict, items) -> None:
+    """Store `items` (as fill_store) in `state` for a daemon about to start there, closing what fill_store opened."""
+    _, engine, store = fill_store(state_config(state, settings), items)
+    store.close()
+    engine.close()
+
+
 def write_video(path: Path, frames, fps: float = 25.0) -> str:
     """A real mp4 (mp4v) of BGR frames, for OpenCV to decode."""
     import cv2

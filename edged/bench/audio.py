@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import cv2
@@ -32,7 +31,7 @@ from ..config import BackboneConfig, SourceConfig
 from ..mqtt.broker import local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.speech import SAMPLE_RATE, SpeechEmbedder, SpeechEngine, SpeechOptions, speech_models_folder
-from ..sources.audio import WavSource, wav_bytes
+from ..sources.audio import WavSource, read_wav, wav_bytes
 from ..sources.preprocess import to_pixels
 from ..state.backbones import lookup_backbone
 from ..state.store import Examples, NewExample, Store
@@ -57,13 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def _read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        rate, data = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32)
-    t = np.arange(0, len(data) / rate, 1 / SAMPLE_RATE)
-    return np.interp(t, np.arange(len(data)) / rate, data).astype(np.float32)
-
-
 def spoken(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     """`text` spoken by espeak-ng at 16 kHz (int16 range), cached on disk."""
     key = hashlib.sha256(f"{text}|{voice}|{speed}|{pitch}".encode()).hexdigest()[:20]
@@ -74,7 +66,7 @@ def spoken(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
             subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", tmp.name, text],
                            check=True, capture_output=True)
         Path(tmp.name).replace(path)
-    return _read_wav(path)
+    return read_wav(path)
 
 
 def noise(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -31,12 +31,12 @@ def cmd_collect(args) -> int:
     setup_logging(cfg.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)
+    camera = cfg.camera(args.source)  # an unknown --source is named before anything is opened
     info, engine = open_backbone(cfg)
     store = Store(StateLayout(cfg.state_path).store)
     objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
     job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe,
-                     source=cfg.camera(args.source).name)
-    camera = cfg.camera(args.source)
+                     source=camera.name)
     source = open_source(camera.source)
     grabber = FrameGrabber(source, camera.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size,
                            camera.name)

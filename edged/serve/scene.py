@@ -25,6 +25,7 @@ from ..scene.events import Event, EventTracker
 from ..scene.gate import Gate
 from ..scene.states import StateTracker
 from ..scene.views import View, views_of
+from ..sources.audio import SAMPLE_RATE
 from ..state.events import EventStore
 from .outputs import Outputs
 
@@ -53,7 +54,7 @@ class Scene:
             self.views += views
             self.gates[camera.name] = Gate(camera.gate, views)
             self.sources.append(camera.name)
-        self._hops = {c.name: int(c.source.audio.hop_s * 16_000) for c in cfg.cameras}  # new samples a sound window brings
+        self._hops = {c.name: int(c.source.audio.hop_s * SAMPLE_RATE) for c in cfg.cameras}  # new samples a sound window brings
         self.trackers: dict[tuple[str, str], StateTracker] = {}
         self.events: dict[tuple[str, str], EventTracker] = {}
         self._where: dict[tuple[str, str], dict] = {}  # (head, place) -> the view's source and region

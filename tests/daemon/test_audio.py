@@ -12,29 +12,18 @@ import shutil
 import subprocess
 import sys
 import time
-import wave
 
 import numpy as np
 import pytest
-from conftest import (
-    ROOT,
-    SHARED,
-    WEIGHTS_025,
-    backbone_settings,
-    fill_store,
-    headless_browser,
-    needs_weights,
-    state_config,
-    toml_config,
-    write_config,
-)
+from conftest import ROOT, SHARED, WEIGHTS_025, backbone_settings, headless_browser, needs_weights, state_config
+from conftest import teach, toml_config, write_config
 
 from edged.bench.audio import noise, synthetic_sound
 from edged.config import SourceConfig
 from edged.mqtt.broker import free_port
 from edged.serve.backbone import open_backbone
 from edged.sources import open_source
-from edged.sources.audio import read_wav
+from edged.sources.audio import read_wav, wav_bytes
 from edged.sources.preprocess import to_pixels
 from edged.state.store import NewExample, Store
 
@@ -44,11 +33,7 @@ LOOP_S = 10.0  # noise 0-3 s, smoke alarm from 3 s, noise, knock from 7 s
 
 
 def _write_wav(path, samples) -> str:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(np.clip(samples, -32767, 32767).astype(np.int16).tobytes())
+    path.write_bytes(wav_bytes(samples))
     return str(path)
 
 
@@ -86,9 +71,7 @@ def _teach(state, backbone, tmp_path) -> None:
             items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.loud]
     room = _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))
     items += [(f.image, "background", None) for f in room[::2] if not f.loud]
-    _, engine, store = fill_store(state_config(state, backbone), items)
-    store.close()
-    engine.close()
+    teach(state, backbone, items)
 
 
 @pytest.mark.heavy

@@ -9,15 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import (
-    WEIGHTS_025,
-    backbone_settings,
-    fill_store,
-    headless_browser,
-    needs_weights,
-    state_config,
-    write_config,
-)
+from conftest import WEIGHTS_025, backbone_settings, headless_browser, needs_weights, teach, write_config
 
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
 from edged.cli.fleet import device_table
@@ -85,9 +77,7 @@ def test_one_daemon_serves_each_camera_on_its_own_topics(broker, probe, daemons,
     front, yard = _scene("star", 1), _scene("disc", 2)
     taught = [(img, "star", None) for img in front.examples("star", 8)] + \
              [(img, "disc", None) for img in yard.examples("disc", 8)]
-    _, engine, store = fill_store(state_config(state, backbone), taught)
-    store.close()
-    engine.close()
+    teach(state, backbone, taught)
     config = write_config(tmp_path / "cams.toml", _config(
         state, broker.port, backbone, front.write(tmp_path / "front.mp4", 20.0),
         yard.write(tmp_path / "yard.mp4", 20.0), tmp_path / "garage.mp4", web_port))

@@ -11,7 +11,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config, toml_config
+from conftest import ROOT, WEIGHTS_025, backbone_settings, needs_weights, teach, toml_config
 from conftest import write_config
 
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
@@ -26,9 +26,7 @@ def _teach(state, backbone, crops) -> None:
     """Store the scene's star and empty frames, cropped by `crops` ((crop, label, seed) per group)."""
     scene = _scene()
     taught = [(crop(img), label, None) for crop, label, seed in crops for img in scene.examples(label, 8, seed=seed)]
-    _, engine, store = fill_store(state_config(state, backbone), taught)
-    store.close()
-    engine.close()
+    teach(state, backbone, taught)
 
 
 def _scene() -> EventScene:

@@ -37,7 +37,8 @@ class AudioConfig(_Strict):
     """Sound sources (`audio:`, `audio:<device>`, a .wav file): windows and when a window is a sound."""
 
     window_s: float = Field(1.5, ge=0.2, le=10, description="seconds of sound in each window")
-    hop_s: float = Field(0.25, ge=0.02, le=10, description="seconds between windows")
+    hop_s: float = Field(0.125, ge=0.02, le=10, description="seconds between windows: a sound is known this long "
+                                                            "(or two hops) after it ends")
     loud_db: float = Field(10.0, ge=0, le=60, description="a window this many dB above the room's noise floor is a "
                                                           "sound: the gate infers it, a capture stores it")
     image_size: int = Field(128, ge=32, le=512, description="pixels of the spectrogram picture the backbone sees")
@@ -259,11 +260,17 @@ class PublishConfig(_Strict):
                                                    "region; 0 = no cap")
 
 
+SOUND_ENTER = 2  # states.enter when every source is sound
+BACKGROUND = "background"  # the label of a room's own sound: taught from quiet windows, never an event
+
+
 class StatesConfig(_Strict):
     smoothing: float = Field(0.5, gt=0, le=1, description="weight of the newest answer in each label's running "
                                                           "score (1: no smoothing)")
     enter: int = Field(3, ge=1, le=1000, description="a label becomes the state after its running score has led at "
-                                                     "or above min_score for this many inferences in a row")
+                                                     "or above min_score for this many inferences in a row (unset "
+                                                     "with only sound sources: 2, since a short sound is whole in "
+                                                     "two or three windows)")
     enter_s: float = Field(0.0, ge=0, description="... and for at least this long (0: the count alone decides)")
     min_score: float = Field(0.5, ge=0, le=1, description="score a win needs to count towards entering")
     exit_score: float = Field(0.35, ge=0, le=1, description="the state goes to 'none' when the leading running "
@@ -425,6 +432,8 @@ class Config(_Strict):
             if pictures:
                 raise ValueError(f"backbone.family: 'speech_embedding' hears sound, and {pictures[0]!r} is not a sound "
                                  f"source (audio:, audio:<device> or a .wav file)")
+        if "enter" not in self.states.model_fields_set and all(is_audio_uri(c.source.uri) for c in self.cameras):
+            self.states.enter = SOUND_ENTER
         return self
 
     @property

@@ -8,7 +8,8 @@ the other half's test: voices never taught. *sounds*: synthetic chimes, smoke-al
 and speech, over the same noise, 5 clips a sound.
 
 Side by side on the same embeddings: nearest class mean, logistic regression, edged's kNN head and edged's
-classifier (its `train` learner, numpy); two backbones: the speech embedding (mean and max of its windows) and
+classifier (its `train` learner, numpy, with altered copies of the taught sounds: faster or slower, louder or
+softer); two backbones: the speech embedding (mean and max of its windows) and
 an ImageNet MobileNet on the log-mel spectrogram as an image. Also the real-time factor on one core.
 """
 
@@ -19,7 +20,9 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -27,11 +30,13 @@ import numpy as np
 from edged_plugins.classifier import ClassifierHead, ClassifierOptions
 from edged_plugins.knn import KnnHead, KnnOptions
 
-from ..config import BackboneConfig, SourceConfig
+from ..config import BACKGROUND, AudioConfig, BackboneConfig, SourceConfig
+from ..heads.base import FitContext, TrainRequest
 from ..mqtt.broker import local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.speech import SAMPLE_RATE, SpeechEmbedder, SpeechEngine, SpeechOptions, speech_models_folder
 from ..sources.audio import WavSource, read_wav, wav_bytes
+from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.backbones import lookup_backbone
 from ..state.store import Examples, NewExample, Store
@@ -51,8 +56,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-model", default="0.25:128", help="alpha:size of the MobileNet on log-mel images "
                                                              "('' to leave it out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--daemon-minutes", type=float, default=0.0, help="also play a recording this long through a real "
-                                                                     "daemon and broker: false events an hour, latency")
+    p.add_argument("--daemon-minutes", type=float, default=0.0, help="also play recordings this long through real "
+                                                                     "daemons and a broker: false events an hour, latency")
+    p.add_argument("--through", type=_through, default="sounds,words", help="what the daemons hear: sounds, words or "
+                                                                            "both (sounds,words)")
+    p.add_argument("--daemons", type=int, default=1, help="daemons playing their own recordings side by side "
+                                                          "(6 x 10 minutes: an hour of sound in ten)")
+
+
+def _through(value: str) -> list[bool]:
+    """'sounds,words' -> [False, True]: whether each daemon run hears words."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in ("sounds", "words")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'}: give sounds, words or both")
+    return [n == "words" for n in names]
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -138,16 +156,16 @@ def word_clips(rng: np.random.Generator) -> tuple[list[np.ndarray], list[str], l
                 labels.append(word)
                 voices.append(voice)
             clips.append(place(np.zeros(0, np.float32), rng))
-            labels.append("background")
+            labels.append(BACKGROUND)
             voices.append(voice)
     return clips, labels, voices
 
 
 def sound_clips(rng: np.random.Generator, per: int) -> tuple[list[np.ndarray], list[str]]:
     clips, labels = [], []
-    for kind in SOUNDS + ("background",):
+    for kind in SOUNDS + (BACKGROUND,):
         for _ in range(per):
-            sound = np.zeros(0, np.float32) if kind == "background" else synthetic_sound(kind, rng)
+            sound = np.zeros(0, np.float32) if kind == BACKGROUND else synthetic_sound(kind, rng)
             clips.append(place(sound, rng))
             labels.append(kind)
     return clips, labels
@@ -171,7 +189,10 @@ class MelImage:
 
 
 # -- learners -------------------------------------------------------------------------------------------
-def learners(x: np.ndarray, labels: np.ndarray, xt: np.ndarray) -> dict[str, list[str]]:
+def learners(x: np.ndarray, labels: np.ndarray, xt: np.ndarray, sounds: list, embed) -> dict[str, list[str]]:
+    """Every learner's answers on `xt`; edged's classifier gets what `train` gives it in the daemon: altered copies
+    of the taught sounds (`sounds`, one per row of `x`) over the taught background's, embedded by the same
+    backbone."""
     classes = sorted(set(labels.tolist()))
     y = np.array([classes.index(label) for label in labels])
     out = {"class mean": [classes[i] for i in ncm_baseline(x, y, xt)],
@@ -181,7 +202,11 @@ def learners(x: np.ndarray, labels: np.ndarray, xt: np.ndarray) -> dict[str, lis
         knn.add(v, str(label), None)
     out["edged kNN"] = [max(p.scores, key=p.scores.get) if p.scores else p.label for p in map(knn.predict, xt)]
     head = ClassifierHead(ClassifierOptions())
-    head.fit(Examples(np.arange(len(x)), labels, x, [None] * len(x)), None)
+    rooms = [sound for sound, label in zip(sounds, labels) if label == BACKGROUND]
+    context = FitContext(TrainRequest(), 0, frames=None, pixels=None, embed=None,  # sounds only
+                         augmented=augmenter(None, None, sounds=lambda ids: [sounds[i] for i in ids], embed_sound=embed,
+                                             rooms=lambda: rooms))
+    head.fit(Examples(np.arange(len(x)), labels, x, [None] * len(x)), context)
     out["edged classifier"] = [max(s, key=s.get) for s in (head.predict(v).scores for v in xt)]
     return out
 
@@ -190,7 +215,8 @@ def _score(pred: list[str], truth: np.ndarray) -> float:
     return float(np.mean(np.asarray(pred) == truth))
 
 
-def words_task(emb: np.ndarray, labels: np.ndarray, voices: np.ndarray, shots: int, draws: int, seed: int) -> dict:
+def words_task(emb: np.ndarray, labels: np.ndarray, voices: np.ndarray, shots: int, draws: int, seed: int,
+               clips: list, embed) -> dict:
     """Teach `shots` clips a word from half the voices; test on the other half (voices never taught)."""
     names = sorted(set(voices.tolist()))
     scores: dict[str, list[float]] = {}
@@ -201,18 +227,18 @@ def words_task(emb: np.ndarray, labels: np.ndarray, voices: np.ndarray, shots: i
         rows = np.concatenate([rng.permutation(np.flatnonzero(teach & (labels == w)))[:shots]
                                for w in sorted(set(labels.tolist()))])
         test = np.flatnonzero(~teach)
-        for name, pred in learners(emb[rows], labels[rows], emb[test]).items():
+        for name, pred in learners(emb[rows], labels[rows], emb[test], [clips[i] for i in rows], embed).items():
             scores.setdefault(name, []).append(_score(pred, labels[test]))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def sounds_task(emb: np.ndarray, labels: np.ndarray, shots: int, draws: int, seed: int) -> dict:
+def sounds_task(emb: np.ndarray, labels: np.ndarray, shots: int, draws: int, seed: int, clips: list, embed) -> dict:
     scores: dict[str, list[float]] = {}
     for d in range(draws):
         rng = np.random.default_rng(seed + 100 + d)
         rows = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:shots] for k in sorted(set(labels.tolist()))])
         test = np.setdiff1d(np.arange(len(labels)), rows)
-        for name, pred in learners(emb[rows], labels[rows], emb[test]).items():
+        for name, pred in learners(emb[rows], labels[rows], emb[test], [clips[i] for i in rows], embed).items():
             scores.setdefault(name, []).append(_score(pred, labels[test]))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
@@ -238,9 +264,10 @@ def run(args) -> int:
         seconds = time.perf_counter() - t
         rtf = len(clips) * CLIP_S / seconds
         sound_emb = np.stack([embed(c) for c in sounds])
-        for task, result in (("words, 10 clips a word", words_task(emb, labels, voices, 10, args.draws, args.seed)),
-                             ("words, 5 clips a word", words_task(emb, labels, voices, 5, args.draws, args.seed)),
-                             ("sounds, 5 clips a sound", sounds_task(sound_emb, sound_labels, 5, args.draws, args.seed))):
+        words = lambda shots: words_task(emb, labels, voices, shots, args.draws, args.seed, clips, embed)  # noqa: E731
+        for task, result in (("words, 10 clips a word", words(10)), ("words, 5 clips a word", words(5)),
+                             ("sounds, 5 clips a sound", sounds_task(sound_emb, sound_labels, 5, args.draws, args.seed,
+                                                                     sounds, embed))):
             rows.append([name, task] + [f"{result[k]:.3f}" for k in ("class mean", "logistic", "edged kNN",
                                                                     "edged classifier")])
             figures[(name, task)] = result
@@ -260,14 +287,15 @@ def run(args) -> int:
     if not args.daemon_minutes:
         print("false events an hour, sound -> event latency: --daemon-minutes N plays a recording through the daemon")
     if args.daemon_minutes:
-        daemon_run(args, words=False)
-        daemon_run(args, words=True)
+        for words in args.through:
+            daemon_run(args, words)
     print(f"audio: words, 10 clips a word, unseen voices, edged classifier {w10['edged classifier']:.3f} "
           f"(logistic {w10['logistic']:.3f}; target >= 0.92 and >= logistic + 0.03)")
     return 0
 
 
 # -- through the daemon -------------------------------------------------------------------------------------
+LEAD_S = 60.0  # room noise before the first sound: the daemons start and train their classifiers meanwhile
 TAUGHT_SOUNDS, UNTAUGHT_SOUNDS = ("chime", "smoke alarm"), ("knock", "siren", "speech")
 TAUGHT_WORDS, UNTAUGHT_WORDS = ("lights", "music"), ("kitchen", "window", "stop", "hello", "yes")
 TEACHING_VOICES = tuple(f"{lang}+{v}" for lang in ("en", "en-us") for v in ("m1", "m3", "f2", "f4"))
@@ -297,23 +325,25 @@ class Scenario:
         return synthetic_sound(kind, rng)
 
     def recording(self, minutes: float, rng) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
-        """`minutes` of room noise, a sound every 12-20 s, taught and untaught in turn: (samples, [(start, end, kind)])."""
+        """`minutes` of room noise, a sound every 12-20 s, taught and untaught in turn: (samples, [(start, end,
+        kind)]), each sound from its first audible sample to its last."""
         total = _room(minutes * 60, rng)
-        script, t, i = [], 8.0, 0
+        script, t, i = [], LEAD_S, 0
         while t < minutes * 60 - 5:
             kind = self.taught[i // 2 % len(self.taught)] if i % 2 == 0 else self.untaught[i // 2 % len(self.untaught)]
             sound = self.sound(kind, rng)
             at = int(t * SAMPLE_RATE)
             sound = sound[: total.size - at]
             total[at:at + sound.size] += sound
-            script.append((t, t + sound.size / SAMPLE_RATE, kind))
+            audible = np.flatnonzero(np.abs(sound) > 0.02 * np.abs(sound).max())  # without espeak's silences
+            script.append((t + audible[0] / SAMPLE_RATE, t + (audible[-1] + 1) / SAMPLE_RATE, kind))
             t += rng.uniform(12, 20)
             i += 1
         return total, script
 
     def teaching(self, tmp: Path, rng, per: int = 8) -> list[tuple[object, str]]:
-        """Windows as captures store them: those holding each taught sound (other renditions; for words, the
-        teaching voices), quiet ones of the room as `background`."""
+        """Windows as captures store them: those holding the whole of each taught sound (other renditions; for
+        words, the teaching voices), quiet ones of the room as `background`."""
         def windows(samples):
             source = WavSource(_write_wav(tmp / "teach.wav", samples), SourceConfig(loop=False))
             source.open()
@@ -325,8 +355,8 @@ class Scenario:
                 clip = _room(4.0, rng)
                 sound = self.sound(kind, rng, (TEACHING_VOICES[i % len(TEACHING_VOICES)],))
                 clip[2 * SAMPLE_RATE:2 * SAMPLE_RATE + sound.size] += sound[: clip.size - 2 * SAMPLE_RATE]
-                out += [(f, kind) for f in windows(clip) if f.loud]
-        out += [(f, "background") for f in windows(_room(20.0, rng))[::3] if not f.loud]
+                out += [(f, kind) for f in windows(clip) if f.whole]
+        out += [(f, BACKGROUND) for f in windows(_room(20.0, rng))[::3] if not f.loud]
         return out
 
 
@@ -351,59 +381,109 @@ def _prepare(state: Path, scenario: Scenario, rng) -> dict:
 
 
 def daemon_run(args, words: bool) -> None:
-    """A recording through the real daemon and broker at its own pace: events against the script."""
+    """Recordings through real daemons (`--daemons`, side by side, each its own recording) and one broker, each at
+    its own pace, with the instant kNN and the classifier (trained over MQTT once a daemon is up, as a user would):
+    each head's events against the scripts. States and everything else are the daemons' defaults for sound."""
     scenario = Scenario(words)
-    rng = np.random.default_rng(args.seed + 7 + words)
-    samples, script = scenario.recording(args.daemon_minutes, rng)
     broker = local_broker()
+    runs: list[dict] = [{} for _ in range(args.daemons)]
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp)
-        prepared = _prepare(state, scenario, rng)
-        wav = _write_wav(state / "room.wav", samples)
-        config = write_config(state, broker.port, wav, prepared["backbone"], "ears",
-                              extra="[states]\nenter = 2\n", every_frame=False)
+        taught = Path(tmp) / "taught"
+        taught.mkdir()
+        prepared = _prepare(taught, scenario, np.random.default_rng(args.seed + 7 + words))
+        threads = [threading.Thread(target=_one_daemon, args=(args, scenario, broker.port, taught, prepared["backbone"],
+                                                               Path(tmp) / f"d{i}", args.seed + 100 * i + words, runs[i]))
+                   for i in range(args.daemons)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    broker.close()
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        raise SystemExit(f"a bench daemon failed: {failed[0]}")
+    what = "words (voices never taught)" if words else "sounds"
+    minutes = args.daemon_minutes * args.daemons
+    scripts = [r["script"] for r in runs]
+    n_taught = sum(kind in scenario.taught for script in scripts for _, _, kind in script)
+    print(f"\nthrough the daemon, {what}: {prepared['description']}, {prepared['examples']} windows taught; "
+          f"{args.daemons} daemon(s) side by side, {minutes:g} min of room noise in all with {n_taught} taught "
+          f"{', '.join(scenario.taught)} and {sum(map(len, scripts)) - n_taught} untaught "
+          f"{', '.join(scenario.untaught)}, each played at its own pace")
+    trained = [r["trained"] for r in runs]
+    print(f"  the classifier, trained over MQTT: {trained[0]}" + (" (and alike on the others)" if len(trained) > 1 else ""))
+    for head in ("knn", "classifier"):
+        _score_events(head, [(r["starts"][head], r["script"]) for r in runs], scenario, minutes / 60)
+
+
+def _one_daemon(args, scenario: Scenario, port: int, taught: Path, backbone: dict, state: Path, seed: int,
+                out: dict) -> None:
+    """One daemon playing its own recording of `args.daemon_minutes`; what it heard into `out`."""
+    try:
+        samples, out["script"] = scenario.recording(args.daemon_minutes, np.random.default_rng(seed))
+        shutil.copytree(taught, state)
+        device = f"ears{seed}"
+        config = write_config(state, port, _write_wav(state / "room.wav", samples), backbone, device,
+                              extra='[heads]\nactive = ["knn", "classifier"]\n', every_frame=False)
         config.write_text(config.read_text().replace("realtime = true", "realtime = true\nloop = false"))
-        probe = Probe(broker.port, "ears")
+        probe = Probe(port, device)
         proc = start_daemon(config, state / "daemon.log")
-        starts = []
+        out["starts"] = {"knn": [], "classifier": []}
         try:
+            probe.wait(lambda t, m: t == f"edged/{device}/status" and m.get("state") == "online", 120)
+            t_send = probe.send("train", {"head": "classifier", "mode": "frozen", "id": "bench"})
+            t_reply, reply = probe.wait(lambda t, m: t == f"edged/{device}/reply/train" and m.get("id") == "bench"
+                                        and m.get("final"), 120)
+            if not reply.get("ok"):
+                raise RuntimeError(f"train failed: {reply.get('error')}")
+            metrics = reply["result"]["metrics"]
+            out["trained"] = (f"{t_reply - t_send:.1f} s, {metrics.get('chosen')}, cross-validated "
+                              f"{metrics.get('cv_accuracy')}, {metrics.get('augmented_examples', 0)} altered copies")
             deadline = time.monotonic() + args.daemon_minutes * 60 + 60
             while time.monotonic() < deadline:
                 try:
-                    t, msg = probe.wait(lambda topic, m: topic.startswith("edged/ears/event/") or
-                                        (topic == "edged/ears/stats" and m.get("source_state") == "ended"), 5)
+                    _, msg = probe.wait(lambda topic, m: topic.startswith(f"edged/{device}/event/") or
+                                        (topic == f"edged/{device}/stats" and m.get("source_state") == "ended"), 5)
                 except TimeoutError:
                     continue
                 if msg.get("source_state") == "ended":
                     break
-                if msg.get("type") == "start":
-                    starts.append((time.time(), msg))
+                if msg.get("type") == "start" and msg.get("head") in out["starts"]:
+                    out["starts"][msg["head"]].append((time.time(), msg))
         finally:
             stop_daemon(proc)
             probe.close()
-            broker.close()
-    hop, window = 0.25, 1.5
-    found, false, latencies, lags = set(), 0, [], []
-    for received, msg in starts:
-        heard_at = window + hop * msg["frame"]  # the end of the window that decided, in the recording's time
-        match = next((i for i, (s, e, kind) in enumerate(script) if kind == msg["label"] and s <= heard_at <= e + 2.0),
-                     None)
-        if match is None or match in found:
-            false += 1
-            continue
-        found.add(match)
-        latencies.append((heard_at - script[match][0], heard_at - script[match][1]))
-        lags.append(received - msg["start"])
-    taught = [i for i, (_, _, kind) in enumerate(script) if kind in scenario.taught]
-    hours = args.daemon_minutes / 60
-    what = "words (voices never taught)" if words else "sounds"
-    print(f"\nthrough the daemon, {what}: {prepared['description']}, kNN, {prepared['examples']} windows taught; "
-          f"{args.daemon_minutes:g} min of room noise with {len(taught)} taught {', '.join(scenario.taught)} and "
-          f"{len(script) - len(taught)} untaught {', '.join(scenario.untaught)}, played at its own pace")
-    print(f"  taught ones heard: {len(found)}/{len(taught)}; false events: {false} ({false / hours:.1f} an hour; "
-          f"target <= 1)")
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+
+
+def _score_events(head: str, runs: list, scenario: Scenario, hours: float) -> None:
+    """One head's event starts against each run's script: a start inside a sound of its label (or up to 2 s after
+    it) hears that sound; any other start is a false event."""
+    hop, window = AudioConfig().hop_s, AudioConfig().window_s  # what the daemons ran with
+    heard = n_taught = 0
+    latencies, lags, wrong, missed = [], [], [], Counter()
+    for starts, script in runs:
+        found = set()
+        n_taught += sum(kind in scenario.taught for _, _, kind in script)
+        for received, msg in starts:
+            heard_at = window + hop * msg["frame"]  # the end of the window that decided, in the recording's time
+            match = next((i for i, (s, e, kind) in enumerate(script) if kind == msg["label"] and s <= heard_at <= e + 2.0),
+                         None)
+            if match is None or match in found:
+                playing = next((kind for s, e, kind in script if s <= heard_at <= e + 2.0), "room noise")
+                wrong.append(f"{msg['label']} at {heard_at:.1f} s ({playing})")
+                continue
+            found.add(match)
+            latencies.append((heard_at - script[match][0], heard_at - script[match][1]))
+            lags.append(received - msg["start"])
+        heard += len(found)
+        missed.update(kind for i, (_, _, kind) in enumerate(script) if kind in scenario.taught and i not in found)
+    print(f"  {head}: taught ones heard {heard}/{n_taught}" + (f" (missed: {dict(missed)})" if missed else "") +
+          f"; false events {len(wrong)} ({len(wrong) / hours:.1f} an hour; target <= 1)" +
+          (f": {', '.join(wrong[:10])}" if wrong else ""))
     if latencies:
         onset, end = np.median(latencies, axis=0)
-        print(f"  the deciding window's end after the onset, median {onset:.2f} s ({end:+.2f} s from the end: negative "
-              f"is before it ends); that window -> the event message, median {np.median(lags) * 1000:.0f} ms "
+        print(f"    the deciding window's end after the onset, median {onset:.2f} s ({end:+.2f} s from the end: "
+              f"negative is before it ends); that window -> the event message, median {np.median(lags) * 1000:.0f} ms "
               f"(target end of sound -> event <= 0.5 s)")

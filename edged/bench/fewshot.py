@@ -29,6 +29,7 @@ from ..serve.capture import CaptureJob
 from ..serve.headset import HeadSet
 from ..serve.worker_client import tensorflow_available
 from ..sources import OpenCVSource
+from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples, NewExample, Store
 from .common import CACHE, DATA, Timer, load_sign_digits, models, table
@@ -99,8 +100,9 @@ class Data:
 
     def context(self, rows: np.ndarray) -> FitContext:
         """What `train` gives the head: stored frames and the serving backbone (here: these photos)."""
+        pixels = lambda ids: self.pixels[np.asarray(ids)]  # noqa: E731
         return FitContext(TrainRequest(), self.info.input_size, frames=lambda ids: [self.images[i] for i in ids],
-                          pixels=lambda ids: self.pixels[np.asarray(ids)], embed=self.engine.embed)
+                          pixels=pixels, embed=self.engine.embed, augmented=augmenter(pixels, self.engine.embed))
 
     def edged(self, rows: np.ndarray, embeddings=None, labels=None) -> ClassifierHead:
         """edged's classifier as a user gets it from `train` defaults."""
@@ -204,9 +206,9 @@ def camera_variant(data: Data, shots_list, draws, t, tmp: Path) -> list:
                     source.close()
                 ex = store.examples(data.info.id)
                 frames = {int(i): store.load_frame(int(i)) for i in ex.ids}
+                pixels = lambda ids: np.stack([to_pixels(frames[int(i)], data.info.input_size) for i in ids])  # noqa: E731
                 ctx = FitContext(TrainRequest(), data.info.input_size, frames=lambda ids: [frames[int(i)] for i in ids],
-                                 pixels=lambda ids: np.stack([to_pixels(frames[int(i)], data.info.input_size) for i in ids]),
-                                 embed=data.engine.embed)
+                                 pixels=pixels, embed=data.engine.embed, augmented=augmenter(pixels, data.engine.embed))
                 h = ClassifierHead(ClassifierOptions())
                 h.fit(ex, ctx)
                 acc[name].append(_accuracy([max(s, key=s.get) for s in (h.predict(e).scores for e in data.emb[te])], truth))

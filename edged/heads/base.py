@@ -123,6 +123,10 @@ class FitContext:
     frames: Callable[[np.ndarray], list[np.ndarray]]  # example ids -> stored BGR frames
     pixels: Callable[[np.ndarray], np.ndarray]  # example ids -> (n, S, S, 3) RGB model inputs
     embed: Callable[[np.ndarray], np.ndarray]  # one (S, S, 3) RGB input -> embedding, by the serving backbone
+    # (example ids, copies, rng) -> (copies * n, d) embeddings of altered copies of those examples, copy-major
+    # (sounds: faster or slower, louder or softer; pictures: crops, flips, brightness), or None when they cannot
+    # be altered (edged.sources.augment.augmenter); a context without it offers no augmented copies
+    augmented: Optional[Callable[[np.ndarray, int, np.random.Generator], Optional[np.ndarray]]] = None
 
 
 class Head:

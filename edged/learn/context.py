@@ -26,12 +26,14 @@ from typing import Iterator, Optional
 import keras
 import numpy as np
 
-from ..config import Config
+from ..config import BACKGROUND, Config
 from ..errors import HeadError
 from ..files import file_sha256, write_atomic
 from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
-from ..sources.preprocess import fit_frame
+from ..sources.audio import Spectrogram
+from ..sources.augment import augmenter
+from ..sources.preprocess import fit_frame, to_pixels
 from ..state.backbones import BackboneInfo
 from ..state.layout import StateLayout
 from ..state.store import Examples, Store
@@ -100,10 +102,16 @@ class TrainContext:
         so that a head fitted here (e.g. a fold's frozen baseline) is the head the daemon would fit."""
         engine = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
                                       scaling=self.backbone.scaling))
+        size = self.backbone.input_size
+        spectrogram = Spectrogram(size=self.cfg.cameras[0].source.audio.image_size)
+        pixels = lambda ids: self.pixels(ids, "crop")  # noqa: E731
         try:
-            yield FitContext(self.request, self.backbone.input_size,
-                             frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
-                             pixels=lambda ids: self.pixels(ids, "crop"), embed=engine.embed)
+            yield FitContext(self.request, size, frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
+                             pixels=pixels, embed=engine.embed,
+                             augmented=augmenter(pixels, engine.embed,
+                                                 sounds=lambda ids: [self.store.load_audio(int(i)) for i in ids],
+                                                 embed_sound=lambda s: engine.embed(to_pixels(spectrogram.image(s), size)),
+                                                 rooms=lambda: self.store.room_sounds(BACKGROUND)))
         finally:
             engine.close()
 

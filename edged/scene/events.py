@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import EventsConfig
+from ..config import BACKGROUND, EventsConfig
 from .states import NONE, State
 
-NOT_OF_INTEREST = (NONE, "unknown", "background")  # "background": the room's own sound, taught as a class
+NOT_OF_INTEREST = (NONE, "unknown", BACKGROUND)
 
 
 def new_event_id(ts: float) -> str:

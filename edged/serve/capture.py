@@ -46,6 +46,7 @@ class CaptureJob:
         self.stored = 0
         self.skipped = 0
         self.skipped_loudness = 0  # sound windows of the wrong loudness for the label (edged.serve.frameloop)
+        self.skipped_cut = 0  # sound windows holding only a part of a sound (edged.sources.audio.holds_whole_sound)
         self.cancelled = False
         self.started = time.monotonic()
         self._next_due = self.started
@@ -132,6 +133,7 @@ class CaptureJob:
         where = {k: v for k, v in (("source", self.source), ("region", self.region)) if v}
         return {"label": self.label, **where, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
                 **({"skipped_loudness": self.skipped_loudness} if self.skipped_loudness else {}),
+                **({"skipped_cut": self.skipped_cut} if self.skipped_cut else {}),
                 "seconds": round(time.monotonic() - self.started, 2)}
 
 

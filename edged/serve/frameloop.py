@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..config import BACKGROUND
 from ..runtime.engine import Engine
 from ..scene.views import View
 from ..sources.preprocess import FrameView, to_pixels
@@ -128,12 +129,17 @@ class FrameLoop:
     @staticmethod
     def _capture_step(job: CaptureJob, image, embedding, frame) -> None:
         """Offer the frame (or the region's crop) to the capture; its writer stores it off this thread. Of sound,
-        only windows above the noise floor are examples of a sound, and only those below it of `background`."""
+        only windows holding a whole sound above the noise floor are examples of a sound, and only quiet ones of
+        `background`."""
         if job.cancelled or job.failed is not None:
             return
-        if frame.audio is not None and frame.loud != (job.label != "background"):
-            job.skipped_loudness += 1  # a quiet window for a sound, or a sound for the background
-            return
+        if frame.audio is not None:
+            if frame.loud != (job.label != BACKGROUND):
+                job.skipped_loudness += 1  # a quiet window for a sound, or a sound for the background
+                return
+            if frame.loud and not frame.whole:
+                job.skipped_cut += 1  # the sound runs past the window's edge: only a part of it is here
+                return
         job.offer(image, embedding, frame.audio)
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
@@ -161,9 +167,10 @@ class FrameLoop:
             result["source"] = source
             if source != "ok":
                 why = f"the source is {source}"
-            elif job.skipped_loudness > job.skipped:
+            elif job.skipped_loudness + job.skipped_cut > job.skipped:
                 why = (f"{job.skipped_loudness} sound windows were too quiet for a sound, or too loud for the "
-                       f"background (make the sound while the capture runs; [source.audio] loud_db sets the line)")
+                       f"background, and {job.skipped_cut} held only a part of a sound (make the sound, with a "
+                       f"moment of quiet around it, while the capture runs; [source.audio] loud_db sets the line)")
             else:
                 why = f"{job.skipped} frames were too similar to the last kept one (dedupe)"
             result["note"] = f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: {why}"

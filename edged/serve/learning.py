@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from ..config import Config
+from ..config import BACKGROUND, Config
 from ..errors import NO_TENSORFLOW, HeadError, TrainingError, VersionError
 from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
+from ..runtime.speech import SpeechEngine
+from ..sources.audio import Spectrogram
+from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo
 from ..state.layout import StateLayout
@@ -48,7 +52,8 @@ class Learning:
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
         self.remote = remote  # None: no broker, so TensorFlow jobs run here or not at all
         self._embed_lock = threading.Lock()
-        self._embedder: Optional[Engine] = None
+        self._embedder: Optional[Engine | SpeechEngine] = None
+        self._spectrogram = Spectrogram(size=cfg.cameras[0].source.audio.image_size)  # a sound's picture
 
     def start(self) -> None:
         layout = StateLayout(self.cfg.state_path)
@@ -68,31 +73,48 @@ class Learning:
             raise HeadError(f"{job}.head: unknown head {name!r}; installed: {sorted(self.heads.classes)}")
         return self.heads.classes[name]
 
+    def _own_engine(self):
+        """An interpreter of our own for embedding off the frame loop (whose interpreter is not shared across
+        threads), built on first use and kept for the next train or label. Call with `_embed_lock` held."""
+        if self._embedder is None:
+            runtime = self.cfg.runtime
+            if self.backbone.family == "speech_embedding":
+                self._embedder = SpeechEngine(Path(self.backbone.path).parent, runtime.num_threads, runtime.interpreter)
+            else:
+                self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=runtime.num_threads,
+                                                      interpreter=runtime.interpreter, scaling=self.backbone.scaling))
+        return self._embedder
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed off the frame loop (whose interpreter is not shared across threads) with one interpreter of
-        our own, built on first use and kept for the next train or label."""
         if self.backbone.family == "speech_embedding":
             raise HeadError("the speech embedding embeds sound, not pictures: this needs the example's sound")
         with self._embed_lock:
-            if self._embedder is None:
-                self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=self.cfg.runtime.num_threads,
-                                                      interpreter=self.cfg.runtime.interpreter, scaling=self.backbone.scaling))
-            return self._embedder.embed(pixels)
+            return self._own_engine().embed(pixels)
+
+    def embed_sound(self, samples: np.ndarray) -> np.ndarray:
+        """A sound window's embedding: the speech embedding's, or the image backbone's of its spectrogram picture."""
+        if self.backbone.family == "speech_embedding":
+            with self._embed_lock:
+                return self._own_engine().embed_sound(samples)
+        return self.embed_pixels(to_pixels(self._spectrogram.image(samples), self.backbone.input_size))
 
     def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
         return self.embed_pixels(to_pixels(image_bgr, self.backbone.input_size))
 
-    def fit_context(self, request: TrainRequest) -> Optional[FitContext]:
-        """Stored frames and the serving backbone's embedding, for an in-process fit (none for the speech backbone:
-        its examples' pictures are spectrograms it cannot read)."""
-        if self.backbone.family == "speech_embedding":
-            return None
+    def fit_context(self, request: TrainRequest) -> FitContext:
+        """Stored frames, the serving backbone's embedding, and altered copies of the stored examples (of their
+        sounds where they keep them, heard over the room's: the speech backbone embeds nothing else), for an
+        in-process fit."""
         size = self.backbone.input_size
+        pixels = lambda ids: np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids])  # noqa: E731
+        hears_only = self.backbone.family == "speech_embedding"
         return FitContext(
             request=request, input_size=size,
             frames=lambda ids: [self.store.load_frame(int(i)) for i in ids],
-            pixels=lambda ids: np.stack([to_pixels(self.store.load_frame(int(i)), size) for i in ids]),
-            embed=self.embed_pixels,
+            pixels=pixels, embed=self.embed_pixels,
+            augmented=augmenter(pixels, None if hears_only else self.embed_pixels,
+                                sounds=lambda ids: [self.store.load_audio(int(i)) for i in ids],
+                                embed_sound=self.embed_sound, rooms=lambda: self.store.room_sounds(BACKGROUND)),
         )
 
     def train(self, name: str, request: TrainRequest, progress: Progress = None,

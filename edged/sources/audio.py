@@ -4,9 +4,10 @@ spectrogram.
 A window of `window_s` seconds comes every `hop_s` seconds. Its frame's `image` is the window's log-mel
 spectrogram (time across, low frequencies at the bottom, a fixed decibel scale, so loudness shows), which the
 image backbones embed like a photo; `audio` holds the window's samples (16 kHz mono, int16 range), `level_db` the
-loudness of its newest hop, and `loud` whether any hop of it stands above the room's noise floor: the gate infers
-while a sound is in the window, and a capture stores only windows holding a sound (only quiet ones for the
-`background` label). A word of half a second is then in about six windows, at every place in them.
+loudness of its newest hop, `hops` which of its hops stand above the room's noise floor, `loud` whether any
+does (the gate infers while a sound is in the window) and `whole` whether it holds a whole sound, or one that
+fills it: what a capture stores (only quiet windows for the `background` label). A word of half a second is
+then taught from the two or three windows that hold all of it, at different places in them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import io
 import queue
+import threading
 import wave
 from collections import deque
 from pathlib import Path
@@ -66,6 +68,16 @@ class Spectrogram:
         return cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO)
 
 
+def holds_whole_sound(hops: tuple) -> bool:
+    """A window whose loud hops neither touch its edges (the sound begins and ends inside it) nor leave more than
+    one hop quiet (a sound too long to fit, filling it). A window that cuts a short sound holds only a part of
+    it, and a part of a word sounds like the part of many others: such windows taught as the word made
+    untaught words heard as it (`edged bench audio --daemon-minutes`)."""
+    if not any(hops):
+        return False
+    return (not hops[0] and not hops[-1]) or sum(hops) >= len(hops) - 1
+
+
 def level_db(samples: np.ndarray) -> float:
     """Loudness in dB below full scale (int16)."""
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
@@ -75,7 +87,7 @@ def level_db(samples: np.ndarray) -> float:
 class NoiseFloor:
     """The room's noise level: follows quiet windows at once and loud ones only slowly (`rise_db` a window)."""
 
-    def __init__(self, rise_db: float = 0.05):
+    def __init__(self, rise_db: float):
         self.level: Optional[float] = None
         self.rise_db = rise_db
 
@@ -126,7 +138,7 @@ class _Windows(Source):
         self.picture = Spectrogram(size=self.audio.image_size)
         self._buffer = np.zeros(0, np.float32)
         self._pos = 0
-        self._floor = NoiseFloor()
+        self._floor = NoiseFloor(rise_db=0.2 * self.audio.hop_s)  # 0.2 dB a second
         self._hops: deque = deque(maxlen=max(1, round(self.audio.window_s / self.audio.hop_s)))  # levels in the window
 
     def _more(self, n: int) -> Optional[np.ndarray]: ...
@@ -145,7 +157,9 @@ class _Windows(Source):
         self._hops.append(level)
         frame = Frame(self.picture.image(samples), self._pos)
         frame.audio, frame.level_db = samples, round(level, 1)
-        frame.loud = max(self._hops) >= floor + self.audio.loud_db
+        frame.hops = tuple(h >= floor + self.audio.loud_db for h in self._hops)  # oldest first
+        frame.loud = any(frame.hops)
+        frame.whole = holds_whole_sound(frame.hops)
         self._pos += 1
         return frame
 
@@ -189,9 +203,13 @@ class WavSource(_Windows):
 
 class MicrophoneSource(_Windows):
     """A microphone through PortAudio (`sounddevice`, the `audio` extra): `audio:` the default input,
-    `audio:<name or index>` another. A microphone that goes away is a lost source: reopened with backoff."""
+    `audio:<name or index>` another. A microphone that goes away is a lost source: reopened with backoff, and
+    found again when it is plugged back in (PortAudio lists devices only when it starts, so a device it cannot
+    find makes it start again, unless another microphone of this daemon is recording)."""
 
     live = True
+    _lock = threading.Lock()
+    _recording = 0  # open streams of this process: restarting PortAudio would stop them
 
     def __init__(self, uri: str, cfg: SourceConfig):
         super().__init__(cfg)
@@ -208,12 +226,29 @@ class MicrophoneSource(_Windows):
         except (ImportError, OSError) as e:  # OSError: the PortAudio library itself is missing
             raise SourceError(f"{self.description}: sound input needs the audio extra (pip install 'edged[audio]' "
                               f"and Debian's libportaudio2): {e}") from None
+        with MicrophoneSource._lock:
+            try:
+                self._start(sd)
+            except Exception as first:  # PortAudioError, ValueError for a device it does not list
+                if MicrophoneSource._recording or not hasattr(sd, "_terminate"):
+                    raise SourceError(f"cannot open {self.description}: {first}") from None
+                sd._terminate()  # list the devices anew: a microphone plugged in since PortAudio started
+                sd._initialize()
+                try:
+                    self._start(sd)
+                except Exception as e:
+                    raise SourceError(f"cannot open {self.description}: {e}") from None
+            MicrophoneSource._recording += 1
+
+    def _start(self, sd) -> None:
+        stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16", device=self.device,
+                                blocksize=HOP * 4, callback=self._on_audio)
         try:
-            self._stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16", device=self.device,
-                                          blocksize=HOP * 4, callback=self._on_audio)
-            self._stream.start()
-        except Exception as e:  # PortAudioError, ValueError for an unknown device
-            raise SourceError(f"cannot open {self.description}: {e}") from None
+            stream.start()
+        except Exception:
+            stream.close()
+            raise
+        self._stream = stream  # counted in _recording until close()
 
     def _on_audio(self, data, frames, time_info, status) -> None:
         try:
@@ -232,11 +267,14 @@ class MicrophoneSource(_Windows):
         return out
 
     def close(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.stop()
-                self._stream.close()
-            except Exception:
-                pass
-            self._stream = None
+        if self._stream is None:
+            return
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:
+            pass
+        self._stream = None
+        with MicrophoneSource._lock:
+            MicrophoneSource._recording -= 1
 

@@ -21,6 +21,8 @@ class Frame:
     audio: Optional[np.ndarray] = None  # a sound window's samples (16 kHz mono, int16 range); image is its spectrogram
     level_db: float = 0.0  # a sound window's loudness (dB below full scale)
     loud: bool = False  # a sound window above the room's noise floor (the gate infers it)
+    hops: tuple = ()  # a sound window's hops (oldest first): which are above the noise floor
+    whole: bool = False  # a sound window holding a whole sound, or filled by a long one (a capture stores it)
 
 
 class Source:

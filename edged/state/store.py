@@ -310,6 +310,13 @@ class Store:
                 doomed += [r[0] for r in rows if r[0] not in doomed]
         return self.delete(doomed) if doomed else 0
 
+    def room_sounds(self, label: str, limit: int = 32) -> list[np.ndarray]:
+        """The kept sounds of the newest `limit` examples of `label` (those that keep one)."""
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT id FROM examples WHERE label = ? ORDER BY id DESC LIMIT ?",
+                                                  (label, limit))]
+        return [s for s in map(self.load_audio, ids) if s is not None]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT label, COUNT(*) FROM examples GROUP BY label").fetchall()

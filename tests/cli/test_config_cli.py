@@ -44,6 +44,14 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_config(None, ["device='a/b'"])
 
 
+def test_sound_sources_decide_states_sooner_unless_told(tmp_path):
+    assert load_config(None, ["source.uri='kitchen.wav'"]).states.enter == 2  # a short sound is whole in few windows
+    assert load_config(None, ["source.uri='audio:'", "states.enter=4"]).states.enter == 4
+    assert load_config(None, ["source.uri='0'"]).states.enter == 3
+    mixed = ["sources=[{name='door', uri='audio:'}, {name='yard', uri='rtsp://cam/stream'}]"]
+    assert load_config(None, mixed).states.enter == 3  # one states setting serves every source
+
+
 def test_broken_toml_and_missing_file(tmp_path):
     bad = tmp_path / "x.toml"
     bad.write_text("device = \n")

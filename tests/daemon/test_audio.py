@@ -60,7 +60,8 @@ def _windows(path: str) -> list:
 
 
 def _teach(state, backbone, tmp_path) -> None:
-    """Windows of other renditions: loud ones of each sound, quiet ones of the room as `background`."""
+    """Windows of other renditions as a capture keeps them: those holding all of a sound, quiet ones of the room
+    as `background`."""
     rng = np.random.default_rng(7)
     items = []
     for kind in ("smoke alarm", "knock"):
@@ -68,7 +69,7 @@ def _teach(state, backbone, tmp_path) -> None:
             clip = _room(4.0, rng)  # the room first: the noise floor is learnt before the sound
             sound = synthetic_sound(kind, rng)
             clip[2 * RATE:2 * RATE + sound.size] += sound
-            items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.loud]
+            items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.whole]
     room = _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))
     items += [(f.image, "background", None) for f in room[::2] if not f.loud]
     teach(state, backbone, items)
@@ -81,7 +82,7 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     state = make_state(backbone)
     _teach(state, backbone, tmp_path)
     wav = _write_wav(tmp_path / "kitchen.wav", _script(np.random.default_rng(1)))
-    extra = "\n[states]\nenter = 2\nexit_s = 0.5\n[events]\nupdate_s = 1.0\nclip_s = 1.0\n"
+    extra = "\n[states]\nexit_s = 0.5\n[events]\nupdate_s = 1.0\nclip_s = 1.0\n"
     config = write_config(tmp_path / "ears.toml", toml_config(state, broker.port, wav, backbone, DEVICE, extra,
                                                                every_frame=False))
     d = daemons(config, tmp_path / "ears.log")
@@ -97,11 +98,11 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     states = [json.loads(p)["label"] for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn"]
     assert "background" in states and "unknown" not in starts, states
 
-    # a capture of a sound takes only windows holding one: a sound is in at most 7 windows in a row, so 8 need the
-    # capture to wait through the quiet ones between two sounds
+    # a capture of a sound takes only windows holding all of one: the quiet ones and those cutting a sound at
+    # an edge are skipped; a sound here is whole in at most 7 windows, so 8 take the capture past a quiet spell
     reply = probe.request(DEVICE, "capture", {"label": "smoke alarm", "count": 8, "interval_ms": 0, "timeout_s": 30})
     assert reply["ok"] and reply["result"]["stored"] == 8, reply
-    assert reply["result"].get("skipped_loudness", 0) > 0, reply
+    assert reply["result"].get("skipped_loudness", 0) > 0 and reply["result"].get("skipped_cut", 0) > 0, reply
     status = probe.request(DEVICE, "status", {})["result"]
     assert status["source"]["state"] == "ok" and status["scene"]["gate"].get("skipped_still", 0) > 0, status["scene"]
 
@@ -137,7 +138,7 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
     web_port = free_port()
     config = write_config(tmp_path / "hall.toml", toml_config(
         state, broker.port, wav, backbone, "hall",
-        f"\n[states]\nenter = 2\n[web]\nenabled = true\nport = {web_port}\n"
+        f"\n[web]\nenabled = true\nport = {web_port}\n"
         '[fleet]\ntrainer = "remote"\n',  # the numpy head serves; no fine-tune job to wait out at the end
         every_frame=False))
     d = daemons(config, tmp_path / "hall.log")
@@ -196,7 +197,7 @@ def test_the_speech_backbone_learns_words_and_reembeds_kept_sounds(broker, probe
             clip = _room(4.0, rng)
             said = _spoken(tmp_path, word, voice)
             clip[2 * RATE:2 * RATE + said.size] += said[: 2 * RATE]
-            items += [(f, word) for f in _windows(_write_wav(tmp_path / "teach.wav", clip)) if f.loud]
+            items += [(f, word) for f in _windows(_write_wav(tmp_path / "teach.wav", clip)) if f.whole]
     items += [(f, "background") for f in _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))[::2] if not f.loud]
     info, engine = open_backbone(state_config(state, picture))
     store = Store(state / "store")
@@ -213,7 +214,7 @@ def test_the_speech_backbone_learns_words_and_reembeds_kept_sounds(broker, probe
     speech = {"family": "speech_embedding"}
     config = write_config(tmp_path / "words.toml", toml_config(
         state, broker.port, _write_wav(tmp_path / "words.wav", script), speech, "words",
-        "\n[states]\nenter = 2\n", every_frame=False))
+        "", every_frame=False))
     d = daemons(config, tmp_path / "words.log")
     probe.wait_online("words", 90)
     assert f"embedding {len(items)} stored frames" in (tmp_path / "words.log").read_text()

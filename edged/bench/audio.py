@@ -295,7 +295,8 @@ def run(args) -> int:
 
 
 # -- through the daemon -------------------------------------------------------------------------------------
-LEAD_S = 60.0  # room noise before the first sound: the daemons start and train their classifiers meanwhile
+LEAD_S = 90.0  # room noise before the first sound: the daemons start and train their classifiers meanwhile
+TRAINING = threading.Lock()
 TAUGHT_SOUNDS, UNTAUGHT_SOUNDS = ("chime", "smoke alarm"), ("knock", "siren", "speech")
 TAUGHT_WORDS, UNTAUGHT_WORDS = ("lights", "music"), ("kitchen", "window", "stop", "hello", "yes")
 TEACHING_VOICES = tuple(f"{lang}+{v}" for lang in ("en", "en-us") for v in ("m1", "m3", "f2", "f4"))
@@ -410,6 +411,8 @@ def daemon_run(args, words: bool) -> None:
           f"{args.daemons} daemon(s) side by side, {minutes:g} min of room noise in all with {n_taught} taught "
           f"{', '.join(scenario.taught)} and {sum(map(len, scripts)) - n_taught} untaught "
           f"{', '.join(scenario.untaught)}, each played at its own pace")
+    dropped = sum(r.get("dropped", 0) for r in runs)
+    print(f"  windows dropped because a daemon fell behind: {dropped}")
     trained = [r["trained"] for r in runs]
     print(f"  the classifier, trained over MQTT: {trained[0]}" + (" (and alike on the others)" if len(trained) > 1 else ""))
     for head in ("knn", "classifier"):
@@ -431,9 +434,10 @@ def _one_daemon(args, scenario: Scenario, port: int, taught: Path, backbone: dic
         out["starts"] = {"knn": [], "classifier": []}
         try:
             probe.wait(lambda t, m: t == f"edged/{device}/status" and m.get("state") == "online", 120)
-            t_send = probe.send("train", {"head": "classifier", "mode": "frozen", "id": "bench"})
-            t_reply, reply = probe.wait(lambda t, m: t == f"edged/{device}/reply/train" and m.get("id") == "bench"
-                                        and m.get("final"), 120)
+            with TRAINING:  # one at a time: six trainings at once would starve the daemons' frame loops
+                t_send = probe.send("train", {"head": "classifier", "mode": "frozen", "id": "bench"})
+                t_reply, reply = probe.wait(lambda t, m: t == f"edged/{device}/reply/train" and m.get("id") == "bench"
+                                            and m.get("final"), 120)
             if not reply.get("ok"):
                 raise RuntimeError(f"train failed: {reply.get('error')}")
             metrics = reply["result"]["metrics"]
@@ -447,6 +451,7 @@ def _one_daemon(args, scenario: Scenario, port: int, taught: Path, backbone: dic
                 except TimeoutError:
                     continue
                 if msg.get("source_state") == "ended":
+                    out["dropped"] = int(msg.get("dropped", 0))
                     break
                 if msg.get("type") == "start" and msg.get("head") in out["starts"]:
                     out["starts"][msg["head"]].append((time.time(), msg))

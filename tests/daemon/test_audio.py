@@ -119,7 +119,7 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
 
 def _readme_sound_block() -> list[list[str]]:
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```sh\n(.*?)```", readme[readme.index("## Sound"):], re.S).group(1)
+    block = re.search(r"```sh\n(.*?)```", readme[readme.index("## Audio"):], re.S).group(1)
     return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.startswith("edged ")]
 
 
@@ -170,6 +170,13 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
         wait.until(lambda b: not js("return document.getElementById('meter').hidden"))
         wait.until(lambda b: js("return document.getElementById('meter').classList.contains('loud')"))
         assert js("return document.getElementById('level').textContent").endswith("dB, sound")
+        # the page teaches sound as it teaches pictures: its "capture 10" button, then "train"
+        count = lambda: js("return (status.examples || {})['doorbell'] || 0")  # noqa: E731
+        wait.until(lambda b: count() == 10 and js("return !!document.querySelector('.label-row[data-label=doorbell]')"))
+        js("document.querySelector('.label-row[data-label=doorbell] button.capture10').click()")
+        wait.until(lambda b: count() >= 20)
+        js("document.getElementById('train').click()")
+        wait.until(lambda b: b.find_elements("id", "cv-accuracy"))
     finally:
         browser.quit()
     assert d.stop() == 0, d.output()

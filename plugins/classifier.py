@@ -20,7 +20,7 @@ from pydantic import Field
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
 from edged.heads.fewshot import DEFAULT_CANDIDATES, FeatureTransform, LinearModel, choose, class_means, cross_validate
-from edged.heads.fewshot import l2, loo_mean_similarity, novelty, quality_report
+from edged.heads.fewshot import l2, loo_mean_similarity, novelty, quality_report, unknown_threshold
 from edged.state.store import Examples
 
 UNKNOWN = "unknown"
@@ -133,20 +133,14 @@ class ClassifierHead(Head):
         return self.metrics
 
     def _calibrate(self, z: np.ndarray, y: np.ndarray) -> None:
-        """Class means and the similarity under which a frame is 'unknown', from the stored examples themselves:
-        the `unknown_quantile` of each example's similarity to the mean of the others of its class, but never
-        above halfway between how alike a class's examples are (the median) and how alike the classes are (the
-        0.9 quantile of each example's similarity to the nearest other class mean) — the kNN head's rule. Without
-        that cap, tight classes (a few voices' windows that hold a whole word) called most other voices unknown:
-        words heard 6 of 24 against 21 (`edged bench audio --daemon-minutes`)."""
+        """Class means and the similarity under which a frame is 'unknown', from the stored examples themselves
+        (`unknown_threshold`, the kNN head's rule: the halfway cap took words by voices never taught from 6 of 24
+        heard to 21 in `edged bench audio`'s offline replica)."""
         self.means = class_means(z, y, len(self._classes))
         self.reference = np.sort(loo_mean_similarity(z, y, len(self._classes)))
-        q = self.options.unknown_quantile
         others = z @ self.means.T
         others[np.arange(len(z)), y] = -np.inf
-        between = max(float(np.quantile(others.max(axis=1), 0.9)), 0.0) if len(self._classes) > 1 else 0.0
-        halfway = (float(np.median(self.reference)) + between) / 2
-        self.threshold = min(float(np.quantile(self.reference, q)), halfway) if q > 0 else -np.inf
+        self.threshold, _ = unknown_threshold(self.reference, others.max(axis=1), self.options.unknown_quantile)
 
     # -- serving -----------------------------------------------------------------------------
     def predict(self, embedding: np.ndarray) -> Prediction:

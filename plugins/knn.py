@@ -21,7 +21,7 @@ from pydantic import Field
 
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, hookimpl
-from edged.heads.fewshot import FeatureTransform, novelty
+from edged.heads.fewshot import FeatureTransform, novelty, unknown_threshold
 from edged.state.store import Examples
 
 UNKNOWN = "unknown"
@@ -222,9 +222,7 @@ class KnnHead(Head):
             self._reference = np.sort(sims)
             self._centre = centre
             # a frame unrelated to every class sits near 0 (centred); classes more alike than that raise the floor
-            self._between = max(float(np.quantile(between, 0.9)), 0.0) if np.isfinite(between).any() else 0.0
-            halfway = (float(np.median(sims)) + self._between) / 2
-            self._threshold = min(float(np.quantile(self._reference, q)), halfway) if q > 0 else -np.inf
+            self._threshold, self._between = unknown_threshold(self._reference, between, q)
             median_nearest = float(np.median(nearest))
             self._nn_threshold = median_nearest if q > 0 else -np.inf
             # a copy: within a quarter of the distance stored examples keep to their nearest neighbours

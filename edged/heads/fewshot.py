@@ -238,6 +238,20 @@ def loo_mean_similarity(z: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndar
     return out
 
 
+def unknown_threshold(own: np.ndarray, nearest_other: np.ndarray, quantile: float) -> tuple[float, float]:
+    """(threshold, between): a frame less like its class than `threshold` is unknown. `own` holds each stored
+    example's similarity to its class (leave-one-out), `nearest_other` its similarity to the nearest other class
+    (-inf with one class). The threshold is the `quantile` of `own`, but never above halfway between how alike a
+    class's examples are (the median of `own`) and how alike the classes are (`between`: the 0.9 quantile of
+    `nearest_other`, at least 0, where a frame like none of them lies): near-copies taught of distinct things, or
+    a few voices' windows of a whole word, must not make every other rendition unknown. -inf when `quantile` is 0."""
+    between = max(float(np.quantile(nearest_other, 0.9)), 0.0) if np.isfinite(nearest_other).any() else 0.0
+    if quantile <= 0:
+        return -np.inf, between
+    halfway = (float(np.median(own)) + between) / 2
+    return min(float(np.quantile(own, quantile)), halfway), between
+
+
 def novelty(similarity: float, reference: np.ndarray) -> float:
     """The share of stored examples that sat closer to their class than this frame sits to its best class (0..1)."""
     if not len(reference):

@@ -3,12 +3,11 @@ spectrogram.
 
 A window of `window_s` seconds comes every `hop_s` seconds. Its frame's `image` is the window's log-mel
 spectrogram (time across, low frequencies at the bottom, each band drawn by how far it stands above the room's
-own sound in that band), which the
-image backbones embed like a photo; `audio` holds the window's samples (16 kHz mono, int16 range), `level_db` the
-loudness of its newest hop, `hops` which of its hops stand above the room's noise floor, `loud` whether any
-does (the gate infers while a sound is in the window) and `whole` whether it holds a whole sound, or one that
-fills it: what a capture stores (only quiet windows for the `background` label). A word of half a second is
-then taught from the two or three windows that hold all of it, at different places in them.
+own sound in that band), which the image backbones embed like a photo; `audio` holds the window's samples
+(16 kHz mono, int16 range), `level_db` the loudness of its newest hop, `hops` which of its hops stand above the
+room's noise floor, `loud` whether any does (the gate infers while a sound is in the window) and `whole` whether
+it holds a whole sound, or one that fills it: what a capture stores (only quiet windows for the `background`
+label). A word of half a second is then taught from the windows that hold all of it, at different places in them.
 """
 
 from __future__ import annotations
@@ -75,8 +74,8 @@ class Spectrogram:
 
 
 def holds_whole_sound(hops: tuple) -> bool:
-    """A window whose loud hops neither touch its edges (the sound begins and ends inside it) nor leave more than
-    one hop quiet (a sound too long to fit, filling it). A window that cuts a short sound holds only a part of
+    """A window whose loud hops do not touch its edges (the sound begins and ends inside it), or leave at most one
+    hop quiet (a sound too long to fit, filling it). A window that cuts a short sound holds only a part of
     it, and a part of a word sounds like the part of many others: such windows taught as the word made
     untaught words heard as it (`edged bench audio --daemon-minutes`)."""
     if not any(hops):

@@ -182,12 +182,21 @@ class ServeConfig(_Strict):
 
 
 class CaptureConfig(_Strict):
-    dedupe: float = Field(0.99, ge=0.5, le=1.0, description="skip frames at least this similar (cosine of embeddings) "
-                                                            "to the last kept one; 1 = keep every frame")
+    near_copy: float = Field(0.99, ge=0.5, le=1.0, description="a frame at least this similar (cosine of "
+                             "embeddings) to an earlier one of the capture counts as a near-copy: kept (a still "
+                             "scene is what was shown), counted apart from the distinct frames in the reply")
     timeout_s: float = Field(120.0, gt=0, description="a capture ends with what it has after count x interval + this")
     max_per_label: int = Field(0, ge=0, description="keep at most this many examples of a label, the oldest pruned "
                                                     "after each capture; 0 = no cap")
     max_total: int = Field(0, ge=0, description="keep at most this many examples in all; 0 = no cap")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_dedupe(cls, data):
+        if isinstance(data, dict) and "dedupe" in data:
+            raise ValueError("dedupe is gone: a capture keeps near-copies now (a still scene is what was shown) and "
+                             "counts them; near_copy sets what counts as one")
+        return data
 
 
 class ReviewConfig(_Strict):

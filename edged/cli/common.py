@@ -46,12 +46,12 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def progress_line(p: dict) -> str:
-    """One progress reply as a person reads it: `capture: mug 10/20 (2 similar skipped)`, `auto: fine-tune ...`."""
+    """One progress reply as a person reads it: `capture: mug 10/20 (4 distinct)`, `auto: fine-tune ...`."""
     if "phase" in p or "step" in p:
         return f"{p.get('phase', 'progress')}: {p.get('step', '')}".rstrip(": ")
     if "label" in p and "stored" in p:
-        skipped = f" ({p['skipped_similar']} similar skipped)" if p.get("skipped_similar") else ""
-        return f"capture: {p['label']} {p['stored']}/{p.get('count', '?')}{skipped}"
+        distinct = f" ({p['distinct']} distinct)" if "distinct" in p else ""
+        return f"capture: {p['label']} {p['stored']}/{p.get('count', '?')}{distinct}"
     return ", ".join(f"{k} {v}" for k, v in p.items())
 
 

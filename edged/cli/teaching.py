@@ -35,28 +35,40 @@ def cmd_collect(args) -> int:
     info, engine = open_backbone(cfg)
     store = Store(StateLayout(cfg.state_path).store)
     objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
-    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects, dedupe=cfg.capture.dedupe,
-                     source=camera.name)
+    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects,
+                     near_copy=cfg.capture.near_copy, source=camera.name)
     source = open_source(camera.source)
     grabber = FrameGrabber(source, camera.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size,
                            camera.name)
     grabber.start()
     deadline = time.monotonic() + args.timeout
+    error = None
     try:
         while not job.done and not stop.is_set():
             frame = grabber.get(timeout=0.5)
             if frame is None:
                 if grabber.state == "ended" and grabber.frames.empty():
-                    print(f"error: {source.description} ended after {job.stored} of {job.count} examples", file=sys.stderr)
-                    return 1
+                    error = f"{source.description} ended after {job.stored} of {job.count} examples"
+                    break
                 if time.monotonic() > deadline:
-                    print(f"error: timed out with {job.stored} of {job.count} examples ({grabber.state}: {grabber.error})", file=sys.stderr)
-                    return 1
+                    error = f"timed out with {job.stored} of {job.count} examples ({grabber.state}: {grabber.error})"
+                    break
                 continue
-            if job.offer(frame.image, engine.embed(frame.pixels)):
-                print(f"\r{args.label}: {job.stored}/{job.count}", end="", file=sys.stderr, flush=True)
+            # a sound window is embedded from its sound by the speech backbone, from its picture by an image one
+            embedding = engine.embed_frame(frame, frame.pixels)
+            if frame.audio is not None:
+                job.offer_window(frame.image, embedding, frame.audio, frame.loud, frame.whole)
+            else:
+                job.offer(frame.image, embedding)
+            print(f"\r{args.label}: {job.stored}/{job.count}", end="", file=sys.stderr, flush=True)
+        job.flush()
+        job.set_aside_odd_sounds()
         print(file=sys.stderr)
-        print(json.dumps({"label": args.label, "stored": job.stored, "examples": store.counts().get(args.label, 0)}))
+        result = {**job.progress(), "examples": store.counts().get(args.label, 0)}
+        result["warnings"] = job.warnings(result["examples"])
+        print(json.dumps(result))
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
         return 0 if job.done else 1
     finally:
         stop.set()

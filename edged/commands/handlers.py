@@ -93,7 +93,7 @@ class CommandHandlers:
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
         job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
                          responder=responder, corr_id=cmd.id, timeout_s=timeout,
-                         dedupe=cmd.dedupe if cmd.dedupe is not None else cfg.dedupe,
+                         near_copy=cmd.near_copy if cmd.near_copy is not None else cfg.near_copy,
                          max_per_label=cfg.max_per_label, max_total=cfg.max_total, writer=True,
                          learned=self.heads.learned, region=cmd.region or "", source=source)
         self.captures.start(job)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import CommandError, CorrelationId
-from ..state.store import LABEL_RE
+from ..state.store import label_problem
 
 MAX_PAYLOAD = 64 * 1024
 SQLITE_MAX = (1 << 63) - 1  # integers are bounded where they are parsed: SQLite's are 64-bit
@@ -28,10 +28,14 @@ class _Labelled(_Cmd):
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v: str) -> str:
-        if not LABEL_RE.fullmatch(v):
-            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space; "
-                             "not starting with a space or punctuation")
-        return v
+        return _checked_label(v)
+
+
+def _checked_label(label: str) -> str:
+    problem = label_problem(label)
+    if problem is not None:
+        raise ValueError(problem)
+    return label
 
 
 def _check_box(box) -> None:
@@ -48,8 +52,8 @@ class LabelledBox(BaseModel):
     @model_validator(mode="after")
     def _valid(self):
         _check_box(self.box)
-        if self.label is not None and not LABEL_RE.fullmatch(self.label):
-            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
+        if self.label is not None:
+            _checked_label(self.label)
         return self
 
 
@@ -59,14 +63,23 @@ class Capture(_Labelled):
     box: Optional[tuple[float, float, float, float]] = Field(None, description="x1, y1, x2, y2 in [0, 1] of the frame")
     boxes: Optional[list[LabelledBox]] = Field(None, min_length=1, max_length=100,
                                                description="several objects: [{box, label?}, ...] in frame coordinates")
-    dedupe: Optional[float] = Field(None, ge=0.5, le=1.0, description="skip frames at least this similar to the last "
-                                                                      "kept one (1 = keep all); default [capture]")
+    near_copy: Optional[float] = Field(None, ge=0.5, le=1.0, description="a frame at least this similar to an "
+                                       "earlier one of the capture counts as a near-copy (kept, but not distinct); "
+                                       "default [capture]")
     timeout_s: Optional[float] = Field(None, gt=0, le=86_400, description="end with what was stored by then; "
                                                                            "default [capture]")
     region: Optional[str] = Field(None, max_length=64, description="take the examples from this region's crop "
                                                                    "([[regions]]); default the whole frame")
     source: Optional[str] = Field(None, max_length=64, description="take the examples from this source "
                                                                    "([[sources]]); needed when there are several")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_dedupe(cls, data):
+        if isinstance(data, dict) and "dedupe" in data:
+            raise ValueError("dedupe is gone: a capture keeps near-copies now and counts them; near_copy sets what "
+                             "counts as one")
+        return data
 
     @model_validator(mode="after")
     def _box_ordered(self):
@@ -83,8 +96,10 @@ class Capture(_Labelled):
         return [(self.label, tuple(self.box))] if self.box is not None else None
 
 
-class Forget(_Labelled):
-    pass
+class Forget(_Cmd):
+    label: str = Field(max_length=64, pattern=r"^[\w][\w .\-]{0,63}$",
+                       description="every example of this label is deleted (reserved names too: stores from before "
+                                   "they were refused may hold them)")
 
 
 class Empty(_Cmd):
@@ -156,9 +171,7 @@ class Share(_Cmd):
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v):
-        if v is not None and not LABEL_RE.fullmatch(v):
-            raise ValueError("label must be 1-64 characters: letters, digits, '_', '-', '.', space")
-        return v
+        return v if v is None else _checked_label(v)
 
 
 class Events(_Cmd):
@@ -204,9 +217,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
 
 
 def parse(name: str, payload: bytes) -> _Cmd:
-    """Validate one command; raise CommandError with a message naming the bad part."""
-    if name not in COMMANDS:
-        raise CommandError(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}")
+    """Validate one command; raise CommandError with a message naming the bad part (and, whenever the payload is
+    a JSON object, carrying its correlation id, so that the sender hears of it at once)."""
     if len(payload) > MAX_PAYLOAD:
         raise CommandError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} byte limit")
     if payload.strip() == b"":
@@ -223,6 +235,8 @@ def parse(name: str, payload: bytes) -> _Cmd:
     corr = data.get("id")
     if not isinstance(corr, (str, int)) or isinstance(corr, bool):
         corr = None
+    if name not in COMMANDS:
+        raise CommandError(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}", corr)
     try:
         return COMMANDS[name].model_validate(data)
     except ValidationError as e:

@@ -33,7 +33,7 @@ from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout
-from ..state.store import LABEL_RE, Store
+from ..state.store import Store, label_problem
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Sharing:
         if not isinstance(labels, list) or not labels or len(labels) > self.fleet.max_classes:
             raise ShareError(f"{what}: {len(labels) if isinstance(labels, list) else 'no'} labels; a shared head "
                              f"or model carries 1 to fleet.max_classes ({self.fleet.max_classes})")
-        bad = [str(l)[:40] for l in labels if not isinstance(l, str) or not LABEL_RE.fullmatch(l)]
+        bad = [str(l)[:40] for l in labels if label_problem(l) is not None]
         if bad:
             raise ShareError(f"{what}: label {bad[0]!r} is not a valid label")
         return labels

@@ -56,6 +56,55 @@ class FeatureTransform:
         return l2(z)
 
 
+# -- near-copies ------------------------------------------------------------------------------
+NEAR_COPY = 0.99  # cosine of two embeddings at or above which the second frame is a near-copy of the first
+FEW_DISTINCT = 5  # fewer distinct examples (frames, or sounds) than this teach a label poorly: said in replies
+
+
+class DistinctFrames:
+    """Counts distinct embeddings as they come: one at least `near_copy` similar to an earlier distinct one is a
+    near-copy (a still scene gives those; they are kept as examples, but teach little)."""
+
+    def __init__(self, near_copy: float = NEAR_COPY):
+        self.near_copy = near_copy
+        self.kept: list[np.ndarray] = []
+
+    def add(self, embedding: np.ndarray) -> bool:
+        """True when `embedding` is distinct from every earlier one."""
+        v = l2(np.reshape(embedding, -1))
+        if self.kept and float(np.max(np.stack(self.kept) @ v)) >= self.near_copy:
+            return False
+        self.kept.append(v)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+
+def distinct_count(embeddings: np.ndarray, near_copy: float = NEAR_COPY) -> int:
+    counter = DistinctFrames(near_copy)
+    for v in embeddings:
+        counter.add(v)
+    return len(counter)
+
+
+def unlike_the_rest(embeddings: np.ndarray, margin: float = 0.05) -> list[int]:
+    """Rows unlike the others: whose mean similarity to the rest is far under the rows' typical one (median less
+    four median deviations, and at least `margin`). At most a third of the rows, and none of fewer than four: the
+    majority is what was meant (a whistle during a doorbell's capture is set aside, the doorbell kept)."""
+    n = len(embeddings)
+    if n < 4:
+        return []
+    z = l2(embeddings)
+    sims = z @ z.T
+    mean = (sims.sum(axis=1) - np.diag(sims)) / (n - 1)
+    median = float(np.median(mean))
+    spread = float(np.median(np.abs(mean - median)))
+    line = median - max(4 * spread, margin)
+    odd = [int(i) for i in np.argsort(mean) if mean[i] < line]
+    return odd[: (n - 1) // 3]
+
+
 # -- classifiers ------------------------------------------------------------------------------
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
@@ -276,15 +325,14 @@ def quality_report(y: np.ndarray, oof: np.ndarray, classes: list[str], embedding
                 pairs.append({"pair": [classes[a], classes[b]], "confusions": n})
     pairs.sort(key=lambda p: -p["confusions"])
     warnings, advice = [], []
-    z = l2(embeddings)
+    distinct = {}
     for c in range(len(classes)):
         rows = np.flatnonzero(y == c)
-        if len(rows) > 1:
-            sims = z[rows] @ z[rows].T
-            near = int(np.sum(np.triu(sims > 0.995, 1).any(axis=0)))
-            if near >= max(2, len(rows) // 3):
-                warnings.append(f"{classes[c]}: {near} of {len(rows)} examples are near-duplicates of another "
-                                f"(a still camera?): move the object or the camera between captures")
+        distinct[classes[c]] = n = distinct_count(embeddings[rows])
+        if len(rows) > 1 and (n < min(FEW_DISTINCT, len(rows)) or len(rows) - n >= max(2, len(rows) // 3)):
+            warnings.append(f"{classes[c]}: {n} distinct of {len(rows)} examples, the rest near-copies (a still "
+                            f"scene, or one sound): show it moved, turned, in other light (or make the sound a few "
+                            f"more times) and capture again")
     if counts.max() > 3 * max(counts[counts > 0].min(), 1):
         warnings.append(f"imbalanced: {classes[int(np.argmax(counts))]} has {int(counts.max())} examples, "
                         f"{classes[int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))]} "
@@ -297,4 +345,4 @@ def quality_report(y: np.ndarray, oof: np.ndarray, classes: list[str], embedding
             advice.append(f"add about {more} more examples of {classes[c]}{why}")
     return {"per_class_accuracy": per_class, "confused_pairs": pairs[:5], "confusion": confusion.tolist(),
             "classes": classes, "counts": {classes[c]: int(counts[c]) for c in range(len(classes))},
-            "warnings": warnings, "advice": advice}
+            "distinct": distinct, "warnings": warnings, "advice": advice}

@@ -65,7 +65,9 @@ class BrokerClient:
 
     def request(self, topic: str, reply_topic: str, payload: dict, timeout: float,
                 on_progress: Optional[Callable[[dict], None]] = None) -> dict:
-        """Publish a command and return its final reply (raises EdgedError when none comes by `timeout`)."""
+        """Publish a command and return its final reply. `timeout` counts from the last word of the daemon: every
+        progress message starts it again, so a long train on a slow board is waited for while it reports (raises
+        EdgedError after `timeout` seconds of silence)."""
         corr = payload.setdefault("id", f"{self.session}-{uuid.uuid4().hex[:8]}")
         props = None
         if self.v5:
@@ -78,19 +80,27 @@ class BrokerClient:
             self._subscribed.add(reply_topic)
             time.sleep(0.05)  # let the subscription settle before the reply can arrive
         self.client.publish(topic, json.dumps(payload), qos=1, properties=props).wait_for_publish(10)
-        for _, data, _ in self.messages(time.monotonic() + timeout):
+        heard = time.monotonic()
+        while True:
+            message = next(self.messages(heard + timeout), None)
+            if message is None:
+                break
+            _, data, properties = message
             try:
                 reply = json.loads(data)
             except ValueError:
                 continue
-            if reply.get("id") != corr:
+            if not isinstance(reply, dict) or not _answers(reply, properties, corr):
                 continue
+            heard = time.monotonic()
             if not reply.get("final", True):
                 if on_progress:
-                    on_progress(reply.get("result", {}).get("progress", reply.get("result")))
+                    result = reply.get("result")
+                    on_progress(result.get("progress", result) if isinstance(result, dict) else result)
                 continue
             return reply
-        raise EdgedError(f"no reply to {topic} within {timeout:g} s: is the daemon running and on this broker?")
+        raise EdgedError(f"no word from the daemon on {topic} for {timeout:g} s (--timeout counts from its last "
+                         f"progress message): is it running and on this broker?")
 
     def retained(self, topic: str, wait: float = 2.0) -> Optional[dict]:
         """The retained message on `topic` (None when there is none)."""
@@ -102,6 +112,13 @@ class BrokerClient:
                 except ValueError:
                     return None
         return None
+
+
+def _answers(reply: dict, properties, corr) -> bool:
+    """A reply to our request: its id is ours, or (MQTT 5) its correlation data is."""
+    if reply.get("id") == corr:
+        return True
+    return getattr(properties, "CorrelationData", None) == str(corr).encode()
 
 
 def parse_cli_payload(words: list[str]) -> dict:

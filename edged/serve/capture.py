@@ -1,4 +1,4 @@
-"""Capture jobs: store `count` frames under a label, `interval` seconds apart; one at a time."""
+"""Capture jobs: store what was in front of the source while the capture ran, under a label; one job at a time."""
 
 from __future__ import annotations
 
@@ -9,25 +9,36 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..config import BACKGROUND
 from ..errors import CommandError
+from ..heads.fewshot import FEW_DISTINCT, NEAR_COPY, DistinctFrames, unlike_the_rest
 from ..state.store import NewExample, Store
+
+LONG_SOUND_WINDOWS = 16  # a sound filling this many windows in a row gives one example each time (2 s at 0.125 s)
 
 
 class CaptureJob:
-    """Frames are due every `interval_s` from the start (not from the last one stored). With `dedupe` < 1 a
-    frame whose embedding is at least that similar to the last kept one is skipped: a still camera gives
-    near-copies, which teach nothing and make the quality report lie. Ends at `count`, or at `timeout_s`
-    with what it has.
+    """Frames are due every `interval_s` from the start (not from the last one stored) and each due frame is stored:
+    a still scene is what the user showed, so its near-copies are kept, never traded for a later, different scene.
+    A frame at least `near_copy` similar to an earlier one of this capture counts as a near-copy; the reply says how
+    many stored frames are distinct and warns when too few are. Ends at `count`, or at `timeout_s` with what it
+    has.
+
+    Of sound (`offer_window`), `count` is a number of sounds: a sound label keeps one window per sound event (the
+    middle one of those holding the whole sound; a long sound gives one every LONG_SOUND_WINDOWS windows), and when
+    the capture ends the sounds unlike the capture's others are set aside (deleted again, and named in the reply):
+    a whistle heard while the doorbell was taught is not the doorbell. `background` keeps quiet windows as frames.
 
     With a `writer` (`learned` is called for each example once it is on disk), the JPEG and the SQLite row are
     written on a thread of the job's own: the frame loop only chooses frames and never waits on the disk. `stored`
     counts what is on disk; the reply is made only after `close()` has waited for the last write."""
 
     def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
-                 objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None, dedupe: float = 1.0,
-                 timeout_s: Optional[float] = None, max_per_label: int = 0, max_total: int = 0,
-                 writer: bool = False, learned: Optional[Callable[[np.ndarray, str, object], None]] = None,
-                 region: str = "", source: str = ""):
+                 objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None,
+                 near_copy: float = NEAR_COPY, timeout_s: Optional[float] = None, max_per_label: int = 0,
+                 max_total: int = 0, writer: bool = False,
+                 learned: Optional[Callable[[np.ndarray, str, object], None]] = None, region: str = "",
+                 source: str = ""):
         self.store = store
         self.source = source  # the source examples are taken from ("" the one source)
         self.region = region  # "" the whole frame, else a region's crop
@@ -40,20 +51,22 @@ class CaptureJob:
         self.box = self.objects[0][1] if self.objects and len(self.objects) == 1 else None
         self.responder = responder
         self.corr_id = corr_id
-        self.dedupe = dedupe
+        self.distinct = DistinctFrames(near_copy)
         self.timeout_s = timeout_s
         self.caps = (max_per_label, max_total)  # the store's example caps, applied when the capture ends
         self.stored = 0
-        self.skipped = 0
-        self.skipped_loudness = 0  # sound windows of the wrong loudness for the label (edged.serve.frameloop)
+        self.skipped_loudness = 0  # sound windows of the wrong loudness for the label
         self.skipped_cut = 0  # sound windows holding only a part of a sound (edged.sources.audio.holds_whole_sound)
+        self.sound = False  # sound windows were offered: `count` counts sounds
+        self._event: list[tuple] = []  # the whole windows of the sound being heard
+        self.set_aside: list[int] = []  # sounds unlike the capture's others, deleted again at the end
         self.cancelled = False
         self.started = time.monotonic()
         self._next_due = self.started
-        self._last: Optional[np.ndarray] = None
         self.accepted = 0  # frames chosen (stored, or waiting for the writer)
         self.failed: Optional[str] = None  # why the writer stopped
         self.learned = learned
+        self._kept: list[tuple[int, np.ndarray]] = []  # (example id, embedding) of what this capture stored
         self._writes: Optional["queue.Queue"] = None
         if writer:
             self._writes = queue.Queue()
@@ -68,39 +81,62 @@ class CaptureJob:
     def timed_out(self) -> bool:
         return self.timeout_s is not None and time.monotonic() - self.started > self.timeout_s
 
-    def _duplicate(self, embedding: np.ndarray) -> bool:
-        if self.dedupe >= 1.0 or self._last is None or embedding is None:
-            return False
-        v = np.reshape(embedding, -1).astype(np.float32)
-        similarity = float(v @ self._last / max(np.linalg.norm(v) * np.linalg.norm(self._last), 1e-12))
-        return similarity >= self.dedupe
-
     @property
     def all_chosen(self) -> bool:
         return self.accepted >= self.count or self.failed is not None
 
     def offer(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray] = None) -> bool:
-        """Take this frame if one is due and it is not a near-copy of the last kept; True once it is on disk (with a
-        writer: once it is handed to it)."""
+        """Take this frame if one is due; True once it is on disk (with a writer: once it is handed to it)."""
         now = time.monotonic()
         if self.all_chosen or now < self._next_due:
             return False
-        if self._duplicate(embedding):
-            self.skipped += 1
-            return False
-        self.accepted += 1
-        self._last = None if embedding is None else np.reshape(embedding, -1).astype(np.float32)
         self._next_due = max(self._next_due + self.interval_s, now - self.interval_s)
+        self._take(image, embedding, audio)
+        return True
+
+    def offer_window(self, image: np.ndarray, embedding: np.ndarray, audio: np.ndarray, loud: bool,
+                     whole: bool) -> bool:
+        """A sound window: quiet ones are `background`'s, a sound's are kept one per sound event."""
+        self.sound = True
+        if self.label == BACKGROUND:
+            if loud:
+                self.skipped_loudness += 1  # a sound is not the room's background
+                return False
+            return self.offer(image, embedding, audio)
+        if not loud:
+            if self._event:
+                return self.flush()
+            self.skipped_loudness += 1
+            return False
+        if not whole:
+            self.skipped_cut += 1  # the sound runs past the window's edge: only a part of it is here
+            return False
+        self._event.append((image, embedding, audio))
+        return len(self._event) >= LONG_SOUND_WINDOWS and self.flush()
+
+    def flush(self) -> bool:
+        """The sound being heard has ended (or the capture does): keep its middle whole window."""
+        event, self._event = self._event, []
+        if not event or self.all_chosen:
+            return False
+        self._take(*event[len(event) // 2])
+        return True
+
+    def _take(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray]) -> None:
+        self.accepted += 1
+        if embedding is not None:
+            self.distinct.add(embedding)
         if self._writes is not None:
             self._writes.put((image, embedding, audio))
         else:
             self._write(image, embedding, audio)
-        return True
 
     def _write(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray] = None) -> None:
-        self.store.add(NewExample(image, self.label, embedding, objects=self.objects, source=self.source or None,
-                                  audio=audio), self.backbone_id)
+        example_id = self.store.add(NewExample(image, self.label, embedding, objects=self.objects,
+                                               source=self.source or None, audio=audio), self.backbone_id)
         self.stored += 1
+        if embedding is not None:
+            self._kept.append((example_id, np.reshape(embedding, -1)))
         if self.learned is not None:
             self.learned(embedding, self.label, self.box)
 
@@ -125,16 +161,46 @@ class CaptureJob:
             self._writes.put(None)
             self._writer.join()
 
+    def set_aside_odd_sounds(self) -> int:
+        """After `close()`: delete the sounds of this capture unlike its others (see the class); how many."""
+        if not self.sound or self.label == BACKGROUND or len(self._kept) < 4:
+            return 0
+        odd = unlike_the_rest(np.stack([v for _, v in self._kept]))
+        if odd:
+            self.set_aside = [self._kept[i][0] for i in odd]
+            self.store.delete(self.set_aside)
+            self.stored -= len(odd)
+        return len(odd)
+
     def prune(self) -> int:
         """Apply the example caps (oldest first); how many examples were removed."""
         return self.store.prune(self.label, *self.caps) if any(self.caps) else 0
 
     def progress(self) -> dict:
         where = {k: v for k, v in (("source", self.source), ("region", self.region)) if v}
-        return {"label": self.label, **where, "stored": self.stored, "count": self.count, "skipped_similar": self.skipped,
+        counted = ({"sounds": self.stored} if self.sound and self.label != BACKGROUND else
+                   {"distinct": len(self.distinct), "near_copies": max(0, self.accepted - len(self.distinct))})
+        return {"label": self.label, **where, "stored": self.stored, "count": self.count, **counted,
                 **({"skipped_loudness": self.skipped_loudness} if self.skipped_loudness else {}),
                 **({"skipped_cut": self.skipped_cut} if self.skipped_cut else {}),
+                **({"set_aside": self.set_aside} if self.set_aside else {}),
                 "seconds": round(time.monotonic() - self.started, 2)}
+
+    def warnings(self, label_examples: int) -> list[str]:
+        """What the user should know of what was stored: too few distinct frames, or too few sounds."""
+        out = []
+        if self.set_aside:
+            out.append(f"{len(self.set_aside)} sound(s) unlike the others of this capture were set aside (example "
+                       f"ids {self.set_aside} deleted): was something else heard while it ran?")
+        if self.sound and self.label != BACKGROUND:
+            if label_examples < FEW_DISTINCT:
+                out.append(f"{self.label!r} has {label_examples} sound(s): {FEW_DISTINCT} or more, made a few "
+                           f"seconds apart, teach it better")
+        elif self.stored > 1 and len(self.distinct) < min(FEW_DISTINCT, self.stored):
+            out.append(f"{len(self.distinct)} of the {self.stored} frames are distinct, the rest near-copies (the "
+                       f"scene hardly changed): kept, as it was what was shown; move the thing, turn it, change the "
+                       f"light and capture again to teach it better")
+        return out
 
 
 class CaptureDesk:

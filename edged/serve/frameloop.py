@@ -3,8 +3,8 @@ and the watchdog on the way. The gate decides which views (the frame, or each re
 watchdog is fed by every frame that arrives, inferred or not.
 
 It owns the loop (`run`): frames from the grabber at most `max_fps`, the daemon's housekeeping between them, and
-the running capture tended even when no frame comes (a capture on a dead camera still ends at its deadline and
-can be cancelled).
+the running capture tended even when no frame comes (a capture on a lost, stalled or ended source ends at once,
+with an error that keeps what it stored).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .scene import Scene
 from .telemetry import StageTimes
 
 log = logging.getLogger(__name__)
+
+LOST = ("camera_lost", "stalled", "ended")  # source states in which a capture can get no more frames
 
 
 class FrameLoop:
@@ -75,9 +77,14 @@ class FrameLoop:
         job = self.captures.current
         if job is None:
             return
+        lost = self.source_state(job.source)
         if job.cancelled:
             self._finish(job, error=f"capture of {job.label!r} cancelled after {job.stored} of {job.count} "
                                     f"examples (those are kept)")
+        elif lost in LOST and not job.all_chosen:
+            where = f"source {job.source!r}" if job.source else "the source"
+            self._finish(job, error=f"capture of {job.label!r} stopped after {job.stored} of {job.count} examples "
+                                    f"(those are kept): {where} is {lost}; see the status's source error")
         elif job.failed is not None:
             self._finish(job, error=job.failed)
         elif job.done or job.timed_out:
@@ -128,32 +135,32 @@ class FrameLoop:
 
     @staticmethod
     def _capture_step(job: CaptureJob, image, embedding, frame) -> None:
-        """Offer the frame (or the region's crop) to the capture; its writer stores it off this thread. Of sound,
-        only windows holding a whole sound above the noise floor are examples of a sound, and only quiet ones of
-        `background`."""
+        """Offer the frame (or the region's crop, or the sound window) to the capture; its writer stores it off this
+        thread."""
         if job.cancelled or job.failed is not None:
             return
         if frame.audio is not None:
-            if frame.loud != (job.label != BACKGROUND):
-                job.skipped_loudness += 1  # a quiet window for a sound, or a sound for the background
-                return
-            if frame.loud and not frame.whole:
-                job.skipped_cut += 1  # the sound runs past the window's edge: only a part of it is here
-                return
-        job.offer(image, embedding, frame.audio)
+            job.offer_window(image, embedding, frame.audio, frame.loud, frame.whole)
+        else:
+            job.offer(image, embedding)
 
     def _finish(self, job: CaptureJob, error: Optional[str] = None) -> None:
+        if error is None:
+            job.flush()  # a sound still being heard when the capture ends
         job.close()  # every chosen frame on disk before the reply counts them
+        reached = job.done
         if error is None and job.failed is not None:
             error = job.failed
         self.captures.finish(job)
         pruned = 0
         try:
+            if job.set_aside_odd_sounds():
+                self.heads.refit_incremental()
             pruned = job.prune()
             if pruned:
                 self.heads.refit_incremental()
         except Exception as e:
-            log.warning("pruning the store to its caps failed: %s", e)
+            log.warning("tidying the store after a capture failed: %s", e)
         self.changed()
         if error:
             job.responder.fail(error)
@@ -162,17 +169,18 @@ class FrameLoop:
         if pruned:
             result["pruned_oldest"] = pruned
         result["examples"] = job.store.counts().get(job.label, 0)
-        if not job.done:
-            source = self.source_state(job.source)
-            result["source"] = source
-            if source != "ok":
-                why = f"the source is {source}"
-            elif job.skipped_loudness + job.skipped_cut > job.skipped:
-                why = (f"{job.skipped_loudness} sound windows were too quiet for a sound, or too loud for the "
-                       f"background, and {job.skipped_cut} held only a part of a sound (make the sound, with a "
-                       f"moment of quiet around it, while the capture runs; [source.audio] loud_db sets the line)")
+        warnings = job.warnings(result["examples"])
+        if not reached:
+            if job.sound and job.label != BACKGROUND:
+                why = (f"{job.stored} sound(s) heard whole ({job.skipped_cut} windows held only a part of one; make "
+                       f"the sound, with a moment of quiet around it, while the capture runs; [source.audio] loud_db "
+                       f"sets how loud a sound is)")
+            elif job.sound:
+                why = f"{job.skipped_loudness} windows held a sound, not the quiet room"
             else:
-                why = f"{job.skipped} frames were too similar to the last kept one (dedupe)"
+                why = "too few frames came"
             result["note"] = f"stopped after {job.timeout_s:.0f} s with {job.stored} of {job.count}: {why}"
+        if warnings:
+            result["warnings"] = warnings
         log.info("capture of %r done: %d stored", job.label, job.stored)
         job.responder.done(result)

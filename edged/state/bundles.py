@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import EdgedError
-from .store import LABEL_RE, NewExample, decode_objects
+from .store import NewExample, decode_objects, label_problem
 
 _UID = re.compile(r"[0-9a-f]{32}")
 
@@ -157,7 +157,7 @@ def unpack_examples(data: bytes, dim: Optional[int]) -> ExampleSet:
     for row in rows:
         if not isinstance(row, dict) or not _UID.fullmatch(str(row.get("uid", ""))):
             raise BundleError("example set: an example uid is not 32 hex digits")
-        if not isinstance(row.get("label"), str) or not LABEL_RE.fullmatch(row["label"]) or not isinstance(row.get("box"), (str, type(None))):
+        if label_problem(row.get("label")) is not None or not isinstance(row.get("box"), (str, type(None))):
             raise BundleError(f"example set: label {str(row.get('label'))[:70]!r} or its box is not valid")
     frames = [blob[offsets[i]:offsets[i + 1]] for i in range(len(rows))]
     return ExampleSet(rows, vectors, frames)

@@ -22,6 +22,20 @@ from ..files import write_atomic
 from ..sources.audio import read_wav, wav_bytes
 
 LABEL_RE = re.compile(r"[\w][\w .\-]{0,63}")  # what a label may be: 1-64 letters, digits, '_', '-', '.', space
+# the names of the empty state and of the open-set answer (edged.scene.states): taught as classes, they would be
+# answers that mean nothing was seen
+RESERVED_LABELS = ("none", "unknown")
+
+
+def label_problem(label) -> Optional[str]:
+    """Why `label` cannot be an example's label, or None when it can."""
+    if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+        return ("label must be 1-64 characters: letters, digits, '_', '-', '.', space; not starting with a space or "
+                "punctuation")
+    if label.strip().lower() in RESERVED_LABELS:
+        return (f"label {label!r} is reserved: 'none' is the empty state and 'unknown' the answer for what was not "
+                f"taught; teach the empty scene as 'background'")
+    return None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -159,6 +173,9 @@ class Store:
     def _add_many(self, items: Iterable[NewExample], backbone: str, written: list[Path]) -> list[int]:
         rows = []
         for item in items:
+            problem = label_problem(item.label)
+            if problem is not None:
+                raise StoreError(f"example not stored: {problem}")
             if item.jpeg is not None:
                 data = item.jpeg
             else:
@@ -291,6 +308,9 @@ class Store:
         return len(frames)
 
     def relabel(self, ids: list[int], label: str) -> int:
+        problem = label_problem(label)
+        if problem is not None:
+            raise StoreError(f"relabel: {problem}")
         marks = ",".join("?" * len(ids))
         with self._lock:
             with self._db:

@@ -48,6 +48,21 @@ def test_dispatch_validates_replies_and_names_the_field():
     assert unknown.ok is False and "unknown command 'reboot'" in unknown.error
 
 
+def test_every_error_reply_carries_the_request_id():
+    """Issue 33, 9: an unknown command's error reply dropped the id, so the CLI waited for a reply that had come."""
+    d = Dispatcher(_handlers(), threading.Event())
+    for name, payload in (("captur", b'{"label": "mug", "id": "r1"}'), ("capture", b'{"label": "none", "id": "r1"}'),
+                          ("capture", b'{"label": "mug", "count": -1, "id": "r1"}')):
+        r = CollectingResponder()
+        d.run(name, payload, r)
+        with pytest.raises(CommandError):
+            r.wait(1)
+        assert r.corr_id == "r1", (name, r.error)
+    r = CollectingResponder()
+    d.run("capture", b'{"label": "Unknown", "id": 7}', r)
+    assert not r.ok and "reserved" in r.error and r.corr_id == 7
+
+
 def test_dispatch_turns_handler_errors_into_replies_and_stays_up():
     stop = threading.Event()
 

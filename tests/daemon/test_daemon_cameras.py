@@ -49,9 +49,6 @@ mode = "always"
 [states]
 enter = 2
 
-[capture]
-dedupe = 1.0  # a still scene: keep near-copies
-
 [mqtt]
 host = "127.0.0.1"
 port = {port}

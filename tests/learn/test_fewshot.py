@@ -59,7 +59,8 @@ def test_folds_follow_the_smallest_class_and_the_report_advises():
     labels = np.array(["same"] * 6 + ["c1"] * 3 + ["c2"] * 3)
     m = ClassifierHead(ClassifierOptions(augment_copies=0)).fit(
         Examples(np.arange(12), labels, np.concatenate([dup, x[3:9]]), [None] * 12))
-    assert any("near-duplicates" in w and w.startswith("same") for w in m["report"]["warnings"])
+    assert m["report"]["distinct"]["same"] == 1 and m["report"]["distinct"]["c1"] == 3
+    assert any("1 distinct of 6 examples" in w and w.startswith("same") for w in m["report"]["warnings"])
 
 
 def test_state_round_trip_and_refusals(tmp_path):
@@ -133,7 +134,9 @@ def test_unknown_for_a_class_never_taught(make_state, tmp_path):
 
 
 @needs_weights
-def test_dedupe_keeps_fewer_frames_from_a_still_video(make_state, tmp_path):
+def test_a_still_scene_is_stored_and_counted_as_near_copies(make_state, tmp_path):
+    """Issue 33, 1: a capture of a still scene stores the still scene (its near-copies), never a later one, and says
+    how few of its frames are distinct."""
     from edged.config import BackboneConfig, SourceConfig
     from edged.learn.backbones import build_backbone
     from edged.runtime.engine import Engine, EngineOptions
@@ -150,21 +153,27 @@ def test_dedupe_keeps_fewer_frames_from_a_still_video(make_state, tmp_path):
     still_scene = scene_at(0, 0, 160, 120, "triangle", clutter=4).image
     still = [np.clip(still_scene.astype(int) + rng.integers(-3, 4, still_scene.shape), 0, 255).astype(np.uint8)
              for _ in range(40)]
+    hand = scene_at(5, 30, 160, 120, "rectangle", clutter=4).image  # what comes into view after the capture's frames
     moving = [scene_at(0, i, 160, 120, "triangle", clutter=4).image for i in range(40)]
     kept = {}
-    for name, frames in (("still", still), ("moving", moving)):
+    for name, frames in (("still", still[:20] + [hand] * 20), ("moving", moving)):
         path = write_video(tmp_path / f"{name}.mp4", frames)
         source = OpenCVSource(path, SourceConfig(uri=path, loop=False))
         source.open()
         store = Store(tmp_path / f"store-{name}")
-        job = CaptureJob(store, info.id, name, 40, 0.0, dedupe=0.97)  # a still camera at 0.25/128 sits near 0.98
+        job = CaptureJob(store, info.id, name, 20, 0.0, near_copy=0.97)  # a still camera at 0.25/128 sits near 0.98
+        stored_images = []
         while (frame := source.read()) is not None:
-            job.offer(frame.image, engine.embed(to_pixels(frame.image, info.input_size)))
-        kept[name] = (job.stored, job.skipped)
-        assert store.counts().get(name, 0) == job.stored
+            if job.offer(frame.image, engine.embed(to_pixels(frame.image, info.input_size))):
+                stored_images.append(frame.image)
+        kept[name] = job.progress()
+        assert store.counts() == {name: 20} and job.done
+        if name == "still":  # every stored frame is the still scene, none the hand that came later
+            assert all(np.abs(im.astype(int) - still_scene).mean() < 6 for im in stored_images)
+            assert any("near-copies" in w for w in job.warnings(20))
         store.close()
-    assert kept["moving"][0] >= 35 and kept["still"][0] <= 5, kept
-    assert kept["still"][1] >= 35
+    assert kept["moving"]["distinct"] >= 17 and kept["still"]["distinct"] <= 3, kept
+    assert kept["still"]["near_copies"] >= 17
 
 
 @pytest.mark.heavy

@@ -1,35 +1,66 @@
-"""A capture on a source that gives no frames ends at its deadline, says so, and can be cancelled (issue 27, 1)."""
+"""A capture on a source that is lost ends at once with an error (what it stored is kept), and one waiting for frames
+can be cancelled (issue 27, 1; issue 33, 11)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
-from conftest import backbone_settings, toml_config, write_config
+from conftest import backbone_settings, write_config
+
+DEVICE = "deaf"
 
 
-def test_a_capture_without_frames_ends_at_its_deadline_and_cancel_clears_it(broker, probe, daemons, make_state,
-                                                                            tmp_path):
+def _config(state, port: int, missing: str, settings: dict) -> str:
+    bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    return f"""
+device = "{DEVICE}"
+state_dir = "{state}"
+[[sources]]
+name = "dead"
+uri = "{missing}"
+reconnect_min_s = 0.5
+reconnect_max_s = 1
+[[sources]]
+name = "live"
+uri = "synthetic"
+fps = 10
+[backbone]
+{bb}
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+def test_a_capture_on_a_lost_source_ends_at_once_and_cancel_ends_a_waiting_one(broker, probe, daemons, make_state,
+                                                                                 tmp_path):
     settings = backbone_settings("none")
-    missing = tmp_path / "no-such-video.mp4"
-    cfg = write_config(tmp_path / "c.toml", toml_config(make_state(settings), broker.port, str(missing), settings,
-                                                        "deaf"))
+    cfg = write_config(tmp_path / "c.toml", _config(make_state(settings), broker.port,
+                                                    str(tmp_path / "no-such-video.mp4"), settings))
     d = daemons(cfg, tmp_path / "d.log")
-    probe.wait_online("deaf")
+    probe.wait_online(DEVICE)
     started = time.monotonic()
-    reply = probe.request("deaf", "capture", {"label": "mug", "count": 3, "timeout_s": 2}, timeout=20)
-    took = time.monotonic() - started
-    assert reply["ok"] and reply["result"]["stored"] == 0, reply
-    assert reply["result"]["source"] == "camera_lost" and "the source is camera_lost" in reply["result"]["note"]
-    assert took < 6, took
-    assert probe.request("deaf", "status", {})["result"]["capture"] is None
+    reply = probe.request(DEVICE, "capture", {"label": "mug", "count": 3, "source": "dead", "timeout_s": 120},
+                          timeout=20)
+    assert not reply["ok"] and "source 'dead' is camera_lost" in reply["error"], reply
+    assert "stopped after 0 of 3" in reply["error"] and time.monotonic() - started < 6
+    assert probe.request(DEVICE, "status", {})["result"]["capture"] is None
 
-    # a long capture on the dead source: cancel ends it at once, and the next capture may start
-    probe.send("deaf", "capture", {"label": "mug", "count": 3, "timeout_s": 600, "id": "long"})
-    probe.wait_for(lambda t, p, r: t == "edged/deaf/status" and json.loads(p).get("capture") is not None, 10)
-    assert probe.request("deaf", "cancel", {})["ok"]
-    cancelled = probe.wait_for(lambda t, p, r: t == "edged/deaf/reply/capture" and b'"long"' in p, 10)
-    assert b"cancelled after 0 of 3" in cancelled[1]
-    again = probe.request("deaf", "capture", {"label": "mug", "count": 1, "timeout_s": 1}, timeout=10)
-    assert again["ok"] and again["result"]["stored"] == 0
+    # the CLI says so at once and exits non-zero
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "edged", "cmd", "--config", str(cfg), "capture", "--label", "mug",
+                          "--count", "3", "--source", "dead"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "camera_lost" in out.stderr and time.monotonic() - started < 15, out
+
+    # a capture waiting for its next frame (due in ten minutes): cancel ends it at once, and the next may start
+    probe.send(DEVICE, "capture", {"label": "mug", "count": 3, "interval_ms": 600_000, "source": "live", "id": "long"})
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/status" and json.loads(p).get("capture") is not None, 10)
+    assert probe.request(DEVICE, "cancel", {})["ok"]
+    cancelled = probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/reply/capture" and b'"long"' in p, 10)
+    assert b"cancelled after" in cancelled[1] and b"of 3" in cancelled[1]
+    again = probe.request(DEVICE, "capture", {"label": "mug", "count": 1, "source": "live"}, timeout=10)
+    assert again["ok"] and again["result"]["stored"] == 1
     assert d.stop() == 0

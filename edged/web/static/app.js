@@ -116,7 +116,7 @@ function holdButton(label) {
   const button = el("button", { class: "hold", "data-label": label }, `hold: ${label}`);
   const loop = async () => {
     while (held) {
-      try { await api("capture", { label, count: 1, interval_ms: 0, dedupe: 1.0, ...here() }); } catch (e) { held = false; }
+      try { await api("capture", { label, count: 1, interval_ms: 0, ...here() }); } catch (e) { held = false; }
       await new Promise((r) => setTimeout(r, 150));
     }
     refreshLabels();

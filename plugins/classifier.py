@@ -133,27 +133,33 @@ class ClassifierHead(Head):
         return self.metrics
 
     def _calibrate(self, z: np.ndarray, y: np.ndarray) -> None:
-        """Class means and the similarity under which a frame is 'unknown', from the stored examples themselves
-        (`unknown_threshold`, the kNN head's rule: the halfway cap took words by voices never taught from 6 of 24
-        heard to 21 in `edged bench audio`'s offline replica)."""
-        self.means = class_means(z, y, len(self._classes))
-        self.reference = np.sort(loo_mean_similarity(z, y, len(self._classes)))
-        others = z @ self.means.T
-        others[np.arange(len(z)), y] = -np.inf
-        self.threshold, _ = unknown_threshold(self.reference, others.max(axis=1), self.options.unknown_quantile)
+        self.means, self.reference, self.threshold = open_set_calibration(z, y, len(self._classes),
+                                                                          self.options.unknown_quantile)
 
-    # -- serving -----------------------------------------------------------------------------
+    # -- serving ---------------------------------------------------------------------------
     def predict(self, embedding: np.ndarray) -> Prediction:
         if not self.ready:
             raise HeadError("classifier is not trained: send a train command")
         z = self.transform(np.reshape(embedding, (1, -1)))
         p = self.model.probabilities(z)[0]
-        best = int(np.argmax(p))
-        similarity = float(z[0] @ self.means[best])
-        scores = {c: float(v) for c, v in zip(self._classes, p)}
-        nov = novelty(similarity, self.reference)
-        label = UNKNOWN if similarity < self.threshold else self._classes[best]
-        return Prediction(label, float(p[best]), scores, novelty=round(nov, 4))
+        return open_set_answer(p, z[0] @ self.means.T, self._classes, self.reference, self.threshold)
+
+    @classmethod
+    def decode(cls, outputs: list[np.ndarray], meta: dict) -> Prediction:
+        """An exported (or fine-tuned) model outputs the class probabilities and then the features' cosine to each
+        class mean, and its metadata carries the open-set rule: it answers `unknown` and novelty as the head does.
+        Models from before that carry probabilities alone."""
+        labels = meta["labels"]
+        out = outputs[0].reshape(-1)
+        rule = (meta.get("decode") or {}).get("open_set")
+        if rule is None or out.size != 2 * len(labels):
+            return super().decode(outputs, meta)
+        return open_set_answer(out[:len(labels)], out[len(labels):], labels,
+                               np.asarray(rule["reference"], np.float32), float(rule["threshold"]))
+
+    def open_set_rule(self) -> dict:
+        """The open-set rule as an exported model's metadata carries it (`decode.open_set`)."""
+        return open_set_metadata(self.reference, self.threshold)
 
     def quality(self) -> dict:
         report = self.metrics.get("report") or {}
@@ -203,6 +209,34 @@ class ClassifierHead(Head):
         w = l2(m.weights.T).T if m.cosine else m.weights
         return {"power": self.transform.power, "mean": self.transform.mean, "weights": w * m.scale,
                 "bias": m.bias * m.scale}
+
+
+def open_set_calibration(z: np.ndarray, y: np.ndarray, n_classes: int,
+                         quantile: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(class means, sorted reference similarities, threshold) from transformed features: a frame less like its
+    best class than the threshold is `unknown` (`unknown_threshold`, the kNN head's rule: the halfway cap took words
+    by voices never taught from 6 of 24 heard to 21 in `edged bench audio`'s offline replica)."""
+    means = class_means(z, y, n_classes)
+    reference = np.sort(loo_mean_similarity(z, y, n_classes))
+    others = z @ means.T
+    others[np.arange(len(z)), y] = -np.inf
+    threshold, _ = unknown_threshold(reference, others.max(axis=1), quantile)
+    return means, reference, float(threshold)
+
+
+def open_set_metadata(reference: np.ndarray, threshold: float) -> dict:
+    return {"reference": [round(float(v), 5) for v in reference],
+            "threshold": float(threshold) if np.isfinite(threshold) else -1e9}
+
+
+def open_set_answer(p: np.ndarray, similarity: np.ndarray, classes: list[str], reference: np.ndarray,
+                    threshold: float) -> Prediction:
+    """The best class by probability, `unknown` when the frame is less like that class's mean than `threshold`."""
+    best = int(np.argmax(p))
+    scores = {c: float(v) for c, v in zip(classes, p)}
+    nov = novelty(float(similarity[best]), reference)
+    label = UNKNOWN if float(similarity[best]) < threshold else classes[best]
+    return Prediction(label, float(p[best]), scores, novelty=round(nov, 4))
 
 
 @hookimpl

@@ -21,7 +21,7 @@ from edged.learn.finetune import fused_weights, load_fused, save_fused, set_trai
 from edged.learn.loop import Last, run_epochs, shuffled_batches
 from edged.sources.augment import augment_batch
 from edged.state.store import Examples
-from edged_plugins.classifier import ClassifierHead
+from edged_plugins.classifier import ClassifierHead, open_set_calibration, open_set_metadata
 
 
 @keras.saving.register_keras_serializable(package="edged")
@@ -58,6 +58,29 @@ def keras_classifier(backbone: keras.Model, head: ClassifierHead) -> keras.Model
     model = keras.Model(inputs, dense(z), name="classifier")
     dense.set_weights([parts["weights"].astype(np.float32), parts["bias"].astype(np.float32)])
     return model
+
+
+def with_open_set(model: keras.Model, head: ClassifierHead, context: TrainContext, tuned: bool) -> ExportSpec:
+    """The served form of a classifier model: class probabilities, then the features' cosine to each class mean,
+    and the open-set rule in the metadata, so that the model answers `unknown` and novelty as the numpy head does.
+    A fine-tuned backbone moves the features: its class means and threshold are measured again on the stored
+    examples through the model's own features."""
+    z = model.get_layer("power_normalise").output
+    if tuned:
+        examples = context.examples
+        classes = head.classes
+        y = np.array([classes.index(l) for l in examples.labels.tolist()])
+        features = keras.Model(model.inputs, z)
+        zz = np.asarray(features.predict(context.scaled(context.pixels(examples.ids)), verbose=0, batch_size=32))
+        means, reference, threshold = open_set_calibration(zz, y, len(classes), context.options.unknown_quantile)
+        rule = open_set_metadata(reference, threshold)
+    else:
+        means, rule = head.means, head.open_set_rule()
+    similarity = keras.layers.Dense(len(head.classes), use_bias=False, name="class_similarity")
+    served = keras.Model(model.inputs, keras.layers.Concatenate(name="probs_and_similarity")([model.output,
+                                                                                              similarity(z)]))
+    similarity.set_weights([np.asarray(means, np.float32).T])
+    return ExportSpec(served, head.classes, dict(head.metrics), decode={"open_set": rule})
 
 
 def _frozen_head(context: TrainContext, examples: Examples, rows: np.ndarray, fit: FitContext) -> ClassifierHead:
@@ -167,7 +190,8 @@ def _cross_validated(context: TrainContext, fit: FitContext, mode: str, opts, fo
         metrics["cv_accuracy"] = round(tuned_cv, 4)
         metrics["cv_folds"] = len(folds)
         save_fused(model, context.folder)
-        spec = ExportSpec(model, classes, {"cv_accuracy": metrics["cv_accuracy"]})
+        spec = with_open_set(model, final, context, tuned=True)
+        spec.metrics = {"cv_accuracy": metrics["cv_accuracy"]}
         check = np.concatenate([f[:3] for f in folds])
         context.write_model(context.folder, spec, "float32", images[check], progress=progress)
     else:
@@ -189,12 +213,14 @@ def export_model(context: TrainContext) -> ExportSpec:
     if not head.load(folder):
         raise HeadError(f"head 'classifier' version {folder.name} has nothing to export")
     model = keras_classifier(context.keras_backbone(), head)
-    if fused_weights(folder) is not None:  # fine-tuned: the same architecture, its trained weights
+    tuned = fused_weights(folder) is not None
+    if tuned:  # fine-tuned: the same architecture, its trained weights
         load_fused(model, folder)
+    spec = with_open_set(model, head, context, tuned)
     examples = context.examples
     if len(set(examples.labels.tolist())) > 1:
         _, val = balanced_split(examples.labels, 0.2, 1, 0)
-        check_ids = examples.ids[val]
+        spec.check_ids = examples.ids[val]
     else:
-        check_ids = examples.ids
-    return ExportSpec(model, head.classes, head.metrics, check_ids)
+        spec.check_ids = examples.ids
+    return spec

@@ -50,7 +50,8 @@ class Demo:
         self.args = args
         self.broker = None
         self.client: Optional[mqtt.Client] = None
-        self.right = self.total = 0
+        self.right: dict[str, int] = {}  # per head: answers that matched the truth
+        self.total: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def config(self) -> Config:
@@ -76,7 +77,8 @@ class Demo:
         base = Topics(cfg.mqtt.prefix, cfg.device).base
         port = self.broker.port
         print(f"demo: state in {cfg.state_path}, backbone weights {cfg.backbone.weights}\n"
-              f"broker on 127.0.0.1:{port}; watch it with:  mosquitto_sub -p {port} -t '{base}/#' -v\n"
+              f"broker on 127.0.0.1:{port}; watch its states and events with:  mosquitto_sub -p {port} "
+              f"-t '{base}/state/#' -t '{base}/event/#' -v\n"
               f"train the classifier and serve it too:     edged cmd --set mqtt.port={port} --set device=demo "
               f"train --head classifier\n"
               f"each line: head, prediction, score, the truth the synthetic source drew, running accuracy\n",
@@ -88,8 +90,8 @@ class Demo:
             _, engine = open_backbone(cfg)
             engine.close()
         except BackboneError as e:
-            print(f"demo: no ImageNet weights ({str(e).splitlines()[-1][:160]}); using random weights, so expect "
-                  f"chance-level answers (set EDGED_WEIGHTS to a {WEIGHTS_NAME} file)", flush=True)
+            print(f"demo: no ImageNet weights, so random weights and chance-level answers; set EDGED_WEIGHTS to a "
+                  f"{WEIGHTS_NAME} file for real ones. Why: {e}", flush=True)
             cfg.backbone.weights = "none"
 
     def _teach(self, cfg: Config) -> None:
@@ -121,12 +123,13 @@ class Demo:
         def on_message(client, userdata, msg):
             pred = json.loads(msg.payload)
             truth = scene_at(src.seed, int(pred["pos"]), src.width, src.height, None, DEMO_CLUTTER).label
-            with self._lock:
-                self.total += 1
-                self.right += pred["label"] == truth
+            head = pred["head"]
+            with self._lock:  # each head's own running accuracy: a second head starts its own count
+                self.total[head] = total = self.total.get(head, 0) + 1
+                self.right[head] = right = self.right.get(head, 0) + (pred["label"] == truth)
                 mark = "right" if pred["label"] == truth else "WRONG"
-                line = (f"{pred['head']}: {pred['label']:9s} {pred['score']:.2f}  truth {truth:9s} {mark}  "
-                        f"accuracy {self.right}/{self.total} = {self.right / self.total:.2f}")
+                line = (f"{head}: {pred['label']:9s} {pred['score']:.2f}  truth {truth:9s} {mark}  "
+                        f"{head} accuracy {right}/{total} = {right / total:.2f}")
             print(line, flush=True)
 
         self.client.on_message = on_message

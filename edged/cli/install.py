@@ -19,9 +19,10 @@ def edged_command() -> str:
     return str(script) if script.is_file() else f"{sys.executable} -m edged"
 
 
-def install(root: Path, user: str = "edged", chown: bool = True) -> list[str]:
-    """Write units and folders under `root` (/ on a device); return what was done, for the user to read."""
-    done = []
+def install(root: Path, user: str = "edged", chown: bool = True) -> tuple[list[str], list[str]]:
+    """Write units and folders under `root` (/ on a device); return what was done and what is still wrong, for the
+    user to read."""
+    done, problems = [], []
     command = edged_command()
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True, exist_ok=True)
@@ -47,10 +48,11 @@ def install(root: Path, user: str = "edged", chown: bool = True) -> list[str]:
         try:
             uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
         except KeyError:
-            done.append(f"user {user!r} does not exist: sudo useradd --system --groups video,audio {user}, then run this again")
+            problems.append(f"user {user!r} does not exist: sudo useradd --system --groups video,audio {user}, then "
+                            f"run this again (the service runs as {user!r}; its folders are not theirs yet)")
         else:
             os.chown(config_dir, 0, gid)
             os.chown(config, 0, gid)
             os.chown(state, uid, gid)
             done.append(f"{config} is root:{user} 0640, {state} is {user}:{user} 0750")
-    return done
+    return done, problems

@@ -65,7 +65,9 @@ def cmd_collect(args) -> int:
         job.set_aside_odd_sounds()
         print(file=sys.stderr)
         result = {**job.progress(), "examples": store.counts().get(args.label, 0)}
-        result["warnings"] = job.warnings(result["examples"])
+        warnings = job.warnings(result["examples"])
+        if warnings:
+            result["warnings"] = warnings
         print(json.dumps(result))
         if error is not None:
             print(f"error: {error}", file=sys.stderr)

@@ -69,8 +69,13 @@ def cmd_backbone_build(args) -> int:
 
 
 def cmd_install_service(args) -> int:
-    for line in install(Path(args.root), args.user, chown=not args.no_chown):
+    done, problems = install(Path(args.root), args.user, chown=not args.no_chown)
+    for line in done:
         print(line)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        return 1
     if Path(args.root) == Path("/"):
         print("next: sudo systemctl daemon-reload && sudo systemctl enable --now edged   (or edged@<camera> per camera)")
     return 0

@@ -22,6 +22,7 @@ from ..mqtt.signing import FleetTrust
 from ..runtime.memory import release_file_pages, release_free_memory
 from ..serve.backbone import reembed_missing
 from ..serve.capture import CaptureDesk
+from ..serve.choice import fleet_statuses
 from ..serve.frameloop import FrameLoop
 from ..serve.homeassistant import HomeAssistant
 from ..serve.background import JobRunner
@@ -97,7 +98,8 @@ class Daemon:
         """Store, backbone (stored frames re-embedded for it when it changed) and heads (edged.serve.stack)."""
         self.stack = ServingStack(self.cfg, lambda done, total: self.notifier.extend_start(
             60, f"embedding stored frames {done}/{total}"),
-                                  lambda step: self.notifier.extend_start(120, step))
+                                  lambda step: self.notifier.extend_start(120, step),
+                                  lambda: fleet_statuses(self.cfg))
         self.cfg = self.stack.cfg  # with backbone.choose = "auto": the backbone chosen for this machine
         self.store, self.backbone, self.engine, self.heads = (self.stack.store, self.stack.backbone, self.stack.engine,
                                                               self.stack.heads)
@@ -132,7 +134,7 @@ class Daemon:
                                self.cfg.publish)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
         self.events = event_store(self.cfg)
-        self.scene = Scene(self.cfg, self.outputs, self.events)
+        self.scene = Scene(self.cfg, self.outputs, self.events, self.telemetry.refresh)
         self.telemetry.sections["scene"] = self.scene.describe
         self.telemetry.sections["backbone_choice"] = lambda: self.stack.choice
         self.telemetry.sections["sound"] = self.sound

@@ -53,6 +53,7 @@ class Sharing:
                                    kinds=("model", "head", "examples"))
         self.inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue(maxsize=100_000)
         self.received: dict[str, dict] = {}  # "kind/name" -> what became of the last parcel
+        self._unchecked: dict[str, dict] = {}  # "kind/name" -> a version staged for want of examples to check it on
         # parcels handled (a reconnect does not apply them again; an older one is a replay) and published (their
         # chunks are cleared when a newer one replaces them, also after a restart)
         self._memory = StateLayout(cfg.state_path).fleet_memory
@@ -165,7 +166,7 @@ class Sharing:
             if m.get("input_size") != self.backbone.input_size:
                 raise ShareError(f"{parcel.kind}/{parcel.name} takes {m.get('input_size')}px frames; this device's "
                                  f"backbone takes {self.backbone.input_size}px: refused")
-            outcome = self._take_version(parcel)
+            outcome = self._take_version(parcel, origin)
         self._report(parcel.kind, parcel.name, {**origin, **outcome})
 
     def _labels(self, labels, what: str) -> list[str]:
@@ -178,37 +179,76 @@ class Sharing:
             raise ShareError(f"{what}: label {bad[0]!r} is not a valid label")
         return labels
 
-    def _take_version(self, parcel: Parcel) -> dict:
+    def _take_version(self, parcel: Parcel, origin: dict) -> dict:
         what = f"{parcel.kind}/{parcel.name} from {parcel.publisher!r}"
         versions = StateLayout(self.cfg.state_path).versions("models" if parcel.kind == "model" else "heads", parcel.name)
         with versions.draft(activate=False) as draft:  # checked before it is committed; a refusal leaves nothing
             unpack_into(parcel.data, draft.folder, self.fleet.max_share_bytes)
-            check = self._check(parcel, draft.folder, what)
-            serve = check.get("accuracy") is not None and check["accuracy"] >= self.fleet.min_accuracy
-            serve = serve or (check.get("kind") == "boxes" and self.trust.signed)
+            check = self._check(parcel.kind, parcel.name, draft.folder, what)
         version = draft.version
         pruned = versions.prune(self.fleet.keep_versions)
-        if not serve:
-            reason = check.get("note") or (f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples "
-                                           f"is under fleet.min_accuracy {self.fleet.min_accuracy}")
+        key = f"{parcel.kind}/{parcel.name}"
+        self._unchecked.pop(key, None)
+        if not self._passes(check):
+            if check.get("examples") == 0:  # checked again when examples of its labels arrive (_take_examples)
+                self._unchecked[key] = {"kind": parcel.kind, "name": parcel.name, "version": version,
+                                        "what": what, "origin": origin}
             return {"state": "staged", "version": version, "check": check, "pruned": pruned,
-                    "reason": f"{reason}; `activate {{\"model\": \"{parcel.name}\", \"version\": \"{version}\"}}` serves it"}
-        folder = versions.root / version
-        if parcel.kind == "model":
-            self.learning.use_model(parcel.name, version)
-        else:
-            versions.activate(version)
-            head, fused = self.heads.open_head(parcel.name, folder)
-            self.heads.swap(parcel.name, head, fused)
-            if parcel.name not in self.heads.active:
-                self.heads.activate(self.heads.active + [parcel.name])
+                    "reason": self._why_staged(check, parcel.name, version)}
+        self._serve(parcel.kind, parcel.name, version)
         return {"state": "active", "version": version, "check": check, "pruned": pruned}
 
-    def _check(self, parcel: Parcel, folder: Path, what: str) -> dict:
+    def _passes(self, check: dict) -> bool:
+        if check.get("accuracy") is not None:
+            return check["accuracy"] >= self.fleet.min_accuracy
+        return check.get("kind") == "boxes" and self.trust.signed
+
+    def _why_staged(self, check: dict, name: str, version: str) -> str:
+        reason = check.get("note") or (f"accuracy {check['accuracy']:.3f} on {check['examples']} stored examples "
+                                       f"is under fleet.min_accuracy {self.fleet.min_accuracy}")
+        return f"{reason}; `activate {{\"model\": \"{name}\", \"version\": \"{version}\"}}` serves it"
+
+    def _serve(self, kind: str, name: str, version: str) -> None:
+        versions = StateLayout(self.cfg.state_path).versions("models" if kind == "model" else "heads", name)
+        if kind == "model":
+            self.learning.use_model(name, version)
+            return
+        versions.activate(version)
+        head, fused = self.heads.open_head(name, versions.root / version)
+        self.heads.swap(name, head, fused)
+        if name not in self.heads.active:
+            self.heads.activate(self.heads.active + [name])
+
+    def _check_staged(self) -> None:
+        """Versions staged for want of examples to check them on are checked again (examples have arrived)."""
+        for key, entry in list(self._unchecked.items()):
+            kind, name, version = entry["kind"], entry["name"], entry["version"]
+            versions = StateLayout(self.cfg.state_path).versions("models" if kind == "model" else "heads", name)
+            if version not in versions.versions():
+                self._unchecked.pop(key, None)
+                continue
+            try:
+                check = self._check(kind, name, versions.root / version, entry["what"])
+            except EdgedError as e:
+                self._unchecked.pop(key, None)
+                self._report(kind, name, {**entry["origin"], "state": "refused", "reason": str(e)[:500]})
+                continue
+            if check.get("examples") == 0:
+                continue  # still nothing to check it on
+            self._unchecked.pop(key, None)
+            if self._passes(check):
+                self._serve(kind, name, version)
+                self._report(kind, name, {**entry["origin"], "state": "active", "version": version, "check": check,
+                                          "note": "checked once stored examples of its labels arrived"})
+            else:
+                self._report(kind, name, {**entry["origin"], "state": "staged", "version": version, "check": check,
+                                          "reason": self._why_staged(check, name, version)})
+
+    def _check(self, kind: str, name: str, folder: Path, what: str) -> dict:
         """Accuracy on this device's stored examples of the labels the version knows (classifiers); a box model
         cannot be checked here. Labels are validated first; a version that cannot be opened is refused."""
-        if parcel.kind == "model":
-            model = self.heads.open_model(folder, parcel.name)
+        if kind == "model":
+            model = self.heads.open_model(folder, name)
             try:
                 kind = model.meta.get("kind")
                 if kind not in ("classes", "boxes"):
@@ -229,7 +269,7 @@ class Sharing:
                 return self._accuracy(model.labels, label_of)
             finally:
                 model.close()
-        head, fused = self.heads.open_head(parcel.name, folder)
+        head, fused = self.heads.open_head(name, folder)
         try:
             if fused is not None or head.kind != "classes":
                 return {"accuracy": None, "kind": head.kind, "note": "this head cannot be checked on stored examples"}
@@ -269,6 +309,7 @@ class Sharing:
         if items:
             self.store.add_many(items, self.backbone.id)
             self.heads.refit_incremental()
+            self._check_staged()
         return {"state": "stored", "added": len(items), "already_known": len(known),
                 "labels": sorted({r["label"] for r in examples.rows})[:50]}
 

@@ -3,9 +3,14 @@
 With `backbone.choose = "auto"` (the default), family mobilenet_v1, ImageNet weights and neither `alpha` nor
 `input_size` set, the first start builds the candidates largest first (1.0/224, 0.75/192, 0.5/160, 0.25/128),
 times each backbone alone on this machine's interpreter and threads, and serves the first that runs at least
-`min_fps` times a second (the smallest when none does). The choice is kept in `backbones/choice.json` with what
-it was measured on; later starts (and the CLI's offline commands) read it, and measure again only on another
-machine, interpreter, thread count or `min_fps`. ImageNet weight files found on this disk (edged.state.backbones
+`min_fps` times a second (the smallest when none does). Each rung is timed as the best of a few rounds, so a
+moment of load elsewhere does not tip the choice. The choice is kept in `backbones/choice.json` with what it was
+measured on; later starts (and the CLI's offline commands) read it, and measure again only on another machine,
+interpreter, thread count or `min_fps`.
+
+A device that joins a fleet (other devices' retained statuses on its broker) adopts the backbone the fleet's
+members chose when it runs at least FLEET_MARGIN × `min_fps` here — devices on one backbone share examples and
+models — and says why when it cannot. ImageNet weight files found on this disk (edged.state.backbones
 .local_imagenet_weights) are used instead of Keras' download.
 """
 
@@ -23,6 +28,8 @@ import numpy as np
 from ..config import BackboneConfig, Config
 from ..errors import BackboneError
 from ..files import read_json_object, write_atomic
+from ..mqtt.requests import BrokerClient
+from ..mqtt.roster import list_devices
 from ..runtime.engine import Engine, EngineOptions
 from ..state.backbones import local_imagenet_weights
 from ..state.layout import StateLayout
@@ -30,6 +37,7 @@ from ..state.layout import StateLayout
 log = logging.getLogger(__name__)
 
 LADDER = ((1.0, 224), (0.75, 192), (0.5, 160), (0.25, 128))  # largest first; each has ImageNet weights
+FLEET_MARGIN = 0.5  # the fleet's backbone is adopted when it runs at least this share of min_fps here
 
 
 def machine() -> dict:
@@ -46,41 +54,77 @@ def machine() -> dict:
 
 def candidate(bb: BackboneConfig, alpha: float, size: int) -> BackboneConfig:
     """The backbone config of one rung: local weights when this disk has them, else Keras' ImageNet download."""
-    weights = local_imagenet_weights(alpha, size)
-    return bb.model_copy(update={"alpha": alpha, "input_size": size, "choose": "fixed",
-                                 "weights": str(weights) if weights else "imagenet"})
+    return with_local_weights(bb.model_copy(update={"alpha": alpha, "input_size": size, "choose": "fixed"}))
 
 
-def time_backbone(path: str, scaling, threads: int, interpreter: str, seconds: float = 0.6) -> float:
-    """Milliseconds a frame for the backbone alone (after a warm-up)."""
+def with_local_weights(bb: BackboneConfig) -> BackboneConfig:
+    """A MobileNet v1 with `weights = "imagenet"` takes the matching ImageNet weight file on this disk
+    ($EDGED_WEIGHTS_DIR, edged.state.backbones.weights_folders) whatever chose its size: Keras' download only when
+    there is none."""
+    if bb.family != "mobilenet_v1" or bb.weights != "imagenet":
+        return bb
+    weights = local_imagenet_weights(bb.alpha, bb.input_size)
+    return bb.model_copy(update={"weights": str(weights)}) if weights else bb
+
+
+def time_backbone(path: str, scaling, threads: int, interpreter: str, seconds: float = 0.6, rounds: int = 3) -> float:
+    """Milliseconds a frame for the backbone alone (after a warm-up): the best of `rounds` timings, as the machine
+    gives it when nothing else is busy."""
     engine = Engine(EngineOptions(model_path=path, num_threads=threads, interpreter=interpreter, scaling=scaling))
     try:
         size = engine.input_size
         frame = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
         for _ in range(3):
             engine.embed(frame)
-        n, t0 = 0, time.perf_counter()
-        while n < 5 or time.perf_counter() - t0 < seconds:
-            engine.embed(frame)
-            n += 1
-        return (time.perf_counter() - t0) / n * 1000
+        best = float("inf")
+        for _ in range(rounds):
+            n, t0 = 0, time.perf_counter()
+            while n < 5 or time.perf_counter() - t0 < seconds / rounds:
+                engine.embed(frame)
+                n += 1
+            best = min(best, (time.perf_counter() - t0) / n * 1000)
+        return best
     finally:
         engine.close()
 
 
+def fleet_rung(peers: dict[str, dict], ladder: tuple[tuple[float, int], ...]) -> Optional[tuple[float, int, list[str]]]:
+    """The rung most of the fleet's devices chose (by their statuses' `backbone_choice`), with their names."""
+    votes: dict[tuple[float, int], list[str]] = {}
+    for name, status in peers.items():
+        choice = status.get("backbone_choice") if isinstance(status, dict) else None
+        if not isinstance(choice, dict) or choice.get("choose") != "auto":
+            continue
+        rung = (choice.get("alpha"), choice.get("input_size"))
+        if rung in ladder:
+            votes.setdefault(rung, []).append(name)
+    if not votes:
+        return None
+    (alpha, size), names = max(votes.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    return alpha, size, sorted(names)
+
+
 def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Callable[[str], None]] = None,
-           ladder: tuple[tuple[float, int], ...] = LADDER) -> tuple[Config, dict]:
+           ladder: tuple[tuple[float, int], ...] = LADDER,
+           fleet: Callable[[], dict[str, dict]] = lambda: {}) -> tuple[Config, dict]:
     """`cfg` with a concrete backbone, and how it was chosen. `build(cfg)` gives the backbone's info (converting it
-    once when it is not cached); `ladder`: the (alpha, size) candidates, largest first."""
+    once when it is not cached); `ladder`: the (alpha, size) candidates, largest first; `fleet()`: the other
+    devices' statuses by name (asked only when a choice is to be made)."""
     bb = cfg.backbone
     if not bb.auto:
-        return cfg, {"choose": "fixed"}
+        return _with(cfg, with_local_weights(bb)), {"choose": "fixed"}
     memory_path = StateLayout(cfg.state_path).backbone_choice
     here = {**machine(), "threads": cfg.runtime.num_threads, "interpreter": cfg.runtime.interpreter,
             "min_fps": bb.min_fps}
     memory = read_json_object(memory_path)
     if memory.get("measured_on") == here and (memory.get("alpha"), memory.get("input_size")) in ladder:
         return _with(cfg, candidate(bb, memory["alpha"], memory["input_size"])), {**memory, "remembered": True}
+    adopted, fleet_note = _from_fleet(cfg, build, fleet, ladder, here)
+    if adopted is not None:
+        write_atomic(memory_path, json.dumps(adopted, indent=2).encode())
+        log.info("backbone adopted from the fleet: MobileNet v1 %s/%d, %s", adopted["alpha"], adopted["input_size"],
+                 adopted["reason"])
+        return _with(cfg, candidate(bb, adopted["alpha"], adopted["input_size"])), adopted
     tried, pick = [], None
     for alpha, size in ladder:
         rung = candidate(bb, alpha, size)
@@ -105,10 +149,48 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
     reason = (f"the largest that runs >= {bb.min_fps:g} fps here ({1000 / ms:.0f} fps, {ms:.2f} ms a frame)" if fast
               else f"none runs {bb.min_fps:g} fps here: the smallest that could be built ({1000 / ms:.0f} fps)")
     memory = {"choose": "auto", "alpha": alpha, "input_size": size, "ms": round(ms, 3), "reason": reason,
-              "tried": tried, "measured_on": here, "ts": round(time.time(), 3)}
+              "tried": tried, "measured_on": here, "ts": round(time.time(), 3),
+              **({"fleet": fleet_note} if fleet_note else {})}
     write_atomic(memory_path, json.dumps(memory, indent=2).encode())
     log.info("backbone chosen: MobileNet v1 %s/%d, %s", alpha, size, reason)
     return _with(cfg, candidate(bb, alpha, size)), memory
+
+
+def _from_fleet(cfg: Config, build, fleet, ladder, here: dict) -> tuple[Optional[dict], Optional[str]]:
+    """(the kept choice when the fleet's backbone fits here, else None; why it was not adopted, or None)."""
+    bb = cfg.backbone
+    try:
+        peers = {name: status for name, status in fleet().items() if name != cfg.device}
+    except Exception as e:  # the broker is away: this machine's own measurement decides
+        log.info("no fleet backbone to adopt: %s", e)
+        return None, None
+    rung = fleet_rung(peers, ladder)
+    if rung is None:
+        return None, None
+    alpha, size, names = rung
+    who = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    try:
+        info = build(_with(cfg, candidate(bb, alpha, size)))
+    except BackboneError as e:
+        return None, f"the fleet's backbone {alpha:g}/{size} ({who}) cannot be built here: {str(e)[:200]}"
+    ms = time_backbone(info.path, info.scaling, cfg.runtime.num_threads, cfg.runtime.interpreter)
+    fps = 1000 / ms
+    if fps < bb.min_fps * FLEET_MARGIN:
+        return None, (f"the fleet's backbone {alpha:g}/{size} ({who}) runs {fps:.0f} fps here, under "
+                      f"{FLEET_MARGIN:g} x backbone.min_fps: this machine chose its own, and shares examples and "
+                      f"models only with devices on the same backbone")
+    return {"choose": "auto", "alpha": alpha, "input_size": size, "ms": round(ms, 3),
+            "reason": f"the fleet's backbone (served by {who}): {fps:.0f} fps here, at least {FLEET_MARGIN:g} x "
+                      f"backbone.min_fps", "adopted_from": names, "measured_on": here,
+            "ts": round(time.time(), 3)}, None
+
+
+def fleet_statuses(cfg: Config) -> dict[str, dict]:
+    """The retained statuses of the devices on this daemon's broker (empty without MQTT)."""
+    if not cfg.mqtt.enabled:
+        return {}
+    with BrokerClient(cfg.mqtt, "choice") as client:
+        return {name: device.status for name, device in list_devices(client, cfg.mqtt.prefix, max_wait_s=3.0).items()}
 
 
 def remembered(cfg: Config) -> Optional[dict]:

@@ -43,9 +43,11 @@ class _Recording:
 
 
 class Scene:
-    def __init__(self, cfg: Config, outputs: Outputs, store: EventStore):
+    def __init__(self, cfg: Config, outputs: Outputs, store: EventStore,
+                 state_changed: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.outputs, self.store = outputs, store
+        self.state_changed = state_changed  # the status carries the states: it goes out again when one changes
         self.views: list[View] = []
         self.gates: dict[str, Gate] = {}
         self.sources: list[str] = []
@@ -106,6 +108,7 @@ class Scene:
             self._event(kind, event, now)
         state.extra = {"event": events.current.id if events.current else None}
         self.outputs.state(head, view.name, self._state_message(key, tracker))
+        self.state_changed()
 
     def _state_message(self, key: tuple[str, str], tracker: StateTracker) -> dict:
         s = tracker.state

@@ -19,10 +19,11 @@ from .learning import Learning, RemoteJobs
 
 class ServingStack:
     def __init__(self, cfg: Config, reembed_progress: Optional[Callable[[int, int], None]] = None,
-                 choice_progress: Optional[Callable[[str], None]] = None):
-        # the backbone chosen for this machine (edged.serve.choice): everything built here, and the TensorFlow
-        # worker, are given the concrete one
-        self.cfg, self.choice = chosen(cfg, resolve, choice_progress)
+                 choice_progress: Optional[Callable[[str], None]] = None,
+                 fleet: Callable[[], dict[str, dict]] = lambda: {}):
+        # the backbone chosen for this machine (edged.serve.choice; `fleet()` the other devices' statuses, whose
+        # backbone a new member adopts): everything built here, and the TensorFlow worker, are given the concrete one
+        self.cfg, self.choice = chosen(cfg, resolve, choice_progress, fleet=fleet)
         cfg = self.cfg
         self.store = Store(StateLayout(cfg.state_path).store)
         try:

@@ -54,6 +54,10 @@ class Telemetry:
         for listener in list(self.listeners):
             listener()
 
+    def refresh(self) -> None:
+        """Only the status's figures changed (a scene state): publish it again soon, nothing else to recompute."""
+        self._dirty.set()
+
     def status(self) -> dict:
         capture = self.captures.current
         g = self.cameras()

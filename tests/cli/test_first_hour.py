@@ -83,8 +83,10 @@ def test_demo_runs_on_the_embedded_broker_with_mosquitto_hidden(tmp_path, make_s
     assert "embedded amqtt broker" in out and "MQTT 3.1.1" in out, out[-3000:]
     shown = [l for l in lines if "truth" in l]
     assert len(shown) >= 5, out[-3000:]
-    m = re.search(r"knn: (\w+)\s+[\d.]+\s+truth (\w+)\s+(right|WRONG)\s+accuracy (\d+)/(\d+)", shown[-1])
+    m = re.search(r"knn: (\w+)\s+[\d.]+\s+truth (\w+)\s+(right|WRONG)\s+knn accuracy (\d+)/(\d+)", shown[-1])
     assert m and (m.group(1) == m.group(2)) == (m.group(3) == "right"), shown[-1]
+    # issue 33, 13: the suggested mosquitto_sub reads states and events (not every JPEG and parcel chunk)
+    assert re.search(r"mosquitto_sub -p \d+ -t 'edged/demo/state/#' -t 'edged/demo/event/#' -v", out), out[:2000]
     assert proc.returncode == 0
     assert not list(tmp_path.glob("edged-demo-state*")), "the demo's state must not land in the working folder"
 
@@ -114,11 +116,11 @@ def test_cli_cmd_talks_to_the_daemon_and_capture_stores_what_was_shown(broker, p
     assert out.returncode == 0, out.stderr  # the kNN head predicts (and so tells the position) from one example
     # wait until the source is half a second into the red segment, then capture 5 frames 100 ms apart
     probe.wait_for(lambda t, p, r: t == "edged/cli2/prediction/knn" and 15 <= json.loads(p)["pos"] % 180 <= 25, 30)
-    out = _edged("cmd", "--config", str(cfg), "capture", "--label", "red", "--count", "5", "--interval-ms", "100",
-                 "--dedupe", "1")  # a solid colour: every frame is a copy of the last
+    out = _edged("cmd", "--config", str(cfg), "capture", "--label", "red", "--count", "5", "--interval-ms", "100")
     assert out.returncode == 0, out.stderr
-    reply = json.loads(out.stdout)
+    reply = json.loads(out.stdout)  # a solid colour: every frame a near-copy of the first, each kept and said so
     assert reply["stored"] == 5 and reply["examples"] == 5 and reply["seconds"] < 1.5
+    assert reply["distinct"] <= 2 and any("near-copies" in w for w in reply["warnings"]), reply
     from edged.state.store import Store
 
     store = Store(state / "store")
@@ -134,12 +136,14 @@ def test_cli_cmd_talks_to_the_daemon_and_capture_stores_what_was_shown(broker, p
     out = _edged("cmd", "--config", str(cfg), "delete", "--ids", json.dumps(ids[2:3]))
     assert out.returncode == 0 and json.loads(out.stdout)["counts"]["red"] == 2
     bad = _edged("cmd", "--config", str(cfg), "capture", "--count", "5")
-    assert bad.returncode == 1 and "capture.label: Field required" in bad.stderr
+    assert bad.returncode == 2 and "capture.label: Field required" in bad.stderr  # refused before it is sent
     store.close()
     assert d.stop() == 0
 
 
 def test_install_service_in_a_throwaway_root(tmp_path):
+    missing = _edged("install-service", "--root", str(tmp_path / "other"), "--user", "no-such-user-here")
+    assert missing.returncode == 1 and "user 'no-such-user-here' does not exist" in missing.stderr  # issue 33, 13
     out = _edged("install-service", "--root", str(tmp_path), "--no-chown")
     assert out.returncode == 0, out.stderr
     units = tmp_path / "etc" / "systemd" / "system"

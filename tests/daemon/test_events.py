@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -75,6 +76,17 @@ snapshot_interval_s = 0
     labels = [s["label"] for s in states]
     assert labels == ["none", "star", "none"], labels  # each change once: no flicker reaches subscribers
     assert states[1]["event"] == start["id"]
+    # the retained status follows the states (issue 33, 12: `edged status` was minutes stale)
+    retained = [json.loads(p) for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
+    followed = [s["scene"]["states"].get("knn", {}).get("label") for s in retained if "scene" in s]
+    assert "star" in followed, followed
+    deadline = time.monotonic() + 10
+    while followed[-1:] != ["none"] and time.monotonic() < deadline:
+        probe.drain()
+        followed = [json.loads(p).get("scene", {}).get("states", {}).get("knn", {}).get("label")
+                    for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
+        time.sleep(0.1)
+    assert followed[-1:] == ["none"], followed
     predictions = [p for t, p, r in probe.seen if t.startswith(f"edged/{DEVICE}/prediction/")]
     assert len(predictions) <= 10, len(predictions)  # [publish] predictions = "change" (the default)
 

@@ -293,6 +293,25 @@ def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id
     assert json.loads((heads_b / "current").read_text())["current"] == serving
     assert not list(heads_b.glob(".staging-*"))
 
+    # issue 33, 6: the staged version is checked again once shared examples of its labels arrive, and then serves
+    import uuid
+
+    from edged.state.bundles import pack_examples
+    from edged.state.store import Store
+
+    store_a = Store(state_a / "store")
+    rows = store_a.own_examples(backbone_id)
+    store_a.close()
+    renamed = {"rectangle": "zebra", "triangle": "yak"}  # the order of the head's classes, renamed above
+    rows = [{**r, "uid": uuid.uuid4().hex, "label": renamed[r["label"]]} for r in rows if r["label"] in renamed]
+    for topic, payload in pack(FleetTopics("edged").publisher("sha"), "examples", "sha", pack_examples(rows, 0),
+                               {"backbone": backbone_id, "input_size": 96, "labels": ["yak", "zebra"],
+                                "examples": len(rows)}, 64 * 1024, 1 << 30, sha_signs):
+        probe.client.publish(topic, payload, qos=1, retain=True)
+    checked = outcome("active", "checked once stored examples of its labels arrived")
+    assert checked["version"] == staged["version"] and checked["check"]["examples"] == len(rows), checked
+    assert json.loads((heads_b / "current").read_text())["current"] == staged["version"]
+
 
 def _publish_and_expect_refusal(probe, messages, why: str, model_sha: str, clear: bool = True) -> None:
     for topic, payload in messages:

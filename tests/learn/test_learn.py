@@ -92,11 +92,44 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     float_scores = [heads.predict(engine.embed(p), FrameView(img, 128, p))[0][1].scores
                     for p, (img, _, _) in zip(px, held)]
     float_labels = [max(s, key=s.get) for s in float_scores]  # the best class, even where it answers "unknown"
-    int8_labels = [model.predict(p).label for p in px]
+    int8_scores = [model.predict(p).scores for p in px]
+    int8_labels = [max(s, key=s.get) for s in int8_scores]
     truth = [label for _, label, _ in held]
     assert np.mean(np.array(float_labels) == truth) >= 0.65  # measured 0.73 (3 classes, chance 0.33)
     assert np.mean(np.array(int8_labels) == np.array(float_labels)) >= 0.85
     assert np.mean(np.array(int8_labels) == truth) >= 0.6
+    model.close()
+
+    # issue 33, 5: what serves after export answers as the head did, `unknown` and novelty included, and the
+    # states it makes are the head's: digits never taught, then taught ones, through a float16 export
+    from edged.config import StatesConfig
+    from edged.scene.states import StateTracker
+
+    run_export(cfg, "classifier", "float16")
+    model = FusedModel(cfg.state_path / "models" / "classifier" / "v2", ClassifierHead.decode)
+    shown = [(cv2.imread(str(f)), None) for c in ("5", "9") for f in sorted((SIGN_DIGITS / c).glob("*"))[:15]]
+    shown += [(img, None) for img, _, _ in held]
+    by_head, by_model = [], []
+    for img, _ in shown:
+        p = to_pixels(img, 128)
+        by_head.append(heads.predict(engine.embed(p), FrameView(img, 128, p))[0][1])
+        by_model.append(model.predict(p))
+    agree = np.mean([a.label == b.label for a, b in zip(by_head, by_model)])
+    assert agree >= 0.9, agree
+    assert sum(b.label == "unknown" for b in by_model[:30]) >= 3, [b.label for b in by_model[:30]]
+    assert all(b.novelty is not None for b in by_model)
+    assert np.corrcoef([a.novelty for a in by_head], [b.novelty for b in by_model])[0, 1] > 0.9
+
+    def states(predictions):
+        tracker, out = StateTracker(StatesConfig()), []
+        for i, pred in enumerate(predictions):
+            changed = tracker.observe(pred.label, pred.score, i * 0.2, i * 0.2)
+            if changed is not None:
+                out.append(changed.label)
+        return out
+
+    assert states(by_model) == states(by_head), (states(by_model), states(by_head))
+    model.close()
 
 
 @pytest.mark.heavy

@@ -193,10 +193,15 @@ class CaptureConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_dedupe(cls, data):
-        if isinstance(data, dict) and "dedupe" in data:
-            raise ValueError("dedupe is gone: a capture keeps near-copies now (a still scene is what was shown) and "
-                             "counts them; near_copy sets what counts as one")
-        return data
+        return refuse_dedupe(data)
+
+
+def refuse_dedupe(data):
+    """`dedupe` (a capture's or [capture]'s) named by its successor, for configs and scripts from before."""
+    if isinstance(data, dict) and "dedupe" in data:
+        raise ValueError("dedupe is gone: a capture keeps near-copies now (a still scene is what was shown) and "
+                         "counts them; near_copy sets what counts as one")
+    return data
 
 
 class ReviewConfig(_Strict):

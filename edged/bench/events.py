@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..config import BACKGROUND
 from ..mqtt.broker import local_broker
 from .common import DATA, bench_backbone, table
 from .daemonrun import Probe, prepare_state, start_daemon, stop_daemon, write_config
@@ -162,7 +163,7 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             video = scene.write(tmp / "scene.mp4", length + 5)
-            taught = [(img, "none") for img in scene.examples("none", args.examples)]
+            taught = [(img, BACKGROUND) for img in scene.examples(BACKGROUND, args.examples)]
             for label in LABELS:  # each object in each spot, every photo of it
                 spots = [Appearance(label, 0, 0, spot, variant=v) for spot in SPOTS for v in range(3)]
                 taught += [(img, label) for img in scene.examples(label, args.examples, showing=spots)]

@@ -76,7 +76,7 @@ class EventScene:
         return path
 
     def examples(self, label: str, count: int, seed: int = 1, showing: Optional[list[Appearance]] = None) -> list[np.ndarray]:
-        """Frames of `label` as the script (or `showing`) shows it, or of the empty scene ('none'), under other noise
+        """Frames of `label` as the script (or `showing`) shows it, or of the empty scene (a label shown nowhere), under other noise
         and light: what a user would capture to teach it."""
         rng = np.random.default_rng(seed)
         if showing is None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..config import refuse_dedupe
 from ..errors import CommandError, CorrelationId
 from ..state.store import label_problem
 
@@ -76,10 +77,7 @@ class Capture(_Labelled):
     @model_validator(mode="before")
     @classmethod
     def _no_dedupe(cls, data):
-        if isinstance(data, dict) and "dedupe" in data:
-            raise ValueError("dedupe is gone: a capture keeps near-copies now and counts them; near_copy sets what "
-                             "counts as one")
-        return data
+        return refuse_dedupe(data)
 
     @model_validator(mode="after")
     def _box_ordered(self):

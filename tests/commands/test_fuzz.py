@@ -159,7 +159,7 @@ config_keys = st.sampled_from(["device", "state_dir", "log_level", "plugins_dir"
                                "source.width", "backbone.alpha", "backbone.family", "backbone.input_size",
                                "runtime.num_threads", "runtime.precision", "heads.active", "heads.knn.k",
                                "heads.classifier.folds", "mqtt.port", "mqtt.qos", "mqtt.prefix", "mqtt.tls.insecure",
-                               "serve.max_fps", "capture.dedupe", "web.port", "trainer.job_timeout_s", "zz.top",
+                               "serve.max_fps", "capture.near_copy", "capture.dedupe", "web.port", "trainer.job_timeout_s", "zz.top",
                                "mqtt.zz", "heads.nosuchhead.x"])
 
 

@@ -44,7 +44,7 @@ def test_an_object_entering_and_leaving_is_one_event_and_a_still_scene_sends_not
     scene = _scene()
     video = scene.write(tmp_path / "scene.mp4", LENGTH)
     whole = lambda img: img  # noqa: E731
-    _teach(state, backbone, [(whole, "star", 1), (whole, "none", 1)])
+    _teach(state, backbone, [(whole, "star", 1), (whole, "background", 1)])
 
     extra = f"""
 [gate]
@@ -71,22 +71,22 @@ snapshot_interval_s = 0
     end = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn" and b'"end"' in p, 30)[1])
     assert end["id"] == start["id"] and 3.0 <= end["end"] - end["start"] <= 7.0, end  # on screen for 5 s
 
-    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/state/knn" and json.loads(p)["label"] == "none", 10)
+    probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/state/knn" and json.loads(p)["label"] == "background", 10)
     states = [json.loads(p) for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn"]
     labels = [s["label"] for s in states]
-    assert labels == ["none", "star", "none"], labels  # each change once: no flicker reaches subscribers
+    assert labels == ["background", "star", "background"], labels  # each change once: no flicker reaches subscribers
     assert states[1]["event"] == start["id"]
     # the retained status follows the states (issue 33, 12: `edged status` was minutes stale)
     retained = [json.loads(p) for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
     followed = [s["scene"]["states"].get("knn", {}).get("label") for s in retained if "scene" in s]
     assert "star" in followed, followed
     deadline = time.monotonic() + 10
-    while followed[-1:] != ["none"] and time.monotonic() < deadline:
+    while followed[-1:] != ["background"] and time.monotonic() < deadline:
         probe.drain()
         followed = [json.loads(p).get("scene", {}).get("states", {}).get("knn", {}).get("label")
                     for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
         time.sleep(0.1)
-    assert followed[-1:] == ["none"], followed
+    assert followed[-1:] == ["background"], followed
     predictions = [p for t, p, r in probe.seen if t.startswith(f"edged/{DEVICE}/prediction/")]
     assert len(predictions) <= 10, len(predictions)  # [publish] predictions = "change" (the default)
 
@@ -116,7 +116,7 @@ snapshot_interval_s = 0
     jpeg = base64.b64decode(one["snapshot_jpeg_base64"])
     best = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert best.shape[:2] == (240, 320)
-    assert probe.request(DEVICE, "state", {})["result"]["states"]["knn"]["label"] == "none"
+    assert probe.request(DEVICE, "state", {})["result"]["states"]["knn"]["label"] == "background"
     bad = probe.request(DEVICE, "events", {"event": "../../etc"})
     assert not bad["ok"] and "event id" in bad["error"]
 
@@ -143,7 +143,7 @@ def test_regions_have_their_own_states_and_are_taught_from_their_crop(broker, pr
     video = scene.write(tmp_path / "scene.mp4", LENGTH)
     regions = [RegionConfig(name="shelf", box=(0.0, 0.35, 0.3, 0.95)), RegionConfig(name="desk", box=BOX)]
     shelf, desk = views_of(Camera("", SourceConfig(), tuple(regions)))
-    _teach(state, backbone, [(desk.crop, "star", 1), (desk.crop, "none", 1), (shelf.crop, "none", 2)])
+    _teach(state, backbone, [(desk.crop, "star", 1), (desk.crop, "background", 1), (shelf.crop, "background", 2)])
     extra = f"""
 [gate]
 masks = [{list(CORNER)}]
@@ -164,7 +164,7 @@ box = {list(desk.box)}
     assert start["label"] == "star" and start["region"] == "desk"
     probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/event/knn/desk" and b'"end"' in p, 30)
     shelf_states = [json.loads(p)["label"] for t, p, r in probe.seen if t == f"edged/{DEVICE}/state/knn/shelf" and not r]
-    assert shelf_states == ["none"], shelf_states  # nothing moved on the shelf: decided once, never changed
+    assert shelf_states == ["background"], shelf_states  # nothing moved on the shelf: decided once, never changed
     # with regions only the regions are served (a retained whole-frame state of an earlier run is the broker's memory)
     assert not [t for t, p, r in probe.seen if not r and t in (f"edged/{DEVICE}/state/knn", f"edged/{DEVICE}/event/knn")]
 

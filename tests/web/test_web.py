@@ -249,6 +249,16 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
         assert "predicting" in panel and "cross-validated accuracy" in panel and "{" not in panel, panel
         wait.until(lambda b: "frames skipped as still" in b.find_element(By.ID, "states").text)
         browser.save_screenshot(str(artifacts / "web.png"))
+        # a laptop's and a phone's width: nothing scrolls sideways, and every thumbnail shows (issue 33, 14)
+        for width in (1280, 412):
+            browser.set_window_size(width, 900)
+            wait.until(lambda b: b_js("return window.innerWidth") <= width)
+            overflow = b_js("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, (width, overflow)
+            thumbs = "document.querySelectorAll('.thumbs img')"
+            wait.until(lambda b: b_js(f"return {thumbs}.length") > 0 and b_js(
+                f"return [...{thumbs}].every((i) => i.complete && i.naturalWidth > 0)"))
+            browser.save_screenshot(str(artifacts / f"web-{width}.png"))
         for truth, labels in seen.items():
             assert len(labels) >= 8 and labels.count(truth) / len(labels) >= 0.8, (truth, labels)
     finally:

@@ -103,12 +103,18 @@ function renderSceneEvents(list) {
 }
 
 // -- teach ---------------------------------------------------------------------------------------
+const thumbCache = new Map();  // label -> its <img> elements, moved into each redraw (loaded already: no blank flash)
 async function thumbs(label, into) {
+  const cached = thumbCache.get(label) || [];
+  into.replaceChildren(...cached);
   const result = await api("examples", { label, limit: 8 });
-  into.replaceChildren(...result.examples.map((ex) => el("img", {
+  const byId = new Map(cached.map((img) => [img.dataset.id, img]));
+  const images = result.examples.map((ex) => byId.get(String(ex.id)) || el("img", {
     src: `/api/example/${ex.id}.jpg`, title: `example ${ex.id}: click to delete`, "data-id": ex.id,
     onclick: async () => { await api("delete", { ids: [ex.id] }); refreshLabels(); },
-  })));
+  }));
+  thumbCache.set(label, images);
+  into.replaceChildren(...images);
 }
 
 function holdButton(label) {

@@ -24,13 +24,16 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(dir_fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, then rename over `path`: readers see the old or the new file, whole."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file, fsync, then rename over `path`: readers see the old or the new file, whole. The
+    file is created with `mode` (less the umask) from its first byte: a secret is never readable, not even while it
+    is written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a leftover of a crash: O_EXCL below creates the file anew, with `mode`
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

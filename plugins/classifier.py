@@ -21,6 +21,7 @@ from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
 from edged.heads.fewshot import DEFAULT_CANDIDATES, FeatureTransform, LinearModel, choose, class_means, cross_validate
 from edged.heads.fewshot import l2, loo_mean_similarity, novelty, quality_report, unknown_threshold
+from edged.state.arrays import load_npz
 from edged.state.store import Examples
 
 UNKNOWN = "unknown"
@@ -189,8 +190,7 @@ class ClassifierHead(Head):
             return False
         try:
             meta = json.loads((folder / "head.json").read_text())
-            with np.load(folder / "head.npz") as data:
-                arrays = {k: data[k] for k in data.files}
+            arrays = load_npz(folder / "head.npz")  # a version may come from another device: sizes bounded first
             model = LinearModel(arrays["weights"], arrays["bias"], float(meta["scale"]), bool(meta["cosine"]))
         except Exception as e:
             raise HeadError(f"classifier state in {folder} is unreadable: {type(e).__name__}: {e}") from e

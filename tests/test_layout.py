@@ -19,7 +19,7 @@ from conftest import ROOT
 
 # Rank of each part of the package: a module imports only modules of lower rank, or its own package.
 LAYERS = {
-    "edged": 0, "edged.errors": 0, "edged.files": 0,
+    "edged": 0, "edged.errors": 0, "edged.files": 0, "edged.wire": 0,
     "edged.config": 1,
     "edged.runtime": 2, "edged.sources": 2, "edged.scene": 2,
     "edged.state": 3,

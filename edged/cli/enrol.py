@@ -40,7 +40,8 @@ def cmd_init(args) -> int:
     authority = FleetAuthority.create(args.dir)
     print(f"fleet key {key_id(authority.public)} in {Path(args.dir) / 'fleet.key'} (keep it off the devices)\n"
           f"next, for each device or trainer: `edged fleet id --config DEVICE.toml > req.json` there, "
-          f"`edged fleet enroll --dir {args.dir} req.json > cert.json` here, `edged fleet join --config DEVICE.toml "
+          f"`edged fleet enroll --dir {args.dir} --role device req.json > cert.json` here (--role trainer for a "
+          f"trainer), `edged fleet join --config DEVICE.toml "
           f"cert.json` there")
     return 0
 
@@ -52,15 +53,19 @@ def cmd_id(cfg: Config, args) -> int:
 
 def cmd_enroll(args) -> int:
     authority = FleetAuthority(args.dir)
+    # the certificate carries the fleet's newest revocation list: a device enrolled after a revocation knows it,
+    # whatever the broker holds
+    revocation = read_json_object(_revocations(args.dir)).get("envelope")
+    extra = {"revocation": revocation} if isinstance(revocation, dict) else {}
     if args.config:
         identity = _identity(load(args), args.trainer)
-        identity.install(authority.certify(identity.request(), identity.role, args.days))
+        identity.install({**authority.certify(identity.request(), identity.role, args.days), **extra})
         print(f"{identity.role} {identity.name!r} enrolled in fleet {key_id(authority.public)} "
               f"({identity.folder / 'cert.json'})")
         return 0
     if not args.request:
         raise EdgedError("enroll: give the request file printed by `edged fleet id` (or - for stdin), or --config")
-    print(json.dumps(authority.certify(_read_json(args.request, "enroll"), args.role, args.days)))
+    print(json.dumps({**authority.certify(_read_json(args.request, "enroll"), args.role, args.days), **extra}))
     return 0
 
 
@@ -71,13 +76,17 @@ def cmd_join(cfg: Config, args) -> int:
     return 0
 
 
+def _revocations(folder) -> Path:
+    return Path(folder) / "revoked.json"
+
+
 def cmd_revoke(cfg: Config, args) -> int:
     authority = FleetAuthority(args.dir)
-    kept = Path(args.dir) / "revoked.json"
-    names = set(read_json_object(kept).get("names", []))
-    names = (names - set(args.restore or [])) | set(args.names)
-    envelope = authority.revocation(sorted(names))
-    write_atomic(kept, json.dumps({"names": sorted(names)}).encode())
+    kept = read_json_object(_revocations(args.dir))
+    names = (set(kept.get("names", [])) - set(args.restore or [])) | set(args.names)
+    seq = int(kept.get("seq", 0)) + 1  # devices take a list only when its number is higher than theirs
+    envelope = authority.revocation(sorted(names), seq=seq)
+    write_atomic(_revocations(args.dir), json.dumps({"names": sorted(names), "seq": seq, "envelope": envelope}).encode())
     with BrokerClient(cfg.mqtt, "revoke") as client:
         info = client.client.publish(FleetTopics(cfg.mqtt.prefix).revoked, json.dumps(envelope), qos=1, retain=True)
         info.wait_for_publish(10)
@@ -100,7 +109,8 @@ def add_trust_parsers(fsub) -> None:
 
     p = fsub.add_parser("enroll", help="certify a device or trainer with the fleet key (prints the certificate)")
     p.add_argument("--dir", required=True, help="the fleet key's folder")
-    p.add_argument("--role", choices=["device", "trainer"], help="override the role the request names")
+    p.add_argument("--role", choices=["device", "trainer"],
+                   help="the role it gets (needed for a request file: what a request claims is not taken)")
     p.add_argument("--days", type=float, default=3650, help="how long the certificate is valid")
     add_config_args(p)
     trainer_arg(p)

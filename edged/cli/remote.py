@@ -42,7 +42,7 @@ def cmd_command(args) -> int:
                   f"answer {args.name!r}", file=sys.stderr)
             return 3
         reply = client.request(topics.command(args.name), topics.reply(args.name), payload, args.timeout,
-                               progress_printer())
+                               progress_printer(), device=device)
     if reply.get("ok"):
         print(json.dumps(reply.get("result"), default=str))
         return 0

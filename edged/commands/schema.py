@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import wire
 from ..config import refuse_dedupe
 from ..errors import CommandError, CorrelationId
 from ..state.store import label_problem
@@ -223,10 +223,10 @@ def parse(name: str, payload: bytes) -> _Cmd:
         data = {}
     else:
         try:
-            data = json.loads(payload.decode("utf-8"))
+            data = wire.loads(payload, MAX_PAYLOAD)
         except UnicodeDecodeError as e:
             raise CommandError(f"payload is not UTF-8: {e}") from None
-        except (json.JSONDecodeError, RecursionError) as e:
+        except ValueError as e:
             raise CommandError(f"payload is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise CommandError(f"payload must be a JSON object, got {type(data).__name__}")

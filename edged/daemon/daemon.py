@@ -131,7 +131,7 @@ class Daemon:
         self.mqtt = MqttLink(self.cfg.mqtt, self.cfg.device, self._on_command, self.telemetry.status) \
             if self.cfg.mqtt.enabled else None
         self.outputs = Outputs(self.mqtt, self.backbone.id, self.model_sha, self.cfg.serve.print_predictions,
-                               self.cfg.publish)
+                               self.cfg.publish, frames=self.cfg.homeassistant.enabled)
         self.reviewer = Reviewer(self.cfg.review, self.reviews, self.backbone.id, self.outputs.review, self.stop)
         self.events = event_store(self.cfg)
         self.scene = Scene(self.cfg, self.outputs, self.events, self.telemetry.refresh)
@@ -146,7 +146,8 @@ class Daemon:
 
     def _start_learning(self):
         # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
-        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(StateLayout(self.cfg.state_path).keys, self.cfg.device, "device"))
+        layout = StateLayout(self.cfg.state_path)
+        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(layout.keys, self.cfg.device, "device"), layout.revocation)
         if not self.trust.signed:
             log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
                         "on the broker")

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
+from .. import wire
 from ..config import Config
 from ..errors import TrainingError
 from ..mqtt.parcels import Assembler, ShareError, pack
@@ -36,6 +37,9 @@ from .trainer_node import job_context
 
 log = logging.getLogger(__name__)
 
+FRESH_S = 60.0  # a trainer is alive while its signed heartbeat (edged.fleet.trainer_node.HEARTBEAT_S) is this fresh;
+                # a job's trainer silent this long has stopped
+
 
 class RemoteTrainer:
     def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, link: Callable[[], object],
@@ -45,6 +49,9 @@ class RemoteTrainer:
         self.trainers: dict[str, dict] = {}  # name -> {"state", "cert"?, "reason"?}
         self.assembler = Assembler(self.prefix, cfg.fleet.max_share_bytes, trust.open_manifest, kinds=("result",))
         self.events: "queue.Queue[tuple[str, object]]" = queue.Queue(maxsize=100_000)
+        self.refused = 0  # result chunks and manifests that could not be taken (logged)
+        self.waiting = False  # a job is out on a trainer
+        self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
     # -- MQTT side (paho's thread: only record and queue) ------------------------------------
@@ -64,7 +71,7 @@ class RemoteTrainer:
     def _on_trainer(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topic.rsplit("/", 1)[-1]
         try:
-            status = json.loads(payload) if payload else {"state": "offline"}
+            status = wire.loads(payload) if payload else {"state": "offline"}
         except ValueError:
             return
         entry = {"state": "offline"}
@@ -72,7 +79,13 @@ class RemoteTrainer:
             try:
                 body, cert = self.trust.check(status.get("announce") if self.trust.signed else status, name,
                                               "trainer", f"trainer {name!r}")
-                entry = {"state": "online", "cert": cert}
+                ts = body.get("ts")
+                if not isinstance(ts, (int, float)) or abs(time.time() - ts) > FRESH_S:
+                    raise TrustError(f"trainer {name!r}: its signed status is from {ts!r}, not within {FRESH_S:g} s "
+                                     f"of now (a saved one replayed, or a clock far off)")
+                if body.get("state", "online") != "online":
+                    raise TrustError(f"trainer {name!r}: its signed status says {str(body.get('state'))[:20]!r}")
+                entry = {"state": "online", "cert": cert, "heard": time.monotonic()}
             except (TrustError, ValueError) as e:
                 entry = {"state": "refused", "reason": str(e)}
         with self._lock:
@@ -83,7 +96,7 @@ class RemoteTrainer:
     def _on_event(self, topic: str, payload: bytes, retained: bool) -> None:
         parts = topic.split("/")
         try:
-            body, _ = self.trust.check(json.loads(payload), parts[-3], "trainer", f"{parts[-2]} from {parts[-3]!r}")
+            body, _ = self.trust.check(wire.loads(payload), parts[-3], "trainer", f"{parts[-2]} from {parts[-3]!r}")
         except (ValueError, TrustError) as e:
             log.warning("trainer message on %s refused: %s", topic[:200], e)
             return
@@ -94,13 +107,31 @@ class RemoteTrainer:
 
     # -- the job ------------------------------------------------------------------------------
     def available(self) -> Optional[str]:
+        """An online trainer whose signed heartbeat came lately and that is not revoked now (a revocation applies at
+        once to trainers heard of before it)."""
+        now = time.monotonic()
         with self._lock:
-            online = sorted(n for n, s in self.trainers.items() if s.get("state") == "online")
-        return online[0] if online else None
+            online = sorted(n for n, s in self.trainers.items()
+                            if s.get("state") == "online" and now - s.get("heard", now) <= FRESH_S)
+        return next((n for n in online if not self.revoked(n)), None)
+
+    def cancel(self) -> bool:
+        """End the job waiting on a trainer now (its result, if one comes, is not taken)."""
+        if not self.waiting:
+            return False
+        self._cancelled.set()
+        return True
+
+    def revoked(self, name: str) -> bool:
+        with self._lock:
+            cert = self.trainers.get(name, {}).get("cert")
+        return self.trust.is_revoked(name, cert)
 
     def describe(self) -> dict:
         with self._lock:
-            return {name: s["state"] + (f": {s['reason']}" if s.get("reason") else "") for name, s in self.trainers.items()}
+            trainers = dict(self.trainers)
+        return {name: ("revoked" if s["state"] == "online" and self.revoked(name) else s["state"])
+                + (f": {s['reason']}" if s.get("reason") else "") for name, s in trainers.items()}
 
     def run(self, job: str, head: str, params: dict, progress=None, stop: Optional[threading.Event] = None) -> dict:
         """Send the job to a trainer, wait for its version, commit it here. Returns the job's result (local names)."""
@@ -156,37 +187,61 @@ class RemoteTrainer:
     def _wait(self, job_id: str, trainer: str, progress, stop) -> tuple[dict, object]:
         """The done message and the result parcel of `job_id`, both from `trainer` (anyone else's are ignored)."""
         deadline = time.monotonic() + self.cfg.trainer.job_timeout_s
+        heard = time.monotonic()  # the trainer's last word: a heartbeat, progress, a result chunk
         done, parcel = None, None
-        while done is None or (done.get("ok") and parcel is None):
-            if stop is not None and stop.is_set():
-                raise TrainingError("the daemon is stopping: the trainer's result will not be taken")
-            if time.monotonic() > deadline:
-                raise TrainingError(f"no result from trainer {trainer} after trainer.job_timeout_s = "
-                                    f"{self.cfg.trainer.job_timeout_s:g} s")
-            try:
-                kind, body = self.events.get(timeout=0.25)
-            except queue.Empty:
-                continue
-            if kind == "trainer" and body == trainer and self.trainers.get(trainer, {}).get("state") != "online":
-                raise TrainingError(f"trainer {trainer} went offline during the job")
-            if kind in ("progress", "done") and (body.get("job_id") != job_id or body.get("trainer") != trainer):
-                continue
-            if kind == "progress" and progress:
-                progress({**(body.get("progress") if isinstance(body.get("progress"), dict) else {}), "trainer": trainer})
-            elif kind == "done":
-                done = body
-            elif kind == "chunk":
+        self._cancelled.clear()
+        self.waiting = True
+        try:
+            while done is None or (done.get("ok") and parcel is None):
+                if stop is not None and stop.is_set():
+                    raise TrainingError("the daemon is stopping: the trainer's result will not be taken")
+                if self._cancelled.is_set():
+                    raise TrainingError(f"cancelled: the job on trainer {trainer} is no longer waited for")
+                now = time.monotonic()
+                if now > deadline:
+                    raise TrainingError(f"no result from trainer {trainer} after trainer.job_timeout_s = "
+                                        f"{self.cfg.trainer.job_timeout_s:g} s")
+                if now - heard > FRESH_S:
+                    raise TrainingError(f"no word from trainer {trainer} for {FRESH_S:g} s (no heartbeat, no "
+                                        f"progress): it stopped, or was never there")
                 try:
-                    got = self.assembler.feed(*body)
-                except (ShareError, TrustError) as e:
-                    log.warning("a result parcel was refused: %s", e)
+                    kind, body = self.events.get(timeout=0.25)
+                except queue.Empty:
                     continue
-                if got is not None and got.publisher == trainer and got.manifest.get("job_id") == job_id:
-                    parcel = got
+                done, parcel, heard = self._take(kind, body, job_id, trainer, progress, done, parcel, heard)
+        finally:
+            self.waiting = False
         if parcel is not None and parcel.manifest["sha256"] != done.get("sha256"):
             raise TrainingError(f"trainer {trainer}: result sha256 {parcel.manifest['sha256'][:16]} is not the one "
                                 f"announced ({str(done.get('sha256'))[:16]})")
         return done, parcel
+
+    def _take(self, kind: str, body, job_id: str, trainer: str, progress, done, parcel, heard: float):
+        """One event while waiting on `trainer`: (done, parcel, when it was last heard of)."""
+        if kind == "trainer" and body == trainer:
+            if self.trainers.get(trainer, {}).get("state") != "online":
+                raise TrainingError(f"trainer {trainer} went offline during the job")
+            heard = time.monotonic()
+        if self.revoked(trainer):  # revoked while the job ran: nothing more is taken from it
+            raise TrainingError(f"trainer {trainer} was revoked during the job: its result is not taken")
+        if kind in ("progress", "done") and (body.get("job_id") != job_id or body.get("trainer") != trainer):
+            return done, parcel, heard
+        if kind == "progress":
+            heard = time.monotonic()
+            if progress:
+                progress({**(body.get("progress") if isinstance(body.get("progress"), dict) else {}), "trainer": trainer})
+        elif kind == "done":
+            done, heard = body, time.monotonic()
+        elif kind == "chunk":
+            try:
+                got = self.assembler.feed(*body)
+            except Exception as e:  # a stranger's bad message never ends this job
+                self.refused += 1
+                log.warning("a result parcel was refused (%d so far): %s", self.refused, e)
+                return done, parcel, heard
+            if got is not None and got.publisher == trainer and got.manifest.get("job_id") == job_id:
+                parcel, heard = got, time.monotonic()
+        return done, parcel, heard
 
     def _commit(self, job: str, head: str, result: dict, data: bytes, trainer: str) -> dict:
         root = "heads" if job == "train" else "models"

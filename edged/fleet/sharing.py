@@ -38,6 +38,7 @@ from ..state.store import Store, label_problem
 log = logging.getLogger(__name__)
 
 CHECK_EXAMPLES = 200
+MAX_CLOCK_SKEW_S = 3600.0  # a parcel signed further ahead of this device's clock is refused (and never remembered)
 MAX_RECEIVED = 50  # outcomes kept for the status
 
 
@@ -99,6 +100,11 @@ class Sharing:
     def _revoked(self, topic: str, payload: bytes, retained: bool) -> None:
         if self.trust.take_revocation(bytes(payload)):
             self.changed()
+            return
+        newest = self.trust.revocation_answer(bytes(payload))
+        if newest is not None and self.link is not None:  # erased or rolled back on the broker: put the newest back
+            log.warning("the fleet's revocation list on %s was erased or replaced by an older one: put back", topic)
+            self.link.publish(topic, newest, retain=True, qos=1)
 
     def _arrived(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -146,8 +152,13 @@ class Sharing:
         seen = self._seen.get(key, {})
         if seen.get("sha256") == m["sha256"]:
             return  # handled before this restart or reconnect
-        ts = m.get("ts")
-        if not isinstance(ts, (int, float)) or (isinstance(seen.get("ts"), (int, float)) and ts <= seen["ts"]):
+        ts, ahead = m.get("ts"), time.time() + MAX_CLOCK_SKEW_S
+        if not isinstance(ts, (int, float)) or ts > ahead:
+            # remembered, a time far ahead would lock the publisher's later parcels out
+            raise ShareError(f"{parcel.kind}/{parcel.name} from {parcel.publisher!r} is signed at {ts!r}, more than "
+                             f"{MAX_CLOCK_SKEW_S:g} s ahead of this device's clock: refused")
+        held = seen.get("ts")
+        if isinstance(held, (int, float)) and held <= ahead and ts <= held:  # one held from a clock that jumped: none
             raise ShareError(f"{parcel.kind}/{parcel.name} from {parcel.publisher!r} is not newer than the one taken "
                              f"before (a replay): refused")
         origin = {"from": parcel.publisher, "sha256": m["sha256"][:16], "source_version": str(m.get("version"))[:16]}
@@ -250,9 +261,10 @@ class Sharing:
         if kind == "model":
             model = self.heads.open_model(folder, name)
             try:
-                kind = model.meta.get("kind")
-                if kind not in ("classes", "boxes"):
-                    raise ShareError(f"{what}: model kind {str(kind)[:32]!r} is neither 'classes' nor 'boxes'")
+                kind = self.heads.classes[name].kind  # this device's own head says what it is, never the parcel
+                if model.meta.get("kind") != kind:
+                    raise ShareError(f"{what}: its metadata says kind {str(model.meta.get('kind'))[:32]!r}, but head "
+                                     f"{name!r} here is of kind {kind!r}")
                 self._labels(model.labels, what)
                 if kind == "boxes":
                     return {"accuracy": None, "kind": "boxes",

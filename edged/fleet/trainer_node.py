@@ -11,6 +11,7 @@ done messages and the new version as a parcel sealed for the device.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import queue
 import shutil
@@ -26,6 +27,7 @@ from .. import __version__
 from ..commands.dispatch import answer_status_only
 from ..config import NAME_RE, Config
 from ..errors import EdgedError
+from ..files import read_json_object, write_atomic
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 JOBS = ("train", "export")
 JOB_MAX_AGE_S = 600.0   # a job signed longer ago than this is a replay, not a request
+HEARTBEAT_S = 20.0  # a trainer signs and publishes its status this often, jobs running or not: devices take a
+                    # trainer for alive only while its signed heartbeats come (edged.fleet.remote_trainer)
 SEEN_JOBS = 10_000
 
 
@@ -58,7 +62,7 @@ class TrainerNode:
         self.cfg, self.name, self.stop = cfg, name, stop
         self.prefix = cfg.mqtt.prefix
         self.identity = trainer_identity(cfg, name)
-        self.trust = FleetTrust(cfg.fleet.trust, self.identity)
+        self.trust = FleetTrust(cfg.fleet.trust, self.identity, StateLayout(cfg.state_path).revocation)
         self.heads = sorted(head_classes(plugin_manager(cfg.plugins_dir)))
         self.link = MqttLink(cfg.mqtt, f"trainer-{name}", self._command, self._status,
                              topics=FleetTopics(self.prefix).trainer(name))
@@ -67,14 +71,20 @@ class TrainerNode:
         self.worker = TrainerWorker(cfg.trainer.idle_exit_s)
         self.current: dict | None = None
         self.done = 0
-        self.seen: "OrderedDict[str, float]" = OrderedDict()
+        self.refused = 0  # messages that could not be taken: refused, or failed in their handler (logged)
+        self._memory = StateLayout(cfg.state_path).trainer_memory(name)
+        kept = read_json_object(self._memory).get("seen", {})  # job id -> when it was taken; a replay window's worth
+        self.seen: "OrderedDict[str, float]" = OrderedDict(
+            (k, v) for k, v in kept.items() if isinstance(v, (int, float)) and time.time() - v <= 2 * JOB_MAX_AGE_S)
 
     def _status(self) -> dict:
         status = {"state": "online", "role": "trainer", "name": self.name, "version": __version__,
                   "ts": round(time.time(), 3), "job": self.current, "jobs_done": self.done,
+                  "messages_refused": self.refused,
                   "fleet": self.trust.describe()}
-        if self.identity.enrolled:
-            status["announce"] = self.identity.sign({"name": self.name, "role": "trainer", "ts": status["ts"]})
+        if self.identity.enrolled:  # its liveness is signed: a saved status replayed later is stale
+            status["announce"] = self.identity.sign({"name": self.name, "role": "trainer", "ts": status["ts"],
+                                                     "state": "online"})
         return status
 
     def _command(self, incoming: IncomingCommand) -> None:
@@ -96,6 +106,8 @@ class TrainerNode:
         self.link.route(fleet.every_share("job", self.name), self._queue)
         self.link.route(fleet.revoked, lambda t, p, r: self.trust.take_revocation(bytes(p)))
         self.link.start()
+        heartbeat = threading.Thread(target=self._heartbeat, name="trainer-heartbeat", daemon=True)
+        heartbeat.start()
         log.info("trainer %r taking jobs on %s:%s", self.name, self.cfg.mqtt.host, self.cfg.mqtt.port)
         try:
             while not self.stop.is_set():
@@ -105,14 +117,22 @@ class TrainerNode:
                     continue
                 try:
                     parcel = self.assembler.feed(topic, payload)
+                    if parcel is not None:
+                        self._handle(parcel)
                 except (ShareError, TrustError) as e:
+                    self.refused += 1
                     log.warning("job refused: %s", e)
-                    continue
-                if parcel is not None:
-                    self._handle(parcel)
+                except Exception:  # nothing from the wire stops the trainer
+                    self.refused += 1
+                    log.exception("a message on %s could not be handled", topic[:200])
         finally:
             self.worker.close()
             self.link.stop()
+
+    def _heartbeat(self) -> None:
+        """The signed status again every HEARTBEAT_S, also while a job runs (the job loop is busy then)."""
+        while not self.stop.wait(HEARTBEAT_S):
+            self.link.publish_status()
 
     def _reply(self, kind: str, device: str, body: dict) -> None:
         self.link.publish(FleetTopics(self.prefix).trainer_message(self.name, kind, device), self.trust.sign(body), qos=1)
@@ -136,6 +156,9 @@ class TrainerNode:
         self.seen[job_id] = time.time()
         while len(self.seen) > SEEN_JOBS:
             self.seen.popitem(last=False)
+        now = time.time()  # on disk before the job runs: after a restart, the same job sent again is refused
+        write_atomic(self._memory, json.dumps({"seen": {k: v for k, v in self.seen.items()
+                                                        if now - v <= 2 * JOB_MAX_AGE_S}}).encode())
         return m
 
     def _handle(self, parcel: Parcel) -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import h5py
 import keras
+import numpy as np
+
+from ..state.arrays import ArraysError
 
 FUSED_WEIGHTS = "fused.weights.h5"
 LEGACY_FUSED = "fused.keras"  # versions trained before weights-only files: only their weights are read
@@ -30,12 +34,39 @@ def fused_weights(folder: Path) -> Optional[Path]:
 
 
 def load_fused(model: keras.Model, folder: Path) -> keras.Model:
-    """`model` (built here, from this code) with the version's trained weights; its architecture is never read."""
+    """`model` (built here, from this code) with the version's trained weights; its architecture is never read, and
+    the file's arrays are read only when they unpack to about what the model holds."""
     path = fused_weights(folder)
     if path is None:
         raise FileNotFoundError(f"{folder} holds no trained weights")
+    if path.name == FUSED_WEIGHTS:
+        expected = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+        weights_bytes(path, 2 * expected + (1 << 20))
     model.load_weights(path)  # a .keras archive is read for its weights file only (keras' load_weights_only)
     return model
+
+
+def weights_bytes(path: Path, max_bytes: int) -> int:
+    """The bytes every dataset of a weights file unpacks to (shape × dtype, from its metadata alone); ArraysError
+    past `max_bytes`: 13.6 KB of gzip chunks took a worker to 4.66 GB before."""
+    total = 0
+
+    def visit(name, item):
+        nonlocal total
+        if isinstance(item, h5py.Dataset):
+            if item.dtype.hasobject:
+                raise ArraysError(f"{path.name}: {name} is an object dataset")
+            total += int(np.prod(item.shape, dtype=np.float64)) * item.dtype.itemsize
+            if total > max_bytes:
+                raise ArraysError(f"{path.name}: its datasets unpack to more than {max_bytes} bytes (at {name}), "
+                                  f"more than the model holds")
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as e:
+        raise ArraysError(f"{path.name}: not a weights file ({e})") from None
+    return total
 
 
 

@@ -297,12 +297,16 @@ class MqttLink:
         self.publish(self.topics.status, self.online_status(), retain=True, qos=1)
 
     def reply(self, command: IncomingCommand, payload: dict) -> None:
-        """Reply on the MQTT 5 response topic when it is a valid topic, else on <base>/reply/<command>."""
+        """Reply on the MQTT 5 response topic under this device's name (`<prefix>/clients/<session>/reply/<device>`)
+        when it is one of the clients' tree, else on <base>/reply/<command>: a reply never lands on a topic the
+        requester chose freely (another device's command topic), and names its sender in its topic."""
         props = None
         if self._v5 and command.correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = command.correlation_data
         topic = command.response_topic
-        if not topic or any(c in topic for c in "+#\0") or len(topic.encode()) > 65535:
+        if topic and not any(c in topic for c in "+#\0") and FleetTopics(self.cfg.prefix).is_client_reply(topic):
+            topic = f"{topic}/{self.device}"
+        else:
             topic = self.topics.reply(command.name if valid_level(command.name) else "invalid")
         self.publish(topic, payload, qos=1, properties=props)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .. import wire
 from ..errors import EdgedError
 from .topics import FleetTopics
 
@@ -118,9 +119,12 @@ class Assembler:
                 self.manifests.popitem(last=False)
             self._drop_other_chunks(key, manifest["sha256"][:16])
             return self._complete(publisher, role, kind, name)
-        if len(rest) == 2 and rest[1].isdigit() and len(rest[1]) <= 6 and payload:
+        if len(rest) == 2 and payload:
+            try:
+                index = wire.topic_number(rest[1])
+            except ValueError:
+                return None  # not a chunk's topic ('²' passed str.isdigit and then made int() raise)
             manifest = self.manifests.get(key)
-            index = int(rest[1])
             if manifest is not None:
                 if rest[0] != manifest["sha256"][:16] or index >= manifest["chunks"] or len(payload) > manifest["chunk_bytes"]:
                     return None  # another parcel's, or not one of this manifest's chunks

@@ -64,17 +64,18 @@ class BrokerClient:
                 continue
 
     def request(self, topic: str, reply_topic: str, payload: dict, timeout: float,
-                on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+                on_progress: Optional[Callable[[dict], None]] = None, device: Optional[str] = None) -> dict:
         """Publish a command and return its final reply. `timeout` counts from the last word of the daemon: every
         progress message starts it again, so a long train on a slow board is waited for while it reports (raises
         EdgedError after `timeout` seconds of silence)."""
         corr = payload.setdefault("id", f"{self.session}-{uuid.uuid4().hex[:8]}")
         props = None
+        fleet = FleetTopics(self.cfg.prefix)
         if self.v5:
-            reply_topic = FleetTopics(self.cfg.prefix).client_reply(self.session)
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = reply_topic
+            props.ResponseTopic = fleet.client_reply(self.session)
             props.CorrelationData = str(corr).encode()
+            reply_topic = props.ResponseTopic + "/+"  # each device answers under its own name
         if reply_topic not in self._subscribed:
             self.subscribe(reply_topic)
             self._subscribed.add(reply_topic)
@@ -85,13 +86,15 @@ class BrokerClient:
             message = next(self.messages(heard + timeout), None)
             if message is None:
                 break
-            _, data, properties = message
+            got, data, properties = message
             try:
                 reply = json.loads(data)
             except ValueError:
                 continue
             if not isinstance(reply, dict) or not _answers(reply, properties, corr):
                 continue
+            if device is not None and fleet.replier(got, self.session) != device:
+                continue  # another account answering in the device's stead
             heard = time.monotonic()
             if not reply.get("final", True):
                 if on_progress:

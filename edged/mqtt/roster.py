@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .. import wire
 from .requests import BrokerClient
 from .topics import FleetTopics
 
@@ -62,8 +63,8 @@ class Device:
 
 def _json(data: bytes) -> Optional[dict]:
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        value = wire.loads(data)
+    except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -142,7 +143,7 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
     corr = str(payload.setdefault("id", f"fleet-{uuid.uuid4().hex[:12]}"))
     fleet = FleetTopics(prefix)
     response_topic = fleet.client_reply(client.session)
-    client.subscribe(response_topic)
+    client.subscribe(response_topic + "/+")  # each device answers under its own name
     client.subscribe(fleet.every_reply(command))
     targets = list(devices) if devices else None
     outcomes = {d: Outcome(d) for d in (targets or known or [])}
@@ -161,8 +162,8 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
         reply = _json(body)
         if reply is None or str(reply.get("id")) != corr or not reply.get("final", True):
             continue
-        name = reply.get("device") or device_of(prefix, topic.rsplit("/", 1)[0], "reply")
-        if not name or (targets is not None and name not in outcomes):
+        name = fleet.replier(topic, client.session)  # who replied is read from the topic, never from the reply
+        if not name or (targets is not None and name not in outcomes) or reply.get("device", name) != name:
             continue
         out = outcomes.setdefault(name, Outcome(name))
         if out.ok is not None:

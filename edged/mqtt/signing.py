@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Optional
 
+from .. import wire
 from ..files import read_json_object, write_atomic
 from ..state.trust import Certificate, Identity, TrustError, Verifier, seal
 from .parcels import ShareError, plain
@@ -26,23 +28,38 @@ def _json(payload: bytes, what: str):
     if len(payload) > MAX_MANIFEST:
         raise ShareError(f"{what}: {len(payload)} bytes, over {MAX_MANIFEST}")
     try:
-        return json.loads(payload)
-    except ValueError:
-        raise ShareError(f"{what}: not JSON") from None
+        return wire.loads(payload, MAX_MANIFEST)
+    except ValueError as e:
+        raise ShareError(f"{what}: not JSON ({e})") from None
 
 
 class FleetTrust:
-    def __init__(self, mode: str, identity: Identity):
+    """`revocations`: where the newest revocation list seen is kept, outside the key folder (a device keyed anew
+    keeps it); a list that came with the certificate (`edged fleet enroll`) and one kept by an older edged in the key
+    folder count too, the newest of all serving."""
+
+    def __init__(self, mode: str, identity: Identity, revocations: Optional[Path] = None):
         self.mode, self.identity = mode, identity
         self.signed = mode == "signed"
         self.verifier = Verifier(identity.fleet_key) if identity.fleet_key is not None else None
-        self._saved = identity.folder / "revoked.json"
+        self._saved = revocations or identity.folder / "revoked.json"
+        self._held: Optional[bytes] = None  # the newest list as it came
         self._lock = threading.Lock()
-        if self.verifier is not None and self._saved.is_file():
+        if self.verifier is None:
+            return
+        bundled = (identity.cert or {}).get("revocation")
+        for source, envelope in (("kept", read_json_object(self._saved)),
+                                 ("older edged's", read_json_object(identity.folder / "revoked.json")),
+                                 ("the certificate's", bundled if isinstance(bundled, dict) else {})):
+            if not envelope:
+                continue
             try:
-                self.verifier.revoke(read_json_object(self._saved))
+                if self.verifier.revoke(envelope):
+                    self._held = json.dumps(envelope).encode()
             except TrustError as e:
-                log.warning("stored revocation list ignored: %s", e)
+                log.warning("%s revocation list ignored: %s", source, e)
+        if self._held is not None and not self._saved.is_file():
+            write_atomic(self._saved, self._held)
 
     # -- what this side sends ----------------------------------------------------------------------------
     def sign_manifest(self, manifest: dict) -> bytes:
@@ -85,7 +102,7 @@ class FleetTrust:
         if self.signed:
             body, cert = self._verifier(what).check(message, publisher, (role,), what)
         else:
-            body = json.loads(message["signed"]) if isinstance(message, dict) and "signed" in message else message
+            body = _json(message["signed"], what) if isinstance(message, dict) and "signed" in message else message
         if not isinstance(body, dict):
             raise ShareError(f"{what}: manifest is not an object")
         if body.get("kind") != kind or body.get("name") != name or body.get("device", publisher) != publisher:
@@ -99,28 +116,43 @@ class FleetTrust:
         """A signed message from `name` (or, on the broker's word, the message itself)."""
         if not self.signed:
             if isinstance(message, dict) and isinstance(message.get("signed"), str):
-                return json.loads(message["signed"]), None
+                return wire.loads(message["signed"]), None
             if not isinstance(message, dict):
                 raise TrustError(f"{what}: not an object")
             return message, None
         return self._verifier(what).check(message, name, (role,), what)
 
     def take_revocation(self, payload: bytes) -> bool:
-        """A revocation list from the broker: kept when it is the fleet's and newer than the one held."""
+        """A revocation list from the broker: kept when it is the fleet's and newer than the one held (an empty,
+        older or unsigned one is ignored: the list is never erased or rolled back from the broker)."""
         if self.verifier is None or not payload:
             return False
         try:
-            envelope = json.loads(payload)
+            envelope = wire.loads(payload)
             with self._lock:
                 newer = self.verifier.revoke(envelope)
                 if newer:
-                    write_atomic(self._saved, json.dumps(envelope).encode())
+                    self._held = bytes(payload)
+                    write_atomic(self._saved, self._held)
         except (ValueError, TrustError) as e:
             log.warning("revocation list refused: %s", e)
             return False
         if newer:
             log.warning("fleet revocation list: %s revoked", sorted(self.verifier.revoked_names) or "nobody")
         return newer
+
+    def is_revoked(self, name: str, cert=None) -> bool:
+        """Whether `name` (or its certificate's serial) is on the newest revocation list held."""
+        if self.verifier is None:
+            return False
+        return name in self.verifier.revoked_names or getattr(cert, "serial", None) in self.verifier.revoked_serials
+
+    def revocation_answer(self, payload: bytes) -> Optional[bytes]:
+        """After `payload` came on the revocation topic (and was offered to `take_revocation`): the newest list held,
+        to be put back retained, when what came was empty, older or not the fleet's — so that a device enrolled
+        later still finds it; None when there is nothing to put back."""
+        held = self._held
+        return held if held is not None and bytes(payload) != held else None
 
     def describe(self) -> dict:
         out = {"trust": self.mode, **self.identity.describe()}

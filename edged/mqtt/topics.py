@@ -17,6 +17,8 @@ Every topic a device or trainer writes carries its own name (a broker ACL can th
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class Topics:
     """One device's tree (or, with `base`, a trainer's)."""
@@ -72,7 +74,30 @@ class FleetTopics:
         return topic.startswith(f"{self.prefix}/fleet/cmd/")
 
     def client_reply(self, session: str) -> str:
+        """The MQTT 5 response topic a client names; each device answers on it under its own name (`…/reply/<device>`),
+        so that a broker account may write replies under its own name only (deploy/mosquitto-acl.conf)."""
         return f"{self.prefix}/clients/{session}/reply"
+
+    def is_client_reply(self, topic: str) -> bool:
+        """A response topic of the clients' tree: `<prefix>/clients/<session>/reply`."""
+        parts = topic.split("/")
+        head = self.prefix.split("/")
+        return (len(parts) == len(head) + 3 and parts[:len(head)] == head and parts[len(head)] == "clients"
+                and parts[-1] == "reply" and bool(parts[len(head) + 1]))
+
+    def replier(self, topic: str, session: str) -> Optional[str]:
+        """The device a reply came from, by its topic (never by what the reply says of itself): the last level of
+        `<client_reply>/<device>`, or the device level of `<prefix>/<device>/reply/<command>`."""
+        mine = self.client_reply(session) + "/"
+        if topic.startswith(mine):
+            name = topic[len(mine):]
+            return name if name and "/" not in name else None
+        head = self.prefix.split("/")
+        parts = topic.split("/")
+        if len(parts) == len(head) + 3 and parts[:len(head)] == head and parts[-2] == "reply":
+            name = parts[len(head)]
+            return None if name in ("fleet", "clients") else name
+        return None
 
     def client_sync(self, session: str) -> str:
         return f"{self.prefix}/clients/{session}/sync"

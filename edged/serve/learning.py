@@ -41,6 +41,8 @@ class RemoteJobs(Protocol):
     def run(self, job: str, head: str, params: dict, progress: Progress = None,
             stop: Optional[threading.Event] = None) -> dict: ...
 
+    def cancel(self) -> bool: ...
+
 
 class Learning:
     def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, heads: HeadSet,
@@ -258,8 +260,11 @@ class Learning:
         return self.use_model(name, previous)
 
     def cancel(self) -> bool:
-        """Stop the running TensorFlow job, if any."""
-        return self.worker.cancel()
+        """Stop the running TensorFlow job, here or on a trainer node, if any."""
+        stopped = self.worker.cancel()
+        if self.remote is not None and self.remote.cancel():
+            stopped = True
+        return stopped
 
     def close(self) -> None:
         self.worker.close()

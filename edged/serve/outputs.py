@@ -17,8 +17,11 @@ from ..scene.views import WHOLE, View
 
 class Outputs:
     def __init__(self, link: Optional[object], backbone_id: str, model_sha: str, print_predictions: bool,
-                 publish: Optional[PublishConfig] = None):
+                 publish: Optional[PublishConfig] = None, frames: bool = False):
         self.link = link  # the MQTT link (it queues until connected), or None when MQTT is disabled
+        # camera frames (snapshots) go on the broker only for Home Assistant's image entities ([homeassistant]):
+        # anyone who may read the device's tree could read them (docs/security.md, who sees a frame)
+        self.frames = frames
         self.backbone_id, self.model_sha = backbone_id, model_sha
         self.print_predictions = print_predictions
         self.publish = publish or PublishConfig(predictions="every")
@@ -65,7 +68,7 @@ class Outputs:
     def event_snapshot(self, jpeg: bytes) -> None:
         """The latest event's best frame, retained (Home Assistant's event image)."""
         link = self.link
-        if link is not None:
+        if link is not None and self.frames:
             link.publish(link.topics.event_snapshot, jpeg, retain=True, qos=1)
 
     def job(self, payload: dict) -> None:
@@ -85,9 +88,9 @@ class Outputs:
             link.publish(link.topics.review, {**item, "thumbnail": f"review/{item['id']}/frame.jpg"}, qos=1)
 
     def snapshot(self, jpeg: bytes) -> Optional[str]:
-        """Publish a snapshot; the topic it went to, or None without MQTT."""
+        """Publish a snapshot; the topic it went to, or None without MQTT or without Home Assistant to show it."""
         link = self.link
-        if link is None:
+        if link is None or not self.frames:
             return None
         link.publish(link.topics.snapshot, jpeg, qos=1)
         return link.topics.snapshot

@@ -101,12 +101,24 @@ class NoiseFloor:
         return self.level
 
 
+WAV_RATES = (4_000, 384_000)  # sample rates a WAV may have, Hz
+WAV_MAX_CHANNELS = 32
+WAV_MAX_S = 3600.0  # longest WAV read (an hour: 230 MB of samples at 16 kHz)
+
+
 def read_wav(path: Path) -> np.ndarray:
-    """A WAV file as 16 kHz mono samples in the int16 range; SourceError for what is not a PCM WAV."""
+    """A WAV file as 16 kHz mono samples in the int16 range; SourceError for what is not a PCM WAV, naming the header
+    field that is out of bounds (a 20 KB file claiming 1 Hz would have been resampled to gigabytes)."""
     try:
         with wave.open(str(path)) as w:
-            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-            raw = w.readframes(w.getnframes())
+            rate, channels, width, frames = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+            if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+                raise SourceError(f"{path}: sample rate {rate} Hz is outside {WAV_RATES[0]}-{WAV_RATES[1]} Hz")
+            if not 1 <= channels <= WAV_MAX_CHANNELS:
+                raise SourceError(f"{path}: {channels} channels, not 1 to {WAV_MAX_CHANNELS}")
+            if frames / rate > WAV_MAX_S:
+                raise SourceError(f"{path}: {frames / rate:.0f} s long, over the {WAV_MAX_S:.0f} s read at most")
+            raw = w.readframes(frames)
     except (OSError, EOFError, wave.Error) as e:
         raise SourceError(f"cannot read {path}: {e}") from None
     if width not in (1, 2, 4):

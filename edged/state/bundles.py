@@ -15,7 +15,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from .. import wire
 from ..errors import EdgedError
+from .arrays import ArraysError, load_npz
 from .store import NewExample, decode_objects, label_problem
 
 _UID = re.compile(r"[0-9a-f]{32}")
@@ -143,11 +145,11 @@ def unpack_examples(data: bytes, dim: Optional[int]) -> ExampleSet:
     """Bytes from `pack_examples`, checked: sizes agree, `dim`-d embeddings (any when None), uids of 32 hex digits,
     valid labels."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as bundle:
-            meta = json.loads(bytes(bundle["meta"]).decode())
-            vectors = np.asarray(bundle["embeddings"], np.float32)
-            blob, offsets = bytes(bundle["frames"]), np.asarray(bundle["offsets"], np.int64)
-    except (ValueError, KeyError, OSError, UnicodeDecodeError) as e:
+        bundle = load_npz(data)  # every member's unpacked size known and bounded before it is read
+        meta = wire.loads(bytes(bundle["meta"]))
+        vectors = np.asarray(bundle["embeddings"], np.float32)
+        blob, offsets = bytes(bundle["frames"]), np.asarray(bundle["offsets"], np.int64)
+    except (ArraysError, ValueError, KeyError) as e:
         raise BundleError(f"unreadable example set ({e})") from None
     rows = meta.get("examples") if isinstance(meta, dict) else None
     if not isinstance(rows, list) or len(rows) != len(vectors) or len(offsets) != len(rows) + 1:

@@ -11,7 +11,9 @@ state_dir/
   events/<id>/            events: record, best-frame snapshot, optional clip (edged.state.events)
   keys/                   this daemon's keys and certificate; keys/trainer-<name>/ a trainer node's
   devices/<device>/       a trainer node's copy of a device's state
+  trainer-<name>-jobs.json  the job ids a trainer node ran lately
   serving.json            which heads and models serve
+  revoked.json            the newest fleet revocation list seen (outside keys/: a device keyed anew keeps it)
   fleet.json              parcels taken and published
   homeassistant.json      where discovery was published
 ```
@@ -35,12 +37,17 @@ class StateLayout:
         self.review = self.root / "review"
         self.events = self.root / "events"
         self.keys = self.root / "keys"
+        self.revocation = self.root / "revoked.json"
         self.serving = self.root / "serving.json"
         self.fleet_memory = self.root / "fleet.json"
         self.homeassistant_memory = self.root / "homeassistant.json"
 
     def trainer_keys(self, name: str) -> Path:
         return self.keys / f"trainer-{name}"
+
+    def trainer_memory(self, name: str) -> Path:
+        """The job ids a trainer node ran lately: a job sent again after a restart is not run twice."""
+        return self.root / f"trainer-{name}-jobs.json"
 
     def device(self, name: str) -> Path:
         """A trainer node's state folder for one device (a StateLayout of its own)."""

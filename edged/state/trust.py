@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .. import wire
 from ..config import NAME_RE
 from ..errors import EdgedError
 from ..files import write_atomic
@@ -59,8 +60,12 @@ def key_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:16]
 
 
+RESERVED_NAMES = ("fleet", "clients")  # topic levels of their own under the prefix (edged.mqtt.topics.FleetTopics)
+
+
 def valid_name(name) -> bool:
-    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None and name not in (".", "..")
+    return (isinstance(name, str) and NAME_RE.fullmatch(name) is not None and name not in (".", "..")
+            and name not in RESERVED_NAMES)
 
 
 def _raw(key) -> bytes:
@@ -68,9 +73,11 @@ def _raw(key) -> bytes:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
+    """A key or certificate: a folder made for it 0700, the file 0600 from its first byte (another local user
+    read a key made into an existing 0755 folder while it was written, 17 times in 20)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, data)
-    os.chmod(path, 0o600)
+    write_atomic(path, data, mode=0o600)
+    os.chmod(path, 0o600)  # a umask wider than 077 cannot loosen it
 
 
 def _load_or_make(path: Path, kind):
@@ -107,7 +114,7 @@ def open_body(envelope, public: bytes, what: str) -> dict:
     except InvalidSignature:
         raise TrustError(f"{what}: bad signature") from None
     try:
-        body = json.loads(envelope["signed"])
+        body = wire.loads(envelope["signed"])
     except ValueError:
         raise TrustError(f"{what}: signed part is not JSON") from None
     if not isinstance(body, dict):
@@ -137,15 +144,18 @@ class FleetAuthority:
         write_atomic(folder / "fleet.pub", (b64(authority.public) + "\n").encode())
         return authority
 
-    def certify(self, request: dict, role: Optional[str] = None, valid_days: float = 3650) -> dict:
-        """A certificate for an identity request (`edged fleet id` prints one)."""
+    def certify(self, request: dict, role: Optional[str], valid_days: float = 3650) -> dict:
+        """A certificate for an identity request (`edged fleet id` prints one), in the role the admin gives: what the
+        request claims for itself is not taken."""
         if not isinstance(request, dict):
             raise TrustError("enrolment request: not a JSON object")
-        name, role = request.get("name"), role or request.get("role")
+        name = request.get("name")
         if not valid_name(name):
-            raise TrustError(f"enrolment request: name {str(name)[:70]!r} is not valid")
+            raise TrustError(f"enrolment request: name {str(name)[:70]!r} is not valid"
+                             + (" (a reserved topic level)" if name in RESERVED_NAMES else ""))
         if role not in ROLES:
-            raise TrustError(f"enrolment request: role {str(role)[:20]!r} is not one of {ROLES}")
+            raise TrustError(f"enrol: say which role {str(name)[:70]!r} gets with --role ({' or '.join(ROLES)}); "
+                             f"the request asks for {str(request.get('role'))[:20]!r}")
         unb64(request.get("sign"), "enrolment request: sign key", 32)
         unb64(request.get("box"), "enrolment request: box key", 32)
         now = time.time()
@@ -154,13 +164,14 @@ class FleetAuthority:
                 "serial": os.urandom(8).hex()}
         return {**sign_body(self.key, body), "fleet_key": b64(self.public)}
 
-    def revocation(self, names: list[str], serials: list[str] = ()) -> dict:
-        """The signed list of revoked names and certificate serials; newer lists replace older ones."""
+    def revocation(self, names: list[str], serials: list[str] = (), seq: int = 0) -> dict:
+        """The signed list of revoked names and certificate serials, numbered: a list of a higher `seq` replaces the
+        one held (then a later `ts`, for lists from before the numbers)."""
         for name in names:
             if not valid_name(name):
                 raise TrustError(f"revoke: {str(name)[:70]!r} is not a valid name")
         return sign_body(self.key, {"type": "revocation", "fleet": key_id(self.public), "names": sorted(set(names)),
-                                    "serials": sorted(set(serials)), "ts": round(time.time(), 6)})
+                                    "serials": sorted(set(serials)), "seq": int(seq), "ts": round(time.time(), 6)})
 
 
 # -- a device's or trainer's identity ------------------------------------------------------------------------
@@ -260,22 +271,26 @@ class Verifier:
         self.fleet_key = fleet_key
         self.revoked_names: frozenset[str] = frozenset()
         self.revoked_serials: frozenset[str] = frozenset()
-        self.revocation_ts = 0.0
+        self.revocation_order = (0, 0.0)  # (seq, ts) of the list held
 
     def revoke(self, envelope) -> bool:
-        """Take a revocation list when it is the fleet's and newer than the one held; returns whether it was."""
+        """Take a revocation list when it is the fleet's and newer (seq, then ts) than the one held; returns whether
+        it was."""
         body = open_body(envelope, self.fleet_key, "revocation list")
         if body.get("type") != "revocation" or body.get("fleet") != key_id(self.fleet_key):
             raise TrustError("revocation list: not this fleet's")
-        ts = float(body.get("ts") or 0)
-        if ts <= self.revocation_ts:
+        try:
+            order = (int(body.get("seq") or 0), float(body.get("ts") or 0))
+        except (TypeError, ValueError):
+            raise TrustError("revocation list: seq and ts must be numbers") from None
+        if order <= self.revocation_order:
             return False
         names, serials = body.get("names"), body.get("serials")
         if not isinstance(names, list) or not isinstance(serials, list):
             raise TrustError("revocation list: names and serials must be lists")
         self.revoked_names = frozenset(str(n) for n in names)
         self.revoked_serials = frozenset(str(s) for s in serials)
-        self.revocation_ts = ts
+        self.revocation_order = order
         return True
 
     def check(self, envelope, name: str, roles: tuple[str, ...], what: str) -> tuple[dict, Certificate]:

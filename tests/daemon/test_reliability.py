@@ -23,6 +23,14 @@ def _daemon(broker, daemons, make_state, tmp_path, device, source="synthetic:sha
     return daemons(cfg, tmp_path / f"{device}.log"), cfg
 
 
+def _reply_id(payload: bytes):
+    try:
+        body = json.loads(payload)
+    except ValueError:  # a JPEG, a parcel chunk
+        return None
+    return body.get("id") if isinstance(body, dict) else None
+
+
 def test_a_wildcard_response_topic_does_not_silence_the_daemon(broker, probe, daemons, make_state, tmp_path):
     d, _ = _daemon(broker, daemons, make_state, tmp_path, "rel1")
     probe.wait_online("rel1")
@@ -37,11 +45,25 @@ def test_a_wildcard_response_topic_does_not_silence_the_daemon(broker, probe, da
     # the reply falls back to the device's reply topic, and the daemon keeps publishing and answering
     reply = json.loads(probe.wait_for(lambda t, p, r: t == "edged/rel1/reply/status" and json.loads(p)["id"] == "wild", 20)[1])
     assert reply["ok"]
+    # issue 34, 13: a reply never lands where the requester points it outside the clients' tree (another device's
+    # command topic), and in that tree it names its sender, as the ACL template lets each account write
+    probe.client.subscribe("edged/clients/#", qos=1)
+    for topic, wanted, corr in (("edged/yard/cmd/forget", "edged/rel1/reply/status", "aimed"),
+                                ("edged/clients/s1/reply", "edged/clients/s1/reply/rel1", "named")):
+        props.ResponseTopic = topic
+        v5.publish("edged/rel1/cmd/status", json.dumps({"id": corr}), qos=1, properties=props).wait_for_publish(5)
+        got = probe.wait_for(lambda t, p, r: "/cmd/" not in t and _reply_id(p) == corr, 20)
+        assert got[0] == wanted, got[0]
     v5.loop_stop()
     v5.disconnect()
     probe.drain()
     probe.wait_for(lambda t, p, r: t == "edged/rel1/prediction/knn", 10)
     assert probe.request("rel1", "status", {})["ok"]
+    # issue 34, 6: without Home Assistant no frame goes on the broker; the snapshot is the requester's alone
+    shot = probe.request("rel1", "snapshot", {})["result"]
+    assert shot["topic"] is None and shot["jpeg_base64"], shot
+    probe.drain()
+    assert not [t for t, p, r in probe.seen if t in ("edged/rel1/snapshot", "edged/rel1/event_snapshot")]
     assert d.stop() == 0
 
 

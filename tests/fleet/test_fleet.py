@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
@@ -17,6 +19,7 @@ from edged.mqtt.signing import FleetTrust
 from edged.mqtt.topics import FleetTopics
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
+from edged.state.bundles import pack_examples, pack_folder
 from edged.state.store import NewExample, Store
 from edged.state.trust import Identity, TrustError
 
@@ -213,6 +216,15 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
             topic, chunk = messages[1]
             messages[1] = (topic, b"X" + chunk[1:])
         _publish_and_expect_refusal(probe, messages, why, model_sha)
+    # issue 34, 5: the kind comes from B's own head, never from the parcel: a classifier model whose metadata says
+    # "boxes" (a box model is served unchecked) is refused
+    boxes_like = tmp_path / "boxes-like"
+    shutil.copytree(state_a / "models" / "classifier" / "v1", boxes_like)
+    meta = json.loads((boxes_like / "metadata.json").read_text())
+    (boxes_like / "metadata.json").write_text(json.dumps({**meta, "kind": "boxes"}))
+    messages = pack(FleetTopics("edged").publisher("sha"), "model", "classifier", pack_folder(boxes_like), good,
+                    64 * 1024, 1 << 30, sha_signs)
+    _publish_and_expect_refusal(probe, messages, "head 'classifier' here is of kind 'classes'", model_sha)
     with pytest.raises(TrustError, match="not enrolled"):
         Identity(tmp_path / "rogue-keys", "sha", "device").sign({})  # a key pair alone cannot sign for the fleet
     # a signed parcel of sha's older than the last one taken from it (a replay) is refused as not newer
@@ -231,10 +243,24 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
         return got.get("state") == "refused" and "'sha' is revoked" in got.get("reason", "")
 
     probe.wait_for(head_refused, 30)
+
+    # issue 34, 3: the list erased on the broker is put back by a device that holds it, and a device enrolled after
+    # the revocation gets it with its certificate
+    probe.client.subscribe("edged/fleet/revoked", qos=1)
+    probe.drain()
+    probe.client.publish("edged/fleet/revoked", b"", qos=1, retain=True)
+    back = probe.wait_for(lambda t, p, r: t == "edged/fleet/revoked" and not r and b"sha" in p, 30)  # put back live
+    assert json.loads(json.loads(back[1])["signed"])["names"] == ["sha"]
+    late = Identity(tmp_path / "late-keys", "late", "device")
+    (tmp_path / "late.json").write_text(json.dumps(late.request()))
+    cert = edged("fleet", "enroll", "--dir", str(fleet_admin.folder), "--role", "device", str(tmp_path / "late.json"))
+    assert cert.returncode == 0, cert.stderr
+    assert json.loads(json.loads(cert.stdout)["revocation"]["signed"])["names"] == ["sha"]
+
+    assert a.stop() == 0 and b.stop() == 0, b.output()
     for t in [t for t, _ in messages]:
         probe.client.publish(t, b"", qos=1, retain=True)
     probe.client.publish("edged/fleet/revoked", b"", qos=1, retain=True)
-    assert a.stop() == 0 and b.stop() == 0, b.output()
 
 
 def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id) -> None:
@@ -294,11 +320,6 @@ def _crafted_heads_are_not_served(probe, tmp_path, state_a, state_b, backbone_id
     assert not list(heads_b.glob(".staging-*"))
 
     # issue 33, 6: the staged version is checked again once shared examples of its labels arrive, and then serves
-    import uuid
-
-    from edged.state.bundles import pack_examples
-    from edged.state.store import Store
-
     store_a = Store(state_a / "store")
     rows = store_a.own_examples(backbone_id)
     store_a.close()

@@ -52,6 +52,10 @@ def test_a_job_id_runs_once(tmp_path, fleet_admin):
     node._accept(Parcel("door", "device", "job", "big", _job(), b""))
     with pytest.raises(EdgedError, match="was run before"):
         node._accept(Parcel("door", "device", "job", "big", _job(), b""))
+    # issue 34, 11: a restarted trainer remembers it too (the job, sent again within its age, is not run twice)
+    restarted = TrainerNode(node.cfg, "big", threading.Event())
+    with pytest.raises(EdgedError, match="was run before"):
+        restarted._accept(Parcel("door", "device", "job", "big", _job(), b""))
 
 
 def test_a_job_never_names_a_file_on_the_trainer(tmp_path, fleet_admin):
@@ -80,7 +84,8 @@ def test_a_device_listens_only_to_certified_trainers(tmp_path, fleet_admin):
     big = enrol(fleet_admin, tmp_path / "big", "big", "trainer")
     other = enrol(fleet_admin, tmp_path / "other", "other", "trainer")
     device = enrol(fleet_admin, tmp_path / "gate", "gate")
-    status = lambda identity, name: json.dumps({"state": "online", "announce": identity.sign({"name": name})}).encode()  # noqa: E731
+    status = lambda identity, name, ts=None: json.dumps({"state": "online", "announce": identity.sign(  # noqa: E731
+        {"name": name, "ts": time.time() if ts is None else ts, "state": "online"})}).encode()
     remote._on_trainer("edged/fleet/trainers/0-rogue", b'{"state": "online"}', True)
     remote._on_trainer("edged/fleet/trainers/big", status(big, "big"), True)
     remote._on_trainer("edged/fleet/trainers/0-copy", status(big, "big"), True)  # big's announcement, another name
@@ -105,3 +110,85 @@ def test_a_device_listens_only_to_certified_trainers(tmp_path, fleet_admin):
     # the job went to big: other's answer to the same job id (signed, valid) is passed over
     answer, parcel = remote._wait("j1", "big", None, None)
     assert answer["trainer"] == "big" and answer["ok"] is False and parcel is None
+
+    # issue 34, 2: revoked after it was heard of, big gets no job at once, and a job waiting on it ends; nothing of
+    # its is taken any more
+    remote._on_trainer("edged/fleet/trainers/other", status(other, "other"), True)
+    assert remote.available() == "big"
+    assert remote.trust.take_revocation(json.dumps(fleet_admin.revocation(["big"], seq=1)).encode())
+    assert remote.available() == "other" and remote.describe()["big"] == "revoked"
+    remote.events.put(("progress", {"job_id": "j2", "trainer": "big", "progress": {}}))
+    with pytest.raises(EdgedError, match="trainer big was revoked during the job"):
+        remote._wait("j2", "big", None, None)
+    remote._drain()
+    remote._on_event("edged/fleet/trainers/big/done/door", json.dumps(big.sign(done)).encode(), False)
+    assert remote.events.empty()
+
+
+def test_a_trainer_is_alive_only_while_its_signed_heartbeat_comes(tmp_path, fleet_admin, monkeypatch):
+    """Issue 34, 9: a saved status replayed after the trainer died drew every job, the device waited 3,600 s, and
+    `cancel` did not end a remote job."""
+    import edged.fleet.remote_trainer as remote_trainer
+
+    remote = _remote(tmp_path, fleet_admin)
+    big = enrol(fleet_admin, tmp_path / "big", "big", "trainer")
+
+    def status(ts):
+        return json.dumps({"state": "online", "announce": big.sign({"name": "big", "ts": ts, "state": "online"})}).encode()
+
+    remote._on_trainer("edged/fleet/trainers/big", status(time.time() - 3600), True)  # an hour-old status, replayed
+    assert remote.available() is None and "not within" in remote.describe()["big"]
+    remote._on_trainer("edged/fleet/trainers/big", status(time.time()), True)
+    assert remote.available() == "big"
+    monkeypatch.setattr(remote_trainer, "FRESH_S", 0.5)
+    time.sleep(0.6)  # the heartbeat's age is what is tested: no heartbeat comes in this much time
+    assert remote.available() is None  # its heartbeats stopped
+    started = time.monotonic()
+    with pytest.raises(EdgedError, match="no word from trainer big for 0.5 s"):
+        remote._wait("j3", "big", None, None)  # a job whose trainer went silent ends, not after job_timeout_s
+    assert time.monotonic() - started < 5
+    monkeypatch.setattr(remote_trainer, "FRESH_S", 60.0)
+    def cancel_once_waiting():
+        while not remote.waiting:
+            time.sleep(0.01)
+        assert remote.cancel()
+
+    threading.Thread(target=cancel_once_waiting, daemon=True).start()
+    with pytest.raises(EdgedError, match="cancelled"):
+        remote._wait("j4", "big", None, None)
+
+
+def test_no_message_stops_the_trainer(broker, tmp_path, fleet_admin):
+    """Issue 34, 1: one anonymous retained message (a chunk index '²', or a manifest nested 30,000 deep) stopped
+    `edged trainer`, and again at every start. Each is refused and counted; the trainer keeps taking messages."""
+    from edged.mqtt.client import make_client
+
+    cfg = Config.model_validate({"device": "big", "state_dir": str(tmp_path / "trainer"),
+                                 "backbone": {"weights": "none", "input_size": 96, "alpha": 0.25},
+                                 "mqtt": {"port": broker.port}})
+    enrol(fleet_admin, cfg.state_path, "big", "trainer")
+    node = TrainerNode(cfg, "big", threading.Event())
+    runner = threading.Thread(target=node.run, daemon=True)
+    runner.start()
+    sender = make_client(cfg.mqtt, "stranger")
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        assert node.link.connected.wait(10)
+        base = "edged/door/share/job/big"
+        bad = [(f"{base}/{'ab' * 8}/²", b"chunk"), (f"{base}/manifest", b"[" * 30_000 + b"]" * 30_000),
+               (f"{base}/manifest", json.dumps({"signed": "{}", "sig": "x"}).encode())]
+        for topic, payload in bad:
+            sender.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        deadline = time.monotonic() + 15
+        while node.refused < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.refused >= 2 and runner.is_alive(), node.refused
+        assert node._status()["messages_refused"] == node.refused
+    finally:
+        for topic, _ in bad:
+            sender.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        sender.loop_stop()
+        sender.disconnect()
+        node.stop.set()
+        runner.join(10)

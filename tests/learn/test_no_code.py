@@ -75,3 +75,27 @@ def test_no_code_path_deserialises_a_model_archive():
         if "load_model(" in text and path.name != "keras_backbone.py":
             offenders.append(f"{path.relative_to(ROOT)}: load_model")
     assert offenders == []
+
+
+def test_a_weights_file_that_unpacks_to_more_than_the_model_holds_is_not_read(tmp_path):
+    """Issue 34, 4: a 13.6 KB `fused.weights.h5` of gzip chunks took the trainer's worker to 4.66 GB. Its datasets'
+    shapes are read from the file's metadata first and held against what the model holds."""
+    import h5py
+
+    from edged.learn.finetune import load_fused, save_fused
+    from edged.state.arrays import ArraysError
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    good = tmp_path / "good"
+    good.mkdir()
+    save_fused(model, good)
+    load_fused(model, good)  # its own weights: read
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    with h5py.File(bomb / "fused.weights.h5", "w") as f:
+        f.create_dataset("layers/dense/vars/0", shape=(25_000, 10_000), dtype="float32", chunks=(1000, 1000),
+                         compression="gzip", fillvalue=0.0)  # 1 GB of zeros in a few kilobytes
+    assert (bomb / "fused.weights.h5").stat().st_size < 100_000
+    with pytest.raises(ArraysError, match="more than the model holds"):
+        load_fused(model, bomb)

@@ -88,6 +88,31 @@ def test_8_bit_works_and_what_cannot_be_read_is_named(tmp_path):
         _frames(str(tmp_path / "missing.wav"))
 
 
+def _lying_header(path, rate: int, channels: int = 1, data_bytes: int = 0) -> str:
+    """A small WAV whose header claims what an attacker likes (issue 34, 14: 1 Hz took 3.19 GB, 0 Hz raised
+    ZeroDivisionError and the grabber retried it forever)."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(b"\0\1" * 10_000)
+    data = bytearray(path.read_bytes())
+    data[22:24] = channels.to_bytes(2, "little")  # the fmt chunk: channels, then the sample rate
+    data[24:28] = rate.to_bytes(4, "little")
+    if data_bytes:
+        data[40:44] = data_bytes.to_bytes(4, "little")  # the data chunk's size: how long the file says it is
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("rate,channels,data_bytes,why", [
+    (1, 1, 0, "sample rate 1 Hz is outside"), (0, 1, 0, "sample rate 0 Hz"), (2_000_000_000, 1, 0, "sample rate 2000000000"),
+    (16_000, 0, 0, "channels"), (16_000, 4000, 0, "4000 channels"), (4_000, 1, 4_000_000_000, "s long, over the 3600 s")])
+def test_a_wav_header_out_of_bounds_is_named(tmp_path, rate, channels, data_bytes, why):
+    with pytest.raises(SourceError, match=why):
+        _frames(_lying_header(tmp_path / "liar.wav", rate, channels, data_bytes))
+
+
 def test_a_microphone_that_cannot_open_is_a_lost_source_retried(tmp_path):
     cfg = SourceConfig(uri="audio:no-such-microphone", reconnect_min_s=0.05, reconnect_max_s=0.1)
     source = open_source(cfg)

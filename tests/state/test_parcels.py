@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +189,66 @@ def test_versions_are_pruned_but_never_the_serving_one_or_the_one_before(tmp_pat
     assert versions.prune(3) == ["v3", "v4", "v5"]
     assert versions.versions() == ["v1", "v2", "v6", "v7", "v8"] and versions.current() == "v1"
     assert versions.rollback() == "v2"
+
+
+def test_nothing_parsed_from_a_topic_or_a_manifest_raises_out_of_the_assembler():
+    """Issue 34, 1: a chunk index '²' (str.isdigit() is true, int() raises) and a manifest nested 30,000 deep (a
+    RecursionError, not a ValueError) stopped `edged trainer` at every start."""
+    from edged import wire
+    from edged.mqtt.signing import FleetTrust
+    from edged.state.trust import Identity, TrustError
+
+    asm = Assembler("edged", 1 << 20, opened)
+    for index in ("²", "٣", "-1", "1e3", "0x1", "9999999"):
+        assert asm.feed(f"edged/a/share/job/big/{'ab' * 8}/{index}", b"data") is None
+    deep = b"[" * 30_000 + b"]" * 30_000
+    with pytest.raises(ValueError, match="nested 30000 levels deep"):
+        wire.loads(deep)
+    assert wire.loads(json.dumps({"a": "[" * 70 + '\\"{'}).encode()) == {"a": "[" * 70 + '\\"{'}  # in strings
+    for mode in ("signed", "broker"):
+        with tempfile.TemporaryDirectory() as folder:
+            reader = FleetTrust(mode, Identity(Path(folder), "door", "device"))
+            for payload in (deep[:60_000], json.dumps({"signed": "[" * 20_000}).encode()):
+                with pytest.raises((ShareError, TrustError)):  # a refusal, never a RecursionError
+                    Assembler("edged", 1 << 20, reader.open_manifest, kinds=("job",)).feed(
+                        "edged/a/share/job/big/manifest", payload)
+
+
+def test_arrays_are_read_only_once_their_unpacked_size_is_bounded(tmp_path):
+    """Issue 34, 4: 1.57 MB of deflated zeros in a `head.npz` took a follower from 129 MB to 1.70 GB."""
+    import zipfile
+
+    from edged.state.arrays import ArraysError, load_npz
+
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("weights.npy", "w", force_zip64=True) as member:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                           "shape": (16 << 20,)})
+            member.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(64):  # 64 MB of zeros, a few hundred KB deflated
+                member.write(zeros)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ArraysError, match="unpack to more than 8388608 bytes"):
+        load_npz(bomb, max_bytes=8 << 20)
+    # a header that claims more than its member holds (numpy would allocate what it claims)
+    liar = io.BytesIO()
+    with zipfile.ZipFile(liar, "w") as archive:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 10,)})
+        archive.writestr("embeddings.npy", header.getvalue() + bytes(64))
+    with pytest.raises(BundleError, match="claims 40000000000 bytes"):
+        unpack_examples(liar.getvalue(), None)
+    with pytest.raises(ArraysError, match="object array"):
+        buf = io.BytesIO()
+        np.savez(buf, x=np.array([{"a": 1}], dtype=object))
+        load_npz(buf.getvalue())
+    assert load_npz(_npz(a=np.arange(3)))["a"].tolist() == [0, 1, 2]
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

@@ -138,7 +138,10 @@ def test_enrolment_commands(tmp_path, capsys):
     request = tmp_path / "req.json"
     request.write_text(capsys.readouterr().out)
     assert json.loads(request.read_text())["name"] == "porch"
-    assert main(["fleet", "enroll", "--dir", str(admin), str(request)]) == 0
+    # issue 34, 12: the role is the admin's to give, never the request's claim
+    assert main(["fleet", "enroll", "--dir", str(admin), str(request)]) == 1
+    assert "say which role 'porch' gets with --role" in capsys.readouterr().err
+    assert main(["fleet", "enroll", "--dir", str(admin), "--role", "device", str(request)]) == 0
     cert = tmp_path / "cert.json"
     cert.write_text(capsys.readouterr().out)
     assert main(["fleet", "join", "--config", str(cfg), str(cert)]) == 0
@@ -147,5 +150,67 @@ def test_enrolment_commands(tmp_path, capsys):
     assert Identity(tmp_path / "state" / "keys" / "trainer-big", "big", "trainer").enrolled
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "../x", "role": "device", "sign": "AA==", "box": "AA=="}))
-    assert main(["fleet", "enroll", "--dir", str(admin), str(bad)]) == 1
+    assert main(["fleet", "enroll", "--dir", str(admin), "--role", "device", str(bad)]) == 1
     assert "name '../x' is not valid" in capsys.readouterr().err
+    for reserved in ("fleet", "clients"):  # topic levels of their own: a device of that name would write into them
+        bad.write_text(json.dumps({"name": reserved, "role": "device", "sign": "AA==", "box": "AA=="}))
+        assert main(["fleet", "enroll", "--dir", str(admin), "--role", "device", str(bad)]) == 1
+        assert f"name '{reserved}' is not valid (a reserved topic level)" in capsys.readouterr().err
+
+
+def test_the_revocation_list_cannot_be_erased_rolled_back_or_lost_with_the_keys(fleet, tmp_path):
+    """Issue 34, 3: an empty retained message erased the list, and a device keyed anew (keys/ deleted, where the
+    list was kept) or enrolled later took the revoked device's parcels again. The list is numbered, kept outside
+    the key folder, travels with every certificate, and an erased or older one is answered with the newest."""
+    import shutil
+
+    state = tmp_path / "yard"
+    trust = FleetTrust("signed", enrolled(fleet, state / "keys", "yard"), state / "revoked.json")
+    first, second = fleet.revocation(["rogue"], seq=1), fleet.revocation(["rogue", "thief"], seq=2)
+    newest = json.dumps(second).encode()
+    assert trust.take_revocation(json.dumps(first).encode()) and trust.take_revocation(newest)
+    for bad in (b"", json.dumps(first).encode(), json.dumps({"signed": "{}", "sig": "AA"}).encode(), b"[" * 5000):
+        assert not trust.take_revocation(bad)
+        assert trust.revocation_answer(bad) == newest  # put back on the broker for the devices that come later
+    assert trust.revocation_answer(newest) is None  # the newest itself: nothing to answer (no echo loop)
+    # a later list with a smaller clock but a higher number wins; numbers decide before time
+    assert not trust.take_revocation(json.dumps({**fleet.revocation([], seq=1)}).encode())
+    assert trust.verifier.revoked_names == {"rogue", "thief"}
+
+    # keyed anew: keys/ deleted, the device enrolled again; the list kept beside the keys still holds
+    shutil.rmtree(state / "keys")
+    again = FleetTrust("signed", enrolled(fleet, state / "keys", "yard"), state / "revoked.json")
+    assert again.verifier.revoked_names == {"rogue", "thief"}
+
+    # enrolled after the revocation, on a broker that lost the list: the certificate carries it
+    fresh = Identity(tmp_path / "late" / "keys", "late", "device")
+    fresh.install({**fleet.certify(fresh.request(), "device"), "revocation": second})
+    late = FleetTrust("signed", Identity(tmp_path / "late" / "keys", "late", "device"), tmp_path / "late" / "revoked.json")
+    assert late.verifier.revoked_names == {"rogue", "thief"}
+    with pytest.raises(TrustError, match="'rogue' is revoked"):
+        late.verifier.check(enrolled(fleet, tmp_path / "rogue", "rogue").sign({"x": 1}), "rogue", ("device",), "x")
+
+
+def test_a_key_is_never_readable_by_others_while_it_is_written(tmp_path, monkeypatch):
+    """Issue 34, 7: `edged fleet init` into an existing 0755 folder wrote the key 0644 and chmodded it after the
+    rename. Every moment a key's bytes are on disk, the file is the owner's alone."""
+    import edged.files
+
+    folder = tmp_path / "admin"
+    folder.mkdir(mode=0o755)
+    seen = []
+    real_fsync = os.fsync
+
+    def watching(fd):
+        for path in folder.iterdir():
+            seen.append((path.name, stat.S_IMODE(path.stat().st_mode)))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(edged.files.os, "fsync", watching)
+    old = os.umask(0o022)  # the usual umask: what a file gets when it is made without a mode
+    try:
+        FleetAuthority.create(folder)
+    finally:
+        os.umask(old)
+    keys = [(name, mode) for name, mode in seen if "key" in name and not name.endswith(".pub")]
+    assert keys and all(mode == 0o600 for _, mode in keys), seen

@@ -147,7 +147,9 @@ function refreshLabels() {
         el("span", { class: "name" }, label), el("span", { class: "count" }, `${counts[label] || 0} examples`),
         holdButton(label),
         el("button", { class: "capture10", onclick: async () => {
-          await api("capture", { label, count: 10, interval_ms: 100, ...here() }); refreshLabels(); } }, "capture 10"),
+          const reply = await api("capture", { label, count: 10, interval_ms: 250, ...here() });
+          if (reply.warnings) say(reply.warnings.join(" "));
+          refreshLabels(); } }, "capture 10"),
         el("button", { class: "rename", onclick: async () => {
           const to = prompt(`rename ${label} to`); if (!to) return;
           const all = await api("examples", { label, limit: 10000 });

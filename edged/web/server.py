@@ -31,6 +31,9 @@ STATIC = Path(__file__).with_name("static")
 ID_PATTERN = r"[0-9a-f]{12}"
 SESSION_COOKIE = "edged_session"
 MAX_SESSIONS = 1000
+PAGE_KEY_HEADER = "X-Edged-Key"  # the session's page key, on every API request authenticated by the cookie
+PAGE_KEY_PARAM = "key"  # ... or in the query, for what a tag loads (images, the live view, the event stream)
+PAGE_KEY_SLOT = '<meta name="edged-page-key" content="">'  # where index.html receives it, once
 MAX_EXAMPLE_ID = (1 << 63) - 1
 
 
@@ -111,7 +114,7 @@ class WebServer:
         self.clients = 0
         self.closing = False
         self.guard = RequestGuard(cfg)
-        self.sessions: set[str] = set()
+        self.sessions: dict[str, str] = {}  # session cookie -> the page key only the page that opened it knows
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "WebServer":
@@ -177,24 +180,40 @@ class WebServer:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             given = header[len("Bearer "):]
-        session = request.cookies.get(SESSION_COOKIE, "")
-        if not (session and session in self.sessions) and not hmac.compare_digest(given.encode(), token.encode()):
+        if hmac.compare_digest(given.encode(), token.encode()):
+            if request.query.get("token") is None:
+                return await handler(request)  # a script with the token (Authorization: Bearer)
+            # the page opened with ?token=: a session cookie, and a page key that only this page gets (in its HTML)
+            session, request["page_key"] = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            self._remember(session, request["page_key"])
+            response = await handler(request)
+            if isinstance(response, web.StreamResponse) and not response.prepared:
+                response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Strict")
+            return response
+        key = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if key is None:
             return web.json_response({"error": "a token is required: open the page as /?token=..."}, status=401)
-        response = await handler(request)
-        if request.query.get("token") and isinstance(response, web.StreamResponse) and not response.prepared:
-            response.set_cookie(SESSION_COOKIE, self._new_session(), httponly=True, samesite="Strict")
-        return response
+        # a browser sends the cookie to every port of this host: a server on another port got it and replayed it.
+        # The page itself and its static files hold nothing; the API needs the page key too, which only this
+        # page's origin holds (its local storage)
+        if request.path.startswith("/api/"):
+            shown = request.headers.get(PAGE_KEY_HEADER) or request.query.get(PAGE_KEY_PARAM) or ""
+            if not hmac.compare_digest(shown.encode(), key.encode()):
+                return web.json_response({"error": "the session cookie alone is not enough: open the page as "
+                                                   "/?token=... again"}, status=401)
+        return await handler(request)
 
-    def _new_session(self) -> str:
-        """A random session id for the cookie: the token itself never sits in a cookie."""
-        session = secrets.token_urlsafe(32)
-        self.sessions.add(session)
+    def _remember(self, session: str, key: str) -> None:
+        """A session: a random id for the cookie (the token itself never sits in a cookie) and its page key."""
+        self.sessions[session] = key
         while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.pop()
-        return session
+            self.sessions.pop(next(iter(self.sessions)))
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        page = (STATIC / "index.html").read_text()
+        key = request.get("page_key", "")
+        return web.Response(text=page.replace(PAGE_KEY_SLOT, f'<meta name="edged-page-key" content="{key}">'),
+                            content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def command(self, request: web.Request) -> web.Response:
         """POST /api/cmd/<name> with a JSON body: the dispatcher runs it; the final reply is the response."""

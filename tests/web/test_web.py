@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -80,13 +81,26 @@ def test_token_required_for_page_stream_and_commands(broker, daemons, make_state
     assert page.status == 200 and "edged_session=" in cookie and TOKEN not in cookie  # the token is no cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     session = cookie.split(";")[0]
+    key = re.search(r'<meta name="edged-page-key" content="([^"]+)">', page.read().decode()).group(1)
+    # issue 34, 8: the browser sends the cookie to every port of the host; a server on another port replayed it
+    # with curl. The cookie alone opens the (empty) page, never the API: that needs the page key too
+    assert _get(f"{base}/", {"Cookie": session}).status == 200
+    for path in ("/api/live.mjpg", "/api/events", "/api/example/1.jpg"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(base + path, {"Cookie": session, "Sec-Fetch-Site": "same-origin"})
+        assert e.value.code == 401
+    status, body = _post(f"{base}/api/cmd/status", b"{}", {"Cookie": session, "Content-Type": "application/json"})
+    assert status == 401 and "cookie alone is not enough" in body["error"], (status, body)
+    assert re.search(r'content=""', _get(f"{base}/", {"Cookie": session}).read().decode())  # the key: once
+    assert _get(f"{base}/api/live.mjpg?key={key}", {"Cookie": session}).read(7) == b"--frame"
+    keyed = {"X-Edged-Key": key}
     stream = _get(f"{base}/api/live.mjpg", {"Authorization": f"Bearer {TOKEN}"})
     assert stream.read(7) == b"--frame"
     with pytest.raises(urllib.error.HTTPError) as e:  # the token itself in a cookie is not a session
         _get(f"{base}/api/live.mjpg", {"Cookie": f"edged_session={TOKEN}"})
     assert e.value.code == 401
     bad = urllib.request.Request(f"{base}/api/cmd/capture", data=b'{"label": "../x"}',
-                                 headers={"Cookie": session, "Content-Type": "application/json"})
+                                 headers={"Cookie": session, "Content-Type": "application/json", **keyed})
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=10)
     assert e.value.code == 400 and "capture.label" in json.loads(e.value.read())["error"]
@@ -200,6 +214,7 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
         browser.get(f"http://127.0.0.1:{port}/?token={TOKEN}")
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: b.execute_script("return document.getElementById('live').naturalWidth") > 0)
+        assert "token" not in browser.current_url  # out of the address bar (and the history) after the first load
         for label in ("one", "five"):
             browser.find_element(By.ID, "new-label").send_keys(label)
             browser.find_element(By.ID, "add-label").click()

@@ -8,9 +8,22 @@ let curve = [];
 
 function say(text) { $("message").textContent = text || ""; }
 
+// With [web] token: the page opened as /?token=... gets a page key in its HTML, kept in this origin's storage (no
+// page of another port can read it), and sent with every API request beside the session cookie; the token leaves
+// the address bar.
+const pageKey = (() => {
+  const given = document.querySelector('meta[name="edged-page-key"]').content;
+  if (given) localStorage.setItem("edged-page-key", given);
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
+  return localStorage.getItem("edged-page-key") || "";
+})();
+function withKey(url) { return pageKey ? `${url}${url.includes("?") ? "&" : "?"}key=${encodeURIComponent(pageKey)}` : url; }
+$("live").src = withKey("/api/live.mjpg");
+
 async function api(name, payload) {
   const response = await fetch(`/api/cmd/${name}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload || {}),
+    method: "POST", headers: { "Content-Type": "application/json", "X-Edged-Key": pageKey },
+    body: JSON.stringify(payload || {}),
   });
   const reply = await response.json();
   if (!reply.ok) { say(`${name}: ${reply.error}`); throw new Error(reply.error); }
@@ -38,10 +51,10 @@ function renderCameras(sources) {
   if (!names.length || select.options.length) return;
   select.replaceChildren(...names.map((n) => el("option", { value: n }, `${n} (${sources[n].state})`)));
   select.hidden = false;
-  $("live").src = `/api/live.mjpg?source=${encodeURIComponent(names[0])}`;
+  $("live").src = withKey(`/api/live.mjpg?source=${encodeURIComponent(names[0])}`);
 }
 $("camera").addEventListener("change", () => {
-  $("live").src = `/api/live.mjpg?source=${encodeURIComponent(camera())}`;
+  $("live").src = withKey(`/api/live.mjpg?source=${encodeURIComponent(camera())}`);
 });
 
 // A sound source: a level meter under the spectrogram (status.sound: the newest window's level and loudness).
@@ -97,7 +110,7 @@ function renderSceneEvents(list) {
     const when = new Date(e.start * 1000).toLocaleTimeString();
     const span = e.end ? `${Math.round(e.end - e.start)} s` : "now";
     return el("div", { class: "scene-event", "data-id": e.id, "data-label": e.label },
-      el("img", { src: `/api/event/${e.id}.jpg`, alt: e.label }),
+      el("img", { src: withKey(`/api/event/${e.id}.jpg`), alt: e.label }),
       `${e.label}${e.source ? " at " + e.source : ""}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)}`);
   }));
 }
@@ -110,7 +123,7 @@ async function thumbs(label, into) {
   const result = await api("examples", { label, limit: 8 });
   const byId = new Map(cached.map((img) => [img.dataset.id, img]));
   const images = result.examples.map((ex) => byId.get(String(ex.id)) || el("img", {
-    src: `/api/example/${ex.id}.jpg`, title: `example ${ex.id}: click to delete`, "data-id": ex.id,
+    src: withKey(`/api/example/${ex.id}.jpg`), title: `example ${ex.id}: click to delete`, "data-id": ex.id,
     onclick: async () => { await api("delete", { ids: [ex.id] }); refreshLabels(); },
   }));
   thumbCache.set(label, images);
@@ -170,7 +183,7 @@ function renderReview(items) {
   lastReview = items || [];
   $("review").replaceChildren(...lastReview.slice().reverse().slice(0, 12).map((item) =>
     el("div", { class: "review-item", "data-id": item.id },
-      el("img", { src: `/api/review/${item.id}.jpg`, title: `${item.head}: ${item.label} (${item.reason})` }),
+      el("img", { src: withKey(`/api/review/${item.id}.jpg`), title: `${item.head}: ${item.label} (${item.reason})` }),
       ...[...labels].sort().map((l) => el("button", { onclick: async () => {
         await api("label", { review_id: item.id, label: l }); lastReview = lastReview.filter((x) => x.id !== item.id);
         refreshLabels(); } }, l)),
@@ -267,7 +280,7 @@ $("add-label").addEventListener("click", () => {
 });
 
 // -- events ------------------------------------------------------------------------------------------
-const events = new EventSource("/api/events");
+const events = new EventSource(withKey("/api/events"));
 events.addEventListener("predictions", (e) => renderPredictions(JSON.parse(e.data)));
 events.addEventListener("sound", (e) => renderMeter(JSON.parse(e.data)));
 events.addEventListener("status", (e) => {

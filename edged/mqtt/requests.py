@@ -75,7 +75,7 @@ class BrokerClient:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = fleet.client_reply(self.session)
             props.CorrelationData = str(corr).encode()
-            reply_topic = props.ResponseTopic + "/+"  # each device answers under its own name
+            reply_topic = props.ResponseTopic + "/#"  # each device answers under its own name (an older one: bare)
         if reply_topic not in self._subscribed:
             self.subscribe(reply_topic)
             self._subscribed.add(reply_topic)
@@ -93,7 +93,7 @@ class BrokerClient:
                 continue
             if not isinstance(reply, dict) or not _answers(reply, properties, corr):
                 continue
-            if device is not None and fleet.replier(got, self.session) != device:
+            if device is not None and fleet.replier(got, self.session, reply.get("device")) != device:
                 continue  # another account answering in the device's stead
             heard = time.monotonic()
             if not reply.get("final", True):

@@ -143,7 +143,7 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
     corr = str(payload.setdefault("id", f"fleet-{uuid.uuid4().hex[:12]}"))
     fleet = FleetTopics(prefix)
     response_topic = fleet.client_reply(client.session)
-    client.subscribe(response_topic + "/+")  # each device answers under its own name
+    client.subscribe(response_topic + "/#")  # each device answers under its own name (an older one: bare)
     client.subscribe(fleet.every_reply(command))
     targets = list(devices) if devices else None
     outcomes = {d: Outcome(d) for d in (targets or known or [])}
@@ -162,7 +162,7 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
         reply = _json(body)
         if reply is None or str(reply.get("id")) != corr or not reply.get("final", True):
             continue
-        name = fleet.replier(topic, client.session)  # who replied is read from the topic, never from the reply
+        name = fleet.replier(topic, client.session, reply.get("device"))  # who replied: its topic says
         if not name or (targets is not None and name not in outcomes) or reply.get("device", name) != name:
             continue
         out = outcomes.setdefault(name, Outcome(name))

@@ -85,10 +85,13 @@ class FleetTopics:
         return (len(parts) == len(head) + 3 and parts[:len(head)] == head and parts[len(head)] == "clients"
                 and parts[-1] == "reply" and bool(parts[len(head) + 1]))
 
-    def replier(self, topic: str, session: str) -> Optional[str]:
-        """The device a reply came from, by its topic (never by what the reply says of itself): the last level of
-        `<client_reply>/<device>`, or the device level of `<prefix>/<device>/reply/<command>`."""
+    def replier(self, topic: str, session: str, claimed: Optional[str] = None) -> Optional[str]:
+        """The device a reply came from, by its topic: the last level of `<client_reply>/<device>`, or the device
+        level of `<prefix>/<device>/reply/<command>`. Only on the bare `<client_reply>` (where an edged from before
+        answered, and which the ACL template lets no device write) does what the reply `claimed` count."""
         mine = self.client_reply(session) + "/"
+        if topic == mine[:-1]:
+            return claimed if isinstance(claimed, str) else None
         if topic.startswith(mine):
             name = topic[len(mine):]
             return name if name and "/" not in name else None

@@ -43,3 +43,19 @@ def test_a_route_can_be_undone(broker, probe):
         assert got.empty()
     finally:
         link.stop()
+
+
+def test_a_reply_names_its_sender_in_its_topic():
+    """Issue 34, 13: who answered is read from the reply's topic, which the ACL template lets each account write
+    under its own name only; what a reply claims counts only on the bare topic of an edged from before."""
+    from edged.mqtt.topics import FleetTopics
+
+    fleet = FleetTopics("edged")
+    base = fleet.client_reply("s1")
+    assert fleet.is_client_reply(base) and not fleet.is_client_reply("edged/yard/cmd/forget")
+    assert not fleet.is_client_reply("edged/clients//reply") and not fleet.is_client_reply(base + "/door")
+    assert fleet.replier(base + "/door", "s1", claimed="yard") == "door"
+    assert fleet.replier("edged/door/reply/status", "s1", claimed="yard") == "door"
+    assert fleet.replier(base, "s1", claimed="yard") == "yard"  # bare: an older daemon's answer
+    assert fleet.replier(base + "/door/x", "s1") is None and fleet.replier("edged/clients/s2/reply/door", "s1") is None
+    assert fleet.replier("edged/fleet/reply/status", "s1") is None

@@ -220,15 +220,13 @@ class Sharing:
         return f"{reason}; `activate {{\"model\": \"{name}\", \"version\": \"{version}\"}}` serves it"
 
     def _serve(self, kind: str, name: str, version: str) -> None:
-        versions = StateLayout(self.cfg.state_path).versions("models" if kind == "model" else "heads", name)
         if kind == "model":
             self.learning.use_model(name, version)
             return
-        versions.activate(version)
-        head, fused = self.heads.open_head(name, versions.root / version)
-        self.heads.swap(name, head, fused)
-        if name not in self.heads.active:
-            self.heads.activate(self.heads.active + [name])
+        retired = self.learning.serve_version(name, version)  # as a local train: an older exported model retires
+        if retired is not None:
+            log.info("fleet head %s %s serves; model %s (exported from an older version) no longer does",
+                     name, version, retired)
 
     def _check_staged(self) -> None:
         """Versions staged for want of examples to check them on are checked again (examples have arrived)."""

@@ -164,16 +164,33 @@ class Learning:
         result = self._run_job("train", name, params, progress, stop)
         if not result.get("activated", True):
             return result  # committed for inspection; the version serving now stays
-        head, fused = self.heads.open_head(name, StateLayout(self.cfg.state_path).heads(name).current_path())
+        retired = self.serve_version(name, activate=False)  # the train command decides whether it predicts
+        return self._said_retired(name, result, retired)
+
+    def serve_version(self, name: str, version: Optional[str] = None, activate: bool = True) -> Optional[str]:
+        """Make a trained version of head `name` predict (`version`, default the current one): activated on disk,
+        opened, swapped in, added to the active heads (with `activate`); an exported model of an older version stops
+        serving. The one
+        way a version starts serving, whoever made it (a train here, the worker, a trainer node, the fleet). Returns
+        the model version that stopped serving, if one did."""
+        versions = StateLayout(self.cfg.state_path).heads(name)
+        if version is not None:
+            versions.activate(version)
+        head, fused = self.heads.open_head(name, versions.current_path())
         if fused is None and not head.ready:
-            raise HeadError(f"trained {name!r} but its new version could not be loaded")
+            raise HeadError(f"{name!r} version {versions.current()} could not be loaded")
         self.heads.swap(name, head, fused)
-        return self._retire_model(name, result)
+        if activate and name not in self.heads.active:
+            self.heads.activate(self.heads.active + [name])
+        return self.heads.stop_serving_model(name)
 
     def _retire_model(self, name: str, result: dict) -> dict:
         """A newly trained version predicts from now on: an exported model of an older version stops serving, and
         the reply says so (export again to serve a model)."""
-        retired = self.heads.stop_serving_model(name)
+        return self._said_retired(name, result, self.heads.stop_serving_model(name))
+
+    @staticmethod
+    def _said_retired(name: str, result: dict, retired: Optional[str]) -> dict:
         if retired is not None:
             result["model"] = (f"model {retired} (exported from an older version) no longer serves: {name} "
                                f"{result.get('version')} predicts now; export it to serve a model again")

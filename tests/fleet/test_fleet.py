@@ -230,6 +230,20 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     # a signed parcel of sha's older than the last one taken from it (a replay) is refused as not newer
     _publish_and_expect_refusal(probe, signed_before, "not newer", model_sha, clear=False)
 
+    # issue 36, 1: a head version taken from the fleet while an exported model serves retires the model, as a
+    # local train does (it was reported active while the old model kept answering)
+    assert probe.request("sha", "train", {"head": "classifier", "mode": "frozen"}, timeout=120)["ok"]
+    head_sha = probe.request("sha", "publish", {"model": "classifier", "kind": "head"}, timeout=60)["result"]["sha256"]
+
+    def b_head_serves(t, p, r):
+        got = json.loads(p).get("fleet", {}).get("received", {}).get("head/classifier", {}) if t == "edged/shb/status" else {}
+        return got.get("state") in ("active", "staged", "refused") and got.get("sha256") == head_sha[:16]
+
+    taken = json.loads(probe.wait_for(b_head_serves, 60)[1])
+    assert taken["fleet"]["received"]["head/classifier"]["state"] == "active", taken["fleet"]["received"]
+    status = probe.request("shb", "status", {})["result"]
+    assert "model" not in status["heads"]["classifier"], status["heads"]["classifier"]  # the model no longer serves
+
     # revoked: sha's next parcel is refused
     cli = _cli_config(tmp_path, broker.port)
     revoked = edged("fleet", "revoke", "--dir", str(fleet_admin.folder), "--config", cli, "sha")

@@ -36,7 +36,7 @@ from ..serve.telemetry import StageTimes, Telemetry
 from ..sources import open_source
 from ..sources.cameras import Cameras
 from ..sources.preprocess import to_pixels
-from ..state.backbones import int8_path
+from ..state.backbones import int8_path, short_name
 from ..state.events import event_store
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
@@ -212,7 +212,7 @@ class Daemon:
             labels.update(head.get("classes") or [])
             if head.get("model"):
                 served.append(f"{name} {head['model']['version']}")
-        model = self.backbone.description + (f"; serving {', '.join(served)}" if served else "")
+        model = short_name(self.cfg.backbone) + (f"; serving {', '.join(served)}" if served else "")
         return list(self.heads.active), sorted(labels), model
 
     def _start_source(self):

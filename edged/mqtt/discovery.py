@@ -102,7 +102,8 @@ def discovery_payload(topics: Topics, facts: DeviceFacts, removed: dict[str, str
                                   "unit_of_measurement": "fps", "state_class": "measurement", "entity_category": "diagnostic"}
     components[f"{node}_examples"] = {"platform": "sensor", "name": "examples", "unique_id": f"{node}_examples",
                                        "state_topic": topics.status,
-                                       "value_template": "{{ value_json.examples.values() | sum }}",
+                                       # the status topic also carries the last will, {"state": "offline"}
+                                       "value_template": "{{ (value_json.examples | default({})).values() | sum }}",
                                        "state_class": "measurement", "entity_category": "diagnostic"}
     for cid, platform in (removed or {}).items():
         components.setdefault(cid, {"platform": platform})

@@ -107,6 +107,18 @@ def backbone_id(cfg: BackboneConfig) -> str:
     return f"{short}-{digest}"
 
 
+FAMILY_NAMES = {"mobilenet_v1": "MobileNet v1", "mobilenet_v2": "MobileNet v2", "mobilenet_v3_small": "MobileNet v3 small"}
+
+
+def short_name(cfg: BackboneConfig) -> str:
+    """What a person reads as the backbone (Home Assistant's device model): no folder of this machine in it."""
+    if cfg.family in FAMILY_NAMES:
+        return f"{FAMILY_NAMES[cfg.family]} {cfg.alpha:g}/{cfg.input_size}"
+    if cfg.family == "speech_embedding":
+        return "speech embedding"
+    return f"{cfg.family} {Path(cfg.path).name}" if cfg.path else cfg.family
+
+
 def describe(cfg: BackboneConfig) -> str:
     if cfg.family == "speech_embedding":
         return f"speech embedding (Google; the loudest windows' mean and max), {speech_models_folder(cfg.path)}"

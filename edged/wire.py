@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
-
 MAX_DEPTH = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
-def nesting_depth(text: str) -> int:
-    """How deep the brackets of a JSON text nest (strings left out)."""
-    codes = np.frombuffer(_STRING.sub("", text).encode("utf-8", "replace"), np.uint8)
-    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
-    return int(np.cumsum(steps).max(initial=0))
+def nesting_depth(text: str, limit: int = MAX_DEPTH) -> int:
+    """How deep the brackets of a JSON text nest (strings left out), counted up to just past `limit`."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub("", text)):
+        depth += 1 if match.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+    return deepest
 
 
 def loads(data: bytes | str, max_bytes: int = 1 << 20, max_depth: int = MAX_DEPTH):
@@ -28,9 +32,9 @@ def loads(data: bytes | str, max_bytes: int = 1 << 20, max_depth: int = MAX_DEPT
     if len(data) > max_bytes:
         raise ValueError(f"{len(data)} bytes of JSON, over the {max_bytes} byte limit")
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
-    depth = nesting_depth(text)
+    depth = nesting_depth(text, max_depth)
     if depth > max_depth:
-        raise ValueError(f"JSON nested {depth} levels deep, over the limit of {max_depth}")
+        raise ValueError(f"JSON nested more than {max_depth} levels deep")
     try:
         return json.loads(text)
     except RecursionError:  # not reached after the depth check; kept as the last wall

@@ -10,8 +10,6 @@ import sys
 import threading
 from typing import Callable
 
-import cv2
-
 from ..config import Config, load_config
 
 log = logging.getLogger("edged")
@@ -24,7 +22,10 @@ def setup_logging(level: str) -> None:
     if level != "DEBUG":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # inherited by the worker and the backbone builder
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when OpenCV is imported (this module does not)
+        opencv = sys.modules.get("cv2")
+        if opencv is not None:  # imported already
+            opencv.utils.logging.setLogLevel(opencv.utils.logging.LOG_LEVEL_ERROR)
 
 
 def load(args) -> Config:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .. import wire
 from ..config import refuse_dedupe
 from ..errors import CommandError, CorrelationId
-from ..state.store import label_problem
+from ..state.labels import label_problem
 
 MAX_PAYLOAD = 64 * 1024
 SQLITE_MAX = (1 << 63) - 1  # integers are bounded where they are parsed: SQLite's are 64-bit

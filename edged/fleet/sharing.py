@@ -33,7 +33,8 @@ from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
 from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout
-from ..state.store import Store, label_problem
+from ..state.labels import label_problem
+from ..state.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import numpy as np
 from .. import wire
 from ..errors import EdgedError
 from .arrays import ArraysError, load_npz
-from .store import NewExample, decode_objects, label_problem
+from .labels import label_problem
+from .store import NewExample, decode_objects
 
 _UID = re.compile(r"[0-9a-f]{32}")
 

@@ -64,3 +64,17 @@ def test_cmd_refuses_a_misspelt_command_before_sending(tmp_path, capsys):
     assert "reserved" in capsys.readouterr().err
 
 
+
+
+def test_talking_to_a_daemon_loads_no_daemon_opencv_or_numpy():
+    """Issue 38, 3: `edged cmd` and `edged status` started in 25 s on an emulated Pi, most of it importing the daemon,
+    OpenCV and TensorFlow. They load their own group of commands alone (0.33 s here, `python -X importtime`)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom edged.cli.main import main\n"
+            "main(['status', '--config', '/dev/null', '--timeout', '0.1'])\n"
+            "print(sorted(m for m in ('cv2', 'numpy', 'tensorflow', 'edged.daemon.daemon', 'edged.serve.learning') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]", (out.stdout, out.stderr)

@@ -67,7 +67,9 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
             failures += level is False
     has_tf = importlib.util.find_spec("tensorflow") is not None
     _line(True if has_tf else None, "tensorflow",
-          "installed: train/export available" if has_tf else "not installed: serving and kNN work; training needs pip install 'edged[train]'")
+          "installed: fine-tuning, box heads and export available here" if has_tf else
+          "not installed: serving, capture and numpy training (kNN, the classifier's `train`) work here; fine-tuning, "
+          "box heads and export need pip install 'edged[train]' or a trainer node (edged trainer --fleet)")
     print(f"[info] numpy        {np.__version__}")
 
     for camera in cfg.cameras:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import threading
 
 from ..config import Config
@@ -37,6 +38,7 @@ def cmd_run(args) -> int:
     if args.print:
         cfg.serve.print_predictions = True
     setup_logging(cfg.log_level)
+    faulthandler.enable()  # a crash inside LiteRT or OpenCV leaves its stack in the log (journald), not silence
     for w in warnings:
         log.warning("%s", w)
     stop = threading.Event()

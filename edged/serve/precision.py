@@ -103,6 +103,10 @@ def choose_precision(cfg: Config, info: BackboneInfo, float_engine: Engine, stor
     if info.family == "speech_embedding":
         report["reason"] = "the speech embedding is served as shipped (float32)"
         return float_engine, report
+    if info.family == "tflite":  # a feature extractor file: served as it is, quantized or not
+        report["precision"] = str(float_engine.adapter.dtype)  # e.g. uint8: a quantized extractor
+        report["reason"] = f"a TFLite backbone is served as shipped ({report['precision']} input)"
+        return float_engine, report
     if rt.precision == "float32" or rt.delegate == "edgetpu":
         report["reason"] = "runtime.precision = float32" if rt.precision == "float32" else "the Edge TPU runs its own model"
         return float_engine, report

@@ -217,3 +217,15 @@ def test_kill_9_loops_20_each(broker, daemons, make_state, crash_paths):
     results["reembed"] = _reembed_kills(broker, daemons, make_state, crash_paths, kills=20)
     results["export"] = _loop(h, _export_and_kill, 20, 5)
     print(f"kill -9 (slow): {results}")
+
+
+@pytest.mark.heavy
+def test_a_crash_leaves_its_stack_in_the_log(broker, probe, daemons, make_state, tmp_path):
+    """Issue 38, 6: a daemon that segfaulted inside LiteRT left an empty log. `edged run` enables Python's fault
+    handler: a fatal signal writes where each thread was."""
+    settings = backbone_settings("none")
+    cfg = write_config(tmp_path / "c.toml", toml_config(make_state(settings), broker.port, "synthetic", settings, "seg"))
+    d = daemons(cfg, tmp_path / "seg.log")
+    probe.wait_online("seg")
+    assert d.stop(signal.SIGSEGV) != 0
+    assert "Fatal Python error: Segmentation fault" in d.output() and "Thread 0x" in d.output(), d.output()[-2000:]

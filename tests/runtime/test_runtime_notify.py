@@ -72,6 +72,14 @@ def test_uint8_extractor_backbone_dequantizes(tmp_path):
     cross = sims[:3, 3:].mean()
     assert same > cross  # real features: same hand sign closer than different ones
 
+    # issue 38, 6: the status named it float32; it says what serves (the file as shipped, uint8 input)
+    from edged.config import Config
+    from edged.serve.precision import choose_precision
+
+    cfg = Config.model_validate({"state_dir": str(tmp_path), "backbone": {"family": "tflite", "path": str(EXTRACTOR_U8)}})
+    served, report = choose_precision(cfg, info, engine, None, None)
+    assert served is engine and report["precision"] == "uint8" and "as shipped" in report["reason"], report
+
 
 def test_edgetpu_missing_falls_back_to_cpu(make_state, caplog):
     from edged.config import BackboneConfig

@@ -67,18 +67,25 @@ class DistinctFrames:
 
     def __init__(self, near_copy: float = NEAR_COPY):
         self.near_copy = near_copy
-        self.kept: list[np.ndarray] = []
+        self._rows = np.zeros((0, 0), np.float32)  # the distinct ones so far, in a buffer grown by doubling
+        self._count = 0
 
     def add(self, embedding: np.ndarray) -> bool:
         """True when `embedding` is distinct from every earlier one."""
         v = l2(np.reshape(embedding, -1))
-        if self.kept and float(np.max(np.stack(self.kept) @ v)) >= self.near_copy:
+        if self._count and float(np.max(self._rows[:self._count] @ v)) >= self.near_copy:
             return False
-        self.kept.append(v)
+        if self._count == len(self._rows):
+            grown = np.zeros((max(8, 2 * self._count), v.size), np.float32)
+            if self._count:
+                grown[:self._count] = self._rows[:self._count]
+            self._rows = grown
+        self._rows[self._count] = v
+        self._count += 1
         return True
 
     def __len__(self) -> int:
-        return len(self.kept)
+        return self._count
 
 
 def distinct_count(embeddings: np.ndarray, near_copy: float = NEAR_COPY) -> int:

@@ -66,7 +66,7 @@ class CaptureJob:
         self.accepted = 0  # frames chosen (stored, or waiting for the writer)
         self.failed: Optional[str] = None  # why the writer stopped
         self.learned = learned
-        self._kept: list[tuple[int, np.ndarray]] = []  # (example id, embedding) of what this capture stored
+        self._kept: list[tuple[int, np.ndarray]] = []  # (example id, embedding) of the sounds this capture stored
         self._writes: Optional["queue.Queue"] = None
         if writer:
             self._writes = queue.Queue()
@@ -135,7 +135,7 @@ class CaptureJob:
         example_id = self.store.add(NewExample(image, self.label, embedding, objects=self.objects,
                                                source=self.source or None, audio=audio), self.backbone_id)
         self.stored += 1
-        if embedding is not None:
+        if self.sound and self.label != BACKGROUND and embedding is not None:  # what set_aside_odd_sounds compares
             self._kept.append((example_id, np.reshape(embedding, -1)))
         if self.learned is not None:
             self.learned(embedding, self.label, self.box)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 
@@ -11,9 +10,9 @@ log = logging.getLogger(__name__)
 
 
 def _libc():
-    name = ctypes.util.find_library("c")
+    """The C library's symbols as this process already has them (no `ldconfig` child, which `find_library` forks)."""
     try:
-        return ctypes.CDLL(name) if name else None
+        return ctypes.CDLL(None)
     except OSError:
         return None
 

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .source_kinds import hears
 
 # a device, trainer or head name: one topic level, one path component
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -25,12 +26,6 @@ else:  # pragma: no cover
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def is_audio_uri(uri: str) -> bool:
-    """A sound source: a microphone (`audio:`, `audio:<device>`) or a WAV file."""
-    uri = uri.strip()
-    return uri.startswith("audio:") or uri.lower().endswith(".wav")
 
 
 class AudioConfig(_Strict):
@@ -442,11 +437,11 @@ class Config(_Strict):
         if self.sources and self.regions:
             raise ValueError("regions: with [[sources]], a source's regions go in its own [[sources.regions]]")
         if self.backbone.family == "speech_embedding":
-            pictures = [c.source.uri for c in self.cameras if not is_audio_uri(c.source.uri)]
+            pictures = [c.source.uri for c in self.cameras if not hears(c.source.uri)]
             if pictures:
                 raise ValueError(f"backbone.family: 'speech_embedding' hears sound, and {pictures[0]!r} is not a sound "
                                  f"source (audio:, audio:<device> or a .wav file)")
-        if "enter" not in self.states.model_fields_set and all(is_audio_uri(c.source.uri) for c in self.cameras):
+        if "enter" not in self.states.model_fields_set and all(hears(c.source.uri) for c in self.cameras):
             self.states.enter = SOUND_ENTER
         return self
 

@@ -110,14 +110,14 @@ def make_state(backbone_root, tmp_path):
 @pytest.fixture(scope="session")
 def fleet_admin(tmp_path_factory):
     """The test run's fleet key (`edged fleet init`), kept off the devices as an admin would."""
-    from edged.state.trust import FleetAuthority
+    from edged.fleet.trust import FleetAuthority
 
     return FleetAuthority.create(tmp_path_factory.mktemp("fleet-admin"))
 
 
 def enrol(authority, state: Path, name: str, role: str = "device"):
     """What `edged fleet enroll --config` does: keys in the state folder, certified by the fleet key."""
-    from edged.state.trust import Identity
+    from edged.fleet.trust import Identity
 
     folder = state / "keys" if role == "device" else state / "keys" / f"trainer-{name}"
     identity = Identity(folder, name, role)

@@ -19,7 +19,7 @@ from conftest import ROOT
 
 # Rank of each part of the package: a module imports only modules of lower rank, or its own package.
 LAYERS = {
-    "edged": 0, "edged.errors": 0, "edged.files": 0, "edged.wire": 0,
+    "edged": 0, "edged.errors": 0, "edged.files": 0, "edged.wire": 0, "edged.source_kinds": 0,
     "edged.config": 1,
     "edged.runtime": 2, "edged.sources": 2, "edged.scene": 2,
     "edged.state": 3,
@@ -203,6 +203,8 @@ ONE_PLACE = {
     "a path under the state folder": ("edged/state/layout.py", re.compile(r"state_path\s*/|state_dir\)?\s*/\s*[\"']")),
     "a paho client": ("edged/mqtt/client.py", re.compile(r"mqtt\.Client\(")),
     "a version folder staged by hand": ("edged/state/versions.py", re.compile(r"\.staging\(\)|versions\.commit\(")),
+    "what kind of source a URI names": ("edged/source_kinds.py",
+                                        re.compile(r"""(startswith|endswith)\(["'](audio:|synthetic|http://|\.wav)""")),
 }
 
 
@@ -225,3 +227,29 @@ def test_every_package_folder_is_installed():
                for p in (ROOT / "edged").rglob("__init__.py") if p.parent != ROOT / "edged"}
     missing = (folders | {"edged", "edged_plugins"}) - listed
     assert not missing, f"package folders not in pyproject.toml [tool.setuptools] packages: {sorted(missing)}"
+
+
+FLEET_WING = ("parcels", "signing", "trust", "bundles", "roster")
+
+
+def test_the_fleet_wing_holds_what_a_fleet_trusts():
+    """Issue 36, 2: parcels, signing, certificates and revocation, bundles and the roster live in edged/fleet; mqtt/ is
+    transport (it imports neither the fleet nor what a device keeps), state/ what a device keeps."""
+    graph = import_graph(ROOT)
+    for part in FLEET_WING:
+        assert (ROOT / "edged" / "fleet" / f"{part}.py").is_file(), part
+        assert not list((ROOT / "edged").glob(f"[!f]*/{part}.py")), f"{part}.py outside edged/fleet"
+    transport = {f"{name} imports {target}" for name, targets in graph.items() if name.startswith("edged.mqtt")
+                 for target in targets if target.startswith(("edged.fleet", "edged.state"))}
+    assert transport == set()
+    kept = {f"{name} imports {target}" for name, targets in graph.items() if name.startswith("edged.state")
+            for target in targets if target.startswith(("edged.fleet", "edged.mqtt"))}
+    assert kept == set()
+
+
+def test_source_kinds_are_one_table_below_everything():
+    """Issue 36, 3: the config's checks and `open_source` ask one table (edged.source_kinds), which imports nothing of
+    edged, so a kind of source is added in one place."""
+    graph = import_graph(ROOT)
+    assert {m for m in graph["edged.source_kinds"] if m.startswith("edged")} == set()
+    assert "edged.source_kinds" in graph["edged.config"] and "edged.source_kinds" in graph["edged.sources"]

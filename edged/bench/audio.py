@@ -35,7 +35,8 @@ from ..heads.base import FitContext, TrainRequest
 from ..mqtt.broker import local_broker
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.speech import SAMPLE_RATE, SpeechEmbedder, SpeechEngine, SpeechOptions, speech_models_folder
-from ..sources.audio import WavSource, read_wav, wav_bytes
+from ..sources.audio import WavSource
+from ..sources.wav import read_wav, wav_bytes
 from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.backbones import lookup_backbone
@@ -356,8 +357,8 @@ class Scenario:
                 clip = _room(4.0, rng)
                 sound = self.sound(kind, rng, (TEACHING_VOICES[i % len(TEACHING_VOICES)],))
                 clip[2 * SAMPLE_RATE:2 * SAMPLE_RATE + sound.size] += sound[: clip.size - 2 * SAMPLE_RATE]
-                out += [(f, kind) for f in windows(clip) if f.whole]
-        out += [(f, BACKGROUND) for f in windows(_room(20.0, rng))[::3] if not f.loud]
+                out += [(f, kind) for f in windows(clip) if f.sound.whole]
+        out += [(f, BACKGROUND) for f in windows(_room(20.0, rng))[::3] if not f.sound.loud]
         return out
 
 
@@ -368,14 +369,14 @@ def _prepare(state: Path, scenario: Scenario, rng) -> dict:
         backbone = BackboneConfig(family="speech_embedding")
         info = lookup_backbone(backbone, state)
         engine = SpeechEngine(Path(info.path).parent)
-        embed = lambda f: engine.embed_sound(f.audio)  # noqa: E731
+        embed = lambda f: engine.embed_sound(f.sound.samples)  # noqa: E731
     else:
         backbone, info = bench_backbone(0.25, 128)
         shutil.copytree(CACHE / "backbones" / info.id, state / "backbones" / info.id, dirs_exist_ok=True)
         engine = Engine(EngineOptions(info.path, scaling=info.scaling))
         embed = lambda f: engine.embed(to_pixels(f.image, info.input_size))  # noqa: E731
     store = Store(state / "store")
-    store.add_many([NewExample(f.image, label, embed(f), audio=f.audio) for f, label in items], info.id)
+    store.add_many([NewExample(f.image, label, embed(f), audio=f.sound.samples) for f, label in items], info.id)
     store.close()
     engine.close()
     return {"backbone": backbone.model_dump(), "description": info.description, "examples": len(items)}

@@ -28,7 +28,7 @@ from ..runtime.engine import Engine, EngineOptions
 from ..serve.capture import CaptureJob
 from ..serve.headset import HeadSet
 from ..serve.worker_client import tensorflow_available
-from ..sources import OpenCVSource
+from ..sources.opencv import OpenCVSource
 from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.store import Examples, NewExample, Store

@@ -21,7 +21,7 @@ from ..mqtt.client import make_client, no_delay
 from ..mqtt.link import IncomingCommand, MqttLink
 from ..mqtt.replies import MqttResponder
 from ..mqtt.requests import BrokerClient
-from ..mqtt.roster import list_devices, send
+from ..fleet.roster import list_devices, send
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from ..files import read_json_object, write_atomic
 from ..mqtt.requests import BrokerClient
 from ..mqtt.topics import FleetTopics
 from ..state.layout import StateLayout
-from ..state.trust import FleetAuthority, Identity, key_id, trainer_identity
+from ..fleet.trust import FleetAuthority, Identity, key_id, trainer_identity
 from .common import add_config_args, load
 
 

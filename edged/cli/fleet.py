@@ -9,7 +9,7 @@ import time
 from ..config import Config
 from ..errors import EdgedError
 from ..mqtt.requests import BrokerClient, parse_cli_payload
-from ..mqtt.roster import Device, Outcome, list_devices, send
+from ..fleet.roster import Device, Outcome, list_devices, send
 from .common import add_config_args, load
 from .enrol import add_trust_parsers
 

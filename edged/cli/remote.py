@@ -9,7 +9,7 @@ import sys
 from ..commands.schema import parse
 from ..errors import CommandError
 from ..mqtt.requests import BrokerClient, parse_cli_payload
-from ..mqtt.roster import list_devices
+from ..fleet.roster import list_devices
 from ..mqtt.topics import Topics
 from .common import load, progress_printer, subcommand
 

@@ -56,8 +56,8 @@ def cmd_collect(args) -> int:
                 continue
             # a sound window is embedded from its sound by the speech backbone, from its picture by an image one
             embedding = engine.embed_frame(frame, frame.pixels)
-            if frame.audio is not None:
-                job.offer_window(frame.image, embedding, frame.audio, frame.loud, frame.whole)
+            if frame.sound is not None:
+                job.offer_window(frame.image, embedding, frame.sound)
             else:
                 job.offer(frame.image, embedding)
             print(f"\r{args.label}: {job.stored}/{job.count}", end="", file=sys.stderr, flush=True)

@@ -18,11 +18,11 @@ from ..fleet.remote_trainer import RemoteTrainer
 from ..fleet.sharing import Sharing
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
-from ..mqtt.signing import FleetTrust
+from ..fleet.signing import FleetTrust
 from ..runtime.memory import release_file_pages, release_free_memory
 from ..serve.backbone import reembed_missing
 from ..serve.capture import CaptureDesk
-from ..serve.choice import fleet_statuses
+from ..fleet.roster import fleet_statuses
 from ..serve.frameloop import FrameLoop
 from ..serve.homeassistant import HomeAssistant
 from ..serve.background import JobRunner
@@ -40,7 +40,7 @@ from ..state.backbones import int8_path, short_name
 from ..state.events import event_store
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
-from ..state.trust import Identity
+from ..fleet.trust import Identity
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,9 @@ class Daemon:
     def sound(self) -> Optional[dict]:
         """The newest sound window's loudness (the teach page's level meter); None for pictures."""
         frame = self.loop.last_frame
-        if frame is None or frame.audio is None:
+        if frame is None or frame.sound is None:
             return None
-        return {"level_db": frame.level_db, "loud": frame.loud}
+        return {"level_db": frame.sound.level_db, "loud": frame.sound.loud}
 
     def _source_state(self, source: str = "") -> str:
         """A source's state (a capture's reply names it): starting, ok, camera_lost, stalled or ended."""

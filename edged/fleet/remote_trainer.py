@@ -25,14 +25,14 @@ from typing import Callable, Optional
 from .. import wire
 from ..config import Config
 from ..errors import TrainingError
-from ..mqtt.parcels import Assembler, ShareError, pack
-from ..mqtt.signing import FleetTrust
+from .parcels import Assembler, ShareError, pack
+from .signing import FleetTrust
 from ..mqtt.topics import FleetTopics
 from ..state.backbones import BackboneInfo
-from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_into
+from .bundles import BundleError, pack_examples, pack_folder, unpack_into
 from ..state.layout import StateLayout
 from ..state.store import Store
-from ..state.trust import Certificate, TrustError
+from .trust import Certificate, TrustError
 from .trainer_node import job_context
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Publishing packs a version folder (or this device's own examples) and hands the chunks and manifest to the MQTT
 link. Following takes parcels of the names in `[fleet] follow` (and examples when `take_examples`) from the
 publishers' own topic trees, checks that they are signed by a certified, unrevoked device whose name is the
-publisher's (edged.mqtt.signing), newer than the last one taken from it, and fit this device (backbone id, input
+publisher's (edged.fleet.signing), newer than the last one taken from it, and fit this device (backbone id, input
 size, valid labels); unpacks them into a staging folder, checks them there on this device's own examples, and
 only then commits them through the same versioned path as a local train or export and serves them — or keeps
 them staged and says why in the status. A refused parcel leaves nothing on disk. Parcels are applied on a thread
@@ -24,14 +24,14 @@ from typing import Callable, Optional
 from ..config import Config
 from ..errors import EdgedError, HeadError
 from ..files import read_json_object, write_atomic
-from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
-from ..mqtt.signing import FleetTrust
+from .parcels import Assembler, Parcel, ShareError, pack
+from .signing import FleetTrust
 from ..mqtt.topics import FleetTopics
 from ..serve.headset import HeadSet
 from ..serve.learning import Learning
 from ..sources.preprocess import FrameView
 from ..state.backbones import BackboneInfo
-from ..state.bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
+from .bundles import BundleError, pack_examples, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout
 from ..state.labels import label_problem
 from ..state.store import Store

@@ -30,16 +30,16 @@ from ..errors import EdgedError
 from ..files import read_json_object, write_atomic
 from ..heads.registry import head_classes, plugin_manager
 from ..mqtt.link import IncomingCommand, MqttLink
-from ..mqtt.parcels import Assembler, Parcel, ShareError, pack
+from .parcels import Assembler, Parcel, ShareError, pack
 from ..mqtt.replies import MqttResponder
-from ..mqtt.signing import FleetTrust
+from .signing import FleetTrust
 from ..mqtt.topics import FleetTopics
 from ..serve.worker_client import TrainerWorker
 from ..state.backbones import backbone_id
-from ..state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
+from .bundles import BundleError, pack_folder, unpack_examples, unpack_into
 from ..state.layout import StateLayout
 from ..state.store import Store
-from ..state.trust import TrustError, trainer_identity
+from .trust import TrustError, trainer_identity
 
 log = logging.getLogger(__name__)
 

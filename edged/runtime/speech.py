@@ -123,7 +123,7 @@ class SpeechEngine:
         if getattr(frame, "audio", None) is None:
             raise EngineError("backbone.family = 'speech_embedding' hears sound: the source must be audio (a "
                               "microphone, audio:..., or a .wav file)")
-        return self.embed_sound(frame.audio)
+        return self.embed_sound(frame.sound.samples)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         raise EngineError("the speech embedding embeds sound, not pictures: this needs the example's sound")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..config import BACKGROUND
 from ..errors import CommandError
+from ..sources.base import Sound
 from ..heads.fewshot import FEW_DISTINCT, NEAR_COPY, DistinctFrames, unlike_the_rest
 from ..state.store import NewExample, Store
 
@@ -94,21 +95,21 @@ class CaptureJob:
         self._take(image, embedding, audio)
         return True
 
-    def offer_window(self, image: np.ndarray, embedding: np.ndarray, audio: np.ndarray, loud: bool,
-                     whole: bool) -> bool:
+    def offer_window(self, image: np.ndarray, embedding: np.ndarray, sound: Sound) -> bool:
         """A sound window: quiet ones are `background`'s, a sound's are kept one per sound event."""
         self.sound = True
+        audio = sound.samples
         if self.label == BACKGROUND:
-            if loud:
+            if sound.loud:
                 self.skipped_loudness += 1  # a sound is not the room's background
                 return False
             return self.offer(image, embedding, audio)
-        if not loud:
+        if not sound.loud:
             if self._event:
                 return self.flush()
             self.skipped_loudness += 1
             return False
-        if not whole:
+        if not sound.whole:
             self.skipped_cut += 1  # the sound runs past the window's edge: only a part of it is here
             return False
         self._event.append((image, embedding, audio))

@@ -28,8 +28,6 @@ import numpy as np
 from ..config import BackboneConfig, Config
 from ..errors import BackboneError
 from ..files import read_json_object, write_atomic
-from ..mqtt.requests import BrokerClient
-from ..mqtt.roster import list_devices
 from ..runtime.engine import Engine, EngineOptions
 from ..state.backbones import local_imagenet_weights
 from ..state.layout import StateLayout
@@ -183,14 +181,6 @@ def _from_fleet(cfg: Config, build, fleet, ladder, here: dict) -> tuple[Optional
             "reason": f"the fleet's backbone (served by {who}): {fps:.0f} fps here, at least {FLEET_MARGIN:g} x "
                       f"backbone.min_fps", "adopted_from": names, "measured_on": here,
             "ts": round(time.time(), 3)}, None
-
-
-def fleet_statuses(cfg: Config) -> dict[str, dict]:
-    """The retained statuses of the devices on this daemon's broker (empty without MQTT)."""
-    if not cfg.mqtt.enabled:
-        return {}
-    with BrokerClient(cfg.mqtt, "choice") as client:
-        return {name: device.status for name, device in list_devices(client, cfg.mqtt.prefix, max_wait_s=3.0).items()}
 
 
 def remembered(cfg: Config) -> Optional[dict]:

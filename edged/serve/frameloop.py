@@ -139,8 +139,8 @@ class FrameLoop:
         thread."""
         if job.cancelled or job.failed is not None:
             return
-        if frame.audio is not None:
-            job.offer_window(image, embedding, frame.audio, frame.loud, frame.whole)
+        if frame.sound is not None:
+            job.offer_window(image, embedding, frame.sound)
         else:
             job.offer(image, embedding)
 

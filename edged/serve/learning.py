@@ -167,27 +167,26 @@ class Learning:
         retired = self.serve_version(name, activate=False)  # the train command decides whether it predicts
         return self._said_retired(name, result, retired)
 
-    def serve_version(self, name: str, version: Optional[str] = None, activate: bool = True) -> Optional[str]:
+    def serve_version(self, name: str, version: Optional[str] = None, activate: bool = True,
+                      opened: Optional[Head] = None) -> Optional[str]:
         """Make a trained version of head `name` predict (`version`, default the current one): activated on disk,
-        opened, swapped in, added to the active heads (with `activate`); an exported model of an older version stops
-        serving. The one
-        way a version starts serving, whoever made it (a train here, the worker, a trainer node, the fleet). Returns
-        the model version that stopped serving, if one did."""
+        opened (or `opened`, the instance that was just fitted and saved as that version), swapped in, added to the
+        active heads (with `activate`); an exported model of an older version stops serving. The one way a version
+        starts serving, whoever made it (a train here, the worker, a trainer node, the fleet). Returns the model
+        version that stopped serving, if one did."""
         versions = StateLayout(self.cfg.state_path).heads(name)
         if version is not None:
             versions.activate(version)
-        head, fused = self.heads.open_head(name, versions.current_path())
-        if fused is None and not head.ready:
-            raise HeadError(f"{name!r} version {versions.current()} could not be loaded")
+        if opened is not None:
+            head, fused = opened, None
+        else:
+            head, fused = self.heads.open_head(name, versions.current_path())
+            if fused is None and not head.ready:
+                raise HeadError(f"{name!r} version {versions.current()} could not be loaded")
         self.heads.swap(name, head, fused)
         if activate and name not in self.heads.active:
             self.heads.activate(self.heads.active + [name])
         return self.heads.stop_serving_model(name)
-
-    def _retire_model(self, name: str, result: dict) -> dict:
-        """A newly trained version predicts from now on: an exported model of an older version stops serving, and
-        the reply says so (export again to serve a model)."""
-        return self._said_retired(name, result, self.heads.stop_serving_model(name))
 
     @staticmethod
     def _said_retired(name: str, result: dict, retired: Optional[str]) -> dict:
@@ -205,8 +204,8 @@ class Learning:
         versions = StateLayout(self.cfg.state_path).heads(name)
         with versions.draft() as draft:
             head.save(draft.folder)
-        self.heads.swap(name, head)
-        return self._retire_model(name, {"head": name, "version": draft.version, "metrics": metrics})
+        retired = self.serve_version(name, activate=False, opened=head)
+        return self._said_retired(name, {"head": name, "version": draft.version, "metrics": metrics}, retired)
 
     def export(self, name: str, quantize: str, force: bool = False, progress: Progress = None,
                stop: Optional[threading.Event] = None) -> dict:

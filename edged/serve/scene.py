@@ -72,7 +72,7 @@ class Scene:
         """The views the backbone runs on for this frame."""
         if self.cfg.events.clip_s:
             self._record(frame, now)
-        sound = frame.loud if frame.audio is not None else None
+        sound = frame.sound.loud if frame.sound is not None else None
         return self.gates[frame.source].due(frame.image, now, capturing, self._settling, sound)
 
     def gate_stats(self) -> dict:
@@ -146,7 +146,7 @@ class Scene:
         h, w = frame.image.shape[:2]
         width = min(cfg.clip_width, w)
         small = cv2.resize(frame.image, (width, max(2, round(h * width / w) // 2 * 2)), interpolation=cv2.INTER_AREA)
-        sound = frame.audio[-self._hops[frame.source]:] if frame.audio is not None else None
+        sound = frame.sound.samples[-self._hops[frame.source]:] if frame.sound is not None else None
         ring = self._rings[frame.source]
         ring.append((now, small, sound))
         while ring and now - ring[0][0] > cfg.clip_s:

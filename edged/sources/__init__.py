@@ -1,31 +1,17 @@
 """Frame sources: camera index / URL / video file, image folder, synthetic scenes, sound (microphone, WAV file);
-preprocessing."""
+preprocessing. Which class opens a URI is edged.source_kinds' table."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..config import SourceConfig, is_audio_uri
-from .audio import MicrophoneSource, WavSource
-from .base import IMAGE_SUFFIXES, Frame, Source
-from .folder import FolderSource
+from ..config import SourceConfig
+from ..source_kinds import SourceKind, kind_of
+from .base import IMAGE_SUFFIXES, Frame, Sound, Source
 from .grabber import FrameGrabber
-from .mjpeg import HttpCameraSource
-from .opencv import OpenCVSource
-from .synthetic import SyntheticSource
 
-__all__ = ["IMAGE_SUFFIXES", "Frame", "Source", "FolderSource", "FrameGrabber", "HttpCameraSource", "OpenCVSource",
-           "SyntheticSource", "open_source"]
+__all__ = ["IMAGE_SUFFIXES", "Frame", "Sound", "Source", "FrameGrabber", "open_source"]
 
 
-def open_source(cfg: SourceConfig) -> Source:
+def open_source(cfg: SourceConfig, kinds: tuple[SourceKind, ...] = ()) -> Source:
+    """The source `cfg.uri` names, opened by its kind's class (`kinds` are asked before the installed ones)."""
     uri = cfg.uri.strip()
-    if uri == "synthetic" or uri.startswith("synthetic:"):
-        return SyntheticSource(uri, cfg)
-    if is_audio_uri(uri):
-        return MicrophoneSource(uri, cfg) if uri.startswith("audio:") else WavSource(uri, cfg)
-    if not uri.isdigit() and "://" not in uri and Path(uri).is_dir():
-        return FolderSource(uri, cfg)
-    if uri.lower().startswith("http://"):  # https stays with FFmpeg, which accepts cameras' self-signed certificates
-        return HttpCameraSource(uri, cfg)
-    return OpenCVSource(uri, cfg)
+    return kind_of(uri, kinds).opener_class()(uri, cfg)

@@ -13,10 +13,8 @@ label). A word of half a second is then taught from the windows that hold all of
 from __future__ import annotations
 
 import importlib
-import io
 import queue
 import threading
-import wave
 from collections import deque
 from pathlib import Path
 from typing import Optional
@@ -26,9 +24,9 @@ import numpy as np
 
 from ..config import SourceConfig
 from ..errors import SourceError
-from .base import Frame, Source
+from .base import Frame, Sound, Source
+from .wav import SAMPLE_RATE, read_wav
 
-SAMPLE_RATE = 16_000
 N_FFT, WIN, HOP = 512, 400, 160  # 25 ms windows every 10 ms
 ROOM_PERCENTILE = 20  # of each band's level across a window: the room's own sound there
 ABOVE_ROOM_DB = 60.0  # a band this far above the room is drawn white
@@ -101,49 +99,6 @@ class NoiseFloor:
         return self.level
 
 
-WAV_RATES = (4_000, 384_000)  # sample rates a WAV may have, Hz
-WAV_MAX_CHANNELS = 32
-WAV_MAX_S = 3600.0  # longest WAV read (an hour: 230 MB of samples at 16 kHz)
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """A WAV file as 16 kHz mono samples in the int16 range; SourceError for what is not a PCM WAV, naming the header
-    field that is out of bounds (a 20 KB file claiming 1 Hz would have been resampled to gigabytes)."""
-    try:
-        with wave.open(str(path)) as w:
-            rate, channels, width, frames = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
-            if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
-                raise SourceError(f"{path}: sample rate {rate} Hz is outside {WAV_RATES[0]}-{WAV_RATES[1]} Hz")
-            if not 1 <= channels <= WAV_MAX_CHANNELS:
-                raise SourceError(f"{path}: {channels} channels, not 1 to {WAV_MAX_CHANNELS}")
-            if frames / rate > WAV_MAX_S:
-                raise SourceError(f"{path}: {frames / rate:.0f} s long, over the {WAV_MAX_S:.0f} s read at most")
-            raw = w.readframes(frames)
-    except (OSError, EOFError, wave.Error) as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
-    if width not in (1, 2, 4):
-        raise SourceError(f"{path}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
-    data = np.frombuffer(raw, {1: np.uint8, 2: np.int16, 4: np.int32}[width]).astype(np.float32)
-    data = (data - 128.0) * 256.0 if width == 1 else data / 65536.0 if width == 4 else data
-    if channels > 1:
-        data = data[: len(data) // channels * channels].reshape(-1, channels).mean(1)
-    if rate != SAMPLE_RATE and len(data):
-        t = np.arange(0, len(data) / rate, 1 / SAMPLE_RATE)
-        data = np.interp(t, np.arange(len(data)) / rate, data).astype(np.float32)
-    return data
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    """16 kHz mono 16-bit PCM WAV of int16-range samples."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(np.clip(np.asarray(samples, np.float32), -32768, 32767).astype(np.int16).tobytes())
-    return buffer.getvalue()
-
-
 class _Windows(Source):
     """Cuts a stream of samples into frames; subclasses give `_more(n)` samples."""
 
@@ -172,11 +127,9 @@ class _Windows(Source):
         level = level_db(samples[-max(self.hop, 1):])  # the newest hop
         floor = self._floor.update(level)
         self._hops.append(level)
-        frame = Frame(self.picture.image(samples), self._pos)
-        frame.audio, frame.level_db = samples, round(level, 1)
-        frame.hops = tuple(h >= floor + self.audio.loud_db for h in self._hops)  # oldest first
-        frame.loud = any(frame.hops)
-        frame.whole = holds_whole_sound(frame.hops)
+        hops = tuple(h >= floor + self.audio.loud_db for h in self._hops)
+        frame = Frame(self.picture.image(samples), self._pos,
+                      sound=Sound(samples, round(level, 1), hops, any(hops), holds_whole_sound(hops)))
         self._pos += 1
         return frame
 

@@ -18,11 +18,18 @@ class Frame:
     ts: float = field(default_factory=time.time)
     pixels: Optional[np.ndarray] = None  # preprocessed RGB uint8, filled by the grabber
     source: str = ""  # the name of the source it came from ("" for the one `[source]`), set by the grabber
-    audio: Optional[np.ndarray] = None  # a sound window's samples (16 kHz mono, int16 range); image is its spectrogram
-    level_db: float = 0.0  # a sound window's loudness (dB below full scale)
-    loud: bool = False  # a sound window above the room's noise floor (the gate infers it)
-    hops: tuple = ()  # a sound window's hops (oldest first): which are above the noise floor
-    whole: bool = False  # a sound window holding a whole sound, or filled by a long one (a capture stores it)
+    sound: Optional["Sound"] = None  # a sound window's samples and loudness; `image` is then its spectrogram
+
+
+@dataclass(frozen=True)
+class Sound:
+    """What a sound source adds to its frame (edged.sources.audio)."""
+
+    samples: np.ndarray  # the window's samples (16 kHz mono, int16 range)
+    level_db: float  # loudness of its newest hop (dB below full scale)
+    hops: tuple  # its hops, oldest first: which are above the room's noise floor
+    loud: bool  # any hop above the noise floor (the gate infers it)
+    whole: bool  # holding a whole sound, or filled by a long one (a capture stores it)
 
 
 class Source:

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import Config
 from ..errors import CommandError
 from ..files import read_json_object, write_atomic
-from ..sources.audio import wav_bytes
+from ..sources.wav import wav_bytes
 from .layout import StateLayout
 
 EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import write_atomic
-from ..sources.audio import read_wav, wav_bytes
+from ..sources.wav import read_wav, wav_bytes
 from .labels import label_problem
 
 

@@ -23,7 +23,7 @@ from edged.config import SourceConfig
 from edged.mqtt.broker import free_port
 from edged.serve.backbone import open_backbone
 from edged.sources import open_source
-from edged.sources.audio import read_wav, wav_bytes
+from edged.sources.wav import read_wav, wav_bytes
 from edged.sources.preprocess import to_pixels
 from edged.state.store import NewExample, Store
 
@@ -69,9 +69,9 @@ def _teach(state, backbone, tmp_path) -> None:
             clip = _room(4.0, rng)  # the room first: the noise floor is learnt before the sound
             sound = synthetic_sound(kind, rng)
             clip[2 * RATE:2 * RATE + sound.size] += sound
-            items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.whole]
+            items += [(f.image, kind, None) for f in _windows(_write_wav(tmp_path / f"{kind}{i}.wav", clip)) if f.sound.whole]
     room = _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))
-    items += [(f.image, "background", None) for f in room[::2] if not f.loud]
+    items += [(f.image, "background", None) for f in room[::2] if not f.sound.loud]
     teach(state, backbone, items)
 
 
@@ -234,11 +234,11 @@ def test_the_speech_backbone_learns_words_and_reembeds_kept_sounds(broker, probe
             clip = _room(4.0, rng)
             said = _spoken(tmp_path, word, voice)
             clip[2 * RATE:2 * RATE + said.size] += said[: 2 * RATE]
-            items += [(f, word) for f in _windows(_write_wav(tmp_path / "teach.wav", clip)) if f.whole]
-    items += [(f, "background") for f in _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))[::2] if not f.loud]
+            items += [(f, word) for f in _windows(_write_wav(tmp_path / "teach.wav", clip)) if f.sound.whole]
+    items += [(f, "background") for f in _windows(_write_wav(tmp_path / "room.wav", _room(6.0, rng)))[::2] if not f.sound.loud]
     info, engine = open_backbone(state_config(state, picture))
     store = Store(state / "store")
-    store.add_many([NewExample(f.image, label, engine.embed(to_pixels(f.image, 128)), audio=f.audio)
+    store.add_many([NewExample(f.image, label, engine.embed(to_pixels(f.image, 128)), audio=f.sound.samples)
                     for f, label in items], info.id)
     store.close()
     engine.close()

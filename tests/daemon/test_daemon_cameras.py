@@ -14,7 +14,7 @@ from conftest import WEIGHTS_025, backbone_settings, headless_browser, needs_wei
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
 from edged.cli.fleet import device_table
 from edged.mqtt.broker import free_port
-from edged.mqtt.roster import Device
+from edged.fleet.roster import Device
 
 DEVICE = "cams"
 TOKEN = "cams-token"

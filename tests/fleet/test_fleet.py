@@ -14,14 +14,14 @@ import pytest
 from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
 
 from edged.config import load_config
-from edged.mqtt.parcels import pack
-from edged.mqtt.signing import FleetTrust
+from edged.fleet.parcels import pack
+from edged.fleet.signing import FleetTrust
 from edged.mqtt.topics import FleetTopics
 from edged.serve.backbone import embed_image, open_backbone
 from edged.sources.synthetic import scene_at
-from edged.state.bundles import pack_examples, pack_folder
+from edged.fleet.bundles import pack_examples, pack_folder
 from edged.state.store import NewExample, Store
-from edged.state.trust import Identity, TrustError
+from edged.fleet.trust import Identity, TrustError
 
 
 def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):

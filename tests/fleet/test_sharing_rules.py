@@ -10,9 +10,9 @@ import pytest
 
 from edged.config import Config
 from edged.fleet.sharing import MAX_CLOCK_SKEW_S, Sharing
-from edged.mqtt.parcels import Parcel, ShareError
-from edged.mqtt.signing import FleetTrust
-from edged.state.trust import Identity
+from edged.fleet.parcels import Parcel, ShareError
+from edged.fleet.signing import FleetTrust
+from edged.fleet.trust import Identity
 
 
 def _sharing(tmp_path) -> Sharing:

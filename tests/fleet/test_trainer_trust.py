@@ -14,8 +14,8 @@ from edged.config import Config
 from edged.errors import EdgedError
 from edged.fleet.remote_trainer import RemoteTrainer
 from edged.fleet.trainer_node import TrainerNode
-from edged.mqtt.parcels import Parcel
-from edged.mqtt.signing import FleetTrust
+from edged.fleet.parcels import Parcel
+from edged.fleet.signing import FleetTrust
 
 
 def _node(tmp_path, fleet_admin) -> TrainerNode:

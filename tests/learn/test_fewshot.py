@@ -141,7 +141,7 @@ def test_a_still_scene_is_stored_and_counted_as_near_copies(make_state, tmp_path
     from edged.learn.backbones import build_backbone
     from edged.runtime.engine import Engine, EngineOptions
     from edged.serve.capture import CaptureJob
-    from edged.sources import OpenCVSource
+    from edged.sources.opencv import OpenCVSource
     from edged.sources.preprocess import to_pixels
     from edged.sources.synthetic import scene_at
     from edged.state.store import Store

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from edged.state.bundles import BundleError, pack_folder, unpack_into
+from edged.fleet.bundles import BundleError, pack_folder, unpack_into
 
 keras = pytest.importorskip("keras")
 

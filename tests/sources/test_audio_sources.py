@@ -54,27 +54,27 @@ def test_a_stereo_44k_wav_becomes_16k_windows_loud_where_the_sound_is(tmp_path):
     frames = _frames(_wav(tmp_path / "beep.wav", _beep_in_noise(44_100), 44_100, channels=2))
     # 4 s of sound: the first window (1.5 s), then one every hop
     assert len(frames) == 1 + int((4.0 - WINDOW) / HOP), len(frames)
-    assert all(f.image.shape == (128, 128, 3) and f.audio.shape == (24_000,) for f in frames)
-    loud = [f.pos for f in frames if f.loud]
+    assert all(f.image.shape == (128, 128, 3) and f.sound.samples.shape == (24_000,) for f in frames)
+    loud = [f.pos for f in frames if f.sound.loud]
     # a window is loud while the beep (2.0-2.5 s) is anywhere in it: it ends after 2.0 s and starts before 2.5 s
     beep_windows = {p for p in range(len(frames)) if WINDOW + HOP * p > 2.0 and HOP * p < 2.5}
     assert set(loud) == beep_windows, (loud, beep_windows)
-    assert max(f.level_db for f in frames) - min(f.level_db for f in frames) > 20
+    assert max(f.sound.level_db for f in frames) - min(f.sound.level_db for f in frames) > 20
 
 
 def test_a_window_is_whole_where_it_holds_all_of_a_short_sound_or_a_long_sound_fills_it(tmp_path):
     frames = _frames(_wav(tmp_path / "beep.wav", _beep_in_noise(16_000), 16_000))
     # the beep (2.0-2.5 s) is whole in the windows whose first and last hops are quiet
     inside = {p for p in range(len(frames)) if HOP * p + HOP <= 2.0 and HOP * p + WINDOW - HOP >= 2.5}
-    assert {f.pos for f in frames if f.whole} == inside and len(inside) >= 3, inside
-    assert all(f.loud for f in frames if f.whole) and any(f.loud and not f.whole for f in frames)
+    assert {f.pos for f in frames if f.sound.whole} == inside and len(inside) >= 3, inside
+    assert all(f.sound.loud for f in frames if f.sound.whole) and any(f.sound.loud and not f.sound.whole for f in frames)
 
     rng = np.random.default_rng(1)
     hum = rng.normal(0, 200, 8 * 16_000)
     hum[2 * 16_000:6 * 16_000] += 8000 * np.sin(2 * np.pi * 440 * np.arange(4 * 16_000) / 16_000)  # 4 s: longer than a window
     frames = _frames(_wav(tmp_path / "hum.wav", hum, 16_000))
     filled = {p for p in range(len(frames)) if HOP * p + HOP >= 2.0 and HOP * p + WINDOW - HOP <= 6.0}  # <= 1 hop quiet
-    assert {f.pos for f in frames if f.whole} == filled and len(filled) >= (4.0 - WINDOW) / HOP, filled
+    assert {f.pos for f in frames if f.sound.whole} == filled and len(filled) >= (4.0 - WINDOW) / HOP, filled
 
 
 def test_8_bit_works_and_what_cannot_be_read_is_named(tmp_path):

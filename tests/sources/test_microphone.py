@@ -39,7 +39,7 @@ CHILD = textwrap.dedent('''
     while len(frames) < 3 and time.monotonic() < deadline:
         frame = grabber.get(0.5)
         if frame is not None:
-            frames.append({"loud": bool(frame.loud), "peak": float(abs(frame.audio).max()), "shape": list(frame.image.shape)})
+            frames.append({"loud": bool(frame.sound.loud), "peak": float(abs(frame.sound.samples).max()), "shape": list(frame.image.shape)})
     print(json.dumps({"lost": lost, "frames": frames, "state": grabber.state}))
     stop.set()
     grabber.join()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import textwrap
 import threading
 import time
 
@@ -13,12 +14,15 @@ import numpy as np
 import pytest
 from conftest import write_video
 
-from edged.config import SourceConfig
+from edged import source_kinds
+from edged.config import Config, SourceConfig
 from edged.errors import SourceError
-from edged.sources import FolderSource, FrameGrabber, OpenCVSource, SyntheticSource, open_source
+from edged.sources import FrameGrabber, open_source
+from edged.sources.folder import FolderSource
+from edged.sources.opencv import OpenCVSource
 from edged.sources.jpeg import jpeg_size
 from edged.sources.preprocess import to_pixels
-from edged.sources.synthetic import make_scene, scene_at
+from edged.sources.synthetic import SyntheticSource, make_scene, scene_at
 
 
 def _frames(n, w=96, h=64):
@@ -279,3 +283,48 @@ def test_unpaced_file_waits_for_the_consumer_instead_of_dropping():
     finally:
         stop.set()
         grabber.join()
+
+
+THERMAL = textwrap.dedent('''
+    import numpy as np
+    from edged.source_kinds import SourceKind
+    from edged.sources.base import Frame, Source
+
+    class ThermalSource(Source):
+        live = False
+        description = "thermal camera"
+
+        def __init__(self, uri, cfg):
+            self.uri, self.cfg, self.n = uri, cfg, 0
+
+        def read(self):
+            self.n += 1
+            return Frame(np.full((24, 32, 3), 30 + self.n, np.uint8), self.n) if self.n <= 3 else None
+
+    KIND = SourceKind("thermal", lambda uri: uri.startswith("thermal:"), "thermal_source:ThermalSource")
+    WHISTLE = SourceKind("whistle", lambda uri: uri.startswith("whistle:"), "thermal_source:ThermalSource", hears=True)
+''')
+
+
+def test_a_new_kind_of_source_is_one_module_and_its_registration(tmp_path, monkeypatch):
+    """Issue 36, 3: a kind of source from another package is its module plus an entry point in `edged.sources`; the
+    config's checks and `open_source` both learn it from there (no chain of ifs to extend)."""
+    (tmp_path / "thermal_source.py").write_text(THERMAL)
+    dist = tmp_path / "edged_thermal-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edged-thermal\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edged.sources]\nthermal = thermal_source:KIND\nwhistle = thermal_source:WHISTLE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source_kinds.installed.cache_clear()
+    try:
+        assert [k.name for k in source_kinds.installed()][:2] == ["thermal", "whistle"]
+        source = open_source(SourceConfig(uri="thermal:/dev/i2c-1"))
+        assert type(source).__name__ == "ThermalSource" and source.uri == "thermal:/dev/i2c-1"
+        assert [f.image[0, 0, 0] for f in iter(source.read, None)] == [31, 32, 33]
+        assert type(open_source(SourceConfig(uri="synthetic"))) is SyntheticSource  # the built-in kinds still answer
+        # the config asks the same table whether a source hears: a speech backbone takes the new sound kind only
+        Config(source={"uri": "whistle:0"}, backbone={"family": "speech_embedding"})
+        with pytest.raises(ValueError, match="backbone.family"):
+            Config(source={"uri": "thermal:0"}, backbone={"family": "speech_embedding"})
+    finally:
+        source_kinds.installed.cache_clear()

@@ -14,8 +14,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .. import wire
-from .requests import BrokerClient
-from .topics import FleetTopics
+from ..config import Config
+from ..mqtt.requests import BrokerClient
+from ..mqtt.topics import FleetTopics
 
 
 @dataclass
@@ -175,3 +176,10 @@ def send(client: BrokerClient, prefix: str, command: str, payload: dict, devices
             break
     return outcomes
 
+
+def fleet_statuses(cfg: Config) -> dict[str, dict]:
+    """The retained statuses of the devices on this daemon's broker (empty without MQTT)."""
+    if not cfg.mqtt.enabled:
+        return {}
+    with BrokerClient(cfg.mqtt, "choice") as client:
+        return {name: device.status for name, device in list_devices(client, cfg.mqtt.prefix, max_wait_s=3.0).items()}

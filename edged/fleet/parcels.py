@@ -4,7 +4,7 @@ A parcel lives in its publisher's own topic tree, so a broker ACL (`pattern writ
 wrote it: `<publisher>/share/<kind>/<name>/manifest` names the parcel (size, sha256, chunk count, what it is) and
 its chunks live at `<publisher>/share/<kind>/<name>/<sha256[:16]>/<i>`, so a new parcel never mixes with an older
 one. `<publisher>` is `<prefix>/<device>` for a device and `<prefix>/fleet/trainers/<trainer>` for a trainer node.
-The manifest is signed by the publisher (edged.mqtt.signing) and names the sha256 of the chunks, so the chunks are
+The manifest is signed by the publisher (edged.fleet.signing) and names the sha256 of the chunks, so the chunks are
 covered by the signature; a payload for one recipient is sealed before it is cut into chunks.
 """
 
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from .. import wire
 from ..errors import EdgedError
-from .topics import FleetTopics
+from ..mqtt.topics import FleetTopics
 
 KINDS = ("model", "head", "examples", "job", "result")  # job/result: trainer nodes (edged.fleet.remote_trainer)
 MAX_MANIFESTS = 64          # parcels being assembled at once

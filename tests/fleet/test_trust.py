@@ -10,10 +10,10 @@ import time
 import pytest
 
 from edged.cli import main
-from edged.mqtt.parcels import Assembler, ShareError, pack
-from edged.mqtt.signing import FleetTrust
+from edged.fleet.parcels import Assembler, ShareError, pack
+from edged.fleet.signing import FleetTrust
 from edged.mqtt.topics import FleetTopics
-from edged.state.trust import FleetAuthority, Identity, TrustError, Verifier, seal, sign_body, unseal
+from edged.fleet.trust import FleetAuthority, Identity, TrustError, Verifier, seal, sign_body, unseal
 
 
 def enrolled(authority: FleetAuthority, folder, name: str, role: str = "device") -> Identity:

@@ -31,7 +31,7 @@ from .. import wire
 from ..config import NAME_RE
 from ..errors import EdgedError
 from ..files import write_atomic
-from .layout import StateLayout
+from ..state.layout import StateLayout
 
 ROLES = ("device", "trainer")
 MAX_ENVELOPE = 64 * 1024

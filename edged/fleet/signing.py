@@ -2,7 +2,7 @@
 name is the one in the topic (`[fleet] trust = "signed"`, the default), or taken on the broker's word
 (`trust = "broker"`, an explicit opt-out that the status and `edged config check` warn about).
 
-Manifests, trainer announcements, progress and done messages are signed envelopes (edged.state.trust); a payload
+Manifests, trainer announcements, progress and done messages are signed envelopes (edged.fleet.trust); a payload
 for one recipient (a job, a result) is sealed for that recipient's certified X25519 key.
 """
 
@@ -16,7 +16,7 @@ from typing import Optional
 
 from .. import wire
 from ..files import read_json_object, write_atomic
-from ..state.trust import Certificate, Identity, TrustError, Verifier, seal
+from .trust import Certificate, Identity, TrustError, Verifier, seal
 from .parcels import ShareError, plain
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import numpy as np
 
 from .. import wire
 from ..errors import EdgedError
-from .arrays import ArraysError, load_npz
-from .labels import label_problem
-from .store import NewExample, decode_objects
+from ..state.arrays import ArraysError, load_npz
+from ..state.labels import label_problem
+from ..state.store import NewExample, decode_objects
 
 _UID = re.compile(r"[0-9a-f]{32}")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.mqtt.parcels import Assembler, ShareError, pack
+from edged.fleet.parcels import Assembler, ShareError, pack
 from edged.mqtt.topics import FleetTopics
-from edged.state.bundles import BundleError, pack_folder, unpack_examples, unpack_into
+from edged.fleet.bundles import BundleError, pack_folder, unpack_examples, unpack_into
 
 
 def opened(publisher, role, kind, name, payload):
@@ -195,8 +195,8 @@ def test_nothing_parsed_from_a_topic_or_a_manifest_raises_out_of_the_assembler()
     """Issue 34, 1: a chunk index '²' (str.isdigit() is true, int() raises) and a manifest nested 30,000 deep (a
     RecursionError, not a ValueError) stopped `edged trainer` at every start."""
     from edged import wire
-    from edged.mqtt.signing import FleetTrust
-    from edged.state.trust import Identity, TrustError
+    from edged.fleet.signing import FleetTrust
+    from edged.fleet.trust import Identity, TrustError
 
     asm = Assembler("edged", 1 << 20, opened)
     for index in ("²", "٣", "-1", "1e3", "0x1", "9999999"):

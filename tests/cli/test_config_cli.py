@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from edged.config import ConfigError, load_config
+from edged.config import load_config
+from edged.errors import ConfigError
 
 
 def _edged(*args, **kw):

@@ -25,7 +25,7 @@ from ..heads.fewshot import distinct_count, l2, logistic_regression, nearest_mea
 from ..heads.registry import head_classes, plugin_manager
 from ..learn.jobs import run_train
 from ..runtime.engine import Engine, EngineOptions
-from ..serve.capture import CaptureJob
+from ..serve.capture import CaptureJob, CaptureRequest, CaptureTarget
 from ..serve.headset import HeadSet
 from ..serve.worker_client import tensorflow_available
 from ..sources.opencv import OpenCVSource
@@ -198,7 +198,7 @@ def camera_variant(data: Data, shots_list, draws, t, tmp: Path) -> list:
                     video = _jitter_video([data.images[i] for i in rows_c], 12, rng, tmp / f"v{c}.mp4")
                     source = OpenCVSource(video, Config().source.model_copy(update={"uri": video, "loop": False}))
                     source.open()
-                    job = CaptureJob(store, data.info.id, data.classes[c], 4 * shots, 0.0)
+                    job = CaptureJob(CaptureRequest(data.classes[c], 4 * shots), CaptureTarget(store, data.info.id))
                     n = 0
                     while not job.done and (frame := source.read()) is not None:
                         n += 1
@@ -279,7 +279,7 @@ class TrainPath:
             result = run_train(cfg, "classifier", request)
             if not result.get("activated", True):  # auto mode: fine-tuning lost, the frozen head keeps serving
                 return path_frozen(frozen, data.emb[test]), result["metrics"], "frozen head"
-            heads = HeadSet(cfg, store, data.info, head_classes(plugin_manager()))
+            heads = HeadSet.for_config(cfg, store, data.info, head_classes(plugin_manager()))
             try:
                 predictor, fused = heads.open_head("classifier", state / "heads" / "classifier" / result["version"])
                 if fused is not None:

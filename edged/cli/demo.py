@@ -18,7 +18,7 @@ from ..mqtt.broker import AmqttBroker, local_broker
 from ..mqtt.client import make_client
 from ..mqtt.topics import Topics
 from ..serve.backbone import embed_image, open_backbone
-from ..serve.capture import CaptureJob
+from ..serve.capture import CaptureJob, CaptureRequest, CaptureTarget
 from ..sources import open_source
 from ..sources.synthetic import scene_at
 from ..state.layout import StateLayout
@@ -106,7 +106,7 @@ class Demo:
                                                         "seed": 1000})
                 source = open_source(src_cfg)
                 source.open()
-                job = CaptureJob(store, info.id, shape, 15, 0.0)
+                job = CaptureJob(CaptureRequest(shape, 15), CaptureTarget(store, info.id))
                 while not job.done:
                     frame = source.read()
                     job.offer(frame.image, embed_image(engine, frame.image))

@@ -15,7 +15,7 @@ from ..commands.schema import parse
 from ..errors import EdgedError
 from ..heads.base import TrainRequest
 from ..serve.backbone import embed_image, open_backbone
-from ..serve.capture import CaptureJob
+from ..serve.capture import CaptureJob, CaptureRequest, CaptureTarget
 from ..serve.stack import ServingStack
 from ..sources import FrameGrabber, open_source
 from ..sources.preprocess import FrameView, to_pixels
@@ -35,8 +35,8 @@ def cmd_collect(args) -> int:
     info, engine = open_backbone(cfg)
     store = Store(StateLayout(cfg.state_path).store)
     objects = [(args.label, tuple(b)) for b in args.box] if args.box else None
-    job = CaptureJob(store, info.id, args.label, args.count, args.interval_ms / 1000.0, objects,
-                     near_copy=cfg.capture.near_copy, source=camera.name)
+    job = CaptureJob(CaptureRequest(args.label, args.count, args.interval_ms / 1000.0, objects, camera.name,
+                                    near_copy=cfg.capture.near_copy), CaptureTarget(store, info.id))
     source = open_source(camera.source)
     grabber = FrameGrabber(source, camera.source, stop, lambda img: to_pixels(img, info.input_size), cfg.serve.queue_size,
                            camera.name)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 import cv2
 
+from ..config import CaptureConfig
 from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
-from ..serve.capture import CaptureDesk, CaptureJob
+from ..serve.capture import CaptureDesk, CaptureJob, CaptureRequest, CaptureTarget
 from ..serve.headset import HeadSet
 from ..serve.background import JobRunner, TopicResponder, run_reporting
 from ..serve.learning import Learning
@@ -48,30 +51,46 @@ class SceneView(Protocol):
 MAX_SNAPSHOT_REPLY = 2 << 20
 
 
+@dataclass
+class Teaching:
+    """What the commands act on: the examples, the heads and their learning, captures, the review queue, the scene
+    (states; the sources and regions a capture names), the event store and the fleet's sharing."""
+
+    store: Store
+    backbone_id: str
+    heads: HeadSet
+    learning: Learning
+    captures: CaptureDesk
+    capture_cfg: CaptureConfig
+    reviews: ReviewQueue
+    sharing: Sharer
+    scene: Optional[SceneView] = None
+    events: Optional[EventStore] = None
+
+
+@dataclass
+class Reporting:
+    """How the commands reach beyond their own reply: the status (`changed`: publish it soon), the newest frame and
+    the snapshot topic, background jobs and where a follow-up job reports (None: train waits for its fine-tune)."""
+
+    status: Callable[[], dict]
+    changed: Callable[[], None]
+    last_frame: Callable[[Optional[str]], object]
+    publish_snapshot: Callable[[bytes], Optional[str]]
+    jobs: JobRunner
+    publish_job: Optional[Callable[[dict], None]] = None
+    stop: Optional[threading.Event] = None
+
+
 class CommandHandlers:
-    def __init__(self, *, store: Store, backbone_id: str, heads: HeadSet, learning: Learning, captures: CaptureDesk,
-                 jobs: JobRunner, status: Callable[[], dict], changed: Callable[[], None],
-                 last_frame: Callable[[Optional[str]], object], publish_snapshot: Callable[[bytes], Optional[str]],
-                 capture_cfg, reviews: ReviewQueue, sharing: "Sharer", scene: Optional["SceneView"] = None,
-                 events: Optional[EventStore] = None, publish_job: Optional[Callable[[dict], None]] = None,
-                 stop=None):
-        self.store = store
-        self.backbone_id = backbone_id
-        self.heads = heads
-        self.learning = learning
-        self.captures = captures
-        self.jobs = jobs
-        self.status_fn = status
-        self.changed = changed  # the status changed: publish it soon
-        self.last_frame = last_frame
-        self.publish_snapshot = publish_snapshot
-        self.capture_cfg = capture_cfg
-        self.reviews = reviews
-        self.sharing = sharing
-        self.scene = scene
-        self.events = events
-        self.publish_job = publish_job  # where a follow-up job reports (None: train waits for its fine-tune)
-        self.stop = stop
+    def __init__(self, teaching: Teaching, reporting: Reporting):
+        self.store, self.backbone_id, self.heads = teaching.store, teaching.backbone_id, teaching.heads
+        self.learning, self.captures, self.capture_cfg = teaching.learning, teaching.captures, teaching.capture_cfg
+        self.reviews, self.sharing, self.scene, self.events = (teaching.reviews, teaching.sharing, teaching.scene,
+                                                               teaching.events)
+        self.status_fn, self.changed, self.last_frame = reporting.status, reporting.changed, reporting.last_frame
+        self.publish_snapshot, self.jobs = reporting.publish_snapshot, reporting.jobs
+        self.publish_job, self.stop = reporting.publish_job, reporting.stop
 
     def table(self) -> dict[str, Handler]:
         """Every command name (edged.commands.schema.COMMANDS) and its handler, the method `on_<name>`."""
@@ -91,11 +110,12 @@ class CommandHandlers:
             raise CommandError(f"capture.region: no region {cmd.region!r}" + (f" in source {source!r}" if source else "")
                                + f"; configured: {', '.join(regions) or 'none'}", cmd.id)
         timeout = cmd.timeout_s if cmd.timeout_s is not None else cmd.count * cmd.interval_ms / 1000.0 + cfg.timeout_s
-        job = CaptureJob(self.store, self.backbone_id, cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(),
-                         responder=responder, corr_id=cmd.id, timeout_s=timeout,
-                         near_copy=cmd.near_copy if cmd.near_copy is not None else cfg.near_copy,
-                         max_per_label=cfg.max_per_label, max_total=cfg.max_total, writer=True,
-                         learned=self.heads.learned, region=cmd.region or "", source=source)
+        request = CaptureRequest(cmd.label, cmd.count, cmd.interval_ms / 1000.0, cmd.objects(), source,
+                                 cmd.region or "", cmd.near_copy if cmd.near_copy is not None else cfg.near_copy,
+                                 timeout)
+        target = CaptureTarget(self.store, self.backbone_id, cfg.max_per_label, cfg.max_total, writer=True,
+                               learned=self.heads.learned)
+        job = CaptureJob(request, target, responder=responder, corr_id=cmd.id)
         self.captures.start(job)
         log.info("capture of %d %r examples started", cmd.count, cmd.label)
         self.changed()

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from .. import __version__
 from ..commands.dispatch import Dispatcher
-from ..commands.handlers import CommandHandlers
+from ..commands.handlers import CommandHandlers, Reporting, Teaching
 from ..config import Config
 from ..files import file_sha256
 from ..fleet.remote_trainer import RemoteTrainer
@@ -162,12 +162,11 @@ class Daemon:
         self.sharing = Sharing(self.cfg, self.store, self.backbone, self.heads, self.learning, self.mqtt,
                                self.telemetry.changed, self.stop, self.trust)
         self.telemetry.sections["fleet"] = self.sharing.describe
-        handlers = CommandHandlers(store=self.store, backbone_id=self.backbone.id, heads=self.heads,
-                                   learning=self.learning, captures=self.captures, jobs=self.jobs,
-                                   status=self.telemetry.status, changed=self.telemetry.changed,
-                                   last_frame=self.loop.newest, publish_snapshot=self.outputs.snapshot,
-                                   capture_cfg=self.cfg.capture, reviews=self.reviews, sharing=self.sharing,
-                                   scene=self.scene, events=self.events, publish_job=self.outputs.job, stop=self.stop)
+        handlers = CommandHandlers(
+            Teaching(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.cfg.capture,
+                     self.reviews, self.sharing, self.scene, self.events),
+            Reporting(self.telemetry.status, self.telemetry.changed, self.loop.newest, self.outputs.snapshot,
+                      self.jobs, self.outputs.job, self.stop))
         self.dispatcher = Dispatcher(handlers.table(), self.stop)
         self.dispatcher.start()
         self.reviewer.start()

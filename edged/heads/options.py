@@ -7,6 +7,7 @@ from typing import Optional
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ..config import HeadsConfig
 from ..errors import HeadError
 
 
@@ -37,9 +38,9 @@ def build_options(head_cls, values: Optional[dict], where: str):
     raise HeadError(f"head {head_cls.name!r}: Options must be a HeadOptions model or a dataclass")
 
 
-def head_options(cfg, head_cls):
+def head_options(heads: HeadsConfig, head_cls):
     """A head's options from `[heads.<name>]` (or the older `[heads.options.<name>]`)."""
-    values, where = cfg.heads.options_for(head_cls.name)
+    values, where = heads.options_for(head_cls.name)
     return build_options(head_cls, values, where)
 
 
@@ -55,7 +56,7 @@ def check_head_config(cfg, classes: dict) -> list[str]:
             problems.append(f"heads.{name}: no installed head is named {name!r}; installed: {sorted(classes)}")
             continue
         try:
-            head_options(cfg, classes[name])
+            head_options(cfg.heads, classes[name])
         except HeadError as e:
             problems.append(str(e))
     return problems

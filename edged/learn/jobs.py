@@ -28,7 +28,7 @@ def _context(cfg: Config, store: Store, head: str, request: TrainRequest, job: s
         raise HeadError(f"{job}.head: unknown head {head!r}; installed: {sorted(classes)}")
     cls = classes[head]
     backbone = build_backbone(cfg.backbone, cfg.state_path)
-    return TrainContext(cfg, store, backbone, cls, head_options(cfg, cls), request, folder)
+    return TrainContext(cfg, store, backbone, cls, head_options(cfg.heads, cls), request, folder)
 
 
 def trainer_module(head_cls, hook: str):

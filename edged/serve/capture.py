@@ -5,17 +5,46 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..config import BACKGROUND
 from ..errors import CommandError
-from ..sources.base import Sound
 from ..heads.fewshot import FEW_DISTINCT, NEAR_COPY, DistinctFrames, unlike_the_rest
+from ..sources.base import Sound
 from ..state.store import NewExample, Store
 
 LONG_SOUND_WINDOWS = 16  # a sound filling this many windows in a row gives one example each time (2 s at 0.125 s)
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What to capture: `count` examples of `label` (sounds, of a sound source), one due every `interval_s`, from a
+    source and region; `objects` (label, box) when the frames hold boxes; ends at `timeout_s` with what it has."""
+
+    label: str
+    count: int
+    interval_s: float = 0.0
+    objects: Optional[list[tuple[str, tuple]]] = None
+    source: str = ""
+    region: str = ""
+    near_copy: float = NEAR_COPY
+    timeout_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class CaptureTarget:
+    """Where captured examples go: the store (embeddings under `backbone_id`), its caps, the writer thread, and
+    `learned(embedding, label, box)` once each is on disk."""
+
+    store: Store
+    backbone_id: str
+    max_per_label: int = 0
+    max_total: int = 0
+    writer: bool = False
+    learned: Optional[Callable[[np.ndarray, str, object], None]] = None
 
 
 class CaptureJob:
@@ -34,27 +63,23 @@ class CaptureJob:
     written on a thread of the job's own: the frame loop only chooses frames and never waits on the disk. `stored`
     counts what is on disk; the reply is made only after `close()` has waited for the last write."""
 
-    def __init__(self, store: Store, backbone_id: str, label: str, count: int, interval_s: float,
-                 objects: Optional[list[tuple[str, tuple]]] = None, responder=None, corr_id=None,
-                 near_copy: float = NEAR_COPY, timeout_s: Optional[float] = None, max_per_label: int = 0,
-                 max_total: int = 0, writer: bool = False,
-                 learned: Optional[Callable[[np.ndarray, str, object], None]] = None, region: str = "",
-                 source: str = ""):
-        self.store = store
-        self.source = source  # the source examples are taken from ("" the one source)
-        self.region = region  # "" the whole frame, else a region's crop
-        self.place = "/".join(part for part in (source, region) if part)  # the view's name (edged.scene.views)
-        self.backbone_id = backbone_id
-        self.label = label
-        self.count = count
-        self.interval_s = interval_s
-        self.objects = list(objects) if objects else None
+    def __init__(self, request: "CaptureRequest", target: "CaptureTarget", responder=None, corr_id=None):
+        self.request = request
+        self.store = target.store
+        self.source = request.source  # the source examples are taken from ("" the one source)
+        self.region = request.region  # "" the whole frame, else a region's crop
+        self.place = "/".join(part for part in (self.source, self.region) if part)  # the view's name (edged.scene.views)
+        self.backbone_id = target.backbone_id
+        self.label = request.label
+        self.count = request.count
+        self.interval_s = request.interval_s
+        self.objects = list(request.objects) if request.objects else None
         self.box = self.objects[0][1] if self.objects and len(self.objects) == 1 else None
         self.responder = responder
         self.corr_id = corr_id
-        self.distinct = DistinctFrames(near_copy)
-        self.timeout_s = timeout_s
-        self.caps = (max_per_label, max_total)  # the store's example caps, applied when the capture ends
+        self.distinct = DistinctFrames(request.near_copy)
+        self.timeout_s = request.timeout_s
+        self.caps = (target.max_per_label, target.max_total)  # the store's example caps, applied when the capture ends
         self.stored = 0
         self.skipped_loudness = 0  # sound windows of the wrong loudness for the label
         self.skipped_cut = 0  # sound windows holding only a part of a sound (edged.sources.audio.holds_whole_sound)
@@ -66,10 +91,10 @@ class CaptureJob:
         self._next_due = self.started
         self.accepted = 0  # frames chosen (stored, or waiting for the writer)
         self.failed: Optional[str] = None  # why the writer stopped
-        self.learned = learned
+        self.learned = target.learned
         self._kept: list[tuple[int, np.ndarray]] = []  # (example id, embedding) of the sounds this capture stored
         self._writes: Optional["queue.Queue"] = None
-        if writer:
+        if target.writer:
             self._writes = queue.Queue()
             self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
             self._writer.start()

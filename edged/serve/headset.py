@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, HeadsConfig, RuntimeConfig
 from ..errors import EdgedError, HeadError
 from ..heads.base import Head, Prediction
 from ..heads.options import head_options
@@ -28,18 +28,19 @@ log = logging.getLogger(__name__)
 
 
 class HeadSet:
-    def __init__(self, cfg: Config, store: Store, backbone: BackboneInfo, classes: dict[str, type[Head]]):
-        self.cfg = cfg
+    def __init__(self, heads: HeadsConfig, runtime: RuntimeConfig, layout: StateLayout, store: Store,
+                 backbone: BackboneInfo, classes: dict[str, type[Head]]):
+        self.heads_cfg, self.runtime, self.layout = heads, runtime, layout
         self.store = store
         self.backbone = backbone
         self.classes = classes
-        self.choice = ServingChoice(StateLayout(cfg.state_path).serving)
+        self.choice = ServingChoice(layout.serving)
         self._lock = threading.Lock()
         self.instances: dict[str, Head] = {}  # heads answering from embeddings
         self.fused: dict[str, FusedModel] = {}  # trained versions that are one TFLite model (fine-tuned, boxes)
         self.models: dict[str, FusedModel] = {}  # exported models chosen with `activate {"model": ...}`
         self.errors: dict[str, str] = {}
-        active = self.choice.active(cfg.heads.active)
+        active = self.choice.active(heads.active)
         unknown = [h for h in active if h not in self.classes]
         if unknown:
             raise HeadError(f"heads.active: unknown head(s) {unknown}; installed: {sorted(self.classes)}")
@@ -53,19 +54,25 @@ class HeadSet:
                 log.error("serving.json names an exported model for unknown head %r; ignored", name)
                 continue
             try:
-                self.models[name] = self.open_model(StateLayout(self.cfg.state_path).models(name).current_path(), name)
+                self.models[name] = self.open_model(self.layout.models(name).current_path(), name)
             except EdgedError as e:
                 log.error("exported model for %s not served: %s", name, e)
 
+    @classmethod
+    def for_config(cls, cfg: Config, store: Store, backbone: BackboneInfo,
+                   classes: dict[str, type[Head]]) -> "HeadSet":
+        """The head set of a whole config: its [heads], [runtime] and state folder."""
+        return cls(cfg.heads, cfg.runtime, StateLayout(cfg.state_path), store, backbone, classes)
+
     # -- opening -----------------------------------------------------------------------------
     def options(self, name: str):
-        return head_options(self.cfg, self.classes[name])
+        return head_options(self.heads_cfg, self.classes[name])
 
     def open_model(self, folder: Optional[Path], name: str) -> FusedModel:
         """A TFLite model folder for head `name`, checked against the serving backbone's input size."""
         if folder is None:
             raise HeadError(f"no exported model for {name!r}: export it first")
-        rt = self.cfg.runtime
+        rt = self.runtime
         model = FusedModel(folder, self.classes[name].decode, rt.num_threads, rt.interpreter, rt.delegate)
         if model.input_size != self.backbone.input_size:
             model.close()
@@ -78,7 +85,7 @@ class HeadSet:
         if head.incremental:
             head.fit(self.store.examples(self.backbone.id))
             return head, None
-        folder = folder or StateLayout(self.cfg.state_path).heads(name).current_path()
+        folder = folder or self.layout.heads(name).current_path()
         if folder is not None and (folder / "model.tflite").is_file():
             return head, self.open_model(folder, name)
         head.load(folder)
@@ -208,7 +215,7 @@ class HeadSet:
             entry = {"kind": cls.kind, "active": name in self.active,
                      "ready": bool(model or (head and head.ready)),
                      "classes": model.labels if model else (head.classes if head else [])}
-            current = StateLayout(self.cfg.state_path).heads(name).current()
+            current = self.layout.heads(name).current()
             if current:
                 entry["version"] = current
             if name in models:

@@ -29,7 +29,8 @@ class ServingStack:
         try:
             self.backbone, self.engine = open_backbone(cfg)
             reembed_missing(self.store, self.backbone, self.engine, reembed_progress)
-            self.heads = HeadSet(cfg, self.store, self.backbone, head_classes(plugin_manager(cfg.plugins_dir)))
+            self.heads = HeadSet(cfg.heads, cfg.runtime, StateLayout(cfg.state_path), self.store, self.backbone,
+                                 head_classes(plugin_manager(cfg.plugins_dir)))
         except BaseException:
             self.store.close()
             raise

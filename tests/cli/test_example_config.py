@@ -35,7 +35,7 @@ def test_every_value_in_the_example_config_is_the_default():
             continue
         parts = where.split(".")
         if parts[0] == "heads" and len(parts) == 3:
-            default = getattr(head_options(cfg, classes[parts[1]]), parts[2])
+            default = getattr(head_options(cfg.heads, classes[parts[1]]), parts[2])
         elif where == "backbone.cut_layer":
             default = cut_layer(cfg.backbone)
         else:

@@ -118,7 +118,7 @@ def test_head_swap_while_predicting(tmp_path):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=16), rng.normal(size=16)
     store.add_many([NewExample(np.zeros((8, 8, 3), np.uint8), "a", a)], _Backbone.id)
-    heads = HeadSet(cfg, store, _Backbone(), head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, _Backbone(), head_classes(plugin_manager()))
     assert heads.predict(a, None)[0][1].label == "a"
     errors, answers, stop = [], [], threading.Event()
 

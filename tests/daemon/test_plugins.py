@@ -144,7 +144,7 @@ def test_bad_head_options_name_the_key(tmp_path):
             raise AssertionError("not reached")
 
     with pytest.raises(HeadError, match="heads.options.nearest_mean"):
-        HeadSet(cfg, FakeStore(), type("B", (), {"id": "x"})(), head_classes(plugin_manager(cfg.plugins_dir)))
+        HeadSet.for_config(cfg, FakeStore(), type("B", (), {"id": "x"})(), head_classes(plugin_manager(cfg.plugins_dir)))
 
 
 def test_readme_head_example_runs(tmp_path):
@@ -164,7 +164,7 @@ def test_readme_head_example_runs(tmp_path):
     classes = head_classes(plugin_manager(str(tmp_path)))
     cls = classes["nearest_mean"]
     cfg = load_config(None, [f"plugins_dir='{tmp_path}'", "heads.nearest_mean.temperature=20.0"])
-    head = cls(head_options(cfg, cls))
+    head = cls(head_options(cfg.heads, cls))
     assert head.options.temperature == 20.0 and not head.ready
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=8), rng.normal(size=8)
@@ -174,4 +174,4 @@ def test_readme_head_example_runs(tmp_path):
     assert head.predict(a).label == "a" and head.predict(b).label == "b"
     bad = load_config(None, [f"plugins_dir='{tmp_path}'", "heads.nearest_mean.temprature=2.0"])
     with pytest.raises(HeadError, match="heads.nearest_mean.temprature: unknown key"):
-        head_options(bad, cls)
+        head_options(bad.heads, cls)

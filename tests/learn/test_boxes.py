@@ -227,7 +227,7 @@ def test_a_head_that_cannot_beat_the_mean_box_is_reported_and_not_activated(make
     assert result["metrics"]["mean_box_iou"] == pytest.approx(1.0) and result["metrics"]["validation"] == "2-fold"
     versions = Versions(cfg.state_path / "heads" / "boxes")
     assert versions.versions() == ["v1"] and versions.current() is None  # kept for a look, not served
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["boxes"])
     assert not heads.ready("boxes")
     heads.close(), store.close(), engine.close()
@@ -245,7 +245,7 @@ def test_objects_head_finds_two_shapes_in_one_frame(make_state):
     info, engine, store = _fill(cfg, [scene_at(11, i, 160, 120, clutter=6, objects=2) for i in range(240)])
     result = run_train(cfg, "objects", TrainRequest())
     assert result["activated"] and result["metrics"]["validation"] == "held-out fifth"
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["objects"])
     assert not heads.needs_embedding
     found, truths = [], []
@@ -286,7 +286,7 @@ def test_box_head_beats_the_mean_box_and_reports_frame_coordinates(make_state):
     result = run_train(cfg, "boxes", TrainRequest())
     m = result["metrics"]
     assert result["activated"] and m["val_iou"] >= m["mean_box_iou"] + 0.10, m
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["boxes"])
     ious = []
     for i in range(30):

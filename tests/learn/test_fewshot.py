@@ -107,7 +107,7 @@ def test_unknown_for_a_class_never_taught(make_state, tmp_path):
         return [cv2.imread(str(files[i])) for i in order[first:last]]
 
     store.add_many([NewExample(img, f"d{d}", embed_image(engine, img)) for d in "037" for img in photos(d, 0, 20)], info.id)
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     learning.train("classifier", TrainRequest(mode="frozen"))
     learning.close()
@@ -140,7 +140,7 @@ def test_a_still_scene_is_stored_and_counted_as_near_copies(make_state, tmp_path
     from edged.config import BackboneConfig, SourceConfig
     from edged.learn.backbones import build_backbone
     from edged.runtime.engine import Engine, EngineOptions
-    from edged.serve.capture import CaptureJob
+    from edged.serve.capture import CaptureJob, CaptureRequest, CaptureTarget
     from edged.sources.opencv import OpenCVSource
     from edged.sources.preprocess import to_pixels
     from edged.sources.synthetic import scene_at
@@ -161,7 +161,7 @@ def test_a_still_scene_is_stored_and_counted_as_near_copies(make_state, tmp_path
         source = OpenCVSource(path, SourceConfig(uri=path, loop=False))
         source.open()
         store = Store(tmp_path / f"store-{name}")
-        job = CaptureJob(store, info.id, name, 20, 0.0, near_copy=0.97)  # a still camera at 0.25/128 sits near 0.98
+        job = CaptureJob(CaptureRequest(name, 20, near_copy=0.97), CaptureTarget(store, info.id))  # a still camera at 0.25/128 sits near 0.98
         stored_images = []
         while (frame := source.read()) is not None:
             if job.offer(frame.image, engine.embed(to_pixels(frame.image, info.input_size))):

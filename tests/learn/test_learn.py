@@ -59,7 +59,7 @@ def test_classifier_learns_sign_digits_and_int8_export_agrees(make_state):
     info, engine, store = fill_store(cfg, _sign_images(0, 20))
     from edged.serve.learning import Learning
 
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     progress = []
     result = learning.train("classifier", TrainRequest(mode="frozen"), progress.append)  # numpy, in this process
@@ -207,7 +207,7 @@ def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
                "heads.classifier.fine_tune_epochs=2", "heads.classifier.augment_copies=0")
     items = [(scene_at(5, i, 96, 96, s).image, s, None) for s in ("triangle", "rectangle") for i in range(8)]
     info, engine, store = fill_store(cfg, items)
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     progress, serving_before_tuning = [], []
 
@@ -239,7 +239,7 @@ def test_auto_mode_serves_the_frozen_head_first_then_fine_tunes(make_state):
 
     remote = state_config(cfg.state_path, settings, "fleet.trainer='remote'")
     store = Store(remote.state_path / "store")
-    heads = HeadSet(remote, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(remote, store, info, head_classes(plugin_manager()))
     learning = Learning(remote, store, info, heads)
     try:
         result = learning.train("classifier", TrainRequest())
@@ -278,7 +278,7 @@ def test_box_head_trains_from_store_and_serves_fused(make_state):
     assert result["metrics"]["train_examples"] == 30  # the frame without a box is not a box example
     if not result["activated"]:  # random weights rarely beat the mean box: the user activates it explicitly
         Versions(cfg.state_path / "heads" / "boxes").activate("v1")
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     heads.activate(["boxes"])
     assert not heads.needs_embedding  # the box head runs its own fused model on pixels
     name, pred = heads.predict(None, FrameView(scene_at(9, 1, 96, 96).image, 96))[0]
@@ -300,7 +300,7 @@ def test_corrupt_or_mismatched_model_is_refused_and_previous_stays(make_state):
     assert first["model_version"] == "v1" and first["parity"]["passed"]
     from edged.serve.learning import Learning
 
-    heads = HeadSet(cfg, store, info, head_classes(plugin_manager()))
+    heads = HeadSet.for_config(cfg, store, info, head_classes(plugin_manager()))
     learning = Learning(cfg, store, info, heads)
     served = learning.use_model("knn")
     assert served["version"] == "v1"

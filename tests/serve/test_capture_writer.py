@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edged.errors import EdgedError
-from edged.serve.capture import CaptureJob
+from edged.serve.capture import CaptureJob, CaptureRequest, CaptureTarget
 from edged.state.store import Store
 
 
@@ -37,7 +37,7 @@ def test_writes_leave_the_frame_thread_and_finish_before_the_reply(tmp_path):
     store = Store(tmp_path / "store")
     slow = SlowStore(store)
     learned = []
-    job = CaptureJob(slow, "bb", "mug", 8, 0.0, writer=True, learned=lambda e, label, box: learned.append(label))
+    job = CaptureJob(CaptureRequest("mug", 8), CaptureTarget(slow, "bb", writer=True, learned=lambda e, label, box: learned.append(label)))
     offered = [job.offer(image, emb) for image, emb in _frames(8)]
     assert all(offered) and job.all_chosen  # chosen at once: the loop did not wait 8 x 20 ms
     assert job.stored < 8
@@ -49,7 +49,7 @@ def test_writes_leave_the_frame_thread_and_finish_before_the_reply(tmp_path):
 
 def test_a_failing_write_ends_the_capture_with_what_is_on_disk(tmp_path):
     store = Store(tmp_path / "store")
-    job = CaptureJob(SlowStore(store, fail_after=3), "bb", "mug", 8, 0.0, writer=True)
+    job = CaptureJob(CaptureRequest("mug", 8), CaptureTarget(SlowStore(store, fail_after=3), "bb", writer=True))
     for image, emb in _frames(8):
         job.offer(image, emb)
     job.close()
@@ -61,7 +61,7 @@ def test_a_failing_write_ends_the_capture_with_what_is_on_disk(tmp_path):
 @pytest.mark.parametrize("writer", [False, True])
 def test_without_a_writer_offer_stores_at_once(tmp_path, writer):
     store = Store(tmp_path / "store")
-    job = CaptureJob(store, "bb", "mug", 2, 0.0, writer=writer)
+    job = CaptureJob(CaptureRequest("mug", 2), CaptureTarget(store, "bb", writer=writer))
     for image, emb in _frames(2):
         job.offer(image, emb)
     job.close()

@@ -223,6 +223,35 @@ reconnect_max_s = 2
 """
 
 
+def daemon_config(tmp_path: Path, make_state, port: int, device: str, source: str = "synthetic:clutter=2",
+                  extra: str = "", settings: dict | None = None) -> Path:
+    """A daemon's config file `<device>.toml` with a state folder of its own (`state-<device>`, the test backbone
+    built in): what most daemon tests start."""
+    settings = settings or backbone_settings("none")
+    state = make_state(settings, name=f"state-{device}")
+    return write_config(tmp_path / f"{device}.toml", toml_config(state, port, source, settings, device, extra))
+
+
+def edged_cli(*args: str, timeout: float = 300, cwd: Path | str = ROOT, env: dict | None = None,
+              ) -> subprocess.CompletedProcess:
+    """`edged <args>` in a subprocess, as a user types it; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def wait_until(predicate, timeout: float = 20.0, what="the condition", interval: float = 0.05):
+    """Poll `predicate()` until it returns something truthy (returned) or `timeout` passes (AssertionError naming
+    `what`, or what `what()` says then): the one way a test waits on something that happens elsewhere."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
 # -- MQTT probe ----------------------------------------------------------------------
 class Probe:
     """A paho client collecting messages per topic; `request` sends a command and waits for its final reply."""

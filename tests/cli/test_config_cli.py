@@ -1,22 +1,17 @@
 """Config validation and the CLI's config check, doctor and heads commands."""
 
-import subprocess
-import sys
 
 import pytest
+from conftest import edged_cli
 
 from edged.config import load_config
 from edged.errors import ConfigError
 
 
-def _edged(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=120, **kw)
-
-
 def test_config_check_misspelt_key_names_it(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('device = "cam"\n[mqtt]\nhost = "127.0.0.1"\nprot = 1884\n')
-    result = _edged("config", "check", str(cfg))
+    result = edged_cli("config", "check", str(cfg))
     assert result.returncode != 0
     assert "mqtt.prot" in result.stderr and "unknown key" in result.stderr
     assert str(cfg) in result.stderr
@@ -25,13 +20,13 @@ def test_config_check_misspelt_key_names_it(tmp_path):
 def test_config_check_bad_value_names_path(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[backbone]\nalpha = 7\n[heads.knn]\nk = 0\n')
-    result = _edged("config", "check", str(cfg))
+    result = edged_cli("config", "check", str(cfg))
     assert result.returncode == 2
     assert "backbone.alpha" in result.stderr and "heads.knn.k" in result.stderr
 
 
 def test_config_check_good_file_and_example(tmp_path):
-    result = _edged("config", "check", "edged/cli/systemd/edged.example.toml")
+    result = edged_cli("config", "check", "edged/cli/systemd/edged.example.toml")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("edged/cli/systemd/edged.example.toml: ok (device 'kitchen-pi'"), result.stdout
 
@@ -63,21 +58,21 @@ def test_broken_toml_and_missing_file(tmp_path):
 
 
 def test_heads_lists_builtin_heads():
-    result = _edged("heads")
+    result = edged_cli("heads")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
     assert rows == {"boxes": "boxes", "classifier": "classes", "knn": "classes", "objects": "boxes"}
 
 
 def test_doctor_reports_parts(broker, tmp_path):
-    result = _edged("doctor", "--set", f"mqtt.port={broker.port}", "--set", f"state_dir='{tmp_path}'")
+    result = edged_cli("doctor", "--set", f"mqtt.port={broker.port}", "--set", f"state_dir='{tmp_path}'")
     out = result.stdout
     assert "interpreter" in out and "litert" in out
     assert "[ok  ] broker" in out
     assert "[ok  ] source" in out and "synthetic" in out
     assert "tensorflow" in out
     assert result.returncode == 0, out + result.stderr
-    down = _edged("doctor", "--set", "mqtt.port=1", "--set", "source.uri='/no/such/video.mp4'")
+    down = edged_cli("doctor", "--set", "mqtt.port=1", "--set", "source.uri='/no/such/video.mp4'")
     assert down.returncode == 1
     assert "[FAIL] broker" in down.stdout and "[FAIL] source" in down.stdout
 
@@ -98,7 +93,7 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
                                                           settings, "cli1"))
     d = daemons(cfg, tmp_path / "d.log")
     probe.wait_online("cli1")
-    out = _edged("collect", "--config", str(cfg), "--label", "rect", "--count", "4", "--interval-ms", "0",
+    out = edged_cli("collect", "--config", str(cfg), "--label", "rect", "--count", "4", "--interval-ms", "0",
                  "--set", "source.uri='synthetic:shape=rectangle,clutter=0'")
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)
@@ -110,13 +105,13 @@ def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, mak
 
     image = tmp_path / "r.png"
     cv2.imwrite(str(image), scene_at(0, 2, 640, 480, "rectangle", clutter=0).image)
-    pred = _edged("predict", "--config", str(cfg), str(image), str(tmp_path / "missing.png"))
+    pred = edged_cli("predict", "--config", str(cfg), str(image), str(tmp_path / "missing.png"))
     lines = [json.loads(l) for l in pred.stdout.splitlines()]
     assert lines[0]["head"] == "knn" and lines[0]["label"] == "rect"
     assert lines[1]["error"] == "cannot read image" and pred.returncode == 1
 
     if RACCOON.is_dir():
-        imp = _edged("import", "--config", str(cfg), "voc", str(RACCOON), "--limit", "5")
+        imp = edged_cli("import", "--config", str(cfg), "voc", str(RACCOON), "--limit", "5")
         assert imp.returncode == 0, imp.stderr
         assert json.loads(imp.stdout)["examples"]["raccoon"] == 5
         from edged.config import BackboneConfig

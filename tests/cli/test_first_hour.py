@@ -17,23 +17,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, WEIGHTS_025, backbone_settings, needs_weights, toml_config, write_config, write_video
+from conftest import ROOT, WEIGHTS_025, backbone_settings, edged_cli, needs_weights, toml_config, wait_until, write_config, write_video
 
 from edged import __version__
 
 
-def _edged(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=kw.pop("cwd", ROOT), **kw)
-
-
 def test_version():
-    out = _edged("--version")
+    out = edged_cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"edged {__version__}"
 
 
 def test_help_shows_defaults():
-    out = _edged("collect", "--help")
+    out = edged_cli("collect", "--help")
     assert "(default: 200)" in out.stdout and "time between stored frames" in out.stdout
 
 
@@ -46,13 +41,13 @@ def test_help_shows_defaults():
 ])
 def test_config_check_names_the_key(tmp_path, extra, key):
     cfg = write_config(tmp_path / "c.toml", 'device = "x"\n' + extra)
-    out = _edged("config", "check", str(cfg))
+    out = edged_cli("config", "check", str(cfg))
     assert out.returncode == 2 and key in out.stderr, out.stderr
 
 
 def test_daemon_refuses_to_start_with_a_missing_tls_ca(tmp_path):
     cfg = write_config(tmp_path / "c.toml", 'device = "x"\n[mqtt.tls]\nca_certs = "/no/such/ca.pem"\n')
-    out = _edged("run", "--config", str(cfg), timeout=60)
+    out = edged_cli("run", "--config", str(cfg), timeout=60)
     assert out.returncode == 2 and "mqtt.tls.ca_certs: file not found" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -110,13 +105,13 @@ def test_cli_cmd_talks_to_the_daemon_and_capture_stores_what_was_shown(broker, p
     cfg = write_config(tmp_path / "c.toml", text)
     d = daemons(cfg, tmp_path / "d.log")
     probe.wait_online("cli2")
-    out = _edged("cmd", "--config", str(cfg), "status")
+    out = edged_cli("cmd", "--config", str(cfg), "status")
     assert out.returncode == 0 and json.loads(out.stdout)["device"] == "cli2"
-    out = _edged("cmd", "--config", str(cfg), "capture", "--label", "seed", "--count", "1", "--interval-ms", "0")
+    out = edged_cli("cmd", "--config", str(cfg), "capture", "--label", "seed", "--count", "1", "--interval-ms", "0")
     assert out.returncode == 0, out.stderr  # the kNN head predicts (and so tells the position) from one example
     # wait until the source is half a second into the red segment, then capture 5 frames 100 ms apart
     probe.wait_for(lambda t, p, r: t == "edged/cli2/prediction/knn" and 15 <= json.loads(p)["pos"] % 180 <= 25, 30)
-    out = _edged("cmd", "--config", str(cfg), "capture", "--label", "red", "--count", "5", "--interval-ms", "100")
+    out = edged_cli("cmd", "--config", str(cfg), "capture", "--label", "red", "--count", "5", "--interval-ms", "100")
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)  # a solid colour: every frame a near-copy of the first, each kept and said so
     assert reply["stored"] == 5 and reply["examples"] == 5 and reply["seconds"] < 1.5
@@ -131,25 +126,25 @@ def test_cli_cmd_talks_to_the_daemon_and_capture_stores_what_was_shown(broker, p
         b, _, r = img.reshape(-1, 3).mean(axis=0)
         assert r > 150 and b < 60, (row, b, r)  # a red frame, never a stale blue one
     ids = [r["id"] for r in reds]
-    out = _edged("cmd", "--config", str(cfg), "relabel", json.dumps({"ids": ids[:2], "label": "crimson"}))
+    out = edged_cli("cmd", "--config", str(cfg), "relabel", json.dumps({"ids": ids[:2], "label": "crimson"}))
     assert out.returncode == 0 and json.loads(out.stdout)["counts"]["crimson"] == 2
-    out = _edged("cmd", "--config", str(cfg), "delete", "--ids", json.dumps(ids[2:3]))
+    out = edged_cli("cmd", "--config", str(cfg), "delete", "--ids", json.dumps(ids[2:3]))
     assert out.returncode == 0 and json.loads(out.stdout)["counts"]["red"] == 2
-    bad = _edged("cmd", "--config", str(cfg), "capture", "--count", "5")
+    bad = edged_cli("cmd", "--config", str(cfg), "capture", "--count", "5")
     assert bad.returncode == 2 and "capture.label: Field required" in bad.stderr  # refused before it is sent
     store.close()
     assert d.stop() == 0
 
 
 def test_install_service_in_a_throwaway_root(tmp_path):
-    missing = _edged("install-service", "--root", str(tmp_path / "other"), "--user", "no-such-user-here")
+    missing = edged_cli("install-service", "--root", str(tmp_path / "other"), "--user", "no-such-user-here")
     assert missing.returncode == 1 and "user 'no-such-user-here' does not exist" in missing.stderr  # issue 33, 13
-    out = _edged("install-service", "--root", str(tmp_path), "--no-chown")
+    out = edged_cli("install-service", "--root", str(tmp_path), "--no-chown")
     assert out.returncode == 0, out.stderr
     units = tmp_path / "etc" / "systemd" / "system"
     config = tmp_path / "etc" / "edged" / "edged.toml"
     assert config.stat().st_mode & 0o777 == 0o640 and (tmp_path / "etc" / "edged").stat().st_mode & 0o777 == 0o750
-    assert _edged("config", "check", str(config)).returncode == 0
+    assert edged_cli("config", "check", str(config)).returncode == 0
     text = (units / "edged.service").read_text()
     exec_start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1)
     program = shlex.split(exec_start)[0]
@@ -198,13 +193,12 @@ def test_readme_walkthrough_step_by_step(broker, daemons, make_state, tmp_path):
         argv = shlex.split(line.rstrip("&").strip())
         if argv[1] == "run":
             d = daemons(tmp_path / "my.toml", tmp_path / "d.log")
-            deadline = time.monotonic() + 60
-            while _edged("status", "--config", str(tmp_path / "my.toml"), cwd=tmp_path).returncode != 0:
-                assert time.monotonic() < deadline and d.alive(), d.output()
-                time.sleep(0.5)
+            wait_until(lambda: not d.alive() or edged_cli("status", "--config", str(tmp_path / "my.toml"),
+                                                          cwd=tmp_path).returncode == 0, 60, interval=0.5)
+            assert d.alive(), d.output()
             ran.append("run")
             continue
-        out = _edged(*argv[1:], cwd=tmp_path)
+        out = edged_cli(*argv[1:], cwd=tmp_path)
         assert out.returncode == 0, (line, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr and "oneDNN" not in out.stderr, (line, out.stderr)
         ran.append(" ".join(argv[1:3]))

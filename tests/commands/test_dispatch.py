@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from edged_plugins.knn import UNKNOWN, KnnHead, KnnOptions
 
 from edged.commands.dispatch import DEFERRED, CollectingResponder, Dispatcher
@@ -131,11 +131,12 @@ def test_head_swap_while_predicting(tmp_path):
 
     t = threading.Thread(target=serve)
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: len(answers) >= 20, what="answers before the swap")
     fresh = KnnHead(KnnOptions(k=1, threshold=-1))
     fresh.fit(Examples(np.array([1, 2]), np.array(["a", "b"]), np.stack([a, b]).astype(np.float32), [None, None]))
+    swapped = len(answers)
     heads.swap("knn", fresh)
-    time.sleep(0.05)
+    wait_until(lambda: len(answers) >= swapped + 20, what="answers after the swap")
     stop.set()
     t.join()
     assert not errors and answers[0] == "a" and answers[-1] == "b"

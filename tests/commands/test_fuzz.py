@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import tracemalloc
 
 import pytest
-from conftest import backbone_settings
+from conftest import backbone_settings, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,7 +130,9 @@ def _fuzz(daemon, examples: int):
 
     try:
         check()
-        time.sleep(1.0)
+        after = daemon.loop.frames_seen  # what the fuzz set going has settled, and frames flow again
+        wait_until(lambda: daemon.jobs.running is None and daemon.captures.current is None
+                   and daemon.loop.frames_seen > after + 5, 30, what="the daemon idle and serving after the fuzz")
         grown_mb = (_edged_memory() - edged_before) / 2 ** 20
     finally:
         tracemalloc.stop()

@@ -10,12 +10,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED, WEIGHTS_025, backbone_settings, headless_browser, needs_weights, state_config
+from conftest import ROOT, SHARED, WEIGHTS_025, backbone_settings, edged_cli, headless_browser, needs_weights, state_config, wait_until
 from conftest import teach, toml_config, write_config
 
 from edged.bench.audio import noise, synthetic_sound
@@ -107,10 +105,7 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     assert status["source"]["state"] == "ok" and status["scene"]["gate"].get("skipped_still", 0) > 0, status["scene"]
 
     # a sound event's clip is the sound itself: clip_s before, the event, clip_s after
-    deadline = time.monotonic() + 30
-    while not (clips := sorted((state / "events").glob("*/clip.wav"))) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert clips, "no clip.wav written"
+    clips = wait_until(lambda: sorted((state / "events").glob("*/clip.wav")), 30, what="a clip.wav written")
     event = json.loads((clips[0].parent / "event.json").read_text())
     seconds = len(read_wav(clips[0])) / RATE
     assert event["end"] is not None and seconds >= (event["end"] - event["start"]) + 1.5, (seconds, event)
@@ -173,8 +168,7 @@ def test_teach_your_doorbell_as_the_readme_says(broker, probe, daemons, make_sta
         words = argv[1:]
         at = words.index("--config")
         words[at + 1] = str(config)  # the README's my.toml is this test's config
-        out = subprocess.run([sys.executable, "-m", "edged", *words], capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)
+        out = edged_cli(*words, timeout=300, cwd=tmp_path)
         assert out.returncode == 0, (argv, out.stdout, out.stderr)
         reply = json.loads(out.stdout)
         ran.append(words[at + 2])
@@ -278,8 +272,7 @@ def test_the_speech_backbone_learns_words_and_reembeds_kept_sounds(broker, probe
             state, broker.port, str(tmp_path / "words.wav"), backbone, "words", "", realtime=False,
             every_frame=False))
         before = len(list((state / "store" / "frames").glob("*.wav")))
-        out = subprocess.run([sys.executable, "-m", "edged", "collect", "--config", str(config), "--label",
-                              f"said-{name}", "--count", "2"], capture_output=True, text=True, timeout=120)
+        out = edged_cli("collect", "--config", str(config), "--label", f"said-{name}", "--count", "2", timeout=120)
         assert out.returncode == 0, (name, out.stderr)
         reply = json.loads(out.stdout)
         assert reply["stored"] == 2 and reply["sounds"] == 2, reply

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, WEIGHTS_025, backbone_settings, needs_weights, teach, toml_config
+from conftest import WEIGHTS_025, backbone_settings, edged_cli, needs_weights, teach, toml_config, wait_until
 from conftest import write_config
 
 from edged.bench.eventscene import Appearance, EventScene, shape_photo, textured_background
@@ -80,13 +77,12 @@ snapshot_interval_s = 0
     retained = [json.loads(p) for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
     followed = [s["scene"]["states"].get("knn", {}).get("label") for s in retained if "scene" in s]
     assert "star" in followed, followed
-    deadline = time.monotonic() + 10
-    while followed[-1:] != ["background"] and time.monotonic() < deadline:
+    def followed_now():
         probe.drain()
-        followed = [json.loads(p).get("scene", {}).get("states", {}).get("knn", {}).get("label")
-                    for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
-        time.sleep(0.1)
-    assert followed[-1:] == ["background"], followed
+        return [json.loads(p).get("scene", {}).get("states", {}).get("knn", {}).get("label")
+                for t, p, r in probe.seen if t == f"edged/{DEVICE}/status"]
+
+    wait_until(lambda: followed_now()[-1:] == ["background"], 10, what=followed_now)
     predictions = [p for t, p, r in probe.seen if t.startswith(f"edged/{DEVICE}/prediction/")]
     assert len(predictions) <= 10, len(predictions)  # [publish] predictions = "change" (the default)
 
@@ -124,8 +120,8 @@ snapshot_interval_s = 0
     frames = int(clip.get(cv2.CAP_PROP_FRAME_COUNT))
     clip.release()
     assert frames >= 15 * 5, frames  # pre-roll + the event + post-roll
-    out = subprocess.run([sys.executable, "-m", "edged", "events", "show", start["id"], "--config", str(config),
-                          "--snapshot", str(tmp_path / "best.jpg")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = edged_cli("events", "show", start["id"], "--config", str(config), "--snapshot", str(tmp_path / "best.jpg"),
+                    timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["label"] == "star" and (tmp_path / "best.jpg").read_bytes() == jpeg
     assert d.stop() == 0, d.output()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from conftest import backbone_settings, toml_config, write_config
+from conftest import daemon_config, wait_until
 
 from edged.config import MqttConfig
 from edged.mqtt.client import make_client
@@ -15,10 +14,8 @@ TOPIC = "homeassistant/device/edged_ha1/config"
 
 
 def _config(tmp_path, make_state, port, enabled: bool):
-    settings = backbone_settings("none")
-    state = make_state(settings, name="state-ha1")
     extra = f"\n[homeassistant]\nenabled = {'true' if enabled else 'false'}\ncapture_count = 2\nsnapshot_interval_s = 1\n"
-    return write_config(tmp_path / "ha1.toml", toml_config(state, port, "synthetic:clutter=2", settings, "ha1", extra))
+    return daemon_config(tmp_path, make_state, port, "ha1", extra=extra)
 
 
 def _check_payload(config: dict) -> dict:
@@ -85,6 +82,8 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     check.connect("127.0.0.1", broker.port)
     check.subscribe("homeassistant/#")
     check.loop_start()
-    time.sleep(1)
+    # retained messages come on subscribing, before anything published after it: a marker of our own ends them
+    wait_until(lambda: check.publish("homeassistant/edged-test/marker", b"m") and "homeassistant/edged-test/marker" in got,
+               10, interval=0.2)
     check.loop_stop()
     assert TOPIC not in got  # no retained discovery left on the broker

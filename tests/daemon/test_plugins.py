@@ -1,12 +1,11 @@
 """Heads come from plugins: built-ins through the entry-point group, third-party from a folder or in process."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pluggy
 import pytest
+from conftest import edged_cli
 
 from edged.errors import HeadError
 from edged.heads import hookimpl
@@ -109,8 +108,7 @@ def test_plugins_dir_head_serves_in_daemon(tmp_path, make_state, broker, probe, 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "nearest_mean.py").write_text(NEAREST_MEAN)
-    listing = subprocess.run([sys.executable, "-m", "edged", "heads", "--set", f"plugins_dir='{plugins}'"],
-                             capture_output=True, text=True)
+    listing = edged_cli("heads", "--set", f"plugins_dir='{plugins}'")
     assert "nearest_mean" in listing.stdout, listing.stderr
 
     backbone = backbone_settings("none")

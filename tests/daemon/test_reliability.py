@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import backbone_settings, toml_config, write_config
+from conftest import backbone_settings, edged_cli, toml_config, wait_until, write_config
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -95,14 +93,12 @@ def test_camera_credentials_stay_out_of_status_logs_and_config_show(broker, prob
                      extra=f'password = "{secret}"\nusername = "u"\n')
     status = probe.wait_online("rel3")  # anonymous broker: the password is sent but not needed
     assert status["source"]["uri"] == "rtsp://admin:***@127.0.0.1:9/stream"
-    deadline = time.monotonic() + 20  # until the daemon has tried the camera (and logged what it tried)
-    while "camera_lost" not in json.dumps(probe.request("rel3", "status", {})["result"]["source"]):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    # until the daemon has tried the camera (and logged what it tried)
+    wait_until(lambda: "camera_lost" in json.dumps(probe.request("rel3", "status", {})["result"]["source"]), 20,
+               interval=0.2)
     assert d.stop() == 0
     assert secret not in d.output()
-    show = subprocess.run([sys.executable, "-m", "edged", "config", "check", str(cfg), "--show"], capture_output=True,
-                          text=True)
+    show = edged_cli("config", "check", str(cfg), "--show")
     assert show.returncode == 0 and secret not in show.stdout + show.stderr and '"password": "***"' in show.stdout
 
 

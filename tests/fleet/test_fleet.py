@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from conftest import ROOT, backbone_settings, enrol, toml_config, without_tensorflow, write_config
+from conftest import ROOT, backbone_settings, daemon_config, edged_cli, enrol, toml_config, wait_until, without_tensorflow, write_config
 
 from edged.config import load_config
 from edged.fleet.parcels import pack
@@ -25,17 +25,12 @@ from edged.fleet.trust import Identity, TrustError
 
 
 def _config(tmp_path, make_state, port, device, extra="", source="synthetic:clutter=2"):
-    settings = backbone_settings("none")
-    state = make_state(settings, name=f"state-{device}")
-    return write_config(tmp_path / f"{device}.toml", toml_config(state, port, source, settings, device, extra)), state
+    config = daemon_config(tmp_path, make_state, port, device, source, extra)
+    return config, load_config(config).state_path
 
 
 def _cli_config(tmp_path, port) -> str:
     return str(write_config(tmp_path / "cli.toml", f'device = "cli"\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'))
-
-
-def edged(*args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
 def _wait_stats(probe, devices, timeout=60):
@@ -56,39 +51,38 @@ def test_fleet_ls_and_send_against_two_daemons(broker, probe, tmp_path, make_sta
     _wait_stats(probe, ds)
     cli = _cli_config(tmp_path, broker.port)
 
-    listed = edged("fleet", "ls", "--json", "--config", cli)
+    listed = edged_cli("fleet", "ls", "--json", "--config", cli)
     assert listed.returncode == 0, listed.stderr
     rows = {r["device"]: r for r in json.loads(listed.stdout)}
     assert {"fa", "fb"} <= set(rows)
     for dev in ("fa", "fb"):
         assert rows[dev]["state"] == "online" and rows[dev]["active"] == ["knn"] and rows[dev]["fps"] is not None
         assert rows[dev]["backbone"] and rows[dev]["last_seen"] > time.time() - 30
-    table = edged("fleet", "ls", "--config", cli)
+    table = edged_cli("fleet", "ls", "--config", cli)
     assert table.returncode == 0 and "DEVICE" in table.stdout and "fa" in table.stdout and "online" in table.stdout
 
-    every = edged("fleet", "send", "--json", "--config", cli, "--timeout", "5", "status")
+    every = edged_cli("fleet", "send", "--json", "--config", cli, "--timeout", "5", "status")
     assert every.returncode == 0, every.stdout + every.stderr
     results = {r["device"]: r for r in json.loads(every.stdout)}
     assert results["fa"]["result"] == "ok" and results["fb"]["result"] == "ok"
     assert results["fa"]["reply"]["device"] == "fa"
 
-    named = edged("fleet", "send", "--device", "fa", "--device", "fb", "--device", "ghost",
+    named = edged_cli("fleet", "send", "--device", "fa", "--device", "fb", "--device", "ghost",
                   "--config", cli, "--timeout", "3", "status")
     assert named.returncode == 1, named.stdout
     lines = {line.split()[0]: line for line in named.stdout.splitlines()[1:]}
     assert "no reply" in lines["ghost"] and " ok " in lines["fa"] + " " and " ok " in lines["fb"] + " "
 
-    bad = edged("fleet", "send", "--device", "fa", "--config", cli, "--timeout", "5", "capture", '{"label": "!!"}')
+    bad = edged_cli("fleet", "send", "--device", "fa", "--config", cli, "--timeout", "5", "capture", '{"label": "!!"}')
     assert bad.returncode == 1 and "error" in bad.stdout and "capture.label" in bad.stdout
 
     ds["fb"].stop(signal.SIGKILL)  # no goodbye: the broker's will marks it offline
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        rows = {r["device"]: r for r in json.loads(edged("fleet", "ls", "--json", "--config", cli).stdout)}
-        if rows["fb"]["state"] == "offline":
-            break
-        time.sleep(1)
-    assert rows["fb"]["state"] == "offline" and rows["fa"]["state"] == "online"
+    def fb_offline():
+        rows = {r["device"]: r for r in json.loads(edged_cli("fleet", "ls", "--json", "--config", cli).stdout)}
+        return rows if rows["fb"]["state"] == "offline" else None
+
+    rows = wait_until(fb_offline, 60, what="fb offline in `edged fleet ls`", interval=0.5)
+    assert rows["fa"]["state"] == "online"
     assert ds["fa"].stop() == 0
 
 
@@ -246,7 +240,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
 
     # revoked: sha's next parcel is refused
     cli = _cli_config(tmp_path, broker.port)
-    revoked = edged("fleet", "revoke", "--dir", str(fleet_admin.folder), "--config", cli, "sha")
+    revoked = edged_cli("fleet", "revoke", "--dir", str(fleet_admin.folder), "--config", cli, "sha")
     assert revoked.returncode == 0 and "revoked: sha" in revoked.stdout, revoked.stderr
     probe.wait_for(lambda t, p, r: t == "edged/shb/status" and "sha" in json.loads(p).get("fleet", {}).get("revoked", []), 30)
     assert probe.request("sha", "train", {"head": "classifier", "mode": "frozen"}, timeout=120)["ok"]
@@ -267,7 +261,7 @@ def test_a_model_and_examples_taught_on_one_device_serve_on_another(broker, prob
     assert json.loads(json.loads(back[1])["signed"])["names"] == ["sha"]
     late = Identity(tmp_path / "late-keys", "late", "device")
     (tmp_path / "late.json").write_text(json.dumps(late.request()))
-    cert = edged("fleet", "enroll", "--dir", str(fleet_admin.folder), "--role", "device", str(tmp_path / "late.json"))
+    cert = edged_cli("fleet", "enroll", "--dir", str(fleet_admin.folder), "--role", "device", str(tmp_path / "late.json"))
     assert cert.returncode == 0, cert.stderr
     assert json.loads(json.loads(cert.stdout)["revocation"]["signed"])["names"] == ["sha"]
 
@@ -365,7 +359,7 @@ def _publish_and_expect_refusal(probe, messages, why: str, model_sha: str, clear
 
 @pytest.mark.heavy
 def test_bench_fleet_runs_small():
-    done = edged("bench", "fleet", "--devices", "5", "--rounds", "1", timeout=120)
+    done = edged_cli("bench", "fleet", "--devices", "5", "--rounds", "1", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("fleet send: ") and "collect 5 replies (target <= 1 s)" in last
@@ -396,15 +390,14 @@ def test_a_device_without_tensorflow_trains_and_exports_on_a_trainer_node(broker
                                cwd=ROOT, stdout=open(tmp_path / "trainer.log", "wb"), stderr=subprocess.STDOUT)
     try:
         probe.wait_for(lambda t, p, r: t == "edged/fleet/trainers/big" and json.loads(p).get("state") == "online", 60)
-        deadline = time.monotonic() + 30
-        while True:  # the status command reads the trainers as the device sees them now
+        def both_trainers_seen():  # the status command reads the trainers as the device sees them now
             status = probe.request("bare", "status", {})["result"]
-            if (status["trainers"].get("big") == "online" and "0-rogue" in status["trainers"]) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+            return status if status["trainers"].get("big") == "online" and "0-rogue" in status["trainers"] else None
+
+        status = wait_until(both_trainers_seen, 30, what="trainers big (online) and 0-rogue seen", interval=0.2)
         assert status["trainers"]["0-rogue"].startswith("refused: trainer '0-rogue': not signed"), status["trainers"]
         assert status["tensorflow_imported"] is False
-        listed = edged("fleet", "ls", "--config", _cli_config(tmp_path, broker.port))
+        listed = edged_cli("fleet", "ls", "--config", _cli_config(tmp_path, broker.port))
         assert "big (online, 0 jobs done)" in listed.stdout, listed.stdout
         assert "0-rogue (online, 0 jobs done, unsigned)" in listed.stdout
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import enrol
+from conftest import enrol, wait_until
 
 from edged.config import Config
 from edged.errors import EdgedError
@@ -180,10 +180,8 @@ def test_no_message_stops_the_trainer(broker, tmp_path, fleet_admin):
                (f"{base}/manifest", json.dumps({"signed": "{}", "sig": "x"}).encode())]
         for topic, payload in bad:
             sender.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-        deadline = time.monotonic() + 15
-        while node.refused < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert node.refused >= 2 and runner.is_alive(), node.refused
+        wait_until(lambda: node.refused >= 2, 15, what=lambda: f"{node.refused} refused")
+        assert runner.is_alive()
         assert node._status()["messages_refused"] == node.refused
     finally:
         for topic, _ in bad:

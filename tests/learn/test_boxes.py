@@ -4,14 +4,12 @@ captures and VOC imports with several boxes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import RACCOON, WEIGHTS_025, backbone_settings, fill_store, needs_weights, state_config
+from conftest import RACCOON, WEIGHTS_025, backbone_settings, edged_cli, fill_store, needs_weights, state_config
 from edged_plugins.boxes import BoxHead
 from edged_plugins.objects import ObjectsHead
 
@@ -172,8 +170,8 @@ def test_voc_import_keeps_several_objects_and_reports_what_it_skipped(tmp_path, 
     state = make_state(settings)
     config = tmp_path / "edged.toml"
     config.write_text(f"state_dir = '{state}'\n[backbone]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
-    out = subprocess.run([sys.executable, "-m", "edged", "import", "--config", str(config), "voc", str(tmp_path),
-                          "--annotations", str(xml), "--images", str(jpg)], capture_output=True, text=True, timeout=300)
+    out = edged_cli("import", "--config", str(config), "voc", str(tmp_path), "--annotations", str(xml), "--images",
+                    str(jpg))
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["imported"] == 2 and report["examples"] == {"car": 1, "dog": 1}
@@ -187,8 +185,7 @@ def test_voc_import_keeps_several_objects_and_reports_what_it_skipped(tmp_path, 
     two = ex.objects[list(ex.labels).index("car")]
     assert [l for l, _ in two] == ["car", "car", "dog"]
     assert two[1][1] == pytest.approx((100 / 200, 20 / 100, 190 / 200, 90 / 100))
-    missing = subprocess.run([sys.executable, "-m", "edged", "import", "--config", str(config), "voc", str(tmp_path),
-                              "--annotations", str(tmp_path / "nope")], capture_output=True, text=True, timeout=300)
+    missing = edged_cli("import", "--config", str(config), "voc", str(tmp_path), "--annotations", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "annotations folder" in missing.stderr
 
 

@@ -4,11 +4,9 @@ and commanded through the central broker."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, backbone_settings, toml_config, write_config
+from conftest import ROOT, backbone_settings, edged_cli, toml_config, write_config
 
 from edged.mqtt.broker import MosquittoBroker, wait_for_port
 
@@ -20,10 +18,6 @@ def _bridge_config(central_port: int) -> str:
             line = f"address 127.0.0.1:{central_port}"
         lines.append(line.replace("SITE", "site1"))
     return "\n".join(lines) + "\n"
-
-
-def edged(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
 @pytest.mark.heavy
@@ -39,18 +33,18 @@ def test_daemon_on_a_site_broker_is_listed_and_commanded_through_the_central_one
 
         rows = {}
         for _ in range(60):
-            listed = edged("fleet", "ls", "--json", "--config", cli)
+            listed = edged_cli("fleet", "ls", "--json", "--config", cli)
             rows = {r["device"]: r for r in json.loads(listed.stdout or "[]")}
             if rows.get("far1", {}).get("state") == "online" and rows["far1"]["fps"] is not None:
                 break
         assert rows["far1"]["state"] == "online", rows
 
-        sent = edged("fleet", "send", "--json", "--config", cli, "--device", "far1", "--timeout", "10", "status")
+        sent = edged_cli("fleet", "send", "--json", "--config", cli, "--device", "far1", "--timeout", "10", "status")
         assert sent.returncode == 0, sent.stdout + sent.stderr
         reply = json.loads(sent.stdout)[0]
         assert reply["device"] == "far1" and reply["result"] == "ok" and reply["reply"]["device"] == "far1"
 
-        everyone = edged("fleet", "send", "--json", "--config", cli, "--timeout", "5", "capture", '{"label": "far", "count": 1}')
+        everyone = edged_cli("fleet", "send", "--json", "--config", cli, "--timeout", "5", "capture", '{"label": "far", "count": 1}')
         assert everyone.returncode == 0, everyone.stdout + everyone.stderr
         assert json.loads(everyone.stdout)[0]["reply"]["stored"] == 1
 
@@ -59,7 +53,7 @@ def test_daemon_on_a_site_broker_is_listed_and_commanded_through_the_central_one
         site.start()
         assert wait_for_port(site.port)
         for _ in range(60):
-            rows = {r["device"]: r for r in json.loads(edged("fleet", "ls", "--json", "--config", cli).stdout or "[]")}
+            rows = {r["device"]: r for r in json.loads(edged_cli("fleet", "ls", "--json", "--config", cli).stdout or "[]")}
             if rows.get("far1", {}).get("state") == "online":
                 break
         assert rows["far1"]["state"] == "online"

@@ -6,11 +6,12 @@ import json
 import queue
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
-from conftest import backbone_settings, toml_config, write_config
+from conftest import backbone_settings, toml_config, wait_until, write_config
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -105,22 +106,36 @@ def test_a_burst_of_5000_qos1_messages_arrives_whole(broker):
     The subscriber is mosquitto_sub: a Python subscriber acknowledging 20 at a time falls behind, and the
     broker then drops what exceeds its own queue for that subscriber (max_queued_messages, 1,000).
     """
-    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "edged/burst/prediction/x", "-q", "1",
-                            "-V", "5", "-i", f"burst-{uuid.uuid4().hex[:6]}"], stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "edged/burst/prediction/x",
+                            "-t", "edged/burst/ready", "-q", "1", "-V", "5", "-i", f"burst-{uuid.uuid4().hex[:6]}"],
+                           stdout=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in sub.stdout), daemon=True)
+    reader.start()
     link = MqttLink(MqttConfig(port=broker.port, qos=1), "burst", lambda c: None, lambda: {"state": "online"})
     link.start()
     try:
         assert link.connected.wait(10)
-        time.sleep(0.5)
+
+        readies = []
+
+        def subscribed():  # the subscriber hears a message published now
+            readies.append(link.publish("edged/burst/ready", {"ready": True}))
+            return any("ready" in line for line in list(lines))
+
+        wait_until(subscribed, 10, what="mosquitto_sub subscribed", interval=0.2)
         started = time.monotonic()
         for i in range(5000):
             link.publish("edged/burst/prediction/x", {"n": i})
-        while link.published < 5001 and time.monotonic() - started < 60:  # + the online status
-            time.sleep(0.05)
+        wait_until(lambda: link.published >= 1 + len(readies) + 5000, 60,  # + the online status
+                   what=lambda: f"{link.published} published")
         took = time.monotonic() - started
-        time.sleep(1.0)
+        wait_until(lambda: sum("n" in line for line in list(lines)) >= 5000, 30,
+                   what=lambda: f"{sum('n' in line for line in list(lines))} of 5000 received")
         sub.terminate()
-        got = [json.loads(line)["n"] for line in sub.communicate(timeout=10)[0].split()]
+        sub.wait(10)
+        reader.join(10)
+        got = [line["n"] for line in lines if "n" in line]
         assert sorted(set(got)) == list(range(5000)), f"{5000 - len(set(got))} lost; dropped {link.queue_dropped}"
         assert link.queue_dropped == 0 and link.queued == 0
         print(f"burst: 5000 QoS 1 messages acknowledged in {took:.2f} s, all received")

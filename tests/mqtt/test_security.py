@@ -8,13 +8,12 @@ import json
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import uuid
 
 import pytest
-from conftest import ROOT, backbone_settings, toml_config, write_config
+from conftest import backbone_settings, edged_cli, toml_config, wait_until, write_config
 
 from edged.mqtt.broker import MosquittoBroker, find_mosquitto
 
@@ -142,10 +141,6 @@ def _config(tmp_path, make_state, port, ca, name="sec", user="cam", extra=""):
                         toml_config(state, port, "synthetic:shape=triangle,clutter=2", settings, DEVICE, mqtt_extra))
 
 
-def _edged(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-
-
 @pytest.mark.heavy
 def test_tls_passwords_and_acl_keep_strangers_and_viewers_out(tmp_path, make_state, daemons):
     broker, ca = secure_broker(tmp_path, ["127.0.0.1", "localhost"])
@@ -156,10 +151,9 @@ def test_tls_passwords_and_acl_keep_strangers_and_viewers_out(tmp_path, make_sta
         admin = Client(broker.port, ca, "admin")
         clients.append(admin)
         assert admin.connected, admin.refused
-        deadline = time.monotonic() + 60
-        while not any(t == f"edged/{DEVICE}/status" and json.loads(p).get("state") == "online" for t, p in admin.messages):
-            assert time.monotonic() < deadline and d.alive(), d.output()
-            time.sleep(0.2)
+        wait_until(lambda: any(t == f"edged/{DEVICE}/status" and json.loads(p).get("state") == "online"
+                               for t, p in list(admin.messages)) or not d.alive(), 60)
+        assert d.alive(), d.output()
         reply = admin.request("capture", {"label": "tri", "count": 2, "interval_ms": 0}, timeout=60)
         assert reply and reply["ok"], reply
 
@@ -172,18 +166,17 @@ def test_tls_passwords_and_acl_keep_strangers_and_viewers_out(tmp_path, make_sta
         viewer = Client(broker.port, ca, "viewer")
         clients.append(viewer)
         assert viewer.connected, viewer.refused
-        time.sleep(1.5)
-        assert any(t == f"edged/{DEVICE}/prediction/knn" for t, _ in viewer.messages)  # may read
+        wait_until(lambda: any(t == f"edged/{DEVICE}/prediction/knn" for t, _ in list(viewer.messages)),
+                   what="a prediction read by the viewer")  # may read
         assert viewer.request("forget", {"label": "tri"}, timeout=3) is None  # may not command: the broker drops it
         # commands are taken only on the device's own prefix and the fleet prefix
         admin.client.publish("edged/another-device/cmd/forget", json.dumps({"label": "tri"}), qos=1)
         admin.client.publish("elsewhere/cmd/forget", json.dumps({"label": "tri"}), qos=1)
-        time.sleep(1.0)
-        status = admin.request("status", {})
+        status = admin.request("status", {})  # published after them by the same client: delivered after them
         assert status["ok"] and status["result"]["examples"] == {"tri": 2}
 
         # no secret in the log, the retained status or `edged doctor`
-        doctor = _edged("doctor", "--config", str(config))
+        doctor = edged_cli("doctor", "--config", str(config))
         retained = [p.decode() for t, p in admin.messages if t == f"edged/{DEVICE}/status"]
         for text in [d.output(), doctor.stdout + doctor.stderr, *retained, json.dumps(status)]:
             for secret in PASSWORDS.values():
@@ -199,14 +192,14 @@ def test_daemon_refuses_a_missing_ca_file_and_a_certificate_for_another_host(tmp
     broker, ca = secure_broker(tmp_path, ["otherhost.example"])  # valid CA, wrong name for 127.0.0.1
     try:
         missing = _config(tmp_path, make_state, broker.port, tmp_path / "no-such-ca.pem", name="noca")
-        out = _edged("run", "--config", str(missing), timeout=120)
+        out = edged_cli("run", "--config", str(missing), timeout=120)
         assert out.returncode == 2 and "mqtt.tls.ca_certs: file not found" in out.stderr, out.stderr[-2000:]
         wrong = _config(tmp_path, make_state, broker.port, ca, name="wronghost")
-        out = _edged("run", "--config", str(wrong), timeout=120)
+        out = edged_cli("run", "--config", str(wrong), timeout=120)
         assert out.returncode == 2, out.stderr[-2000:]
         assert "mqtt.tls: the broker at 127.0.0.1" in out.stderr and "does not verify" in out.stderr
         insecure = _config(tmp_path, make_state, broker.port, ca, name="insecure").read_text() + "insecure = true\n"
-        check = _edged("config", "check", str(write_config(tmp_path / "insecure.toml", insecure)))
+        check = edged_cli("config", "check", str(write_config(tmp_path / "insecure.toml", insecure)))
         assert "mqtt.tls.insecure = true: the broker's certificate and host name are not checked" in check.stdout + check.stderr
     finally:
         broker.close()

@@ -4,11 +4,9 @@ can be cancelled (issue 27, 1; issue 33, 11)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
-from conftest import backbone_settings, write_config
+from conftest import backbone_settings, edged_cli, write_config
 
 DEVICE = "deaf"
 
@@ -51,8 +49,7 @@ def test_a_capture_on_a_lost_source_ends_at_once_and_cancel_ends_a_waiting_one(b
 
     # the CLI says so at once and exits non-zero
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "edged", "cmd", "--config", str(cfg), "capture", "--label", "mug",
-                          "--count", "3", "--source", "dead"], capture_output=True, text=True, timeout=60)
+    out = edged_cli("cmd", "--config", str(cfg), "capture", "--label", "mug", "--count", "3", "--source", "dead", timeout=60)
     assert out.returncode == 1 and "camera_lost" in out.stderr and time.monotonic() - started < 15, out
 
     # a capture waiting for its next frame (due in ten minutes): cancel ends it at once, and the next may start

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import backbone_settings, toml_config, write_config, write_video
+from conftest import backbone_settings, toml_config, wait_until, write_config, write_video
 
 from edged.config import SourceConfig
 from edged.errors import SourceError
@@ -21,15 +21,6 @@ from edged.sources import FrameGrabber, open_source
 from edged.sources.base import Frame, Source
 from edged.sources.preprocess import to_pixels
 from edged.sources.synthetic import scene_at
-
-
-def _wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class ScriptedCamera(Source):
@@ -65,7 +56,7 @@ def test_garbage_frames_are_skipped_and_counted_and_a_lost_camera_comes_back():
     grabber = FrameGrabber(camera, cfg, stop, lambda img: to_pixels(img, 32), queue_size=100)
     grabber.start()
     try:
-        assert _wait(lambda: camera.opens >= 2 and grabber.captured > 10), (grabber.state, grabber.error)
+        wait_until(lambda: camera.opens >= 2 and grabber.captured > 10, what=lambda: (grabber.state, grabber.error))
         assert grabber.bad_frames == len(unusable)
         assert grabber.reconnects >= 0 and grabber.state == "ok" and grabber.health == "ok"
         frames = [grabber.frames.get_nowait() for _ in range(grabber.frames.qsize())]
@@ -131,21 +122,21 @@ def test_corrupt_jpegs_and_a_stalled_stream_over_http():
     grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: to_pixels(img, 32), 2)
     grabber.start()
     try:
-        assert _wait(lambda: grabber.captured >= 5), grabber.error
+        wait_until(lambda: grabber.captured >= 5, what=lambda: grabber.error)
         server.corrupt_every = 3  # every third JPEG is garbage after its header
         before = grabber.captured
         # frames keep coming past the bad ones (FFmpeg skips them, or the read fails and the stream is reopened)
-        assert _wait(lambda: grabber.captured > before + 20, 20), (grabber.state, grabber.error)
+        wait_until(lambda: grabber.captured > before + 20, 20, what=lambda: (grabber.state, grabber.error))
         server.corrupt_every = 0
-        assert _wait(lambda: grabber.state == "ok", 10)
+        wait_until(lambda: grabber.state == "ok", 10)
         server.stalled.set()
-        assert _wait(lambda: grabber.health == "stalled", 5), grabber.health
+        wait_until(lambda: grabber.health == "stalled", 5, what=lambda: grabber.health)
         stalled_at = time.monotonic()
-        assert _wait(lambda: grabber.state == "camera_lost", 10), grabber.state  # the read timeout ends the stall
+        wait_until(lambda: grabber.state == "camera_lost", 10, what=lambda: grabber.state)  # the read timeout ends the stall
         lost_after = time.monotonic() - stalled_at
         server.stalled.clear()
         before = grabber.captured
-        assert _wait(lambda: grabber.state == "ok" and grabber.captured > before + 5, 20), grabber.error
+        wait_until(lambda: grabber.state == "ok" and grabber.captured > before + 5, 20, what=lambda: grabber.error)
         assert grabber.health == "ok" and grabber.reconnects >= 1
         print(f"stalled -> camera_lost after {lost_after:.1f} s (read_timeout_s 2)")
     finally:
@@ -189,7 +180,6 @@ def test_daemon_reports_a_stalled_then_lost_camera_and_a_file_that_ended(broker,
     text = toml_config(state, broker.port, video, backbone, "cam-eof").replace("loop = true", "loop = false")
     d = daemons(write_config(tmp_path / "f.toml", text), tmp_path / "f.log")
     probe.wait_for(lambda t, p, r: t == "edged/cam-eof/status" and json.loads(p)["source"]["state"] == "ended", 60)
-    time.sleep(1.0)
     assert d.alive(), d.output()  # the daemon stays up (commands still work) after its file ended
     assert probe.request("cam-eof", "status", {})["result"]["source"]["state"] == "ended"
     assert d.stop() == 0

@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import write_video
+from conftest import wait_until, write_video
 
 from edged import source_kinds
 from edged.config import Config, SourceConfig
@@ -224,15 +224,6 @@ def test_http_stream_that_is_not_mjpeg_goes_to_ffmpeg(tmp_path):
         httpd.server_close()
 
 
-def _wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_http_camera_lost_then_reconnects():
     frames = _frames(5, 160, 120)
     server = _MjpegServer(frames)
@@ -241,15 +232,15 @@ def test_http_camera_lost_then_reconnects():
     grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: to_pixels(img, 32), 2)
     grabber.start()
     try:
-        assert _wait(lambda: grabber.captured >= 5), grabber.error
+        wait_until(lambda: grabber.captured >= 5, what=lambda: grabber.error)
         assert grabber.state == "ok"
         port = server.port
         server.cut()
-        assert _wait(lambda: grabber.state == "camera_lost"), grabber.state
+        wait_until(lambda: grabber.state == "camera_lost", what=lambda: grabber.state)
         assert "lost" in grabber.error or "cannot open" in grabber.error
         before = grabber.captured
         server2 = _MjpegServer(frames, port)  # the camera comes back on the same port
-        assert _wait(lambda: grabber.state == "ok" and grabber.captured > before + 3, 30), grabber.error
+        wait_until(lambda: grabber.state == "ok" and grabber.captured > before + 3, 30, what=lambda: grabber.error)
         assert grabber.reconnects >= 1
         server2.cut()
     finally:
@@ -263,7 +254,7 @@ def test_grabber_drops_stale_frames_and_counts_them():
     grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: img, queue_size=2)
     grabber.start()
     try:
-        assert _wait(lambda: grabber.dropped > 10)
+        wait_until(lambda: grabber.dropped > 10)
         newest_first = grabber.get(1).pos
         assert newest_first > 10  # the consumer sees recent frames, not the first ones
     finally:
@@ -277,9 +268,9 @@ def test_unpaced_file_waits_for_the_consumer_instead_of_dropping():
     grabber = FrameGrabber(open_source(cfg), cfg, stop, lambda img: img, queue_size=2)
     grabber.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: grabber.captured >= 2, what="the queue filling")  # then the grabber waits on it
         assert grabber.dropped == 0 and grabber.captured <= 3
-        assert [grabber.get(1).pos for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert [grabber.get(1).pos for _ in range(5)] == [0, 1, 2, 3, 4]  # nothing skipped while it waited
     finally:
         stop.set()
         grabber.join()

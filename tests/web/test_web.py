@@ -11,10 +11,12 @@ import urllib.request
 import cv2
 import pytest
 from conftest import (
+    wait_until,
     ROOT,
     SIGN_DIGITS,
     WEIGHTS_025,
     backbone_settings,
+    edged_cli,
     headless_browser,
     needs_sign_digits,
     needs_weights,
@@ -55,12 +57,8 @@ def _web_daemon(broker, daemons, make_state, tmp_path, source, settings, token=T
 
 
 def test_bound_wide_without_a_token_refuses_to_start(tmp_path):
-    import subprocess
-    import sys
-
     cfg = write_config(tmp_path / "c.toml", '[web]\nenabled = true\nhost = "0.0.0.0"\n')
-    out = subprocess.run([sys.executable, "-m", "edged", "run", "--config", str(cfg)], capture_output=True, text=True,
-                         timeout=60)
+    out = edged_cli("run", "--config", str(cfg), timeout=60)
     assert out.returncode == 2 and "web.token: required when web.host is '0.0.0.0'" in out.stderr
 
 
@@ -172,10 +170,8 @@ def test_another_origin_and_a_rebound_host_change_and_read_nothing(broker, daemo
     browser = headless_browser(tmp_path)
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/index.html")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(browser.execute_script("return window.results") or []) < 3:
-            time.sleep(0.2)
-        results = browser.execute_script("return window.results")
+        results = wait_until(lambda: len(browser.execute_script("return window.results") or []) >= 3
+                             and browser.execute_script("return window.results"), 20, interval=0.2)
         assert len(results) == 3, results
     finally:
         browser.quit()

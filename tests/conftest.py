@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -72,21 +73,27 @@ def prebuilt_backbones(tmp_root: Path, settings: dict) -> Path:
         for name in _CONVERSION_CODE:
             digest.update((ROOT / name).read_bytes())
         folder = _disk_cache() / digest.hexdigest()[:20]
-        if not (folder / "complete").is_file():
-            from edged.config import BackboneConfig, Config
-            from edged.learn.backbones import build_backbone, build_int8
-
-            building = tmp_root / f"bb-{len(_BACKBONE_CACHE)}"
-            build_backbone(BackboneConfig(**settings), building)
-            # the int8 twin too (calibrated on synthetic scenes), so that daemons do not each build it at start
-            build_int8(Config.model_validate({"state_dir": str(building), "backbone": settings,
-                                              "runtime": {"calibration_frames": 100}}))
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(building, folder)
-            (folder / "complete").write_text(key)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # test processes running side by side (pytest -n) build it once
+            _build_once(folder, key, settings, tmp_root / f"bb-{len(_BACKBONE_CACHE)}")
         _BACKBONE_CACHE[key] = folder
     return _BACKBONE_CACHE[key]
+
+
+def _build_once(folder: Path, key: str, settings: dict, building: Path) -> None:
+    if (folder / "complete").is_file():
+        return
+    from edged.config import BackboneConfig, Config
+    from edged.learn.backbones import build_backbone, build_int8
+
+    build_backbone(BackboneConfig(**settings), building)
+    # the int8 twin too (calibrated on synthetic scenes), so that daemons do not each build it at start
+    build_int8(Config.model_validate({"state_dir": str(building), "backbone": settings,
+                                      "runtime": {"calibration_frames": 100}}))
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(building, folder)
+    (folder / "complete").write_text(key)
 
 
 @pytest.fixture(scope="session")

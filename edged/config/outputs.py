@@ -61,6 +61,11 @@ class HomeAssistantConfig(Strict):
     capture_count: int = Field(5, ge=1, le=1000, description="frames a label button captures")
     snapshot_interval_s: float = Field(30.0, ge=0, description="publish a retained snapshot for the image entity this "
                                        "often; 0 = only on the snapshot command")
+    discovery: Literal["device", "entity"] = Field(
+        "device", description="device: one discovery message for the whole device (Home Assistant 2024.11 or later); "
+                              "entity: one message per entity, for Home Assistant from 2023.8 to 2024.10")
+    event_image: bool = Field(True, description="announce the last event's best frame as an image entity (the "
+                              "recorder writes a row for each event's JPEG); false leaves it out")
 
 
 class WebConfig(Strict):

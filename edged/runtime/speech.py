@@ -120,7 +120,7 @@ class SpeechEngine:
         return self.embedder.embed(samples)
 
     def embed_frame(self, frame, pixels: np.ndarray) -> np.ndarray:
-        if getattr(frame, "audio", None) is None:
+        if getattr(frame, "sound", None) is None:
             raise EngineError("backbone.family = 'speech_embedding' hears sound: the source must be audio (a "
                               "microphone, audio:..., or a .wav file)")
         return self.embed_sound(frame.sound.samples)

@@ -1,5 +1,6 @@
 """Home Assistant discovery for a running daemon: published retained at start, again when Home Assistant's birth
-message arrives, updated when heads or labels change, removed (empty retained payload) once disabled."""
+message arrives, updated when heads or labels change, removed (empty retained payloads) once disabled or when
+announced the other way ([homeassistant] discovery)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import cv2
 from .. import __version__
 from ..config import Config
 from ..files import read_json_object, write_atomic
-from ..mqtt.discovery import DeviceFacts, birth_topic, discovery_payload, discovery_topic
+from ..mqtt.discovery import DeviceFacts, birth_topic, discovery_payload, discovery_topic, entity_payloads
 from ..mqtt.link import MqttLink
 from ..scene.views import views_of
 from ..state.layout import StateLayout
@@ -29,30 +30,38 @@ class HomeAssistant:
         self.cfg, self.ha = cfg, cfg.homeassistant
         self.link, self.describe, self.last_frame, self.stop = link, describe, last_frame, stop
         self.topic = discovery_topic(self.ha.discovery_prefix, cfg.device)
-        self.marker = StateLayout(cfg.state_path).homeassistant_memory  # where discovery was published, to remove it later
+        self.marker = StateLayout(cfg.state_path).homeassistant_memory  # the topics published, to remove them later
         self._birth = threading.Event()
         self._stale = threading.Event()  # heads, labels or models may have changed: recompute the payload
         self._stale.set()
-        self._last: Optional[dict] = None
+        self._last: Optional[dict[str, bytes]] = None  # what each discovery topic holds
+        self._last_device: Optional[dict] = None  # device mode: the payload last sent
         self._last_forced = float("-inf")
         self._thread = threading.Thread(target=self._run, name="homeassistant", daemon=True)
 
     def start(self) -> Optional[Callable[[], None]]:
         if not self.ha.enabled:
-            self._remove_old()
+            self._remove(self._published_before())
             return None
         self.link.route(birth_topic(self.ha.discovery_prefix), self._on_birth)
-        write_atomic(self.marker, json.dumps({"topic": self.topic}).encode())
         self._thread.start()
         return lambda: self._thread.join(5)
 
-    def _remove_old(self) -> None:
-        topic = read_json_object(self.marker).get("topic")
-        if not isinstance(topic, str) or not topic:
-            return
-        self.link.publish(topic, b"", retain=True, qos=1)
-        self.marker.unlink(missing_ok=True)
-        log.info("Home Assistant discovery removed from %s", topic)
+    def _published_before(self) -> set[str]:
+        memory = read_json_object(self.marker)
+        topics = memory.get("topics", [memory.get("topic")])
+        return {t for t in topics if isinstance(t, str) and t}
+
+    def _remember(self, topics: set[str]) -> None:
+        write_atomic(self.marker, json.dumps({"topics": sorted(topics)}).encode())
+
+    def _remove(self, topics: set[str]) -> None:
+        for topic in sorted(topics):
+            self.link.publish(topic, b"", retain=True, qos=1)
+        if topics:
+            log.info("Home Assistant discovery removed from %d topic(s)", len(topics))
+        if not self.ha.enabled:
+            self.marker.unlink(missing_ok=True)
 
     def changed(self) -> None:
         """Called with every status change (edged.serve.telemetry): the discovery is recomputed then, not polled."""
@@ -62,17 +71,42 @@ class HomeAssistant:
         if payload.strip() == b"online":
             self._birth.set()
 
-    def payload(self) -> dict:
+    def facts(self) -> DeviceFacts:
         heads, labels, model = self.describe()
         places = tuple(view.name for camera in self.cfg.cameras for view in views_of(camera))
         sources = tuple(camera.name for camera in self.cfg.cameras)
-        facts = DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count, places, sources)
+        return DeviceFacts(self.cfg.device, __version__, model, heads, labels, self.ha.capture_count, places, sources,
+                           self.ha.event_image)
+
+    def payload(self) -> dict:
+        """Device mode: the one payload, with the entities dropped since the last one named for removal."""
+        facts = self.facts()
         current = discovery_payload(self.link.topics, facts)
         removed = {}
-        if self._last is not None:
-            removed = {cid: c["platform"] for cid, c in self._last["components"].items()
+        if self._last_device is not None:
+            removed = {cid: c["platform"] for cid, c in self._last_device["components"].items()
                        if cid not in current["components"] and len(c) > 1}
         return discovery_payload(self.link.topics, facts, removed) if removed else current
+
+    def payloads(self) -> dict[str, bytes]:
+        """Every discovery topic and what it should hold now (b"" removes an entity or the other mode's payloads)."""
+        if self.ha.discovery == "device":
+            wanted = {self.topic: self.payload()}
+        else:
+            wanted = entity_payloads(self.link.topics, self.facts(), self.ha.discovery_prefix)
+        out = {topic: json.dumps(payload).encode() for topic, payload in wanted.items()}
+        out.update({topic: b"" for topic in self._published_before() - set(wanted)})
+        return out
+
+    def _publish(self, payloads: dict[str, bytes], forced: bool) -> None:
+        last = self._last or {}
+        self._remember({topic for topic, payload in payloads.items() if payload})
+        for topic, payload in payloads.items():
+            if forced or last.get(topic) != payload:
+                self.link.publish(topic, payload, retain=True, qos=1)
+        self._last = {topic: payload for topic, payload in payloads.items() if payload}
+        if self.ha.discovery == "device":
+            self._last_device = json.loads(payloads[self.topic])
 
     def _run(self) -> None:
         next_snapshot = time.monotonic()
@@ -91,13 +125,12 @@ class HomeAssistant:
                 self._last_forced = time.monotonic()
             self._stale.clear()
             try:
-                payload = self.payload()
+                payloads = self.payloads()
             except Exception:
                 self._stale.set()  # try again on the next tick
                 raise
-            if forced or payload != self._last:
-                self.link.publish(self.topic, json.dumps(payload).encode(), retain=True, qos=1)
-                self._last = payload
+            if forced or payloads != self._last:
+                self._publish(payloads, forced)
         if self.ha.snapshot_interval_s and time.monotonic() >= next_snapshot:
             next_snapshot = time.monotonic() + self.ha.snapshot_interval_s
             frame = self.last_frame()

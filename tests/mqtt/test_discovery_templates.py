@@ -5,11 +5,12 @@ Rendered with Jinja2's sandbox and strict undefined names, as Home Assistant rep
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
 from edged.config import BackboneConfig
-from edged.mqtt.discovery import DeviceFacts, discovery_payload
+from edged.mqtt.discovery import DeviceFacts, components, discovery_payload, entity_payloads
 from edged.mqtt.link import OFFLINE
 from edged.mqtt.topics import Topics
 from edged.scene.events import Event
@@ -36,6 +37,8 @@ def test_every_template_renders_on_every_payload_of_its_topic():
     facts = DeviceFacts("desk", "0.1.0", "MobileNet v1 0.25/128", ["knn", "classifier"], ["mug", "keys"], 5)
     config = discovery_payload(topics, facts)
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    # Home Assistant's own filter of that name: a UNIX timestamp as an ISO date and time in UTC
+    env.filters["timestamp_utc"] = lambda v: datetime.fromtimestamp(v, timezone.utc).isoformat()
     carried = _payloads(topics, facts.heads)
     rendered = 0
     for cid, component in config["components"].items():
@@ -57,3 +60,49 @@ def test_the_device_model_is_a_short_name():
     assert short_name(BackboneConfig(weights="/home/me/models/mobilenet_v1_0.25_128_imagenet_no_top.weights.h5")) \
         == "MobileNet v1 0.25/128"
     assert short_name(BackboneConfig(family="tflite", path="/opt/m/extractor.tflite")) == "tflite extractor.tflite"
+
+
+def test_entity_ids_do_not_change_when_a_head_is_added():
+    """Issue 35, 4: the kNN's binary sensors were renamed "(knn)" when the classifier came, and their entity ids
+    followed. An entity's unique and default entity id, and its name, depend on what it is, not on the other heads."""
+    topics = Topics("edged", "desk")
+    one = components(topics, DeviceFacts("desk", "0.1.0", "m", ["knn"], ["mug"], 5))
+    two = components(topics, DeviceFacts("desk", "0.1.0", "m", ["knn", "classifier"], ["mug"], 5))
+    for cid, entity in one.items():
+        assert {k: entity[k] for k in ("name", "object_id", "default_entity_id")} == \
+            {k: two[cid][k] for k in ("name", "object_id", "default_entity_id")}, cid
+    assert one["edged_desk_present_knn_mug"]["default_entity_id"] == "binary_sensor.desk_present_knn_mug"
+    assert len({e["default_entity_id"] for e in two.values()}) == len(two)
+
+
+def test_names_categories_and_units_follow_home_assistant():
+    """Issue 35, 5: names read as code, no device class on the event entity, teach buttons among the controls, an
+    fps unit Home Assistant does not know, a count without a unit."""
+    found = components(Topics("edged", "desk"), DeviceFacts("desk", "0.1.0", "m", ["knn"], ["mug"], 5))
+    by_platform = {}
+    for entity in found.values():
+        by_platform.setdefault(entity["platform"], []).append(entity)
+        assert not entity["name"].lower().startswith("desk"), entity["name"]  # the device's name is shown before it
+    assert by_platform["event"][0]["device_class"] == "motion"
+    assert all(b["entity_category"] == "config" and b["name"] == "Teach mug" for b in by_platform["button"])
+    fps = found["edged_desk_fps"]
+    assert fps["device_class"] == "frequency" and fps["unit_of_measurement"] == "Hz"
+    assert fps["entity_category"] == found["edged_desk_examples"]["entity_category"] == "diagnostic"
+    assert found["edged_desk_examples"]["unit_of_measurement"]
+    without = components(Topics("edged", "desk"), DeviceFacts("desk", "0.1.0", "m", ["knn"], ["mug"], 5,
+                                                              event_image=False))
+    assert "edged_desk_event_snapshot" in found and "edged_desk_event_snapshot" not in without
+
+
+def test_per_entity_discovery_carries_the_device_in_each_entity():
+    """Issue 35, 1: Home Assistant before 2024.11 logged `Integration device is not supported` and made nothing of
+    the device payload; `[homeassistant] discovery = "entity"` announces each entity on its own topic."""
+    topics = Topics("edged", "desk")
+    facts = DeviceFacts("desk", "0.1.0", "m", ["knn"], ["mug"], 5)
+    payloads = entity_payloads(topics, facts, "homeassistant")
+    assert len(payloads) == len(components(topics, facts))
+    assert "homeassistant/binary_sensor/edged_desk/present_knn_mug/config" in payloads
+    for topic, payload in payloads.items():
+        platform = topic.split("/")[1]
+        assert payload["device"]["identifiers"] == ["edged_desk"] and "platform" not in payload
+        assert payload["default_entity_id"].startswith(platform + ".") and payload["availability"]

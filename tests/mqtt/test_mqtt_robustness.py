@@ -100,7 +100,7 @@ def test_fleet_command_reaches_every_device(broker, probe, tmp_path, make_state,
             replies.add(t.split("/")[1])
         return replies == {"f1", "f2"}
 
-    probe.wait_for(match, 20)
+    probe.wait_for(match, 60)
     for d in ds:
         assert d.stop() == 0
 

@@ -37,6 +37,9 @@ class ClassifierOptions(HeadOptions):
                                   description="learners cross-validation chooses among; the first is the default")
     switch_margin: float = Field(0.02, ge=0, le=1, description="cross-validated accuracy another learner needs over "
                                                                "the default to replace it")
+    search_budget_s: float = Field(300.0, gt=0, description="a train command serves the default learner at once; "
+                                   "the search over learners and augmented copies follows as a job, with only as many "
+                                   "copies as the backbone embeds in this many seconds here")
     seed: int = 0
     # fine_tune / from_scratch modes (TensorFlow worker)
     fine_tune_layers: int = Field(0, ge=0, le=1000, description="0: every layer with weights")
@@ -75,6 +78,10 @@ class ClassifierHead(Head):
         return request.mode in ("fine_tune", "from_scratch") or bool(request.fine_tune_layers)
 
     @classmethod
+    def searches(cls, options: ClassifierOptions) -> bool:
+        return options.augment_copies > 0 or len(options.candidates) > 1
+
+    @classmethod
     def fine_tunes_after_fit(cls, options: ClassifierOptions) -> bool:
         return options.auto_fine_tune
 
@@ -102,9 +109,12 @@ class ClassifierHead(Head):
         if not candidates:
             raise HeadError(f"heads.classifier.candidates: none of {sorted(wanted)} is known; "
                             f"known: {[c.name for c in DEFAULT_CANDIDATES]}")
+        searching = context is None or context.request.search
+        if not searching:  # the cheap fit: the default learner alone, on the stored examples alone
+            candidates = [next((c for c in candidates if not c.augment), DEFAULT_CANDIDATES[1])]
         # the augmented copies are embedded once and reused by every fold
         cache = None
-        copies = self.options.augment_copies
+        copies = self.options.augment_copies if searching else 0
         if copies and context is not None and context.augmented is not None:
             extra = context.augmented(examples.ids, copies, np.random.default_rng(self.options.seed))
             cache = (extra, np.tile(np.arange(len(y)), copies)) if extra is not None else None

@@ -165,19 +165,18 @@ class CommandHandlers:
         self._known(cmd.head, "train")
         request = TrainRequest(mode=cmd.mode, epochs=cmd.epochs, fine_tune_layers=cmd.fine_tune_layers)
 
-        def fine_tune_later(job) -> str:
-            what = f"fine-tune {cmd.head}"
+        def later(what: str, job) -> str:
             follow = TopicResponder(self.publish_job, what, cmd.id)
             self.jobs.start(what, lambda: run_reporting(lambda: job(follow.progress), follow, what, self.changed,
                                                         self.jobs))
-            return (f"following as the job {what!r}: the numpy head serves meanwhile; progress and result on "
+            return (f"following as the job {what!r}: the head trained now serves meanwhile; progress and result on "
                     f"the job topic (edged/<device>/job) and in the status (job, last_job)")
 
         def work() -> dict:
             responder.progress({"phase": "starting", "step": f"training {cmd.head} ({cmd.mode})"})
             log.info("training %s (%s)", cmd.head, cmd.mode)
             result = self.learning.train(cmd.head, request, responder.progress, self.stop,
-                                         fine_tune_later if self.publish_job is not None else None)
+                                         later if self.publish_job is not None else None)
             if cmd.activate and cmd.head not in self.heads.active:
                 self.heads.activate(self.heads.active + [cmd.head])
             result["active"] = cmd.head in self.heads.active

@@ -112,6 +112,9 @@ class TrainRequest:
     epochs: Optional[int] = None
     fine_tune_layers: Optional[int] = None
     params: dict[str, Any] = field(default_factory=dict)
+    # False: a cheap, sound fit that serves at once (no augmented copies, no choice among learners); the search
+    # over them follows as a job where the head `searches` (edged.serve.learning)
+    search: bool = True
 
 
 @dataclass
@@ -160,6 +163,12 @@ class Head:
     @classmethod
     def trains_in_worker(cls, request: TrainRequest) -> bool:
         return cls.fit is Head.fit and cls.trainer is not None
+
+    @classmethod
+    def searches(cls, options) -> bool:
+        """Whether `fit` with `request.search` (augmented copies, several learners) costs more than without: then a
+        `train` serves the cheap fit first and runs the search as a job."""
+        return False
 
     @classmethod
     def fine_tunes_after_fit(cls, options) -> bool:

@@ -6,8 +6,10 @@ Every trained head version is saved into a staging folder and committed (fsynced
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
@@ -121,32 +123,103 @@ class Learning:
 
     def train(self, name: str, request: TrainRequest, progress: Progress = None,
               stop: Optional[threading.Event] = None,
-              fine_tune_later: Optional[Callable[[Callable[[Progress], dict]], str]] = None) -> dict:
+              later: Optional[Callable[[str, Callable[[Progress], dict]], str]] = None) -> dict:
         """Train a new version (in process, or in the TensorFlow worker), commit it, then swap it in.
 
-        Mode "auto": a head that fits in process is fitted and served first; when it asks for fine-tuning
-        and a worker or trainer node can run it, the fine-tuning follows, and its version serves only if
-        cross-validation kept it. With `fine_tune_later`, the fine-tuning is handed to it as a job of its own
-        (`job(progress) -> result`; it returns what to tell the user) and this returns at once with the
-        numpy head's result: what a user waits for is the head that serves."""
+        With `later` (`later(what, job) -> what to tell the user`: the job runs after this returns), what a user waits
+        for is a head that serves: a head that `searches` is fitted cheaply first (no augmented copies, one learner)
+        and serves at once; the search over augmented copies and learners follows as a job and replaces it only when
+        its cross-validated accuracy is higher. Mode "auto" then goes on, in the same job, to fine-tune the backbone
+        where the head asks for it and a worker or trainer node can run it; that version serves only if
+        cross-validation kept it. Without `later`, all of it happens before this returns."""
         cls = self._class(name, "train")
         if cls.trains_in_worker(request):
             return self._train_in_worker(name, request, progress, stop)
-        result = self._fit_in_process(cls, name, request, progress)
-        if request.mode != "auto" or not cls.fine_tunes_after_fit(self.heads.options(name)):
-            return result
-        missing = self._why_no_jobs()
+        options = self.heads.options(name)
+        quick = later is not None and request.search and cls.searches(options)
+        result = self._fit_in_process(cls, name, dataclasses.replace(request, search=False) if quick else request,
+                                      progress)
+        fine_tune = request.mode == "auto" and cls.fine_tunes_after_fit(options)
+        missing = self._why_no_jobs() if fine_tune else None
         if missing:
-            result["fine_tune"] = f"not tried: {missing}"
+            result["fine_tune"], fine_tune = f"not tried: {missing}", False
+        if not quick and not fine_tune:
             return result
-        frozen = {"version": result["version"], "metrics": result["metrics"]}
-        if fine_tune_later is not None:
-            result["fine_tune"] = fine_tune_later(lambda p: self._fine_tune(name, request, frozen, p, stop))
-            return result
+        cheap = {"version": result["version"], "metrics": result["metrics"]}
+
+        def follow(p: Progress) -> dict:
+            searched = self._search(cls, name, request, cheap, p) if quick else None
+            if not fine_tune:
+                return searched
+            tuned = self._fine_tune(name, request, self._serving(name, searched or cheap), p, stop)
+            return {**tuned, "search": searched["search"]} if searched else tuned
+
+        if later is None:
+            if progress:
+                progress({"phase": "auto", "step": f"{name} {result['version']} is serving (cross-validated "
+                                                   f"{result['metrics'].get('cv_accuracy')}); fine-tuning the backbone next"})
+            return follow(progress)
+        said = later(f"fine-tune {name}" if fine_tune else f"search {name}", follow)
+        if quick:
+            result["search"] = said
+        if fine_tune:
+            result["fine_tune"] = said
+        return result
+
+    def _serving(self, name: str, fallback: dict) -> dict:
+        """The version of head `name` serving now and its figures (what a fine-tune is measured against)."""
+        head = self.heads.instances.get(name)
+        current = StateLayout(self.cfg.state_path).heads(name).current()
+        if head is None or current is None or not getattr(head, "metrics", None):
+            return fallback
+        return {"version": current, "metrics": head.metrics}
+
+    def _search(self, cls: type[Head], name: str, request: TrainRequest, cheap: dict, progress: Progress) -> dict:
+        """The full fit (augmented copies, every learner) after the cheap one serves: committed and served only
+        when its cross-validated accuracy beats the cheap fit's on the same examples. Augmented copies are limited
+        to what the backbone embeds within `search_budget_s` at its measured speed."""
+        examples = self.store.examples(self.backbone.id)
+        options = self.heads.options(name)
+        copies = self._affordable_copies(options, len(examples), progress)
+        head = cls(options.model_copy(update={"augment_copies": copies}) if copies is not None else options)
         if progress:
-            progress({"phase": "auto", "step": f"{name} {result['version']} is serving (cross-validated "
-                                               f"{result['metrics'].get('cv_accuracy')}); fine-tuning the backbone next"})
-        return self._fine_tune(name, request, frozen, progress, stop)
+            progress({"phase": "search", "step": f"searching learners{' and augmented copies' if copies != 0 else ''} "
+                                                 f"for {name} ({len(examples)} examples)"})
+        metrics = head.fit(examples, self.fit_context(request), progress)
+        before, after = cheap["metrics"].get("cv_accuracy") or 0.0, metrics.get("cv_accuracy") or 0.0
+        if metrics.get("examples") != cheap["metrics"].get("examples"):
+            return {**cheap, "search": f"not used: the examples changed since {cheap['version']} was trained "
+                                       f"(train again)"}
+        if after <= before:
+            return {**cheap, "search": f"kept {cheap['version']}: the search's best ({metrics.get('chosen')}, "
+                                       f"cross-validated {after}) does not beat {before}"}
+        versions = StateLayout(self.cfg.state_path).heads(name)
+        with versions.draft() as draft:
+            head.save(draft.folder)
+        retired = self.serve_version(name, activate=False, opened=head)
+        return self._said_retired(name, {"head": name, "version": draft.version, "metrics": metrics,
+                                         "search": f"{draft.version} serves: {metrics.get('chosen')} cross-validated "
+                                                   f"{after}, against {before} of {cheap['version']}"}, retired)
+
+    def _affordable_copies(self, options, examples: int, progress: Progress) -> Optional[int]:
+        """How many augmented copies of each example the search embeds: the head's own number, fewer when the
+        backbone, timed here on one stored frame, would take longer than `search_budget_s`; None when the head
+        has no such option."""
+        wanted = getattr(options, "augment_copies", None)
+        budget = getattr(options, "search_budget_s", None)
+        if not wanted or budget is None or not examples or self.backbone.family == "speech_embedding":
+            return wanted
+        first = self.store.examples(self.backbone.id).ids[:1]
+        pixels = to_pixels(self.store.load_frame(int(first[0])), self.backbone.input_size)
+        started = time.perf_counter()
+        self.embed_pixels(pixels)
+        seconds = max(time.perf_counter() - started, 1e-4)
+        affordable = int(budget / (seconds * examples))
+        if affordable < wanted and progress:
+            progress({"phase": "search", "step": f"{min(affordable, wanted)} augmented copies of each example, not "
+                                                 f"{wanted}: the backbone takes {seconds * 1000:.0f} ms a frame here "
+                                                 f"and the search has {budget:g} s"})
+        return max(0, min(wanted, affordable))
 
     def _fine_tune(self, name: str, request: TrainRequest, frozen: dict, progress: Progress,
                    stop: Optional[threading.Event]) -> dict:

@@ -73,7 +73,11 @@ def test_train_export_activate_rollback_over_mqtt(broker, probe, daemons, make_s
 
     probe.wait_for(watch, timeout=180)
     assert final["ok"], final
-    assert final["result"]["frozen"]["version"] == "v1" and final["result"]["version"] == "v2"
+    # the job first searched learners and augmented copies (v2 only if that beat the cheap v1), then fine-tuned
+    frozen = final["result"]["frozen"]["version"]
+    assert final["result"]["search"].startswith(("kept v1", "v2 serves")) and frozen == ("v1" if final["result"][
+        "search"].startswith("kept") else "v2"), final["result"]
+    assert final["result"]["version"] == f"v{int(frozen[1:]) + 1}", final["result"]
     for fold in ("fine_tune fold 1/2", "fine_tune fold 2/2"):
         assert [p["epoch"] for k, p in progress if k == "job" and p["phase"] == fold and "epoch" in p] == [1, 2]
     assert final["result"]["metrics"]["fine_tune"].startswith(("kept", "skipped"))
@@ -157,10 +161,21 @@ def test_without_tensorflow_the_classifier_still_learns_and_serves(broker, probe
         assert cap["ok"] and cap["result"]["stored"] == 4
     pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/knn", 20)[1])
     assert pred["label"] in ("a", "b", "unknown")
-    trained = _final(probe, "train", {"head": "classifier"})
+    trained = _final(probe, "train", {"head": "classifier", "id": "quick"})
     assert trained["ok"], trained
     assert trained["result"]["version"] == "v1" and trained["result"]["metrics"]["cv_folds"] == 4
     assert trained["result"]["fine_tune"] == "not tried: TensorFlow is not installed here, and no trainer node is online"
+    # issue 38, 2: the reply comes with a cheap head serving (one learner, no augmented copies); the search over
+    # learners and augmented copies follows as a job and serves only when cross-validation says it is better
+    metrics = trained["result"]["metrics"]
+    assert metrics["chosen"] == "logistic" and metrics["augmented_examples"] == 0 and list(metrics["candidates"]) == ["logistic"]
+    assert trained["result"]["search"].startswith("following as the job 'search classifier'"), trained["result"]
+    done = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/job" and json.loads(p)["final"], 120)[1])
+    assert done["ok"] and done["job"] == "search classifier" and done["for"] == "quick", done
+    searched = done["result"]
+    assert searched["search"].startswith(("kept v1", "v2 serves")), searched
+    if searched["version"] == "v2":
+        assert searched["metrics"]["cv_accuracy"] > metrics["cv_accuracy"] and len(searched["metrics"]["candidates"]) > 1
     assert _final(probe, "activate", {"heads": ["knn", "classifier"]})["ok"]
     pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/classifier", 20)[1])
     assert pred["label"] in ("a", "b", "unknown") and set(pred["scores"]) == {"a", "b"} and 0 <= pred["novelty"] <= 1

@@ -26,15 +26,20 @@ def test_capture_predict_train_restart_still_serving(broker, probe, daemons, mak
         knn = json.loads(probe.wait_for(lambda t, p, r: t == "edged/smoke/prediction/knn", 20)[1])
         assert knn["label"] in ("triangle", "rectangle", "unknown")
         if shape == "rectangle":
-            trained = probe.request("smoke", "train", {"head": "classifier", "mode": "frozen"}, timeout=120)
+            trained = probe.request("smoke", "train", {"head": "classifier", "mode": "frozen", "id": "t1"}, timeout=120)
             assert trained["ok"] and trained["result"]["version"] == "v1", trained
+            # the search over learners follows as a job; what serves after it (v1, or v2 if it won) is kept
+            job = json.loads(probe.wait_for(lambda t, p, r: t == "edged/smoke/job" and json.loads(p)["final"]
+                                            and json.loads(p)["for"] == "t1", 120)[1])
+            assert job["ok"], job
+            kept = job["result"]["version"]
         assert d.stop() == 0, d.output()
         probe.drain()
 
     d = _daemon(daemons, tmp_path, state, broker.port, SOURCE.format(shape="triangle"), "restart")
     status = probe.wait_online("smoke")
     assert status["examples"] == {"triangle": 8, "rectangle": 8}
-    assert status["heads"]["classifier"]["version"] == "v1" and status["tensorflow_imported"] is False
+    assert status["heads"]["classifier"]["version"] == kept and status["tensorflow_imported"] is False
     served = json.loads(probe.wait_for(lambda t, p, r: t == "edged/smoke/prediction/classifier", 20)[1])
     assert set(served["scores"]) == {"triangle", "rectangle"}
     assert d.stop() == 0

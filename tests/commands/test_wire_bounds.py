@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT, write_config
+from conftest import ROOT, wait_until, write_config
 
 from edged.cli import main
 from edged.commands.schema import parse
@@ -62,10 +61,8 @@ def test_the_tensorflow_worker_does_not_outlive_a_killed_daemon():
     assert _state(worker) not in ("gone", "Z")
     daemon.kill()
     daemon.wait(10)
-    deadline = time.monotonic() + 30
-    while _state(worker) not in ("gone", "Z") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _state(worker) in ("gone", "Z")
+    wait_until(lambda: _state(worker) in ("gone", "Z"), 30, what=lambda: f"the worker still {_state(worker)!r}",
+               interval=0.1)
     try:
         os.waitpid(worker, os.WNOHANG)
     except ChildProcessError:

@@ -149,8 +149,7 @@ def test_a_trainer_is_alive_only_while_its_signed_heartbeat_comes(tmp_path, flee
     assert time.monotonic() - started < 5
     monkeypatch.setattr(remote_trainer, "FRESH_S", 60.0)
     def cancel_once_waiting():
-        while not remote.waiting:
-            time.sleep(0.01)
+        wait_until(lambda: remote.waiting, 10, interval=0.01)
         assert remote.cancel()
 
     threading.Thread(target=cancel_once_waiting, daemon=True).start()

@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -29,7 +30,7 @@ from ..config import BackboneConfig, Config
 from ..errors import BackboneError
 from ..files import read_json_object, write_atomic
 from ..runtime.engine import Engine, EngineOptions
-from ..state.backbones import local_imagenet_weights
+from ..state.backbones import local_imagenet_weights, local_tflite_extractors, weights_folders
 from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,12 @@ def fleet_rung(peers: dict[str, dict], ladder: tuple[tuple[float, int], ...]) ->
 
 def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Callable[[str], None]] = None,
            ladder: tuple[tuple[float, int], ...] = LADDER,
-           fleet: Callable[[], dict[str, dict]] = lambda: {}) -> tuple[Config, dict]:
+           fleet: Callable[[], dict[str, dict]] = lambda: {},
+           extractors: Callable[[], list[Path]] = local_tflite_extractors) -> tuple[Config, dict]:
     """`cfg` with a concrete backbone, and how it was chosen. `build(cfg)` gives the backbone's info (converting it
     once when it is not cached); `ladder`: the (alpha, size) candidates, largest first; `fleet()`: the other
-    devices' statuses by name (asked only when a choice is to be made)."""
+    devices' statuses by name (asked only when a choice is to be made); `extractors()`: TFLite feature extractors
+    on this disk, served when no rung can be built (a board without TensorFlow and without a cached backbone)."""
     bb = cfg.backbone
     if not bb.auto:
         return _with(cfg, with_local_weights(bb)), {"choose": "fixed"}
@@ -117,6 +120,8 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
     memory = read_json_object(memory_path)
     if memory.get("measured_on") == here and (memory.get("alpha"), memory.get("input_size")) in ladder:
         return _with(cfg, candidate(bb, memory["alpha"], memory["input_size"])), {**memory, "remembered": True}
+    if memory.get("measured_on") == here and memory.get("tflite") in [str(f) for f in extractors()]:
+        return _with(cfg, tflite_candidate(memory["tflite"])), {**memory, "remembered": True}
     adopted, fleet_note = _from_fleet(cfg, build, fleet, ladder, here)
     if adopted is not None:
         write_atomic(memory_path, json.dumps(adopted, indent=2).encode())
@@ -140,8 +145,7 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
         if 1000 / ms >= bb.min_fps:
             break
     if pick is None:
-        raise BackboneError("backbone.choose = 'auto': no MobileNet v1 could be built here: "
-                            + "; ".join(t["error"] for t in tried))
+        return _from_files(cfg, build, tried, extractors(), memory_path, here, progress)
     alpha, size, ms = pick
     fast = 1000 / ms >= bb.min_fps
     reason = (f"the largest that runs >= {bb.min_fps:g} fps here ({1000 / ms:.0f} fps, {ms:.2f} ms a frame)" if fast
@@ -152,6 +156,46 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
     write_atomic(memory_path, json.dumps(memory, indent=2).encode())
     log.info("backbone chosen: MobileNet v1 %s/%d, %s", alpha, size, reason)
     return _with(cfg, candidate(bb, alpha, size)), memory
+
+
+def tflite_candidate(path: str) -> BackboneConfig:
+    return BackboneConfig(family="tflite", path=str(path), choose="fixed")
+
+
+def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory_path, here: dict,
+                progress) -> tuple[Config, dict]:
+    """No MobileNet v1 could be built or found cached: the fastest TFLite feature extractor on this disk that reaches
+    `min_fps` (else the fastest), or one error that names each way to a backbone."""
+    bb, timed = cfg.backbone, []
+    for path in files:
+        if progress is not None:
+            progress(f"choosing the backbone: timing {path.name}")
+        try:
+            info = build(_with(cfg, tflite_candidate(str(path))))
+        except BackboneError as e:
+            tried.append({"tflite": str(path), "error": str(e)[:200]})
+            continue
+        ms = time_backbone(info.path, info.scaling, cfg.runtime.num_threads, cfg.runtime.interpreter)
+        tried.append({"tflite": str(path), "ms": round(ms, 3), "fps": round(1000 / ms, 1)})
+        timed.append((ms, path))
+    if not timed:
+        raise BackboneError(
+            "backbone.choose = 'auto': no backbone here. MobileNet v1 could not be built ("
+            + "; ".join(t["error"] for t in tried if "error" in t)[:600] + "), none is cached in "
+            f"{StateLayout(cfg.state_path).backbones}, and no TFLite feature extractor (*extractor*.tflite, "
+            f"*embedding*.tflite) is in {', '.join(str(f) for f in weights_folders())}. Any one of these serves: "
+            "pip install 'edged[train]' (TensorFlow converts the backbone once); copy a TFLite feature extractor "
+            "(e.g. mobilenet_v1_1.0_224_quant_embedding_extractor.tflite) into $EDGED_WEIGHTS_DIR; set "
+            "backbone.family = 'tflite' and backbone.path; or copy state_dir/backbones/ from a machine that built it")
+    fast = [(ms, path) for ms, path in timed if 1000 / ms >= bb.min_fps]
+    ms, path = min(fast or timed)
+    reason = (f"no MobileNet v1 could be built here (no TensorFlow); the TFLite extractor {path.name} on this disk "
+              f"runs {1000 / ms:.0f} fps")
+    memory = {"choose": "auto", "tflite": str(path), "ms": round(ms, 3), "reason": reason, "tried": tried,
+              "measured_on": here, "ts": round(time.time(), 3)}
+    write_atomic(memory_path, json.dumps(memory, indent=2).encode())
+    log.info("backbone chosen: %s", reason)
+    return _with(cfg, tflite_candidate(str(path))), memory
 
 
 def _from_fleet(cfg: Config, build, fleet, ladder, here: dict) -> tuple[Optional[dict], Optional[str]]:

@@ -73,6 +73,21 @@ def weights_folders() -> list[Path]:
     return folders + [Path(__file__).resolve().parents[3] / "shared" / "models"]
 
 
+TFLITE_EXTRACTOR_MARKS = ("extractor", "embedding", "no_top")  # what a feature extractor's file name says it is
+
+
+def local_tflite_extractors() -> list[Path]:
+    """TFLite feature extractors on this disk (`*extractor*.tflite`, `*embedding*.tflite`, `*no_top*.tflite` in the
+    weights folders): backbones a board without TensorFlow can serve as they are, e.g. the uint8 MobileNet v1
+    1.0/224 `mobilenet_v1_1.0_224_quant_embedding_extractor.tflite`."""
+    found = []
+    for folder in weights_folders():
+        if folder.is_dir():
+            found += sorted(f for f in folder.glob("*.tflite")
+                            if f.is_file() and any(mark in f.name.lower() for mark in TFLITE_EXTRACTOR_MARKS))
+    return found
+
+
 def local_imagenet_weights(alpha: float, size: int) -> Path | None:
     """A MobileNet v1 ImageNet weights file for (alpha, size) on this disk (`mobilenet_v1_<alpha>_<size>_imagenet_no_top
     .weights.h5`), or None."""

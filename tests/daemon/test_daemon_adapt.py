@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import backbone_settings, toml_config, without_tensorflow, write_config
+from conftest import EXTRACTOR_U8, backbone_settings, toml_config, without_tensorflow, write_config
 
 from edged.config import load_config
 from edged.serve.backbone import embed_image, open_backbone
@@ -182,3 +182,44 @@ def test_without_tensorflow_the_classifier_still_learns_and_serves(broker, probe
     status = _final(probe, "status", {})["result"]
     assert status["tensorflow_imported"] is False and status["heads"]["classifier"]["quality"]["cv_accuracy"] >= 0
     assert d.stop() == 0
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not EXTRACTOR_U8.is_file(), reason="needs ../shared/models (the uint8 MobileNet v1 extractor)")
+def test_the_default_config_serves_without_tensorflow_from_a_tflite_extractor(broker, probe, daemons, tmp_path):
+    """Issue 38, 1: a board without TensorFlow, the default config (`mobilenet_v1`, ImageNet weights, chosen
+    automatically) and no cached backbone failed at start with "No module named 'keras'". A TFLite feature extractor
+    in $EDGED_WEIGHTS_DIR now serves; the status says where the backbone came from."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / EXTRACTOR_U8.name).symlink_to(EXTRACTOR_U8)
+    state = tmp_path / "state"
+    text = toml_config(state, broker.port, "synthetic:clutter=2", {}, DEVICE)
+    env = {**without_tensorflow(tmp_path / "site"), "EDGED_WEIGHTS_DIR": str(weights)}
+    d = daemons(write_config(tmp_path / "c.toml", text), tmp_path / "d.log", env)
+    status = probe.wait_online(DEVICE, 180)
+    assert status["tensorflow_imported"] is False
+    choice = status["backbone_choice"]
+    assert choice["tflite"].endswith(EXTRACTOR_U8.name) and "no MobileNet v1 could be built" in choice["reason"], choice
+    for label in ("a", "b"):
+        assert _final(probe, "capture", {"label": label, "count": 3, "interval_ms": 0})["ok"]
+    pred = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/prediction/knn", 30)[1])
+    assert pred["label"] in ("a", "b", "unknown")
+    assert d.stop() == 0
+
+
+def test_without_any_backbone_the_error_names_each_way(tmp_path):
+    """No TensorFlow, nothing cached, no extractor on disk: one error that says every way to a backbone."""
+    from edged.errors import BackboneError
+    from edged.serve.choice import chosen
+
+    def cannot(cfg):
+        raise BackboneError("building backbone failed: No module named 'keras'")
+
+    cfg = load_config(None, [f"state_dir='{tmp_path}'"])
+    with pytest.raises(BackboneError) as caught:
+        chosen(cfg, cannot, extractors=lambda: [])
+    said = str(caught.value)
+    for way in ("No module named 'keras'", "pip install 'edged[train]'", "$EDGED_WEIGHTS_DIR", "backbone.path",
+                "state_dir/backbones/"):
+        assert way in said, (way, said)

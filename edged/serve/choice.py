@@ -179,11 +179,14 @@ def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory
         tried.append({"tflite": str(path), "ms": round(ms, 3), "fps": round(1000 / ms, 1)})
         timed.append((ms, path))
     if not timed:
+        built = "; ".join(t["error"] for t in tried if "error" in t and "tflite" not in t)[:600]
+        opened = "; ".join(f"{Path(t['tflite']).name}: {t['error']}" for t in tried if "error" in t and "tflite" in t)
+        extractors = (f"the TFLite feature extractors here could not be opened ({opened[:400]})" if files else
+                      f"no TFLite feature extractor (*extractor*.tflite, *embedding*.tflite) is in "
+                      f"{', '.join(str(f) for f in weights_folders())}")
         raise BackboneError(
-            "backbone.choose = 'auto': no backbone here. MobileNet v1 could not be built ("
-            + "; ".join(t["error"] for t in tried if "error" in t)[:600] + "), none is cached in "
-            f"{StateLayout(cfg.state_path).backbones}, and no TFLite feature extractor (*extractor*.tflite, "
-            f"*embedding*.tflite) is in {', '.join(str(f) for f in weights_folders())}. Any one of these serves: "
+            f"backbone.choose = 'auto': no MobileNet v1 could be built here ({built}), none is cached in "
+            f"{StateLayout(cfg.state_path).backbones}, and {extractors}. Any one of these serves: "
             "pip install 'edged[train]' (TensorFlow converts the backbone once); copy a TFLite feature extractor "
             "(e.g. mobilenet_v1_1.0_224_quant_embedding_extractor.tflite) into $EDGED_WEIGHTS_DIR; set "
             "backbone.family = 'tflite' and backbone.path; or copy state_dir/backbones/ from a machine that built it")

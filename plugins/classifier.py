@@ -95,12 +95,19 @@ class ClassifierHead(Head):
 
     # -- learning ----------------------------------------------------------------------------
     def fit(self, examples: Examples, context: Optional[FitContext] = None, progress=None) -> dict:
+        every = sorted(set(examples.labels.tolist()))
+        # a label with one example (one "that was wrong" mark, one stray capture) cannot be cross-validated: it is
+        # left out of this version, and the reply says so, rather than failing the whole train
+        short = {c: int(np.sum(examples.labels == c)) for c in every if np.sum(examples.labels == c) < 2}
+        if short and len(every) - len(short) >= 2:
+            keep = ~np.isin(examples.labels, list(short))
+            examples = Examples(examples.ids[keep], examples.labels[keep], examples.embeddings[keep],
+                                [b for b, k in zip(examples.boxes, keep) if k])
         classes = sorted(set(examples.labels.tolist()))
         counts = {c: int(np.sum(examples.labels == c)) for c in classes}
         if len(classes) < 2:
             raise HeadError(f"the classifier needs at least 2 labels, the store has {classes}: capture another")
-        short = {c: n for c, n in counts.items() if n < 2}
-        if short:
+        if short and set(short) & set(classes):
             raise HeadError(f"the classifier needs at least 2 examples of each label; short: {short}")
         y = np.array([classes.index(l) for l in examples.labels.tolist()])
         wanted = set(self.options.candidates)
@@ -141,6 +148,10 @@ class ClassifierHead(Head):
             "examples": int(len(y)), "augmented_examples": int(len(cache[1])) if cache is not None else 0,
             "unknown_threshold": round(float(self.threshold), 4), "report": report,
         }
+        if short:
+            self.metrics["left_out"] = short
+            report.setdefault("warnings", []).append(
+                "left out (one example each; capture another to teach them): " + ", ".join(sorted(short)))
         return self.metrics
 
     def _calibrate(self, z: np.ndarray, y: np.ndarray) -> None:

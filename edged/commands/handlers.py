@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 import cv2
+import numpy as np
 
-from ..config import CaptureConfig
+from ..config import BACKGROUND, CaptureConfig
 from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..serve.capture import CaptureDesk, CaptureJob, CaptureRequest, CaptureTarget
@@ -21,10 +22,10 @@ from ..serve.learning import Learning
 from ..state.events import EventStore
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
-from ..state.store import Store
+from ..state.store import NewExample, Store
 from .dispatch import DEFERRED, Handler, Responder
 from .schema import COMMANDS, Activate, Capture, Delete, Discard, Empty, Events, Export, Forget, Label, ListExamples
-from .schema import Publish, Relabel, Rollback, Share, Snapshot, Train
+from .schema import Publish, Relabel, Rollback, Share, Snapshot, Train, Wrong
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,44 @@ class CommandHandlers:
         if jpeg is not None and len(jpeg) <= MAX_SNAPSHOT_REPLY:
             event["snapshot_jpeg_base64"] = base64.b64encode(jpeg).decode()
         return {"event": event}
+
+    def on_wrong(self, cmd: Wrong, responder: Responder) -> dict:
+        """"That was wrong": the event's best frame (of its place: a region's crop) or its sound becomes an example of
+        what it was, `background` by default. The instant heads know it at once, a trained head at its next train;
+        `delete {"ids": [...]}` takes it back."""
+        if self.events is None:
+            raise CommandError("wrong: events are kept by a serving daemon", cmd.id)
+        event_id = cmd.event or self._newest_event(cmd.head, cmd.id)
+        event = self.events.get(event_id)
+        label = cmd.label or BACKGROUND
+        if label == event.get("label"):
+            raise CommandError(f"wrong.label: event {event_id} already said {label!r}", cmd.id)
+        source, region = event.get("source", ""), event.get("region", "")
+        clip = self.events.sound(event_id)
+        if clip is not None:
+            image, audio, embedding = self.learning.sound_example(clip)
+        else:
+            jpeg = self.events.snapshot(event_id)
+            if jpeg is None:
+                raise CommandError(f"wrong.event: event {event_id} has no snapshot to learn from", cmd.id)
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            view = self.scene.view(source, region) if self.scene is not None else None
+            image = view.crop(image) if view is not None else image
+            audio, embedding = None, self.learning.embed_image(image)
+        ids = self.store.add_many([NewExample(image, label, embedding, source=source or None, audio=audio)],
+                                  self.backbone_id)
+        self.heads.learned(embedding, label)
+        log.info("event %s (%s) marked wrong: stored as an example of %r", event_id, event.get("label"), label)
+        self.changed()
+        return {"event": event_id, "said": event.get("label"), "label": label, "examples": ids,
+                "counts": self.store.counts(), "undo": f"delete {{\"ids\": {ids}}}",
+                "note": "the instant heads know it now; train the classifier to teach it there"}
+
+    def _newest_event(self, head: str, corr) -> str:
+        found = self.events.list(1, head)
+        if not found:
+            raise CommandError(f"wrong.head: no event of head {head!r} yet", corr)
+        return found[0]["id"]
 
     def on_heads(self, cmd: Empty, responder: Responder) -> dict:
         return {"heads": self.heads.describe(), "active": self.heads.active}

@@ -189,6 +189,26 @@ class Snapshot(_Cmd):
                                                                    "frame of any source")
 
 
+class Wrong(_Cmd):
+    """An event that was wrong: its best frame (or its sound) becomes an example of `label` (default `background`)."""
+
+    event: Optional[str] = Field(None, pattern=r"^\d{8}-\d{6}-[0-9a-f]{6}$", description="the event's id "
+                                 "(edged/<device>/event/...); default the newest event of `head`")
+    head: Optional[str] = Field(None, max_length=64, description="with no event: that head's newest event")
+    label: Optional[str] = Field(None, description="what it was (a label); default background, the scene itself")
+
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _checked_label(v)
+
+    @model_validator(mode="after")
+    def _which(self):
+        if self.event is None and self.head is None:
+            raise ValueError("give event (an event's id) or head (its newest event)")
+        return self
+
+
 COMMANDS: dict[str, type[_Cmd]] = {
     "capture": Capture,
     "forget": Forget,
@@ -211,6 +231,7 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "share": Share,
     "state": Empty,
     "events": Events,
+    "wrong": Wrong,
 }
 
 

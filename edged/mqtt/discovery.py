@@ -94,6 +94,7 @@ def _state_entities(topics: Topics, node: str, device: str, head: str, region: s
                 state_topic=topics.event(head, region), event_types=["start", "update", "end"],
                 value_template=EVENT_TEMPLATE, device_class="motion"),
     ])
+
     for label in labels:
         if label in ("none", "unknown"):
             continue
@@ -110,6 +111,10 @@ def components(topics: Topics, facts: DeviceFacts) -> dict[str, dict]:
     for head in facts.heads:
         for region in facts.regions:
             out.update(_state_entities(topics, node, device, head, region, facts.labels))
+        # "that was wrong": the head's newest event, wherever it was, becomes an example of background
+        out.update([_entity(node, device, f"wrong_{_slug(head)}", "button", f"Wrong ({head})",
+                            command_topic=topics.command("wrong"), payload_press=json.dumps({"head": head}),
+                            icon="mdi:thumb-down")])
     for label in facts.labels:
         for source in facts.sources:
             payload = json.dumps({"label": label, "count": facts.capture_count, **({"source": source} if source else {})})

@@ -21,6 +21,7 @@ from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
 from ..runtime.speech import SpeechEngine
 from ..sources.audio import Spectrogram
+from ..sources.wav import SAMPLE_RATE
 from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo
@@ -101,6 +102,15 @@ class Learning:
             with self._embed_lock:
                 return self._own_engine().embed_sound(samples)
         return self.embed_pixels(to_pixels(self._spectrogram.image(samples), self.backbone.input_size))
+
+    def sound_example(self, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A sound event's clip as one example: its middle window (the source's `window_s`), that window's picture
+        and its embedding."""
+        n = int(self.cfg.cameras[0].source.audio.window_s * SAMPLE_RATE)
+        start = max(0, (len(clip) - n) // 2)
+        window = np.asarray(clip[start:start + n], np.float32)
+        window = np.pad(window, (n - len(window), 0)) if len(window) < n else window
+        return self._spectrogram.image(window), window, self.embed_sound(window)
 
     def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
         return self.embed_pixels(to_pixels(image_bgr, self.backbone.input_size))

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import Config
 from ..errors import CommandError
 from ..files import read_json_object, write_atomic
-from ..sources.wav import wav_bytes
+from ..sources.wav import read_wav, wav_bytes
 from .layout import StateLayout
 
 EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
@@ -92,6 +92,11 @@ class EventStore:
     def snapshot(self, event_id: str) -> Optional[bytes]:
         path = self._dir(event_id) / "snapshot.jpg"
         return path.read_bytes() if path.exists() else None
+
+    def sound(self, event_id: str) -> Optional[np.ndarray]:
+        """A sound event's clip (16 kHz samples), or None for an event of pictures."""
+        path = self._dir(event_id) / "clip.wav"
+        return read_wav(path) if path.is_file() else None
 
     def clip_path(self, event_id: str) -> Optional[Path]:
         """The event's clip: `clip.mp4` of a camera, `clip.wav` of a sound; None when there is none (yet)."""

@@ -124,6 +124,22 @@ snapshot_interval_s = 0
                     timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["label"] == "star" and (tmp_path / "best.jpg").read_bytes() == jpeg
+
+    # issue 37, 4: "that was wrong" from the CLI (the same command as MQTT and Home Assistant's button): the event's
+    # best frame becomes an example of background; the kNN knows it at once; `delete` takes it back
+    before = probe.request(DEVICE, "status", {})["result"]["examples"]
+    out = edged_cli("cmd", "--config", str(config), "wrong", "--event", start["id"], timeout=60)
+    assert out.returncode == 0, out.stderr
+    marked = json.loads(out.stdout)
+    assert marked["said"] == "star" and marked["label"] == "background" and len(marked["examples"]) == 1, marked
+    assert marked["counts"]["background"] == before["background"] + 1
+    stored = probe.request(DEVICE, "examples", {"label": "background", "limit": 1})["result"]["examples"][0]
+    assert stored["id"] == marked["examples"][0]
+    same = probe.request(DEVICE, "wrong", {"head": "knn", "label": "star"})  # the newest event, and what it said
+    assert not same["ok"] and "already said 'star'" in same["error"], same
+    assert not probe.request(DEVICE, "wrong", {})["ok"]  # an event or a head
+    undone = probe.request(DEVICE, "delete", {"ids": marked["examples"]})["result"]
+    assert undone["deleted"] == 1 and undone["counts"]["background"] == before["background"]
     assert d.stop() == 0, d.output()
 
 

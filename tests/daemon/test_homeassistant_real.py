@@ -18,8 +18,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import daemon_config, headless_browser, wait_until
+from conftest import Probe, daemon_config, headless_browser, wait_until
 from ha_instance import HomeAssistant, screenshot_device_page, venv
+
+from edged.mqtt.broker import MosquittoBroker
 
 DEVICE = "hatest"
 VERSIONS = {"2025.4.4": "device", "2024.1.6": "entity"}
@@ -33,7 +35,8 @@ def _free_port() -> int:
 
 def _ids(head: str, labels: list[str]) -> dict[str, str]:
     """The entity ids edged asks for, by what they are."""
-    out = {f"sensor.{DEVICE}_head_{head}": "sensor", f"event.{DEVICE}_event_{head}": "event"}
+    out = {f"sensor.{DEVICE}_head_{head}": "sensor", f"event.{DEVICE}_event_{head}": "event",
+           f"button.{DEVICE}_wrong_{head}": "button"}
     out.update({f"binary_sensor.{DEVICE}_present_{head}_{label}": "binary_sensor" for label in labels})
     return out
 
@@ -52,12 +55,13 @@ COMMON = {f"button.{DEVICE}_teach_triangle", f"button.{DEVICE}_teach_rectangle",
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", sorted(VERSIONS))
-def test_a_real_home_assistant_makes_the_entities_edged_announces(version, broker, probe, daemons, make_state,
-                                                                   tmp_path):
+def test_a_real_home_assistant_makes_the_entities_edged_announces(version, daemons, make_state, tmp_path):
     root = venv(version)
     if root is None:
         pytest.skip(f"no Home Assistant {version} venv: bash .ci/homeassistant {version}")
     mode = VERSIONS[version]
+    broker = MosquittoBroker().start()  # a broker of its own: nothing retained from another version's run
+    probe = Probe(broker.port)
     ha = HomeAssistant(root, tmp_path / "ha", _free_port())
     ha.start()
     try:
@@ -104,11 +108,24 @@ def test_a_real_home_assistant_makes_the_entities_edged_announces(version, broke
         wait_until(lambda: ha.states()[f"sensor.{DEVICE}_examples"]["state"] == "9", 30,
                    what=lambda: ha.states()[f"sensor.{DEVICE}_examples"])
 
+        # "that was wrong", pressed in Home Assistant: the kNN's newest event becomes an example of background
+        wrong = f"button.{DEVICE}_wrong_knn"
+        wait_until(lambda: probe.request(DEVICE, "events", {"head": "knn", "limit": 1})["result"]["events"], 60,
+                   what="an event of the knn head")
+        background = probe.request(DEVICE, "status", {})["result"]["examples"].get("background", 0)
+        ha.press(wrong)
+        _, marked, _ = probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/cmd/wrong", 30)
+        assert json.loads(marked) == {"head": "knn"}
+        wait_until(lambda: probe.request(DEVICE, "status", {})["result"]["examples"].get("background", 0)
+                   == background + 1, 30, what="the wrong event stored as background")
+        wanted |= {f"binary_sensor.{DEVICE}_present_knn_background", f"button.{DEVICE}_teach_background"}
+
         # a second head adds entities; the first head's keep their ids
         train = probe.request(DEVICE, "train", {"head": "classifier"}, timeout=120)
         assert train["ok"], train
         assert probe.request(DEVICE, "activate", {"heads": ["knn", "classifier"]})["ok"]
-        wanted |= set(_ids("classifier", ["triangle", "rectangle"]))
+        assert train["result"]["metrics"]["left_out"] == {"background": 1}  # one mark: said, not a failed train
+        wanted |= set(_ids("classifier", ["triangle", "rectangle", "background"]))
         registry = _registry_with(ha, wanted)
         assert {e for e, r in registry.items() if r.get("platform") == "mqtt"} == wanted
 
@@ -142,3 +159,5 @@ def test_a_real_home_assistant_makes_the_entities_edged_announces(version, broke
             assert "Traceback" not in (tmp_path / log).read_text(), log
     finally:
         ha.stop()
+        probe.close()
+        broker.close()

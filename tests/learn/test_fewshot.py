@@ -80,6 +80,13 @@ def test_state_round_trip_and_refusals(tmp_path):
         ClassifierHead().fit(Examples(np.arange(3), np.array(["a"] * 3), x[:3], [None] * 3))
     with pytest.raises(HeadError, match="at least 2 examples of each label.*'b': 1"):
         ClassifierHead().fit(Examples(np.arange(4), np.array(["a", "a", "a", "b"]), x[:4], [None] * 4))
+    # one example of a third label (a single "that was wrong" mark) is left out, said, and does not fail the train
+    mixed = np.array(["c0"] * 5 + ["c1"] * 5 + ["background"])
+    fitted = ClassifierHead(ClassifierOptions(augment_copies=0))
+    metrics = fitted.fit(Examples(np.arange(11), mixed, np.concatenate([x[y == 0][:5], x[y == 1][:5], x[:1]]),
+                                  [None] * 11))
+    assert metrics["left_out"] == {"background": 1} and fitted.classes == ["c0", "c1"]
+    assert any("background" in w for w in metrics["report"]["warnings"])
 
 
 @needs_sign_digits

@@ -54,11 +54,14 @@ def test_each_account_writes_only_its_own_tree(tmp_path):
     try:
         allowed = {(door, "edged/door/share/head/classifier/manifest"), (door, "edged/door/status"),
                    (door, "homeassistant/device/edged_door/config"), (big, "edged/fleet/trainers/big"),
+                   (door, "homeassistant/binary_sensor/edged_door/present_knn_cat/config"),
+                   (ha, "edged/door/cmd/wrong"),
                    (big, "edged/fleet/trainers/big/share/result/door/manifest"),
                    (door, "edged/clients/s1/reply/door"), (ha, "edged/door/cmd/capture")}
         denied = {(door, "edged/yard/share/head/classifier/manifest"), (door, "edged/yard/status"),
                   (door, "edged/fleet/trainers/big"), (door, "edged/fleet/trainers/0-rogue"),
                   (door, "edged/fleet/revoked"), (door, "homeassistant/device/edged_yard/config"),
+                  (door, "homeassistant/binary_sensor/edged_yard/present_knn_cat/config"),
                   (big, "edged/door/share/job/big/manifest"), (big, "edged/fleet/trainers/other/done/door"),
                   (door, "edged/clients/s1/reply/yard"), (door, "edged/clients/s1/reply"),  # a forged answer
                   (ha, "edged/door/cmd/forget"), (ha, "edged/fleet/cmd/forget"), (ha, "edged/door/cmd/delete")}

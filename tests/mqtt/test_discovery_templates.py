@@ -84,7 +84,10 @@ def test_names_categories_and_units_follow_home_assistant():
         by_platform.setdefault(entity["platform"], []).append(entity)
         assert not entity["name"].lower().startswith("desk"), entity["name"]  # the device's name is shown before it
     assert by_platform["event"][0]["device_class"] == "motion"
-    assert all(b["entity_category"] == "config" and b["name"] == "Teach mug" for b in by_platform["button"])
+    teach = [b for b in by_platform["button"] if b["command_topic"].endswith("/capture")]
+    assert [(b["name"], b["entity_category"]) for b in teach] == [("Teach mug", "config")]
+    wrong = [b for b in by_platform["button"] if b["command_topic"].endswith("/wrong")]  # issue 37, 4
+    assert [(b["name"], json.loads(b["payload_press"])) for b in wrong] == [("Wrong (knn)", {"head": "knn"})]
     fps = found["edged_desk_fps"]
     assert fps["device_class"] == "frequency" and fps["unit_of_measurement"] == "Hz"
     assert fps["entity_category"] == found["edged_desk_examples"]["entity_category"] == "diagnostic"

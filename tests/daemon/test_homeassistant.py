@@ -45,7 +45,8 @@ def test_discovery_buttons_teach_and_removal(broker, probe, tmp_path, make_state
     assert components["edged_ha1_event_knn"]["state_topic"] == "edged/ha1/event/knn"
     assert not [c for c in components.values() if "prediction" in json.dumps(c)]
     assert components["edged_ha1_snapshot"]["image_topic"] == "edged/ha1/snapshot"
-    assert not [c for c in components.values() if c["platform"] == "button"]  # nothing taught yet
+    buttons = [c for c in components.values() if c["platform"] == "button"]
+    assert [c["name"] for c in buttons] == ["Wrong (knn)"]  # nothing taught yet: no teach button, "wrong" per head
     probe.wait_for(lambda t, p, r: t == "edged/ha1/snapshot" and p[:2] == b"\xff\xd8", 20)  # a JPEG for the image entity
 
     # a label appears (taught by command): the payload gains its button

@@ -255,10 +255,17 @@ def test_teach_two_labels_and_train_in_a_real_browser(broker, daemons, make_stat
         b_js("refreshModels()")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#models .version[data-version=v1]"))
         predicting = browser.find_elements(By.CSS_SELECTOR, "#models [data-predicts=true]")
-        assert [e.get_attribute("data-version") for e in predicting] == ["v1"], [e.text for e in predicting]
+        # v1 answered the train; the search that follows serves v2 only if it cross-validated better
+        assert [e.get_attribute("data-version") for e in predicting] in (["v1"], ["v2"]), [e.text for e in predicting]
         panel = browser.find_element(By.ID, "models").text
         assert "predicting" in panel and "cross-validated accuracy" in panel and "{" not in panel, panel
         wait.until(lambda b: "frames skipped as still" in b.find_element(By.ID, "states").text)
+        # issue 37, 4: "that was wrong" on an event of the scene: its best frame is stored as background
+        wrong = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#scene-events .scene-event button.wrong"))
+        said = wrong[0].find_element(By.XPATH, "..").get_attribute("data-label")
+        wrong[0].click()
+        wait.until(lambda b: "stored as background" in b.find_element(By.ID, "message").text)
+        assert said in b_js("return document.getElementById('message').textContent")
         browser.save_screenshot(str(artifacts / "web.png"))
         # a laptop's and a phone's width: nothing scrolls sideways, and every thumbnail shows (issue 33, 14)
         for width in (1280, 412):

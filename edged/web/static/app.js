@@ -111,8 +111,16 @@ function renderSceneEvents(list) {
     const span = e.end ? `${Math.round(e.end - e.start)} s` : "now";
     return el("div", { class: "scene-event", "data-id": e.id, "data-label": e.label },
       el("img", { src: withKey(`/api/event/${e.id}.jpg`), alt: e.label }),
-      `${e.label}${e.source ? " at " + e.source : ""}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)}`);
+      `${e.label}${e.source ? " at " + e.source : ""}${e.region ? " in " + e.region : ""} ${when}, ${span}, top ${e.top_score.toFixed(2)} `,
+      el("button", { class: "wrong", title: "that was wrong: teach this frame as background", onclick: () => markWrong(e) },
+        "wrong"));
   }));
+}
+
+// "that was wrong": the event's best frame becomes an example of background (the same command as MQTT and the CLI)
+async function markWrong(e) {
+  const result = await api("wrong", { event: e.id });
+  say(`${e.label} at ${new Date(e.start * 1000).toLocaleTimeString()} stored as ${result.label} (example ${result.examples.join(", ")})`);
 }
 
 // -- teach ---------------------------------------------------------------------------------------

@@ -130,17 +130,11 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
         return _with(cfg, candidate(bb, adopted["alpha"], adopted["input_size"])), adopted
     tried, pick = [], None
     for alpha, size in ladder:
-        rung = candidate(bb, alpha, size)
         if progress is not None:
             progress(f"choosing the backbone: timing {alpha}/{size}")
-        try:
-            info = build(_with(cfg, rung))
-        except BackboneError as e:
-            tried.append({"alpha": alpha, "input_size": size, "error": str(e)[:200]})
-            log.warning("backbone %g/%d cannot be built here: %s", alpha, size, e)
+        ms = _timed(cfg, build, candidate(bb, alpha, size), {"alpha": alpha, "input_size": size}, tried)
+        if ms is None:
             continue
-        ms = time_backbone(info.path, info.scaling, cfg.runtime.num_threads, cfg.runtime.interpreter)
-        tried.append({"alpha": alpha, "input_size": size, "ms": round(ms, 3), "fps": round(1000 / ms, 1)})
         pick = (alpha, size, ms)
         if 1000 / ms >= bb.min_fps:
             break
@@ -158,6 +152,20 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
     return _with(cfg, candidate(bb, alpha, size)), memory
 
 
+def _timed(cfg: Config, build, bb: BackboneConfig, which: dict, tried: list[dict]) -> Optional[float]:
+    """Milliseconds a frame for candidate `bb` here, or None when it cannot be built; either way noted in `tried`
+    under `which` (the rung, or the file)."""
+    try:
+        info = build(_with(cfg, bb))
+    except BackboneError as e:
+        tried.append({**which, "error": str(e)[:200]})
+        log.warning("backbone %s cannot be built here: %s", which, e)
+        return None
+    ms = time_backbone(info.path, info.scaling, cfg.runtime.num_threads, cfg.runtime.interpreter)
+    tried.append({**which, "ms": round(ms, 3), "fps": round(1000 / ms, 1)})
+    return ms
+
+
 def tflite_candidate(path: str) -> BackboneConfig:
     return BackboneConfig(family="tflite", path=str(path), choose="fixed")
 
@@ -170,14 +178,9 @@ def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory
     for path in files:
         if progress is not None:
             progress(f"choosing the backbone: timing {path.name}")
-        try:
-            info = build(_with(cfg, tflite_candidate(str(path))))
-        except BackboneError as e:
-            tried.append({"tflite": str(path), "error": str(e)[:200]})
-            continue
-        ms = time_backbone(info.path, info.scaling, cfg.runtime.num_threads, cfg.runtime.interpreter)
-        tried.append({"tflite": str(path), "ms": round(ms, 3), "fps": round(1000 / ms, 1)})
-        timed.append((ms, path))
+        ms = _timed(cfg, build, tflite_candidate(str(path)), {"tflite": str(path)}, tried)
+        if ms is not None:
+            timed.append((ms, path))
     if not timed:
         built = "; ".join(t["error"] for t in tried if "error" in t and "tflite" not in t)[:600]
         opened = "; ".join(f"{Path(t['tflite']).name}: {t['error']}" for t in tried if "error" in t and "tflite" in t)

@@ -35,7 +35,6 @@ class HomeAssistant:
         self._stale = threading.Event()  # heads, labels or models may have changed: recompute the payload
         self._stale.set()
         self._last: Optional[dict[str, bytes]] = None  # what each discovery topic holds
-        self._last_device: Optional[dict] = None  # device mode: the payload last sent
         self._last_forced = float("-inf")
         self._thread = threading.Thread(target=self._run, name="homeassistant", daemon=True)
 
@@ -83,8 +82,9 @@ class HomeAssistant:
         facts = self.facts()
         current = discovery_payload(self.link.topics, facts)
         removed = {}
-        if self._last_device is not None:
-            removed = {cid: c["platform"] for cid, c in self._last_device["components"].items()
+        sent = (self._last or {}).get(self.topic)
+        if sent:
+            removed = {cid: c["platform"] for cid, c in json.loads(sent)["components"].items()
                        if cid not in current["components"] and len(c) > 1}
         return discovery_payload(self.link.topics, facts, removed) if removed else current
 
@@ -105,8 +105,6 @@ class HomeAssistant:
             if forced or last.get(topic) != payload:
                 self.link.publish(topic, payload, retain=True, qos=1)
         self._last = {topic: payload for topic, payload in payloads.items() if payload}
-        if self.ha.discovery == "device":
-            self._last_device = json.loads(payloads[self.topic])
 
     def _run(self) -> None:
         next_snapshot = time.monotonic()

@@ -26,7 +26,7 @@ from ..sources.augment import augmenter
 from ..sources.preprocess import to_pixels
 from ..state.backbones import BackboneInfo
 from ..state.layout import StateLayout
-from ..state.store import Store
+from ..state.store import Examples, Store
 from .headset import HeadSet
 from .worker_client import TrainerWorker, tensorflow_available
 
@@ -190,7 +190,7 @@ class Learning:
         to what the backbone embeds within `search_budget_s` at its measured speed."""
         examples = self.store.examples(self.backbone.id)
         options = self.heads.options(name)
-        copies = self._affordable_copies(options, len(examples), progress)
+        copies = self._affordable_copies(options, examples, progress)
         head = cls(options.model_copy(update={"augment_copies": copies}) if copies is not None else options)
         if progress:
             progress({"phase": "search", "step": f"searching learners{' and augmented copies' if copies != 0 else ''} "
@@ -203,28 +203,31 @@ class Learning:
         if after <= before:
             return {**cheap, "search": f"kept {cheap['version']}: the search's best ({metrics.get('chosen')}, "
                                        f"cross-validated {after}) does not beat {before}"}
-        versions = StateLayout(self.cfg.state_path).heads(name)
-        with versions.draft() as draft:
+        result = self._commit(name, head, metrics)
+        result["search"] = (f"{result['version']} serves: {metrics.get('chosen')} cross-validated {after}, against "
+                            f"{before} of {cheap['version']}")
+        return result
+
+    def _commit(self, name: str, head: Head, metrics: dict) -> dict:
+        """A head fitted here: saved as the next version of `name`, then served (edged.serve.learning.serve_version)."""
+        with StateLayout(self.cfg.state_path).heads(name).draft() as draft:
             head.save(draft.folder)
         retired = self.serve_version(name, activate=False, opened=head)
-        return self._said_retired(name, {"head": name, "version": draft.version, "metrics": metrics,
-                                         "search": f"{draft.version} serves: {metrics.get('chosen')} cross-validated "
-                                                   f"{after}, against {before} of {cheap['version']}"}, retired)
+        return self._said_retired(name, {"head": name, "version": draft.version, "metrics": metrics}, retired)
 
-    def _affordable_copies(self, options, examples: int, progress: Progress) -> Optional[int]:
+    def _affordable_copies(self, options, examples: Examples, progress: Progress) -> Optional[int]:
         """How many augmented copies of each example the search embeds: the head's own number, fewer when the
         backbone, timed here on one stored frame, would take longer than `search_budget_s`; None when the head
         has no such option."""
         wanted = getattr(options, "augment_copies", None)
         budget = getattr(options, "search_budget_s", None)
-        if not wanted or budget is None or not examples or self.backbone.family == "speech_embedding":
+        if not wanted or budget is None or not len(examples) or self.backbone.family == "speech_embedding":
             return wanted
-        first = self.store.examples(self.backbone.id).ids[:1]
-        pixels = to_pixels(self.store.load_frame(int(first[0])), self.backbone.input_size)
+        pixels = to_pixels(self.store.load_frame(int(examples.ids[0])), self.backbone.input_size)
         started = time.perf_counter()
         self.embed_pixels(pixels)
         seconds = max(time.perf_counter() - started, 1e-4)
-        affordable = int(budget / (seconds * examples))
+        affordable = int(budget / (seconds * len(examples)))
         if affordable < wanted and progress:
             progress({"phase": "search", "step": f"{min(affordable, wanted)} augmented copies of each example, not "
                                                  f"{wanted}: the backbone takes {seconds * 1000:.0f} ms a frame here "
@@ -283,12 +286,7 @@ class Learning:
         if not len(examples):
             raise HeadError("the store has no examples yet: capture some first")
         head = cls(self.heads.options(name))
-        metrics = head.fit(examples, self.fit_context(request), progress)
-        versions = StateLayout(self.cfg.state_path).heads(name)
-        with versions.draft() as draft:
-            head.save(draft.folder)
-        retired = self.serve_version(name, activate=False, opened=head)
-        return self._said_retired(name, {"head": name, "version": draft.version, "metrics": metrics}, retired)
+        return self._commit(name, head, head.fit(examples, self.fit_context(request), progress))
 
     def export(self, name: str, quantize: str, force: bool = False, progress: Progress = None,
                stop: Optional[threading.Event] = None) -> dict:

@@ -9,7 +9,8 @@ from ..config import Config
 from ..errors import BackboneError
 from ..runtime.speech import speech_models_folder
 from ..serve.choice import LADDER
-from ..state.backbones import cache_folder, local_imagenet_weights
+from ..serve.worker_client import tensorflow_available
+from ..state.backbones import cache_folder, local_imagenet_weights, local_tflite_extractors
 
 # Widths and input sizes Keras has ImageNet weights for.
 IMAGENET = {
@@ -35,7 +36,16 @@ def check_meaning(cfg: Config) -> tuple[list[str], list[str]]:
             if bb.input_size not in sizes:
                 warnings.append(f"backbone.input_size: {bb.family} ImageNet weights were trained at {sorted(sizes)} px; "
                                 f"{bb.input_size} px works but embeds less well")
-            if bb.auto:
+            if bb.auto and not tensorflow_available():
+                extractors = local_tflite_extractors()
+                warnings.append(
+                    f"backbone.choose = 'auto': TensorFlow is not installed here, so unless state_dir/backbones/ "
+                    f"holds a converted MobileNet v1 the first start serves a TFLite feature extractor: "
+                    f"{', '.join(sorted({f.name for f in extractors}))}" if extractors else
+                    "backbone.choose = 'auto': TensorFlow is not installed here and no TFLite feature extractor is in "
+                    "$EDGED_WEIGHTS_DIR: unless state_dir/backbones/ holds a converted MobileNet v1, the first start "
+                    "has no backbone (docs/raspberry-pi.md)")
+            elif bb.auto:
                 if not any(local_imagenet_weights(alpha, size) for alpha, size in LADDER):
                     warnings.append("backbone.choose = 'auto' builds MobileNet v1 backbones from Keras' ImageNet "
                                     "download at the first start; offline, put the weight files in $EDGED_WEIGHTS_DIR")

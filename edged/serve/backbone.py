@@ -20,12 +20,17 @@ from ..state.backbones import BackboneInfo, backbone_id, lookup_backbone
 from ..state.layout import StateLayout
 from ..state.store import Store
 from .choice import chosen
+from .worker_client import tensorflow_available
 
 log = logging.getLogger(__name__)
 
 
 def build_in_child(cfg: Config) -> None:
-    """Convert the Keras backbone in a child process so the serving process never imports TensorFlow."""
+    """Convert the Keras backbone in a child process so the serving process never imports TensorFlow. Without
+    TensorFlow here, no child is started: it could only fail (on a slow board, after seconds of start-up each)."""
+    if not tensorflow_available():
+        raise BackboneError(f"backbone {backbone_id(cfg.backbone)} is not converted yet and TensorFlow is not "
+                            "installed here to convert it (pip install 'edged[train]')")
     cmd = [sys.executable, "-m", "edged.learn.backbones", "--state-dir", str(cfg.state_path),
            "--backbone-json", cfg.backbone.model_dump_json()]
     log.info("backbone %s is not cached: converting it once in a child process", backbone_id(cfg.backbone))

@@ -2,8 +2,8 @@
 
 `train` (mode "frozen", the default) fits every candidate of `edged.heads.fewshot` — nearest class
 mean, an imprinted cosine classifier, L2-regularised logistic regression, each with and without
-augmented copies of the frames — scores them by stratified k-fold cross-validation on the stored
-examples and keeps the winner; no TensorFlow needed. Modes "fine_tune" and "from_scratch" train
+augmented copies of the frames — scores them by k-fold cross-validation on the stored examples (each
+capture whole in one fold) and keeps the winner; no TensorFlow needed. Modes "fine_tune" and "from_scratch" train
 the backbone too, in the TensorFlow worker (`edged_plugins.classifier_train`), starting from the
 frozen winner, and keep the result only when k-fold cross-validation says it beats the frozen head.
 """
@@ -19,7 +19,8 @@ from pydantic import Field
 
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, TrainRequest, hookimpl
-from edged.heads.fewshot import DEFAULT_CANDIDATES, FeatureTransform, LinearModel, choose, class_means, cross_validate
+from edged.heads.fewshot import DEFAULT_CANDIDATES, FeatureTransform, LinearModel, capture_folds, choose, class_means
+from edged.heads.fewshot import cross_validate, fold_count
 from edged.heads.fewshot import l2, loo_mean_similarity, novelty, quality_report, unknown_threshold
 from edged.state.arrays import load_npz
 from edged.state.store import Examples
@@ -100,11 +101,8 @@ class ClassifierHead(Head):
         # left out of this version, and the reply says so, rather than failing the whole train
         short = {c: int(np.sum(examples.labels == c)) for c in every if np.sum(examples.labels == c) < 2}
         if short and len(every) - len(short) >= 2:
-            keep = ~np.isin(examples.labels, list(short))
-            examples = Examples(examples.ids[keep], examples.labels[keep], examples.embeddings[keep],
-                                [b for b, k in zip(examples.boxes, keep) if k])
+            examples = examples.subset(~np.isin(examples.labels, list(short)))
         classes = sorted(set(examples.labels.tolist()))
-        counts = {c: int(np.sum(examples.labels == c)) for c in classes}
         if len(classes) < 2:
             raise HeadError(f"the classifier needs at least 2 labels, the store has {classes}: capture another")
         if short and set(short) & set(classes):
@@ -129,7 +127,9 @@ class ClassifierHead(Head):
             candidates = [c for c in candidates if not c.augment] or candidates
         cached = (lambda rows: cache) if cache is not None else None
         evals = cross_validate(examples.embeddings, y, len(classes), candidates, cached, self.options.power,
-                               self.options.folds, self.options.seed, progress)
+                               self.options.folds, self.options.seed, progress, examples.captures)
+        k = fold_count(y, self.options.folds)
+        folds = capture_folds(y, examples.captures, k, self.options.seed)
         best = choose(evals, self.options.switch_margin)
         self.transform = FeatureTransform(self.options.power).fit(examples.embeddings)
         z = self.transform(examples.embeddings)
@@ -143,11 +143,17 @@ class ClassifierHead(Head):
         report = quality_report(y, best.predictions, classes, examples.embeddings)
         self.metrics = {
             "chosen": best.candidate.name, "cv_accuracy": round(best.accuracy, 4),
-            "cv_folds": int(max(2, min(self.options.folds, min(counts.values())))),
+            "cv_folds": k, "cv_by": "capture",
+            "captures": {c: int(len(set(examples.captures[y == i].tolist()))) for i, c in enumerate(classes)},
             "candidates": {e.candidate.name: round(e.accuracy, 4) for e in evals},
             "examples": int(len(y)), "augmented_examples": int(len(cache[1])) if cache is not None else 0,
             "unknown_threshold": round(float(self.threshold), 4), "report": report,
         }
+        if folds.within:
+            once = ", ".join(classes[c] for c in folds.within)
+            report.setdefault("warnings", []).append(
+                f"taught in one capture each: {once}. Their accuracy is measured on other frames of the same "
+                f"capture, which flatters it: capture each again another time, place or light for a figure that holds")
         if short:
             self.metrics["left_out"] = short
             report.setdefault("warnings", []).append(

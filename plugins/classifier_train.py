@@ -14,7 +14,7 @@ import numpy as np
 from edged.errors import HeadError
 from edged.heads.base import FitContext, Progress
 from edged.heads.curves import plot_curves
-from edged.heads.fewshot import stratified_folds
+from edged.heads.fewshot import capture_folds
 from edged.heads.splits import balanced_split
 from edged.learn.context import ExportSpec, TrainContext
 from edged.learn.finetune import fused_weights, load_fused, save_fused, set_trainable_top
@@ -86,9 +86,7 @@ def with_open_set(model: keras.Model, head: ClassifierHead, context: TrainContex
 def _frozen_head(context: TrainContext, examples: Examples, rows: np.ndarray, fit: FitContext) -> ClassifierHead:
     """The numpy head the daemon would fit on these rows (augmented copies embedded by the serving backbone)."""
     head = ClassifierHead(context.options)
-    subset = Examples(examples.ids[rows], examples.labels[rows], examples.embeddings[rows],
-                      [examples.boxes[i] for i in rows])
-    head.fit(subset, fit)
+    head.fit(examples.subset(rows), fit)
     return head
 
 
@@ -148,7 +146,8 @@ def train(context: TrainContext, progress: Progress = None) -> dict:
     if smallest < 2:
         raise HeadError(f"need at least 2 examples of every class to cross-validate fine-tuning; "
                         f"{classes[int(np.argmin(np.bincount(y)))]!r} has {smallest}")
-    folds = stratified_folds(y, min(opts.fine_tune_folds, smallest), opts.seed)
+    # by capture, as the frozen head is validated: fine-tuning memorises near-copies best of all
+    folds = capture_folds(y, examples.captures, min(opts.fine_tune_folds, smallest), opts.seed).folds
     epochs = context.request.epochs or opts.fine_tune_epochs
     images = context.pixels(examples.ids)
     with context.fit_context() as fit:

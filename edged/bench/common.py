@@ -10,8 +10,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ..config import BackboneConfig
+from ..config import BackboneConfig, Config
 from ..learn.backbones import build_backbone
+from ..serve.choice import chosen
 from ..state.backbones import BackboneInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,12 +50,25 @@ def backbone(cfg: BackboneConfig) -> BackboneInfo:
     return build_backbone(cfg, CACHE)
 
 
-def bench_backbone(alpha: float, size: int) -> tuple[BackboneConfig, BackboneInfo]:
-    """The config (its note printed when the weights are random) and the converted backbone."""
+def bench_backbone(alpha: Optional[float] = None, size: Optional[int] = None) -> tuple[BackboneConfig, BackboneInfo]:
+    """The config (its note printed when the weights are random) and the converted backbone; without an alpha or a
+    size, those of the backbone the product's automatic choice serves here."""
+    if alpha is None or size is None:
+        served_alpha, served_size, why = served_backbone()
+        alpha, size = alpha or served_alpha, size or served_size
+        print(f"backbone: {alpha}/{size} (backbone.choose = 'auto' serves {served_alpha}/{served_size} here: {why})")
     cfg, note = backbone_config(alpha, size)
     if note:
         print(note)
     return cfg, backbone(cfg)
+
+
+def served_backbone() -> tuple[float, int, str]:
+    """(alpha, size, why) of the MobileNet v1 that `backbone.choose = "auto"` serves on this machine (timed once,
+    then remembered in the bench cache like a daemon's state folder remembers it)."""
+    cfg = Config.model_validate({"state_dir": str(CACHE / "served-choice")})
+    picked, how = chosen(cfg, lambda c: backbone(c.backbone))
+    return picked.backbone.alpha, picked.backbone.input_size, how.get("reason", how.get("choose", ""))
 
 
 def models(specs: str):

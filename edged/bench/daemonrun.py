@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 from ..config import MqttConfig
 from ..mqtt.client import make_client
@@ -89,10 +90,12 @@ def prepare_state(state: Path, info, examples) -> None:
     engine.close()
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen:
+def start_daemon(config: Path, log: Path, cpus: Optional[set[int]] = None) -> subprocess.Popen:
+    """`edged run` on `config`; with `cpus`, held to those cores (a starved board)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     return subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
 
 
 def stop_daemon(proc: subprocess.Popen) -> None:

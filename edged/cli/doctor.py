@@ -11,9 +11,10 @@ import numpy as np
 from ..config import Config
 from ..errors import BackboneError, SourceError
 from ..runtime.engine import EDGETPU_LIBRARY, interpreter_module, interpreter_version, load_delegate
-from ..serve.choice import candidate, remembered
+from ..serve.choice import candidate, remembered, tflite_candidate
+from ..serve.worker_client import tensorflow_available
 from ..sources import open_source
-from ..state.backbones import backbone_id
+from ..state.backbones import backbone_id, local_tflite_extractors
 from ..state.layout import StateLayout
 
 
@@ -85,10 +86,24 @@ def run_doctor(cfg: Config, timeout: float = 5.0) -> int:
 
     if cfg.backbone.auto:
         memory = remembered(cfg)
-        if memory:
+        if memory and memory.get("tflite"):
+            _line(True, "backbone", f"chosen for this machine: the TFLite feature extractor {memory['tflite']}, "
+                                    f"{memory.get('reason', '')} (backbone.choose = \"auto\"; "
+                                    f"{StateLayout(cfg.state_path).backbone_choice})")
+            cfg = cfg.model_copy(update={"backbone": tflite_candidate(memory["tflite"])})
+        elif memory:
             _line(True, "backbone", f"chosen for this machine: MobileNet v1 {memory['alpha']:g}/{memory['input_size']}, "
                                     f"{memory['reason']} (backbone.choose = \"auto\"; {StateLayout(cfg.state_path).backbone_choice})")
             cfg = cfg.model_copy(update={"backbone": candidate(cfg.backbone, memory["alpha"], memory["input_size"])})
+        elif not tensorflow_available():
+            extractors = sorted({f.name for f in local_tflite_extractors()})
+            _line(None if extractors else False, "backbone",
+                  f"chosen at the first start: without TensorFlow, a converted MobileNet v1 from state_dir/backbones/ "
+                  f"or the TFLite feature extractor {', '.join(extractors)}" if extractors else
+                  "chosen at the first start, but TensorFlow is not installed and no TFLite feature extractor is in "
+                  "$EDGED_WEIGHTS_DIR: unless state_dir/backbones/ holds a converted backbone there is none "
+                  "(docs/raspberry-pi.md)")
+            return 1 if failures or not extractors else 0
         else:
             _line(None, "backbone", f"chosen at the first start: the largest MobileNet v1 running >= "
                                     f"{cfg.backbone.min_fps:g} fps here (backbone.choose = \"auto\")")

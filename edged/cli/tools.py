@@ -91,6 +91,7 @@ BENCHES = {
     "detect": "box heads (single box, objects grid) on raccoon photos and multi-shape synthetic scenes vs the mean box",
     "fleet": "fleet ls / fleet send against N simulated devices on one broker, next to the raw round trip",
     "events": "a scripted scene through a motion-gated and an always-on daemon: inferences, CPU, events, latency",
+    "mistakes": "look-alikes nobody taught, before and after a few 'wrong' marks: false events an hour, recall",
     "cameras": "one daemon with N sources vs N daemons: RSS per source, inferences/s, fairness, a camera dying",
     "audio": "words and sounds from 5-10 clips (espeak-ng voices, synthetic sounds): heads and backbones side by side",
     "soak": "a long run with a command every few seconds: RSS, open files and threads sampled, must stay flat",

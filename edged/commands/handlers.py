@@ -67,6 +67,7 @@ class Teaching:
     sharing: Sharer
     scene: Optional[SceneView] = None
     events: Optional[EventStore] = None
+    retrain_after_wrong: int = 0  # "wrong" marks after which trained heads train again by themselves (0: never)
 
 
 @dataclass
@@ -92,6 +93,9 @@ class CommandHandlers:
         self.status_fn, self.changed, self.last_frame = reporting.status, reporting.changed, reporting.last_frame
         self.publish_snapshot, self.jobs = reporting.publish_snapshot, reporting.jobs
         self.publish_job, self.stop = reporting.publish_job, reporting.stop
+        self.retrain_after_wrong = teaching.retrain_after_wrong
+        self._marks = 0  # "wrong" marks since the last automatic train
+        self._marks_lock = threading.Lock()
 
     def table(self) -> dict[str, Handler]:
         """Every command name (edged.commands.schema.COMMANDS) and its handler, the method `on_<name>`."""
@@ -270,7 +274,28 @@ class CommandHandlers:
         self.changed()
         return {"event": event_id, "said": event.get("label"), "label": label, "examples": ids,
                 "counts": self.store.counts(), "undo": f"delete {{\"ids\": {ids}}}",
-                "note": "the instant heads know it now; train the classifier to teach it there"}
+                "note": "the instant heads know it now; " + self._retrain_after_a_mark(cmd.id)}
+
+    def _retrain_after_a_mark(self, corr_id) -> str:
+        """Count the mark; every `retrain_after_wrong` marks, train the active heads that learn only by `train`, each
+        as a job reporting on the job topic (the same train a user sends, with its defaults)."""
+        trained = [name for name in self.heads.active if not self.heads.classes[name].incremental]
+        if not self.retrain_after_wrong or not trained or self.publish_job is None:
+            return "train the classifier to teach it there" if not trained else f"train {', '.join(trained)} to teach it there"
+        with self._marks_lock:
+            self._marks += 1
+            due = self._marks >= self.retrain_after_wrong
+            left = self.retrain_after_wrong - self._marks
+            if due:
+                self._marks = 0
+        if not due:
+            return f"{', '.join(trained)} train again by themselves after {left} more mark{'s' if left != 1 else ''}"
+        for name in trained:
+            self.on_train(Train(head=name, id=corr_id),
+                          TopicResponder(self.publish_job, f"train {name} after wrong marks", corr_id))
+        log.info("%d wrong marks: training %s again", self.retrain_after_wrong, ", ".join(trained))
+        return (f"{self.retrain_after_wrong} marks: training {', '.join(trained)} again now (job 'train <head> after "
+                f"wrong marks' on edged/<device>/job)")
 
     def _newest_event(self, head: str, corr) -> str:
         found = self.events.list(1, head)

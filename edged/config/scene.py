@@ -38,6 +38,9 @@ class EventsConfig(Strict):
     labels: Optional[list[str]] = Field(None, description="state labels that make events; default every label but "
                                                           "'none', 'unknown' and 'background'")
     update_s: float = Field(5.0, gt=0, description="an ongoing event sends an update at most this often")
+    retrain_after_wrong: int = Field(3, ge=0, le=1000, description="after this many 'wrong' marks, the active heads "
+                                     "that learn only by `train` (the classifier) are trained again by themselves, as "
+                                     "a job on edged/<device>/job; 0: only when asked")
     max_mb: float = Field(200.0, gt=0, description="events' snapshots and clips on disk: the oldest are removed "
                                                    "beyond this many megabytes")
     max_age_days: float = Field(14.0, gt=0, description="... and once older than this")

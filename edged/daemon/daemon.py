@@ -164,7 +164,7 @@ class Daemon:
         self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(
             Teaching(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.cfg.capture,
-                     self.reviews, self.sharing, self.scene, self.events),
+                     self.reviews, self.sharing, self.scene, self.events, self.cfg.events.retrain_after_wrong),
             Reporting(self.telemetry.status, self.telemetry.changed, self.loop.newest, self.outputs.snapshot,
                       self.jobs, self.outputs.job, self.stop))
         self.dispatcher = Dispatcher(handlers.table(), self.stop)

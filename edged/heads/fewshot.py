@@ -8,8 +8,8 @@ What is known to work for transfer on frozen CNN features, small enough for a Pi
 * a cosine classifier initialised from the class means (imprinting) and then trained, and
   multinomial logistic regression with an L2 penalty;
 * augmented copies of the training frames (flip, crop, colour) embedded by the serving backbone.
-Which candidate wins is decided by stratified k-fold cross-validation on the stored examples
-(leave-one-out per class at 5 shots), never by a tiny held-out split.
+Which candidate wins is decided by k-fold cross-validation on the stored examples, each capture kept whole in
+one fold (`capture_folds`), never by a tiny held-out split.
 """
 
 from __future__ import annotations
@@ -232,17 +232,42 @@ def choose(evals: list["Evaluation"], margin: float) -> "Evaluation":
 
 
 # -- cross-validation -------------------------------------------------------------------------
-def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """k folds of row indices, each class spread over the folds as evenly as it can be."""
+@dataclass
+class Folds:
+    folds: list[np.ndarray]  # row indices held out by each fold
+    across: list[int]  # classes validated on captures their training folds never saw
+    within: list[int]  # classes taught in one capture: validated on other parts of it (an optimistic figure)
+
+
+def capture_folds(y: np.ndarray, captures: np.ndarray, k: int, seed: int = 0) -> Folds:
+    """k folds that keep each capture (or recording) whole, each class's captures spread over the folds.
+
+    The frames of one capture are near-copies: with one in training and its neighbour held out, a fold rewards
+    memorising them and says nothing of a new day. A class taught in one capture cannot be validated on another;
+    its frames are cut into k runs in the order they were taken (neighbours stay together) and the class is
+    reported as validated `within` its capture."""
+    y, captures = np.asarray(y), np.asarray(captures)
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
+    across, within = [], []
     offset = 0
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        for j, i in enumerate(idx):
-            folds[(j + offset) % k].append(int(i))
-        offset += len(idx)
-    return [np.array(sorted(f), int) for f in folds if f]
+        rows = np.flatnonzero(y == c)
+        names = np.unique(captures[rows])
+        held = np.zeros(k)
+        if len(names) >= 2:
+            across.append(int(c))
+            groups = [rows[captures[rows] == n] for n in names[rng.permutation(len(names))]]
+            for group in sorted(groups, key=len, reverse=True):  # the largest first, each to the emptiest fold
+                j = int(np.argmin(held + rng.random(k) * 1e-3))
+                folds[j].extend(group.tolist())
+                held[j] += len(group)
+        else:
+            within.append(int(c))
+            for j, run in enumerate(np.array_split(rows, min(k, len(rows)))):
+                folds[(j + offset) % k].extend(run.tolist())
+            offset += 1
+    return Folds([np.array(sorted(f), int) for f in folds if f], across, within)
 
 
 @dataclass
@@ -252,12 +277,19 @@ class Evaluation:
     predictions: np.ndarray  # out-of-fold predicted class per row
 
 
+def fold_count(y: np.ndarray, folds: int) -> int:
+    return max(2, min(folds, int(np.bincount(y).min())))
+
+
 def cross_validate(embeddings: np.ndarray, y: np.ndarray, n_classes: int, candidates: list[Candidate],
                    augment: Augment = None, power: float = 0.5, folds: int = 5, seed: int = 0,
-                   progress: Optional[Callable[[dict], None]] = None) -> list[Evaluation]:
-    """Out-of-fold accuracy of every candidate; the transform is fitted on each training fold only."""
-    k = max(2, min(folds, int(np.bincount(y).min())))
-    splits = stratified_folds(y, k, seed)
+                   progress: Optional[Callable[[dict], None]] = None,
+                   captures: Optional[np.ndarray] = None) -> list[Evaluation]:
+    """Out-of-fold accuracy of every candidate; the transform is fitted on each training fold only. With
+    `captures`, folds keep each capture whole (`capture_folds`); without, each example is its own."""
+    if captures is None:
+        captures = np.arange(len(y)).astype(str)
+    splits = capture_folds(y, captures, fold_count(y, folds), seed).folds
     extra_z = extra_rows = None
     if augment is not None and any(c.augment for c in candidates):
         extra_z, extra_rows = augment(np.arange(len(y)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -88,6 +89,7 @@ class CaptureJob:
         self.set_aside: list[int] = []  # sounds unlike the capture's others, deleted again at the end
         self.cancelled = False
         self.started = time.monotonic()
+        self.capture_id = f"capture:{uuid.uuid4().hex[:16]}"  # its frames are validated together, never split
         self._next_due = self.started
         self.accepted = 0  # frames chosen (stored, or waiting for the writer)
         self.failed: Optional[str] = None  # why the writer stopped
@@ -159,7 +161,8 @@ class CaptureJob:
 
     def _write(self, image: np.ndarray, embedding: np.ndarray, audio: Optional[np.ndarray] = None) -> None:
         example_id = self.store.add(NewExample(image, self.label, embedding, objects=self.objects,
-                                               source=self.source or None, audio=audio), self.backbone_id)
+                                               source=self.source or None, audio=audio, capture=self.capture_id),
+                                    self.backbone_id)
         self.stored += 1
         if self.sound and self.label != BACKGROUND and embedding is not None:  # what set_aside_odd_sounds compares
             self._kept.append((example_id, np.reshape(embedding, -1)))

@@ -50,13 +50,22 @@ class Examples:
     embeddings: np.ndarray  # float32 (n, d)
     boxes: list[Optional[tuple[float, float, float, float]]]  # the box of a one-object example, else None
     objects: Optional[list[list[tuple[str, tuple]]]] = None  # every (label, box) of each example; [] for none
+    captures: Optional[np.ndarray] = None  # str (n,): the capture (or recording) each example came from
 
     def __post_init__(self):
+        if self.captures is None:  # nothing known: each example is its own capture
+            self.captures = np.array([f"example:{i}" for i in self.ids.tolist()])
         if self.objects is None:
             self.objects = [[(str(l), tuple(b))] if b is not None else [] for l, b in zip(self.labels, self.boxes)]
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, rows: np.ndarray) -> "Examples":
+        """The examples at `rows` (indices or a boolean mask), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, int)
+        return Examples(self.ids[rows], self.labels[rows], self.embeddings[rows], [self.boxes[i] for i in rows],
+                        [self.objects[i] for i in rows], self.captures[rows])
 
     @property
     def classes(self) -> list[str]:
@@ -76,6 +85,7 @@ class NewExample:
     jpeg: Optional[bytes] = None  # the frame as JPEG already (a shared thumbnail): stored as is
     source: Optional[str] = None  # the source it was captured from, when the daemon serves several
     audio: Optional[np.ndarray] = None  # a sound example's samples: kept as <uid>.wav beside its spectrogram picture
+    capture: Optional[str] = None  # the capture it is one frame (or window) of; None: an example of its own
 
 
 Box = tuple[float, float, float, float]
@@ -100,6 +110,28 @@ def decode_objects(label: str, column: Optional[str]) -> list[tuple[str, Box]]:
     return [(label, tuple(float(v) for v in value))]
 
 
+CAPTURE_GAP_S = 10.0  # rows from before the capture column: frames of one label this close in time were one capture
+
+
+def captures_of(rows) -> np.ndarray:
+    """The capture of each (id, label, box, vector, capture, ts, origin, source) row, in order. Rows stored before
+    captures were recorded are grouped as they were taken: the same label, device and source, each within
+    CAPTURE_GAP_S of the one before."""
+    out, last = [], {}
+    for r in rows:
+        example_id, label, capture, ts, origin, source = r[0], r[1], r[4], r[5], r[6], r[7]
+        if capture:
+            out.append(capture)
+            continue
+        key = (label, origin, source)
+        run = last.get(key)
+        if run is None or ts - run[1] > CAPTURE_GAP_S:
+            run = (f"taken:{example_id}", ts)
+        last[key] = (run[0], ts)
+        out.append(run[0])
+    return np.array(out)
+
+
 class Store:
     """Thread-safe; every `add` is on disk (frame fsynced, row committed) when it returns."""
 
@@ -119,6 +151,8 @@ class Store:
             self._db.execute("ALTER TABLE examples ADD COLUMN origin TEXT")
         if "source" not in columns:  # stores from before several sources
             self._db.execute("ALTER TABLE examples ADD COLUMN source TEXT")
+        if "capture" not in columns:  # stores from before validation by capture
+            self._db.execute("ALTER TABLE examples ADD COLUMN capture TEXT")
 
     def collect_orphans(self, older_than_s: float = 3600.0) -> int:
         """Delete frame files no row points at (a kill between the JPEG and its row) and temp files of torn writes."""
@@ -177,16 +211,17 @@ class Store:
             box = encode_objects(item.label, item.box, item.objects)
             vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
             rows.append((uid, item.label, item.ts or time.time(), f"{uid}.jpg", box, vector.tobytes(), item.origin,
-                         item.source))
+                         item.source, item.capture or f"example:{uid}"))
         ids = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for uid, label, ts, frame, box, vector, origin, source in rows:
+                for uid, label, ts, frame, box, vector, origin, source, capture in rows:
                     cur.execute(
-                        "INSERT INTO examples (uid, label, ts, frame, box, origin, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (uid, label, ts, frame, box, origin, source),
+                        "INSERT INTO examples (uid, label, ts, frame, box, origin, source, capture) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (uid, label, ts, frame, box, origin, source, capture),
                     )
                     ids.append(cur.lastrowid)
                     cur.execute(
@@ -206,8 +241,8 @@ class Store:
     def examples(self, backbone: str) -> Examples:
         with self._lock:
             rows = self._db.execute(
-                "SELECT e.id, e.label, e.box, m.vector FROM examples e JOIN embeddings m "
-                "ON m.example_id = e.id AND m.backbone = ? ORDER BY e.id",
+                "SELECT e.id, e.label, e.box, m.vector, e.capture, e.ts, e.origin, e.source FROM examples e "
+                "JOIN embeddings m ON m.example_id = e.id AND m.backbone = ? ORDER BY e.id",
                 (backbone,),
             ).fetchall()
         if not rows:
@@ -217,7 +252,7 @@ class Store:
         emb = np.stack([np.frombuffer(r[3], np.float32) for r in rows])
         objects = [decode_objects(r[1], r[2]) for r in rows]
         boxes = [objs[0][1] if len(objs) == 1 else None for objs in objects]
-        return Examples(ids, labels, emb, boxes, objects)
+        return Examples(ids, labels, emb, boxes, objects, captures_of(rows))
 
     def known_uids(self, uids: list[str]) -> set[str]:
         marks = ",".join("?" * len(uids))

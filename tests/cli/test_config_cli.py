@@ -77,6 +77,26 @@ def test_doctor_reports_parts(broker, tmp_path):
     assert "[FAIL] broker" in down.stdout and "[FAIL] source" in down.stdout
 
 
+def test_doctor_names_a_remembered_tflite_extractor(broker, tmp_path):
+    """A board without TensorFlow remembers a TFLite extractor as its choice; doctor crashed on it (`KeyError:
+    'alpha'`), found by the arm64 walk-through."""
+    import json
+
+    from conftest import EXTRACTOR_U8
+
+    if not EXTRACTOR_U8.is_file():
+        pytest.skip("../shared/models absent")
+    from edged.state.layout import StateLayout
+
+    memory = StateLayout(tmp_path).backbone_choice
+    memory.parent.mkdir(parents=True)
+    memory.write_text(json.dumps(
+        {"choose": "auto", "tflite": str(EXTRACTOR_U8), "reason": "no MobileNet v1 could be built here"}))
+    result = edged_cli("doctor", "--set", f"mqtt.port={broker.port}", "--set", f"state_dir='{tmp_path}'")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert f"TFLite feature extractor {EXTRACTOR_U8}" in result.stdout and "no MobileNet v1 could be built" in result.stdout
+
+
 @pytest.mark.heavy
 def test_collect_predict_import_and_a_running_daemon_picks_up(broker, probe, make_state, daemons, tmp_path):
     """`edged collect` and `edged import` write the store; a serving daemon sees the new examples."""

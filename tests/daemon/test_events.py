@@ -53,6 +53,7 @@ exit_s = 1.0
 [events]
 update_s = 1.0
 clip_s = 1.0
+retrain_after_wrong = 2
 [homeassistant]
 enabled = true
 snapshot_interval_s = 0
@@ -140,6 +141,19 @@ snapshot_interval_s = 0
     assert not probe.request(DEVICE, "wrong", {})["ok"]  # an event or a head
     undone = probe.request(DEVICE, "delete", {"ids": marked["examples"]})["result"]
     assert undone["deleted"] == 1 and undone["counts"]["background"] == before["background"]
+    assert "train the classifier" in marked["note"]  # no head that only `train` teaches is active yet
+
+    # with the classifier serving, every `retrain_after_wrong` (here 2) marks train it again by themselves
+    trained = probe.request(DEVICE, "train", {"head": "classifier"}, timeout=120)
+    assert trained["ok"], trained
+    first = probe.request(DEVICE, "wrong", {"event": start["id"]})["result"]
+    assert "after 1 more mark" in first["note"], first
+    second = probe.request(DEVICE, "wrong", {"event": start["id"]})["result"]
+    assert "training classifier again now" in second["note"], second
+    job = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/job" and b"after wrong marks" in p
+                                    and json.loads(p).get("final"), 120)[1])
+    assert job["ok"] and job["result"]["version"] != trained["result"]["version"], job
+    assert job["result"]["metrics"]["examples"] == trained["result"]["metrics"]["examples"] + 2, job
     assert d.stop() == 0, d.output()
 
 

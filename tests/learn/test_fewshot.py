@@ -46,6 +46,65 @@ def test_cross_validation_prefers_a_real_learner_to_a_bad_one(monkeypatch):
     assert head.predict(x[0]).label == "c0"
 
 
+def _captures(centres, captures_per_class, rng, frames=6, tag=""):
+    """Each capture: near-copies of one view (a still scene); each view of a class is far from its others."""
+    xs, ys, names = [], [], []
+    for c, centre in enumerate(centres):
+        for k in range(captures_per_class):
+            view = centre + 1.6 * rng.normal(size=centre.shape)
+            xs.append(np.abs(view + 0.05 * rng.normal(size=(frames, len(centre)))))
+            ys += [c] * frames
+            names += [f"{tag}c{c}-{k}"] * frames
+    return np.concatenate(xs).astype(np.float32), np.array(ys), np.array(names)
+
+
+def test_folds_keep_each_capture_whole():
+    y = np.repeat([0, 1, 2], 6)
+    captures = np.array(["a1"] * 3 + ["a2"] * 3 + ["b1"] * 2 + ["b2"] * 2 + ["b3"] * 2 + ["c"] * 6)
+    folds = fewshot.capture_folds(y, captures, 3)
+    held = np.concatenate(folds.folds)
+    assert sorted(held.tolist()) == list(range(18))  # every row held out exactly once
+    for name in ("a1", "a2", "b1", "b2", "b3"):
+        assert sum(bool(np.isin(np.flatnonzero(captures == name), f).any()) for f in folds.folds) == 1, name
+    assert folds.across == [0, 1] and folds.within == [2]
+    rows_c = [np.intersect1d(f, np.flatnonzero(y == 2)).tolist() for f in folds.folds]
+    assert sorted(map(len, rows_c)) == [2, 2, 2] and all(r == list(range(r[0], r[0] + 2)) for r in rows_c)  # runs
+
+
+def test_validation_by_capture_predicts_unseen_captures():
+    """Issue 37, 1: folds by example put a frame's near-copies in training and flatter any learner; folds by
+    capture come close to the accuracy on captures never stored."""
+    logistic = [Candidate("logistic", "logistic", {"l2_penalty": 1e-3})]
+    gaps_example, gaps_capture = [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(size=(3, 24))
+        x, y, captures = _captures(centres, 6, rng)
+        new_x, new_y, _ = _captures(centres, 30, rng, frames=1)  # views never stored
+        by_example = cross_validate(x, y, 3, logistic)[0].accuracy
+        by_capture = cross_validate(x, y, 3, logistic, captures=captures)[0].accuracy
+        transform = fewshot.FeatureTransform().fit(x)
+        model = logistic[0].fit(transform(x), y, 3)
+        held_out = float(np.mean(np.argmax(model.logits(transform(new_x)), 1) == new_y))
+        gaps_example.append(by_example - held_out)
+        gaps_capture.append(by_capture - held_out)
+    assert np.mean(gaps_example) > 0.15, gaps_example  # the old estimate flattered
+    assert abs(np.mean(gaps_capture)) < 0.06 and np.mean(np.abs(gaps_capture)) < np.mean(gaps_example) / 2, \
+        (gaps_capture, gaps_example)
+
+    by_capture = cross_validate(x, y, 3, logistic, captures=captures, folds=5)[0].accuracy
+    head = ClassifierHead(ClassifierOptions(augment_copies=0, candidates=["logistic"]))
+    labels = np.array([f"c{i}" for i in y])
+    m = head.fit(Examples(np.arange(len(y)), labels, x, [None] * len(y), captures=captures))
+    assert m["cv_by"] == "capture" and m["captures"] == {"c0": 6, "c1": 6, "c2": 6}
+    assert m["cv_accuracy"] == pytest.approx(by_capture, abs=1e-4)
+    assert not any("one capture" in w for w in m["report"]["warnings"])
+    once = np.where(y == 0, "c0-only", captures)
+    m = ClassifierHead(ClassifierOptions(augment_copies=0, candidates=["logistic"])).fit(
+        Examples(np.arange(len(y)), labels, x, [None] * len(y), captures=once))
+    assert any("taught in one capture each: c0" in w for w in m["report"]["warnings"]), m["report"]["warnings"]
+
+
 def test_folds_follow_the_smallest_class_and_the_report_advises():
     x, y = _blobs(n_per_class=3, classes=3, spread=3.0)
     head = ClassifierHead(ClassifierOptions(augment_copies=0))

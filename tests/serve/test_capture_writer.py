@@ -66,4 +66,9 @@ def test_without_a_writer_offer_stores_at_once(tmp_path, writer):
         job.offer(image, emb)
     job.close()
     assert job.stored == 2 and store.counts() == {"mug": 2}
+    again = CaptureJob(CaptureRequest("mug", 1), CaptureTarget(store, "bb", writer=writer))
+    again.offer(*_frames(1)[0])
+    again.close()
+    captures = store.examples("bb").captures.tolist()  # one capture's frames are validated together, never split
+    assert captures == [job.capture_id] * 2 + [again.capture_id] and job.capture_id != again.capture_id
     store.close()

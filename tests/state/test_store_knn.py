@@ -41,6 +41,40 @@ def _add_then_die(folder, conn):
     os._exit(0)  # no close, no cleanup: like a power cut after the ack
 
 
+def test_each_example_remembers_its_capture_and_older_stores_are_grouped_by_time(tmp_path):
+    """Validation folds keep a capture whole (issue 37, 1): the store keeps which capture each frame came from; an
+    example of its own (an import, a review label) is its own capture; rows from before the column are grouped by
+    label, device and source while each follows the one before within CAPTURE_GAP_S."""
+    import sqlite3
+
+    from edged.state.store import CAPTURE_GAP_S
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    store = Store(tmp_path / "s")
+    store.add_many([NewExample(img, "mug", np.ones(4), capture="capture:one") for _ in range(3)], "bb")
+    store.add_many([NewExample(img, "mug", np.ones(4)) for _ in range(2)], "bb")
+    ex = store.examples("bb")
+    assert ex.captures[:3].tolist() == ["capture:one"] * 3
+    assert len(set(ex.captures[3:].tolist())) == 2 and "capture:one" not in ex.captures[3:]
+    assert ex.subset(np.array([4, 0])).captures.tolist() == [ex.captures[4], "capture:one"]
+    store.close()
+
+    db = sqlite3.connect(tmp_path / "s" / "examples.db")  # as a store from before the column left them
+    rows = [(1000.0, "cup", None), (1003.0, "cup", None), (1003.5, "cup", "yard"), (1004.0, "cup", None),
+            (1004.0 + CAPTURE_GAP_S + 1, "cup", None), (1005.0, "pen", None)]
+    for i, (ts, label, source) in enumerate(rows):
+        db.execute("INSERT INTO examples (uid, label, ts, frame, source) VALUES (?, ?, ?, ?, ?)",
+                   (f"old{i}", label, ts, f"old{i}.jpg", source))
+        db.execute("INSERT INTO embeddings (example_id, backbone, vector) VALUES (last_insert_rowid(), 'old', ?)",
+                   (np.ones(4, np.float32).tobytes(),))
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "s")
+    c = store.examples("old").captures
+    assert c[0] == c[1] == c[3] and len({c[0], c[2], c[4], c[5]}) == 4, c
+    store.close()
+
+
 def test_acknowledged_example_survives_hard_exit(tmp_path):
     parent, child = multiprocessing.Pipe()
     proc = multiprocessing.get_context("fork").Process(target=_add_then_die, args=(tmp_path / "s", child))

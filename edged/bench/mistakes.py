@@ -1,0 +1,130 @@
+"""`edged bench mistakes`: does "that was wrong" fix the next event? A scripted scene where taught objects and
+look-alikes nobody taught come and go, played to a real daemon with the default config; up to `--marks` of the
+false events it made are marked `wrong` (the same command as the teach page, Home Assistant's button and the CLI),
+and the same scene is played again to the same state. False events an hour and recall on the taught objects,
+before and after, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import BACKGROUND
+from ..mqtt.broker import local_broker
+from .common import bench_backbone, table
+from .daemonrun import prepare_state, start_daemon, stop_daemon, write_config
+from .events import FPS, SPOTS, Recorder, scene_photos, score_events
+from .eventscene import Appearance, EventScene
+
+TAUGHT = {"two": "2", "five": "5"}
+LOOKALIKES = {"three": "3", "four": "4"}  # hands like the taught ones, never taught
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, default=6.0, help="length of the scene, played twice")
+    p.add_argument("--alpha", type=float, default=None, help="default: what backbone.choose = 'auto' serves here")
+    p.add_argument("--size", type=int, default=None, help="default: what backbone.choose = 'auto' serves here")
+    p.add_argument("--examples", type=int, default=10, help="examples taught per label (and of the empty scene)")
+    p.add_argument("--marks", type=int, default=5, help="false events marked wrong between the two plays")
+
+
+def script(minutes: float) -> list[Appearance]:
+    """Taught objects and look-alikes in turn, 10-16 s each, in the bench's three places."""
+    length = minutes * 60
+    labels = [l for pair in zip(TAUGHT, LOOKALIKES) for l in pair]
+    n = max(4, round(16 * minutes / 10))
+    slot = length / (n + 1)
+    return [Appearance(labels[i % len(labels)], 5 + i * slot, 5 + i * slot + min(0.6 * slot, 16.0),
+                       SPOTS[i % len(SPOTS)], variant=i // len(labels)) for i in range(n)]
+
+
+def false_events(events: list[tuple[float, dict]], truth: list[Appearance]) -> list[dict]:
+    """Event starts not matching a taught object on screen: a look-alike or the empty scene taken for one."""
+    out = []
+    for _, m in events:
+        if m.get("type") != "start":
+            continue
+        t = m["frame"] / FPS
+        showing = [a for a in truth if a.start_s - 1.0 <= t < a.end_s + 1.0 and a.label == m["label"]]
+        if not showing:
+            out.append(m)
+    return out
+
+
+def _play(config: Path, rec: Recorder, length: float, what: str, then=None) -> list[str]:
+    """Play the scene to a fresh daemon on `config`'s state; `then()` runs while it still serves."""
+    proc = start_daemon(config, config.parent / f"daemon-{what}.log")
+    try:
+        rec.wait(lambda t, m: t.endswith("/status") and m.get("state") == "online", 180)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < length + 3:
+            time.sleep(5)
+            print(f"  {what} {time.monotonic() - t0:.0f}/{length:.0f} s", flush=True)
+        return then() if then is not None else []
+    finally:
+        stop_daemon(proc)
+
+
+def run(args) -> int:
+    cfg, info = bench_backbone(args.alpha, args.size)
+    background, objects, source = scene_photos({**TAUGHT, **LOOKALIKES}, ("star", "disc", "star", "block"))
+    truth = script(args.minutes)
+    taught_truth = [a for a in truth if a.label in TAUGHT]
+    length = args.minutes * 60
+    scene = EventScene(background, objects, truth, size=(320, 240), fps=FPS, noise=3.0, drift=0.15,
+                       drift_period_s=length)
+    print(f"scene: {args.minutes:g} min at {FPS:g} fps, {len(taught_truth)} taught appearances "
+          f"({', '.join(TAUGHT)}), {len(truth) - len(taught_truth)} look-alikes ({', '.join(LOOKALIKES)}), {source}; "
+          f"backbone {info.description}", flush=True)
+    broker = local_broker()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            video = scene.write(tmp / "scene.mp4", length + 3)
+            taught = [(img, BACKGROUND) for img in scene.examples(BACKGROUND, args.examples)]
+            for label in TAUGHT:
+                spots = [Appearance(label, 0, 0, spot, variant=v) for spot in SPOTS for v in range(3)]
+                taught += [(img, label) for img in scene.examples(label, args.examples, showing=spots)]
+            state = tmp / "state"
+            prepare_state(state, info, taught)
+            config = write_config(state, broker.port, str(video), cfg.model_dump(), "mistakes", every_frame=False,
+                                  fps=FPS)
+            config.write_text(config.read_text().replace("realtime = true", "realtime = true\nloop = false"))
+            figures, marked = {}, []
+            for play in ("before", "after"):
+                rec = Recorder(broker.port, "mistakes")
+                mark = (lambda: _mark(rec, false_events(rec.of("event"), taught_truth), args.marks)) \
+                    if play == "before" else None
+                marked += _play(config, rec, length, play, mark)
+                events = rec.of("event")
+                recall, _, _ = score_events(events, taught_truth, (-1.0, -1.0))
+                figures[play] = {"false": len(false_events(events, taught_truth)), "recall": recall,
+                                 "starts": sum(1 for _, m in events if m.get("type") == "start")}
+                rec.close()
+    finally:
+        broker.close()
+    hour = 3600 / length
+    rows = [[play, f"{f['starts']}", f"{f['false']}", f"{f['false'] * hour:.0f}", f"{f['recall']:.3f}"]
+            for play, f in figures.items()]
+    print(f"marked wrong between the plays: {len(marked)} events ({', '.join(marked) or 'none'})")
+    print(table(rows, ["play", "event starts", "false events", "false events an hour", "recall (taught)"]))
+    a, b = figures["before"], figures["after"]
+    print(f"mistakes: false events an hour before {a['false'] * hour:.0f} after {b['false'] * hour:.0f}, recall before "
+          f"{a['recall']:.3f} after {b['recall']:.3f} (targets B <= A/5, D >= C - 0.02)")
+    return 0
+
+
+def _mark(rec: Recorder, wrong: list[dict], marks: int) -> list[str]:
+    """Mark up to `marks` false events wrong through the serving daemon, as a user would, one at a time."""
+    done = []
+    for i, m in enumerate(wrong[:marks]):
+        rec.probe.send("wrong", {"event": m["id"], "id": f"mark-{i}"})
+        reply = rec.wait(lambda t, r: t.endswith("/reply/wrong") and r.get("id") == f"mark-{i}"
+                         and r.get("final", True), 60)
+        if reply.get("ok"):
+            done.append(f"{m['label']}@{m['frame'] / FPS:.0f}s")
+        else:
+            print(f"  wrong {m['id']}: {reply.get('error')}")
+    return done

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+
 from ..config import BACKGROUND
 from ..mqtt.broker import local_broker
 from .common import bench_backbone, table
@@ -23,10 +25,11 @@ LOOKALIKES = {"three": "3", "four": "4"}  # hands like the taught ones, never ta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--minutes", type=float, default=6.0, help="length of the scene, played twice")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the scene, played twice")
     p.add_argument("--alpha", type=float, default=None, help="default: what backbone.choose = 'auto' serves here")
     p.add_argument("--size", type=int, default=None, help="default: what backbone.choose = 'auto' serves here")
-    p.add_argument("--examples", type=int, default=10, help="examples taught per label (and of the empty scene)")
+    p.add_argument("--examples", type=int, default=18, help="examples taught per label (each of its 3 photos in each of "
+                                                            "the 3 places, twice) and of the empty scene")
     p.add_argument("--marks", type=int, default=5, help="false events marked wrong between the two plays")
 
 
@@ -38,6 +41,20 @@ def script(minutes: float) -> list[Appearance]:
     slot = length / (n + 1)
     return [Appearance(labels[i % len(labels)], 5 + i * slot, 5 + i * slot + min(0.6 * slot, 16.0),
                        SPOTS[i % len(SPOTS)], variant=i // len(labels)) for i in range(n)]
+
+
+def as_the_camera_sends(examples: list[tuple], path: Path) -> list[tuple]:
+    """The taught frames as a capture stores them: through the same video codec as the scene the daemon watches,
+    not the clean renderings (a still camera's frames differ from them by the codec's artefacts alone)."""
+    h, w = examples[0][0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (w, h))
+    for img, _ in examples:
+        writer.write(img)
+    writer.release()
+    video = cv2.VideoCapture(str(path))
+    frames = [video.read()[1] for _ in examples]
+    video.release()
+    return [(frame, label) for frame, (_, label) in zip(frames, examples)]
 
 
 def false_events(events: list[tuple[float, dict]], truth: list[Appearance]) -> list[dict]:
@@ -88,7 +105,7 @@ def run(args) -> int:
                 spots = [Appearance(label, 0, 0, spot, variant=v) for spot in SPOTS for v in range(3)]
                 taught += [(img, label) for img in scene.examples(label, args.examples, showing=spots)]
             state = tmp / "state"
-            prepare_state(state, info, taught)
+            prepare_state(state, info, as_the_camera_sends(taught, tmp / "taught.mp4"))
             config = write_config(state, broker.port, str(video), cfg.model_dump(), "mistakes", every_frame=False,
                                   fps=FPS)
             config.write_text(config.read_text().replace("realtime = true", "realtime = true\nloop = false"))
@@ -102,6 +119,7 @@ def run(args) -> int:
                 recall, _, _ = score_events(events, taught_truth, (-1.0, -1.0))
                 figures[play] = {"false": len(false_events(events, taught_truth)), "recall": recall,
                                  "starts": sum(1 for _, m in events if m.get("type") == "start")}
+                _said(play, rec, truth)
                 rec.close()
     finally:
         broker.close()
@@ -114,6 +132,17 @@ def run(args) -> int:
     print(f"mistakes: false events an hour before {a['false'] * hour:.0f} after {b['false'] * hour:.0f}, recall before "
           f"{a['recall']:.3f} after {b['recall']:.3f} (targets B <= A/5, D >= C - 0.02)")
     return 0
+
+
+def _said(play: str, rec: Recorder, truth: list[Appearance]) -> None:
+    """What the daemon said around each appearance, and its states, as `bench events` prints them."""
+    starts = [m for _, m in rec.of("event") if m.get("type") == "start"]
+    print(f"{play}:")
+    for a in truth:
+        near = [f"{m['label']}@{m['frame'] / FPS:.1f}s" for m in starts if a.start_s - 3 <= m["frame"] / FPS <= a.end_s]
+        print(f"  {a.label}{'' if a.label in TAUGHT else ' (look-alike)'} {a.start_s:.1f}-{a.end_s:.1f} s: "
+              f"{', '.join(near) or 'no event'}")
+    print("  states: " + " ".join(f"{m['label']}@{m['frame'] / FPS:.1f}" for _, m in rec.of("state")))
 
 
 def _mark(rec: Recorder, wrong: list[dict], marks: int) -> list[str]:

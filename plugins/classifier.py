@@ -126,10 +126,10 @@ class ClassifierHead(Head):
         if cache is None:
             candidates = [c for c in candidates if not c.augment] or candidates
         cached = (lambda rows: cache) if cache is not None else None
-        evals = cross_validate(examples.embeddings, y, len(classes), candidates, cached, self.options.power,
-                               self.options.folds, self.options.seed, progress, examples.captures)
         k = fold_count(y, self.options.folds)
         folds = capture_folds(y, examples.captures, k, self.options.seed)
+        evals = cross_validate(examples.embeddings, y, len(classes), candidates, cached, self.options.power,
+                               progress=progress, split=folds)
         best = choose(evals, self.options.switch_margin)
         self.transform = FeatureTransform(self.options.power).fit(examples.embeddings)
         z = self.transform(examples.embeddings)

@@ -284,12 +284,15 @@ def fold_count(y: np.ndarray, folds: int) -> int:
 def cross_validate(embeddings: np.ndarray, y: np.ndarray, n_classes: int, candidates: list[Candidate],
                    augment: Augment = None, power: float = 0.5, folds: int = 5, seed: int = 0,
                    progress: Optional[Callable[[dict], None]] = None,
-                   captures: Optional[np.ndarray] = None) -> list[Evaluation]:
-    """Out-of-fold accuracy of every candidate; the transform is fitted on each training fold only. With
-    `captures`, folds keep each capture whole (`capture_folds`); without, each example is its own."""
-    if captures is None:
-        captures = np.arange(len(y)).astype(str)
-    splits = capture_folds(y, captures, fold_count(y, folds), seed).folds
+                   captures: Optional[np.ndarray] = None, split: Optional[Folds] = None) -> list[Evaluation]:
+    """Out-of-fold accuracy of every candidate; the transform is fitted on each training fold only. The folds are
+    `split` when the caller made them (`capture_folds`), else made here keeping each of `captures` whole (without
+    `captures`, each example is its own)."""
+    if split is None:
+        if captures is None:
+            captures = np.arange(len(y)).astype(str)
+        split = capture_folds(y, captures, fold_count(y, folds), seed)
+    splits = split.folds
     extra_z = extra_rows = None
     if augment is not None and any(c.augment for c in candidates):
         extra_z, extra_rows = augment(np.arange(len(y)))

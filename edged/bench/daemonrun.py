@@ -68,14 +68,14 @@ class Probe:
 
 
 def write_config(state: Path, port: int, source: str, backbone: dict, device: str, extra: str = "",
-                 every_frame: bool = True, fps: float = 30) -> Path:
+                 every_frame: bool = True, fps: float = 30, loop: bool = True) -> Path:
     """A bench daemon's config; `every_frame`: no motion gate, every prediction published (what the serving benches
-    measure)."""
+    measure); `loop`: the video starts again at its end (else it is played once)."""
     bb = "\n".join(f"{k} = {json.dumps(v)}" for k, v in backbone.items() if v is not None)
     per_frame = '[publish]\npredictions = "every"\n[gate]\nmode = "always"\n' if every_frame else ""
     path = state / "edged.toml"
     path.write_text(f'device = "{device}"\nstate_dir = "{state}"\nlog_level = "WARNING"\n'
-                    f'[source]\nuri = "{source}"\nrealtime = true\nfps = {fps:g}\n[backbone]\n{bb}\n'
+                    f'[source]\nuri = "{source}"\nrealtime = true\nloop = {str(loop).lower()}\nfps = {fps:g}\n[backbone]\n{bb}\n'
                     f'[mqtt]\nport = {port}\nstats_interval_s = 5\n{per_frame}{extra}')
     return path
 

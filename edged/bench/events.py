@@ -259,6 +259,15 @@ def _starved(unstarved, unstarved_stats: dict, taught, tmp: Path, info, cfg, por
             f"of unstarved, latency <= 1 s)")
 
 
+def print_said(rec: Recorder, truth: list[Appearance], note=lambda a: "") -> None:
+    """What a daemon said around each appearance (`note(a)` after its label), then its states."""
+    starts = [m for _, m in rec.of("event") if m.get("type") == "start"]
+    for a in truth:
+        near = [f"{m['label']}@{m['frame'] / FPS:.1f}s" for m in starts if a.start_s - 3 <= m["frame"] / FPS <= a.end_s]
+        print(f"  {a.label}{note(a)} {a.start_s:.1f}-{a.end_s:.1f} s: {', '.join(near) or 'no event'}")
+    print("  states: " + " ".join(f"{m['label']}@{m['frame'] / FPS:.1f}" for _, m in rec.of("state")))
+
+
 def _latest_stats(rec: Recorder) -> dict:
     got = [m for _, topic, m in rec.messages if topic.endswith("/stats")]
     return got[-1] if got else {"inferences": 0, "frames": 0}
@@ -288,12 +297,7 @@ def _report(runs, stats0, stats, cpu, truth, hover, length) -> str:
         ["state flips in the 60 s hover stretch", f"{hover[1] - hover[0]:.0f} s", f"{max(len(flips) - 1, 0)}", "<= 2"],
     ]
     print(table(rows, ["figure", "measured", "value", "target"]))
-    starts = [m for _, m in events if m.get("type") == "start"]
-    for a in truth:  # what the gated daemon said around each appearance
-        near = [f"{m['label']}@{m['frame'] / FPS:.1f}s" for m in starts if a.start_s - 3 <= m["frame"] / FPS <= a.end_s]
-        print(f"  {a.label} {a.start_s:.1f}-{a.end_s:.1f} s: {', '.join(near) or 'no event'}")
-    states = [f"{m['label']}@{m['frame'] / FPS:.1f}" for _, m in gated.of("state")]
-    print("  states: " + " ".join(states))
+    print_said(gated, truth)
     print(f"gate: {json.dumps(stats['gated'].get('gate', {}))}")
     ok = (inferences["gated"] <= 0.2 * inferences["always"] and cpu["gated"] <= 0.35 * cpu["always"] and recall >= 0.95
           and precision >= 0.95 and median_latency <= 0.5 and told <= per_frame / 100 and len(flips) - 1 <= 2)

@@ -17,7 +17,7 @@ from ..config import BACKGROUND
 from ..mqtt.broker import local_broker
 from .common import bench_backbone, table
 from .daemonrun import prepare_state, start_daemon, stop_daemon, write_config
-from .events import FPS, SPOTS, Recorder, scene_photos, score_events
+from .events import FPS, SPOTS, Recorder, print_said, scene_photos, score_events
 from .eventscene import Appearance, EventScene
 
 TAUGHT = {"two": "2", "five": "5"}
@@ -107,8 +107,7 @@ def run(args) -> int:
             state = tmp / "state"
             prepare_state(state, info, as_the_camera_sends(taught, tmp / "taught.mp4"))
             config = write_config(state, broker.port, str(video), cfg.model_dump(), "mistakes", every_frame=False,
-                                  fps=FPS)
-            config.write_text(config.read_text().replace("realtime = true", "realtime = true\nloop = false"))
+                                  fps=FPS, loop=False)
             figures, marked = {}, []
             for play in ("before", "after"):
                 rec = Recorder(broker.port, "mistakes")
@@ -119,7 +118,8 @@ def run(args) -> int:
                 recall, _, _ = score_events(events, taught_truth, (-1.0, -1.0))
                 figures[play] = {"false": len(false_events(events, taught_truth)), "recall": recall,
                                  "starts": sum(1 for _, m in events if m.get("type") == "start")}
-                _said(play, rec, truth)
+                print(f"{play}:")
+                print_said(rec, truth, lambda a: "" if a.label in TAUGHT else " (look-alike)")
                 rec.close()
     finally:
         broker.close()
@@ -132,17 +132,6 @@ def run(args) -> int:
     print(f"mistakes: false events an hour before {a['false'] * hour:.0f} after {b['false'] * hour:.0f}, recall before "
           f"{a['recall']:.3f} after {b['recall']:.3f} (targets B <= A/5, D >= C - 0.02)")
     return 0
-
-
-def _said(play: str, rec: Recorder, truth: list[Appearance]) -> None:
-    """What the daemon said around each appearance, and its states, as `bench events` prints them."""
-    starts = [m for _, m in rec.of("event") if m.get("type") == "start"]
-    print(f"{play}:")
-    for a in truth:
-        near = [f"{m['label']}@{m['frame'] / FPS:.1f}s" for m in starts if a.start_s - 3 <= m["frame"] / FPS <= a.end_s]
-        print(f"  {a.label}{'' if a.label in TAUGHT else ' (look-alike)'} {a.start_s:.1f}-{a.end_s:.1f} s: "
-              f"{', '.join(near) or 'no event'}")
-    print("  states: " + " ".join(f"{m['label']}@{m['frame'] / FPS:.1f}" for _, m in rec.of("state")))
 
 
 def _mark(rec: Recorder, wrong: list[dict], marks: int) -> list[str]:

@@ -5,7 +5,11 @@ taught: the examples it copies answer (a shown frame is known). Any other frame 
 most like it after the classifier's feature transform (square root, L2, centred on the mean of every stored
 example, L2 again; `vote = "prototype"`, the default): on few examples a class that beats a vote of the k nearest
 examples, whose raw cosines all sit near 1 (measured in `edged bench fewshot`). `vote = "neighbours"` keeps the
-similarity-weighted k-vote everywhere, for classes whose examples form separate clusters. Adding an example
+similarity-weighted k-vote everywhere, for classes whose examples form separate clusters. `background` is the one
+class that is many things: its examples that a taught class's prototype explains better than its own mean (a
+look-alike marked "wrong") are its misfits. They are left out of the class means and the open-set calibration, so a
+mark changes nothing elsewhere, and a frame whose nearest stored example is one of them is `background`: the
+look-alike is known by its own frames, a taught thing still by its own examples. Adding an example
 stays instant: the prototypes are recomputed with the open-set calibration (at once for a new label, else at
 most every 2 s).
 """
@@ -19,6 +23,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field
 
+from edged.config import BACKGROUND
 from edged.errors import HeadError
 from edged.heads import FitContext, Head, HeadOptions, Prediction, hookimpl
 from edged.heads.fewshot import FeatureTransform, novelty, unknown_threshold
@@ -96,6 +101,7 @@ class KnnHead(Head):
         self._prototypes = np.zeros((0, 0), np.float32)  # class means after the classifier's transform (normalised)
         self._transform = FeatureTransform(PROTOTYPE_POWER)
         self._present = np.zeros(0, bool)
+        self._misfits = np.zeros(0, bool)  # background's examples its mean does not explain (see _find_misfits)
         self._memory = np.inf  # a frame at least this like a stored example is a copy of it (median nearest-neighbour)
 
     @property
@@ -200,8 +206,10 @@ class KnnHead(Head):
         # a new (or forgotten) label recalibrates at once: the class means must cover every label a vote can pick
         relabelled = self._calibrated_labels != tuple(self._labels)
         if self._reference is None or relabelled or (self._stale and now - self._calibrated > 2.0):
-            n = self._size
-            vectors, ids = self._vectors[:n], self._label_ids[:n]
+            self._misfits = self._find_misfits(self._vectors[:self._size], self._label_ids[:self._size])
+            keep = ~self._misfits
+            vectors, ids = self._vectors[:self._size][keep], self._label_ids[:self._size][keep]
+            n = len(ids)
             sums = np.zeros((len(self._labels), vectors.shape[1]), np.float32)
             np.add.at(sums, ids, vectors)
             counts = np.bincount(ids, minlength=len(self._labels)).astype(np.float32)
@@ -236,6 +244,27 @@ class KnnHead(Head):
             self._calibrated_labels = tuple(self._labels)
         return self._means, self._centre, self._reference, self._threshold, self._nn_threshold
 
+    def _find_misfits(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Which rows are background's misfits: nearer a taught class's prototype than background's own, under the
+        prototype transform."""
+        misfits = np.zeros(len(ids), bool)
+        if BACKGROUND not in self._labels:
+            return misfits
+        b = self._labels.index(BACKGROUND)
+        background = ids == b
+        counts = np.bincount(ids, minlength=len(self._labels))
+        taught = counts > 0
+        taught[b] = False
+        if not background.any() or not taught.any():
+            return misfits
+        transformed = FeatureTransform(PROTOTYPE_POWER).fit(vectors)(vectors)
+        sums = np.zeros((len(self._labels), vectors.shape[1]), np.float32)
+        np.add.at(sums, ids, transformed)
+        prototypes = normalise(sums / np.maximum(counts, 1)[:, None])
+        rows = transformed[background]
+        misfits[background] = (rows @ prototypes[taught].T).max(axis=1) > rows @ prototypes[b]
+        return misfits
+
     def predict(self, embedding: np.ndarray) -> Prediction:
         query = normalise(np.reshape(embedding, -1))
         with self._lock:
@@ -248,16 +277,21 @@ class KnnHead(Head):
                 sims = self._vectors[candidates] @ query
                 label_ids = self._label_ids[candidates]
             else:
+                candidates = None
                 sims = self._vectors[:n] @ query
                 label_ids = self._label_ids[:n]
             labels = list(self._labels)
             auto = self.options.threshold is None
             means, centre, reference, threshold, nn_threshold = self._calibration()
             between, prototypes, transform, present = self._between, self._prototypes, self._transform, self._present
-            memory = self._memory
+            memory, misfits = self._memory, self._misfits
         fixed = -1.0 if auto else self.options.threshold
         close = sims >= memory if self.options.vote == "prototype" else None
         if close is not None and not close.any():
+            nearest = int(sims.argmax())
+            row = nearest if candidates is None else int(candidates[nearest])
+            if row < len(misfits) and misfits[row]:  # a look-alike marked wrong: known by its own frames
+                return Prediction(BACKGROUND, float(sims[nearest]), {BACKGROUND: 1.0})
             pred = self._nearest_prototype(query, prototypes, transform, present, labels, float(sims.max()), fixed)
         elif close is not None:  # a copy of what was taught: the examples it copies answer (a shown frame is known)
             pred = vote(sims[close], label_ids[close], labels, self.options.k, fixed)

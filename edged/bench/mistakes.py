@@ -1,8 +1,9 @@
 """`edged bench mistakes`: does "that was wrong" fix the next event? A scripted scene where taught objects and
 look-alikes nobody taught come and go, played to a real daemon with the default config; up to `--marks` of the
 false events it made are marked `wrong` (the same command as the teach page, Home Assistant's button and the CLI),
-and the same scene is played again to the same state. False events an hour and recall on the taught objects,
-before and after, side by side."""
+and the same scene is played again to the same state; then a scene where every object comes in another place (a
+look-alike where it was never marked). False events an hour and recall on the taught objects, before and after,
+side by side."""
 
 from __future__ import annotations
 
@@ -33,14 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--marks", type=int, default=5, help="false events marked wrong between the two plays")
 
 
-def script(minutes: float) -> list[Appearance]:
-    """Taught objects and look-alikes in turn, 10-16 s each, in the bench's three places."""
+def script(minutes: float, moved: int = 0) -> list[Appearance]:
+    """Taught objects and look-alikes in turn, 10-16 s each, in the bench's three places; `moved`: each appearance
+    that many places on (the same photo then never comes where it came before)."""
     length = minutes * 60
     labels = [l for pair in zip(TAUGHT, LOOKALIKES) for l in pair]
     n = max(4, round(16 * minutes / 10))
     slot = length / (n + 1)
     return [Appearance(labels[i % len(labels)], 5 + i * slot, 5 + i * slot + min(0.6 * slot, 16.0),
-                       SPOTS[i % len(SPOTS)], variant=i // len(labels)) for i in range(n)]
+                       SPOTS[(i + moved) % len(SPOTS)], variant=i // len(labels)) for i in range(n)]
 
 
 def as_the_camera_sends(examples: list[tuple], path: Path) -> list[tuple]:
@@ -87,36 +89,39 @@ def _play(config: Path, rec: Recorder, length: float, what: str, then=None) -> l
 def run(args) -> int:
     cfg, info = bench_backbone(args.alpha, args.size)
     background, objects, source = scene_photos({**TAUGHT, **LOOKALIKES}, ("star", "disc", "star", "block"))
-    truth = script(args.minutes)
-    taught_truth = [a for a in truth if a.label in TAUGHT]
     length = args.minutes * 60
-    scene = EventScene(background, objects, truth, size=(320, 240), fps=FPS, noise=3.0, drift=0.15,
-                       drift_period_s=length)
+    scripts = {"before": script(args.minutes), "after": script(args.minutes), "moved": script(args.minutes, moved=1)}
+    taught_truth = [a for a in scripts["before"] if a.label in TAUGHT]
+    scenes = {play: EventScene(background, objects, truth, size=(320, 240), fps=FPS, noise=3.0, drift=0.15,
+                               drift_period_s=length) for play, truth in scripts.items()}
     print(f"scene: {args.minutes:g} min at {FPS:g} fps, {len(taught_truth)} taught appearances "
-          f"({', '.join(TAUGHT)}), {len(truth) - len(taught_truth)} look-alikes ({', '.join(LOOKALIKES)}), {source}; "
-          f"backbone {info.description}", flush=True)
+          f"({', '.join(TAUGHT)}), {len(scripts['before']) - len(taught_truth)} look-alikes "
+          f"({', '.join(LOOKALIKES)}), {source}; played before the marks, after them, and after them with every "
+          f"object one place on; backbone {info.description}", flush=True)
     broker = local_broker()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            video = scene.write(tmp / "scene.mp4", length + 3)
+            videos = {play: scene.write(tmp / f"scene-{play}.mp4", length + 3) for play, scene in scenes.items()}
+            scene = scenes["before"]
             taught = [(img, BACKGROUND) for img in scene.examples(BACKGROUND, args.examples)]
             for label in TAUGHT:
                 spots = [Appearance(label, 0, 0, spot, variant=v) for spot in SPOTS for v in range(3)]
                 taught += [(img, label) for img in scene.examples(label, args.examples, showing=spots)]
             state = tmp / "state"
             prepare_state(state, info, as_the_camera_sends(taught, tmp / "taught.mp4"))
-            config = write_config(state, broker.port, str(video), cfg.model_dump(), "mistakes", every_frame=False,
-                                  fps=FPS, loop=False)
             figures, marked = {}, []
-            for play in ("before", "after"):
+            for play, truth in scripts.items():
+                config = write_config(state, broker.port, str(videos[play]), cfg.model_dump(), "mistakes",
+                                      every_frame=False, fps=FPS, loop=False)
+                taught_here = [a for a in truth if a.label in TAUGHT]
                 rec = Recorder(broker.port, "mistakes")
-                mark = (lambda: _mark(rec, false_events(rec.of("event"), taught_truth), args.marks)) \
+                mark = (lambda: _mark(rec, false_events(rec.of("event"), taught_here), args.marks)) \
                     if play == "before" else None
                 marked += _play(config, rec, length, play, mark)
                 events = rec.of("event")
-                recall, _, _ = score_events(events, taught_truth, (-1.0, -1.0))
-                figures[play] = {"false": len(false_events(events, taught_truth)), "recall": recall,
+                recall, _, _ = score_events(events, taught_here, (-1.0, -1.0))
+                figures[play] = {"false": len(false_events(events, taught_here)), "recall": recall,
                                  "starts": sum(1 for _, m in events if m.get("type") == "start")}
                 print(f"{play}:")
                 print_said(rec, truth, lambda a: "" if a.label in TAUGHT else " (look-alike)")
@@ -124,11 +129,14 @@ def run(args) -> int:
     finally:
         broker.close()
     hour = 3600 / length
-    rows = [[play, f"{f['starts']}", f"{f['false']}", f"{f['false'] * hour:.0f}", f"{f['recall']:.3f}"]
+    names = {"before": "before", "after": f"after {len(marked)} marks", "moved": "after, objects moved"}
+    rows = [[names[play], f"{f['starts']}", f"{f['false']}", f"{f['false'] * hour:.0f}", f"{f['recall']:.3f}"]
             for play, f in figures.items()]
     print(f"marked wrong between the plays: {len(marked)} events ({', '.join(marked) or 'none'})")
     print(table(rows, ["play", "event starts", "false events", "false events an hour", "recall (taught)"]))
-    a, b = figures["before"], figures["after"]
+    a, b, m = figures["before"], figures["after"], figures["moved"]
+    print(f"objects moved (look-alikes where none was marked): false events an hour {m['false'] * hour:.0f}, recall "
+          f"{m['recall']:.3f}")
     print(f"mistakes: false events an hour before {a['false'] * hour:.0f} after {b['false'] * hour:.0f}, recall before "
           f"{a['recall']:.3f} after {b['recall']:.3f} (targets B <= A/5, D >= C - 0.02)")
     return 0

@@ -14,7 +14,10 @@ from ..config import Config, dump_config, format_validation_error, read_config_d
 from ..errors import ConfigError, EdgedError
 from ..heads.options import check_head_config
 from ..heads.registry import head_classes, plugin_manager, plugin_sources
-from ..serve.backbone import open_backbone
+from ..fleet.backbones import publish as publish_backbones
+from ..fleet.signing import device_trust
+from ..serve.backbone import open_backbone, resolve
+from ..serve.choice import LADDER, candidate
 from .checks import check_meaning
 from .common import add_config_args, load, setup_logging, subcommand
 from .doctor import run_doctor
@@ -62,9 +65,43 @@ def cmd_heads(args) -> int:
 def cmd_backbone_build(args) -> int:
     cfg = load(args)
     setup_logging(cfg.log_level)
+    if args.fleet or args.rung:
+        return _build_for_the_fleet(cfg, args.rung or LADDER)
     info, engine = open_backbone(cfg)
     engine.close()
     print(json.dumps({"id": info.id, "path": info.path, "input_size": info.input_size, "output_dim": info.output_dim}))
+    return 0
+
+
+def _rung(text: str) -> tuple[float, int]:
+    try:
+        alpha, size = text.split("/")
+        rung = (float(alpha), int(size))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ALPHA/SIZE, e.g. 0.25/128") from None
+    if rung not in LADDER:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rung of the automatic choice: "
+                                         f"{', '.join(f'{a:g}/{s}' for a, s in LADDER)}")
+    return rung
+
+
+def _build_for_the_fleet(cfg, rungs) -> int:
+    """Convert each rung here (once: the cache keeps it) and publish it, signed and retained, for the fleet's boards
+    that have no TensorFlow (edged.fleet.backbones)."""
+    if cfg.backbone.family != "mobilenet_v1":
+        raise EdgedError(f"backbone.family = {cfg.backbone.family!r}: --fleet sends the automatic choice's MobileNet "
+                         "v1 rungs")
+    if not cfg.mqtt.enabled:
+        raise EdgedError("[mqtt] enabled = false: there is no broker to send the backbones on")
+    trust = device_trust(cfg)
+    built = []
+    for alpha, size in rungs:
+        bb = candidate(cfg.backbone, alpha, size)
+        print(f"MobileNet v1 {alpha:g}/{size}: converting (once: the cache keeps it)", flush=True)
+        built.append((bb, resolve(cfg.model_copy(update={"backbone": bb}))))
+    for sent in publish_backbones(cfg, trust, built, progress=lambda line: print(line, flush=True)):
+        print(f"published {sent['backbone']}: {sent['bytes'] / 2**20:.1f} MB in {sent['chunks']} chunks on "
+              f"{sent['topic']} ({'signed' if sent['signed'] else 'unsigned: fleet.trust = broker'})", flush=True)
     return 0
 
 
@@ -131,6 +168,13 @@ def add_parsers(sub) -> None:
     c.set_defaults(func=cmd_config_check)
     p = sub.add_parser("backbone", help="backbone tools")
     bsub = p.add_subparsers(dest="backbone_command", required=True)
-    b = bsub.add_parser("build", help="convert and cache the configured backbone now")
+    b = bsub.add_parser("build", help="convert and cache the configured backbone now; with --fleet, every rung of the "
+                                      "automatic choice, published for the fleet's boards without TensorFlow")
     add_config_args(b)
+    b.add_argument("--fleet", action="store_true", help="convert the automatic choice's rungs and publish them, signed "
+                                                        "and retained, on the config's broker: a board with no "
+                                                        "TensorFlow, no converted backbone and no TFLite extractor "
+                                                        "takes them at its first start")
+    b.add_argument("--rung", action="append", type=_rung, metavar="ALPHA/SIZE",
+                   help="with --fleet: a rung to send (repeatable), e.g. 0.25/128; default every rung")
     b.set_defaults(func=cmd_backbone_build)

@@ -6,13 +6,13 @@ import base64
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
 import cv2
 import numpy as np
 
-from ..config import BACKGROUND, CaptureConfig
+from ..config import BACKGROUND, CaptureConfig, EventsConfig
 from ..errors import CommandError, HeadError
 from ..heads.base import TrainRequest
 from ..serve.capture import CaptureDesk, CaptureJob, CaptureRequest, CaptureTarget
@@ -67,7 +67,7 @@ class Teaching:
     sharing: Sharer
     scene: Optional[SceneView] = None
     events: Optional[EventStore] = None
-    retrain_after_wrong: int = 0  # "wrong" marks after which trained heads train again by themselves (0: never)
+    events_cfg: EventsConfig = field(default_factory=lambda: EventsConfig(retrain_after_wrong=0))  # "wrong" marks
 
 
 @dataclass
@@ -93,7 +93,8 @@ class CommandHandlers:
         self.status_fn, self.changed, self.last_frame = reporting.status, reporting.changed, reporting.last_frame
         self.publish_snapshot, self.jobs = reporting.publish_snapshot, reporting.jobs
         self.publish_job, self.stop = reporting.publish_job, reporting.stop
-        self.retrain_after_wrong = teaching.retrain_after_wrong
+        self.events_cfg = teaching.events_cfg
+        self.retrain_after_wrong = teaching.events_cfg.retrain_after_wrong
         self._marks = 0  # "wrong" marks since the last automatic train
         self._marks_lock = threading.Lock()
 
@@ -245,9 +246,10 @@ class CommandHandlers:
         return {"event": event}
 
     def on_wrong(self, cmd: Wrong, responder: Responder) -> dict:
-        """"That was wrong": the event's best frame (of its place: a region's crop) or its sound becomes an example of
-        what it was, `background` by default. The instant heads know it at once, a trained head at its next train;
-        `delete {"ids": [...]}` takes it back."""
+        """"That was wrong": the event's pictures (its best frame and the frames it kept over its length; of its
+        place: a region's crop) or windows of its sound become examples of what it was, `background` by default, all
+        of one capture. The instant heads know them at once, a trained head at its next train; `delete {"ids":
+        [...]}` takes them back."""
         if self.events is None:
             raise CommandError("wrong: events are kept by a serving daemon", cmd.id)
         event_id = cmd.event or self._newest_event(cmd.head, cmd.id)
@@ -258,19 +260,25 @@ class CommandHandlers:
         source, region = event.get("source", ""), event.get("region", "")
         clip = self.events.sound(event_id)
         if clip is not None:
-            image, audio, embedding = self.learning.sound_example(clip)
+            examples = self.learning.sound_examples(clip, max(1, self.events_cfg.kept_frames), self.events_cfg.clip_s)
         else:
-            jpeg = self.events.snapshot(event_id)
-            if jpeg is None:
+            pictures = self.events.frames(event_id)
+            if not pictures:
                 raise CommandError(f"wrong.event: event {event_id} has no snapshot to learn from", cmd.id)
-            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             view = self.scene.view(source, region) if self.scene is not None else None
-            image = view.crop(image) if view is not None else image
-            audio, embedding = None, self.learning.embed_image(image)
-        ids = self.store.add_many([NewExample(image, label, embedding, source=source or None, audio=audio)],
+            examples = []
+            for jpeg in pictures:
+                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                if image is not None:
+                    image = view.crop(image) if view is not None else image
+                    examples.append((image, None, self.learning.embed_image(image)))
+        capture = f"wrong:{event_id}"
+        ids = self.store.add_many([NewExample(image, label, embedding, source=source or None, audio=audio,
+                                              capture=capture) for image, audio, embedding in examples],
                                   self.backbone_id)
-        self.heads.learned(embedding, label)
-        log.info("event %s (%s) marked wrong: stored as an example of %r", event_id, event.get("label"), label)
+        for _, _, embedding in examples:
+            self.heads.learned(embedding, label)
+        log.info("event %s (%s) marked wrong: %d examples of %r", event_id, event.get("label"), len(ids), label)
         self.changed()
         return {"event": event_id, "said": event.get("label"), "label": label, "examples": ids,
                 "counts": self.store.counts(), "undo": f"delete {{\"ids\": {ids}}}",

@@ -41,6 +41,8 @@ class EventsConfig(Strict):
     retrain_after_wrong: int = Field(3, ge=0, le=1000, description="after this many 'wrong' marks, the active heads "
                                      "that learn only by `train` (the classifier) are trained again by themselves, as "
                                      "a job on edged/<device>/job; 0: only when asked")
+    kept_frames: int = Field(6, ge=0, le=32, description="frames of each event kept on disk beside its snapshot, "
+                             "spread over its length: a 'wrong' mark teaches from them all (0: the snapshot alone)")
     max_mb: float = Field(200.0, gt=0, description="events' snapshots and clips on disk: the oldest are removed "
                                                    "beyond this many megabytes")
     max_age_days: float = Field(14.0, gt=0, description="... and once older than this")

@@ -18,10 +18,11 @@ from ..fleet.remote_trainer import RemoteTrainer
 from ..fleet.sharing import Sharing
 from ..mqtt.link import IncomingCommand, MqttLink, check_broker_certificate
 from ..mqtt.replies import MqttResponder
-from ..fleet.signing import FleetTrust
-from ..runtime.memory import release_file_pages, release_free_memory
+from ..fleet.signing import device_trust
+from ..runtime.memory import ARENAS, keep_the_heap_small, release_file_pages, release_free_memory
 from ..serve.backbone import reembed_missing
 from ..serve.capture import CaptureDesk
+from ..fleet.backbones import fetch as fetch_backbones
 from ..fleet.roster import fleet_statuses
 from ..serve.frameloop import FrameLoop
 from ..serve.homeassistant import HomeAssistant
@@ -40,7 +41,6 @@ from ..state.backbones import int8_path, short_name
 from ..state.events import event_store
 from ..state.layout import StateLayout
 from ..state.review import ReviewQueue
-from ..fleet.trust import Identity
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class Daemon:
 
     def start(self) -> None:
         self.cfg.state_path.mkdir(parents=True, exist_ok=True)
+        if keep_the_heap_small():  # before the components' threads allocate
+            log.debug("malloc: large blocks mapped on their own, %d arenas", ARENAS)
         for name, start in self.components():
             self.notifier.status(f"starting {name}")
             stopper = start()
@@ -95,11 +97,14 @@ class Daemon:
         log.info("stopped")
 
     def _start_stack(self):
-        """Store, backbone (stored frames re-embedded for it when it changed) and heads (edged.serve.stack)."""
+        """Store, backbone (stored frames re-embedded for it when it changed) and heads (edged.serve.stack). A board
+        that can convert no backbone takes one a fleet machine built (edged.fleet.backbones)."""
+        self.trust = device_trust(self.cfg)
         self.stack = ServingStack(self.cfg, lambda done, total: self.notifier.extend_start(
             60, f"embedding stored frames {done}/{total}"),
                                   lambda step: self.notifier.extend_start(120, step),
-                                  lambda: fleet_statuses(self.cfg))
+                                  lambda: fleet_statuses(self.cfg),
+                                  lambda wanted: fetch_backbones(self.cfg, self.trust, wanted))
         self.cfg = self.stack.cfg  # with backbone.choose = "auto": the backbone chosen for this machine
         self.store, self.backbone, self.engine, self.heads = (self.stack.store, self.stack.backbone, self.stack.engine,
                                                               self.stack.heads)
@@ -145,9 +150,6 @@ class Daemon:
         return self.scene.close
 
     def _start_learning(self):
-        # this daemon's keys are made at its first start; a fleet certificate comes from `edged fleet enroll`
-        layout = StateLayout(self.cfg.state_path)
-        self.trust = FleetTrust(self.cfg.fleet.trust, Identity(layout.keys, self.cfg.device, "device"), layout.revocation)
         if not self.trust.signed:
             log.warning("fleet.trust = \"broker\": parcels, jobs and trainers are taken from anyone who can publish "
                         "on the broker")
@@ -164,7 +166,7 @@ class Daemon:
         self.telemetry.sections["fleet"] = self.sharing.describe
         handlers = CommandHandlers(
             Teaching(self.store, self.backbone.id, self.heads, self.learning, self.captures, self.cfg.capture,
-                     self.reviews, self.sharing, self.scene, self.events, self.cfg.events.retrain_after_wrong),
+                     self.reviews, self.sharing, self.scene, self.events, self.cfg.events),
             Reporting(self.telemetry.status, self.telemetry.changed, self.loop.newest, self.outputs.snapshot,
                       self.jobs, self.outputs.job, self.stop))
         self.dispatcher = Dispatcher(handlers.table(), self.stop)

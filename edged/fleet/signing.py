@@ -16,6 +16,7 @@ from typing import Optional
 
 from .. import wire
 from ..files import read_json_object, write_atomic
+from ..state.layout import StateLayout
 from .trust import Certificate, Identity, TrustError, Verifier, seal
 from .parcels import ShareError, plain
 
@@ -31,6 +32,13 @@ def _json(payload: bytes, what: str):
         return wire.loads(payload, MAX_MANIFEST)
     except ValueError as e:
         raise ShareError(f"{what}: not JSON ({e})") from None
+
+
+def device_trust(cfg) -> "FleetTrust":
+    """A device's trust, from its config and state folder (its keys are made at its first start; a fleet certificate
+    comes from `edged fleet enroll`)."""
+    layout = StateLayout(cfg.state_path)
+    return FleetTrust(cfg.fleet.trust, Identity(layout.keys, cfg.device, "device"), layout.revocation)
 
 
 class FleetTrust:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +18,32 @@ def _libc():
         return None
 
 
-def release_free_memory() -> None:
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt's parameters (glibc's malloc.h)
+MMAP_THRESHOLD = 1 << 20  # blocks this large (numpy's buffers of frames, batches, training) are mapped on their own
+ARENAS = 2
+
+
+def keep_the_heap_small() -> bool:
+    """glibc only, set before the daemon's threads start: blocks of `MMAP_THRESHOLD` and more mapped on their own,
+    so freeing one returns it at once (glibc's default raises that threshold to the largest block freed so far;
+    after the first train, every later buffer of that size comes from a heap that keeps it), and `ARENAS` malloc
+    arenas, not one per thread with its own freed memory. Not where MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or
+    GLIBC_TUNABLES already say otherwise. Measured by `edged bench soak`."""
+    if any(os.environ.get(v) for v in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")):
+        return False
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_ARENA_MAX, ARENAS))
+
+
+def release_free_memory(collect: bool = True) -> None:
     """Start-up builds and drops large temporaries (the int8 check, re-embedding stored frames); glibc keeps the
-    freed heap mapped. `malloc_trim(0)` returns it (measured by `edged bench memory`). No-op elsewhere."""
-    gc.collect()  # start-up garbage in reference cycles first, so that its memory is free to return
+    freed heap mapped. `malloc_trim(0)` returns it (measured by `edged bench memory`); after a job, without the
+    garbage collection (`collect`) that would hold the frame loop. No-op elsewhere."""
+    if collect:
+        gc.collect()  # start-up garbage in reference cycles first, so that its memory is free to return
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is not None:

@@ -1,5 +1,7 @@
 """Events from states: one starts when a state becomes a label of interest, updates (best score, best frame) at
-most every `update_s` while it lasts, and ends when the state leaves the label."""
+most every `update_s` while it lasts, and ends when the state leaves the label. Besides the best frame an event
+keeps up to `kept_frames` frames of its label spread over its length (the interval doubles whenever they are too
+many): what a "wrong" mark teaches from."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from ..config import BACKGROUND, EventsConfig
 from .states import NONE, State
 
 NOT_OF_INTEREST = (NONE, "unknown", BACKGROUND)
+KEEP_EVERY_S = 0.5  # the first kept frames of an event are this far apart
 
 
 def new_event_id(ts: float) -> str:
@@ -33,7 +36,20 @@ class Event:
     best_changed: bool = False  # a better frame than the last one sent
     saved_frame: object = field(default=None, repr=False)  # the best frame as last written (not written again)
     last_update: float = 0.0  # monotonic
+    kept: list = field(default_factory=list, repr=False)  # frames of the label spread over the event
+    keep_every: float = KEEP_EVERY_S  # seconds between kept frames (doubled when there are too many)
+    kept_at: float = float("-inf")  # monotonic time of the last kept frame
     where: Optional[dict] = None  # the view's `source` and `region` for messages; default {"region": region}
+
+    def keep(self, frame, now: float, limit: int) -> None:
+        """Keep `frame` when the interval since the last kept one has passed; beyond `limit`, every other goes."""
+        if limit <= 0 or frame is None or now - self.kept_at < self.keep_every:
+            return
+        self.kept.append(frame)
+        self.kept_at = now
+        if len(self.kept) > limit:
+            self.kept = self.kept[::2]
+            self.keep_every *= 2
 
     def message(self, kind: str) -> dict:
         out = {"type": kind, "id": self.id, "head": self.head, "label": self.label, "start": round(self.start, 3),
@@ -68,6 +84,7 @@ class EventTracker:
             top = state.score if score is None else max(score, state.score)
             event = Event(new_event_id(state.since), self.head, self.region, state.label, state.since, state.score,
                           top, frame=state.frame, best_frame=frame, last_update=now, where=self.where)
+            event.keep(frame, now, self.cfg.kept_frames)
             self.current = event
             out.append(("start", event))
         return out
@@ -77,8 +94,10 @@ class EventTracker:
         event = self.current
         if event is None:
             return None
-        if label == event.label and score > event.top_score:
-            event.top_score, event.best_frame, event.best_changed = score, frame, True
+        if label == event.label:
+            event.keep(frame, now, self.cfg.kept_frames)
+            if score > event.top_score:
+                event.top_score, event.best_frame, event.best_changed = score, frame, True
         if event.best_changed and now - event.last_update >= self.cfg.update_s:
             event.last_update, event.best_changed = now, False
             return "update", event

@@ -10,6 +10,7 @@ import time
 from typing import Callable, Optional
 
 from ..errors import CommandError, EdgedError
+from ..runtime.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class JobRunner:
                 work()
             finally:
                 self._current = None
+                release_free_memory(collect=False)  # a train's buffers, freed, go back to the system
 
     def finished(self, what: str, ok: bool, summary: str) -> None:
         self.last = {"job": what, "ok": ok, "ts": round(time.time(), 3), "summary": summary[:300]}

@@ -8,6 +8,10 @@ moment of load elsewhere does not tip the choice. The choice is kept in `backbon
 measured on; later starts (and the CLI's offline commands) read it, and measure again only on another machine,
 interpreter, thread count or `min_fps`.
 
+A board that can convert no rung (no TensorFlow) and finds none cached serves, in this order, a TFLite feature
+extractor on its disk, or a rung a fleet machine with TensorFlow built and sent (`edged backbone build` there,
+edged.fleet.backbones); else one error names each way.
+
 A device that joins a fleet (other devices' retained statuses on its broker) adopts the backbone the fleet's
 members chose when it runs at least FLEET_MARGIN × `min_fps` here — devices on one backbone share examples and
 models — and says why when it cannot. ImageNet weight files found on this disk (edged.state.backbones
@@ -30,7 +34,7 @@ from ..config import BackboneConfig, Config
 from ..errors import BackboneError
 from ..files import read_json_object, write_atomic
 from ..runtime.engine import Engine, EngineOptions
-from ..state.backbones import local_imagenet_weights, local_tflite_extractors, weights_folders
+from ..state.backbones import backbone_id, local_imagenet_weights, local_tflite_extractors, weights_folders
 from ..state.layout import StateLayout
 
 log = logging.getLogger(__name__)
@@ -106,11 +110,15 @@ def fleet_rung(peers: dict[str, dict], ladder: tuple[tuple[float, int], ...]) ->
 def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Callable[[str], None]] = None,
            ladder: tuple[tuple[float, int], ...] = LADDER,
            fleet: Callable[[], dict[str, dict]] = lambda: {},
-           extractors: Callable[[], list[Path]] = local_tflite_extractors) -> tuple[Config, dict]:
+           extractors: Callable[[], list[Path]] = local_tflite_extractors,
+           fleet_backbones: Callable[[dict[str, BackboneConfig]], dict[str, str]] = lambda wanted: {},
+           ) -> tuple[Config, dict]:
     """`cfg` with a concrete backbone, and how it was chosen. `build(cfg)` gives the backbone's info (converting it
     once when it is not cached); `ladder`: the (alpha, size) candidates, largest first; `fleet()`: the other
     devices' statuses by name (asked only when a choice is to be made); `extractors()`: TFLite feature extractors
-    on this disk, served when no rung can be built (a board without TensorFlow and without a cached backbone)."""
+    on this disk, served when no rung can be built (a board without TensorFlow and without a cached backbone);
+    `fleet_backbones(wanted)`: after those, the rungs (id -> config) fleet machines built, taken into the cache
+    ({id: who built it})."""
     bb = cfg.backbone
     if not bb.auto:
         return _with(cfg, with_local_weights(bb)), {"choose": "fixed"}
@@ -128,28 +136,57 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
         log.info("backbone adopted from the fleet: MobileNet v1 %s/%d, %s", adopted["alpha"], adopted["input_size"],
                  adopted["reason"])
         return _with(cfg, candidate(bb, adopted["alpha"], adopted["input_size"])), adopted
-    tried, pick = [], None
-    for alpha, size in ladder:
-        if progress is not None:
-            progress(f"choosing the backbone: timing {alpha}/{size}")
-        ms = _timed(cfg, build, candidate(bb, alpha, size), {"alpha": alpha, "input_size": size}, tried)
-        if ms is None:
-            continue
-        pick = (alpha, size, ms)
-        if 1000 / ms >= bb.min_fps:
-            break
+    tried: list[dict] = []
+    pick = _climb(cfg, build, ladder, progress, tried)
+    taken: dict[str, str] = {}
     if pick is None:
-        return _from_files(cfg, build, tried, extractors(), memory_path, here, progress)
+        files = extractors()
+        served = _from_files(cfg, build, tried, files, memory_path, here, progress)
+        if served is not None:
+            return served
+        wanted = {}
+        for alpha, size in ladder:
+            rung = candidate(bb, alpha, size)
+            wanted[backbone_id(rung)] = rung
+        if progress is not None:
+            progress("asking the fleet for a backbone built on a machine with TensorFlow")
+        try:
+            taken = fleet_backbones(wanted)
+        except Exception as e:  # the broker is away: say so in the one error below
+            tried.append({"fleet": f"could not ask: {str(e)[:200]}"})
+        if taken:
+            pick = _climb(cfg, build, ladder, progress, [])
+        if pick is None:
+            raise _no_backbone(cfg, tried, files, bool(taken))
     alpha, size, ms = pick
     fast = 1000 / ms >= bb.min_fps
     reason = (f"the largest that runs >= {bb.min_fps:g} fps here ({1000 / ms:.0f} fps, {ms:.2f} ms a frame)" if fast
               else f"none runs {bb.min_fps:g} fps here: the smallest that could be built ({1000 / ms:.0f} fps)")
+    built_by = taken.get(backbone_id(candidate(bb, alpha, size)))
+    if built_by:
+        reason += f"; built by {built_by} of the fleet (no TensorFlow here)"
     memory = {"choose": "auto", "alpha": alpha, "input_size": size, "ms": round(ms, 3), "reason": reason,
               "tried": tried, "measured_on": here, "ts": round(time.time(), 3),
-              **({"fleet": fleet_note} if fleet_note else {})}
+              **({"fleet": fleet_note} if fleet_note else {}), **({"built_by": built_by} if built_by else {})}
     write_atomic(memory_path, json.dumps(memory, indent=2).encode())
     log.info("backbone chosen: MobileNet v1 %s/%d, %s", alpha, size, reason)
     return _with(cfg, candidate(bb, alpha, size)), memory
+
+
+def _climb(cfg: Config, build, ladder, progress, tried: list[dict]) -> Optional[tuple[float, int, float]]:
+    """(alpha, size, ms) of the largest rung that runs `min_fps` here, else of the smallest that could be built; None
+    when none could."""
+    pick = None
+    for alpha, size in ladder:
+        if progress is not None:
+            progress(f"choosing the backbone: timing {alpha}/{size}")
+        ms = _timed(cfg, build, candidate(cfg.backbone, alpha, size), {"alpha": alpha, "input_size": size}, tried)
+        if ms is None:
+            continue
+        pick = (alpha, size, ms)
+        if 1000 / ms >= cfg.backbone.min_fps:
+            break
+    return pick
 
 
 def _timed(cfg: Config, build, bb: BackboneConfig, which: dict, tried: list[dict]) -> Optional[float]:
@@ -171,9 +208,9 @@ def tflite_candidate(path: str) -> BackboneConfig:
 
 
 def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory_path, here: dict,
-                progress) -> tuple[Config, dict]:
+                progress) -> Optional[tuple[Config, dict]]:
     """No MobileNet v1 could be built or found cached: the fastest TFLite feature extractor on this disk that reaches
-    `min_fps` (else the fastest), or one error that names each way to a backbone."""
+    `min_fps` (else the fastest); None when there is none, or none opens."""
     bb, timed = cfg.backbone, []
     for path in files:
         if progress is not None:
@@ -182,17 +219,7 @@ def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory
         if ms is not None:
             timed.append((ms, path))
     if not timed:
-        built = "; ".join(t["error"] for t in tried if "error" in t and "tflite" not in t)[:600]
-        opened = "; ".join(f"{Path(t['tflite']).name}: {t['error']}" for t in tried if "error" in t and "tflite" in t)
-        extractors = (f"the TFLite feature extractors here could not be opened ({opened[:400]})" if files else
-                      f"no TFLite feature extractor (*extractor*.tflite, *embedding*.tflite) is in "
-                      f"{', '.join(str(f) for f in weights_folders())}")
-        raise BackboneError(
-            f"backbone.choose = 'auto': no MobileNet v1 could be built here ({built}), none is cached in "
-            f"{StateLayout(cfg.state_path).backbones}, and {extractors}. Any one of these serves: "
-            "pip install 'edged[train]' (TensorFlow converts the backbone once); copy a TFLite feature extractor "
-            "(e.g. mobilenet_v1_1.0_224_quant_embedding_extractor.tflite) into $EDGED_WEIGHTS_DIR; set "
-            "backbone.family = 'tflite' and backbone.path; or copy state_dir/backbones/ from a machine that built it")
+        return None
     fast = [(ms, path) for ms, path in timed if 1000 / ms >= bb.min_fps]
     ms, path = min(fast or timed)
     reason = (f"no MobileNet v1 could be built here (no TensorFlow); the TFLite extractor {path.name} on this disk "
@@ -202,6 +229,27 @@ def _from_files(cfg: Config, build, tried: list[dict], files: list[Path], memory
     write_atomic(memory_path, json.dumps(memory, indent=2).encode())
     log.info("backbone chosen: %s", reason)
     return _with(cfg, tflite_candidate(str(path))), memory
+
+
+def _no_backbone(cfg: Config, tried: list[dict], files: list[Path], taken: bool) -> BackboneError:
+    """The one error of a board that has no way to a backbone, naming each way."""
+    built = "; ".join(t["error"] for t in tried if "error" in t and "tflite" not in t)[:600]
+    opened = "; ".join(f"{Path(t['tflite']).name}: {t['error']}" for t in tried if "error" in t and "tflite" in t)
+    extractors = (f"the TFLite feature extractors here could not be opened ({opened[:400]})" if files else
+                  f"no TFLite feature extractor (*extractor*.tflite, *embedding*.tflite) is in "
+                  f"{', '.join(str(f) for f in weights_folders())}")
+    asked = next((t["fleet"] for t in tried if "fleet" in t), None)
+    fleet = (f"the fleet {asked}" if asked else
+             "the fleet's backbones could not be served here" if taken else
+             "no machine of the fleet has published a backbone on the broker" if cfg.mqtt.enabled else
+             "MQTT is off, so no fleet machine can send one")
+    return BackboneError(
+        f"backbone.choose = 'auto': no MobileNet v1 could be built here ({built}), none is cached in "
+        f"{StateLayout(cfg.state_path).backbones}, {extractors}, and {fleet}. Any one of these serves: "
+        "pip install 'edged[train]' (TensorFlow converts the backbone once); copy a TFLite feature extractor "
+        "(e.g. mobilenet_v1_1.0_224_quant_embedding_extractor.tflite) into $EDGED_WEIGHTS_DIR; run `edged backbone "
+        "build` on a machine of the fleet that has TensorFlow (on the same broker); set backbone.family = 'tflite' "
+        "and backbone.path; or copy state_dir/backbones/ from a machine that built it")
 
 
 def _from_fleet(cfg: Config, build, fleet, ladder, here: dict) -> tuple[Optional[dict], Optional[str]]:

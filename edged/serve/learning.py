@@ -19,6 +19,7 @@ from ..config import BACKGROUND, Config
 from ..errors import NO_TENSORFLOW, HeadError, TrainingError, VersionError
 from ..heads.base import FitContext, Head, Progress, TrainRequest
 from ..runtime.engine import Engine, EngineOptions
+from ..runtime.memory import release_free_memory
 from ..runtime.speech import SpeechEngine
 from ..sources.audio import Spectrogram
 from ..sources.wav import SAMPLE_RATE
@@ -33,6 +34,7 @@ from .worker_client import TrainerWorker, tensorflow_available
 log = logging.getLogger(__name__)
 
 
+EMBEDDER_IDLE_S = 60.0  # the interpreter that embeds for trains, labels and marks is closed after this long unused
 SPEECH_NO_JOBS = ("the speech embedding has no Keras form here: fine-tuning and exported models are for the image "
                   "backbones (train gives the numpy head, which serves)")
 
@@ -58,6 +60,8 @@ class Learning:
         self.remote = remote  # None: no broker, so TensorFlow jobs run here or not at all
         self._embed_lock = threading.Lock()
         self._embedder: Optional[Engine | SpeechEngine] = None
+        self._embedder_used = 0.0  # monotonic time of its last use
+        self._release: Optional[threading.Timer] = None
         self._spectrogram = Spectrogram(size=cfg.cameras[0].source.audio.image_size)  # a sound's picture
 
     def start(self) -> None:
@@ -80,7 +84,9 @@ class Learning:
 
     def _own_engine(self):
         """An interpreter of our own for embedding off the frame loop (whose interpreter is not shared across
-        threads), built on first use and kept for the next train or label. Call with `_embed_lock` held."""
+        threads), built on first use and kept while trains, labels and marks use it: closed EMBEDDER_IDLE_S after
+        the last use (at 1.0/224 it holds about 35 MB). Call with `_embed_lock` held."""
+        self._embedder_used = time.monotonic()
         if self._embedder is None:
             runtime = self.cfg.runtime
             if self.backbone.family == "speech_embedding":
@@ -88,7 +94,26 @@ class Learning:
             else:
                 self._embedder = Engine(EngineOptions(self.backbone.path, num_threads=runtime.num_threads,
                                                       interpreter=runtime.interpreter, scaling=self.backbone.scaling))
+            self._release_in(EMBEDDER_IDLE_S)
         return self._embedder
+
+    def _release_in(self, seconds: float) -> None:
+        self._release = threading.Timer(seconds, self._release_if_idle)
+        self._release.daemon = True
+        self._release.start()
+
+    def _release_if_idle(self) -> None:
+        with self._embed_lock:
+            if self._embedder is None:
+                return
+            idle = time.monotonic() - self._embedder_used
+            if idle < EMBEDDER_IDLE_S:
+                self._release_in(EMBEDDER_IDLE_S - idle)
+                return
+            self._embedder.close()
+            self._embedder = None
+        release_free_memory(collect=False)
+        log.debug("the embedding interpreter of trains and labels closed after %.0f s unused", idle)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self.backbone.family == "speech_embedding":
@@ -103,14 +128,21 @@ class Learning:
                 return self._own_engine().embed_sound(samples)
         return self.embed_pixels(to_pixels(self._spectrogram.image(samples), self.backbone.input_size))
 
-    def sound_example(self, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A sound event's clip as one example: its middle window (the source's `window_s`), that window's picture
-        and its embedding."""
-        n = int(self.cfg.cameras[0].source.audio.window_s * SAMPLE_RATE)
-        start = max(0, (len(clip) - n) // 2)
-        window = np.asarray(clip[start:start + n], np.float32)
-        window = np.pad(window, (n - len(window), 0)) if len(window) < n else window
-        return self._spectrogram.image(window), window, self.embed_sound(window)
+    def sound_examples(self, clip: np.ndarray, count: int, margin_s: float = 0.0) -> list[tuple]:
+        """A sound event's clip as up to `count` examples: windows (the source's `window_s`) spread over it, without
+        the `margin_s` before and after the event that a clip keeps when it is long enough; each window's picture,
+        samples and embedding."""
+        audio = self.cfg.cameras[0].source.audio
+        n, hop = int(audio.window_s * SAMPLE_RATE), max(1, int(audio.hop_s * SAMPLE_RATE))
+        margin = int(margin_s * SAMPLE_RATE)
+        body = np.asarray(clip[margin:len(clip) - margin] if len(clip) - 2 * margin >= n else clip, np.float32)
+        if len(body) < n:
+            windows = [np.pad(body, (n - len(body), 0))]
+        else:  # at least a hop apart: closer windows are near-copies
+            count = max(1, min(count, 1 + (len(body) - n) // hop))
+            starts = sorted({int(round(s)) for s in np.linspace(0, len(body) - n, count)})
+            windows = [body[s:s + n] for s in starts]
+        return [(self._spectrogram.image(w), w, self.embed_sound(w)) for w in windows]
 
     def embed_image(self, image_bgr: np.ndarray) -> np.ndarray:
         return self.embed_pixels(to_pixels(image_bgr, self.backbone.input_size))
@@ -365,6 +397,8 @@ class Learning:
 
     def close(self) -> None:
         self.worker.close()
+        if self._release is not None:
+            self._release.cancel()
         with self._embed_lock:
             if self._embedder is not None:
                 self._embedder.close()

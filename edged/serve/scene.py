@@ -120,7 +120,8 @@ class Scene:
         self.outputs.event(event.head, event.region, message)
         frame = event.best_frame if event.best_frame is not event.saved_frame else None  # encoded once
         event.saved_frame = event.best_frame
-        self._write(lambda: self._save(message, frame))
+        kept = event.kept if kind == "end" else None
+        self._write(lambda: self._save(message, frame, kept))
         if not self.cfg.events.clip_s:
             return
         if kind == "start":
@@ -131,8 +132,10 @@ class Scene:
         elif kind == "end" and event.id in self._recordings:
             self._recordings[event.id].stop_at = now + self.cfg.events.clip_s
 
-    def _save(self, message: dict, frame) -> None:
+    def _save(self, message: dict, frame, kept: Optional[list] = None) -> None:
         jpeg = self.store.save(message, frame)
+        if kept:
+            self.store.save_frames(message["id"], kept)
         if jpeg is not None:
             self.outputs.event_snapshot(jpeg)
         if message["type"] == "end":

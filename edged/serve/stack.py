@@ -20,10 +20,12 @@ from .learning import Learning, RemoteJobs
 class ServingStack:
     def __init__(self, cfg: Config, reembed_progress: Optional[Callable[[int, int], None]] = None,
                  choice_progress: Optional[Callable[[str], None]] = None,
-                 fleet: Callable[[], dict[str, dict]] = lambda: {}):
+                 fleet: Callable[[], dict[str, dict]] = lambda: {},
+                 fleet_backbones: Callable[[dict], dict[str, str]] = lambda wanted: {}):
         # the backbone chosen for this machine (edged.serve.choice; `fleet()` the other devices' statuses, whose
-        # backbone a new member adopts): everything built here, and the TensorFlow worker, are given the concrete one
-        self.cfg, self.choice = chosen(cfg, resolve, choice_progress, fleet=fleet)
+        # backbone a new member adopts; `fleet_backbones(wanted)` the backbones fleet machines built, for a board that
+        # can convert none): everything built here, and the TensorFlow worker, are given the concrete one
+        self.cfg, self.choice = chosen(cfg, resolve, choice_progress, fleet=fleet, fleet_backbones=fleet_backbones)
         cfg = self.cfg
         self.store = Store(StateLayout(cfg.state_path).store)
         try:

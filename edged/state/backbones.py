@@ -67,10 +67,11 @@ def _weights_token(cfg: BackboneConfig) -> str:
 
 
 def weights_folders() -> list[Path]:
-    """Where ImageNet weight files are looked for before Keras would download them: $EDGED_WEIGHTS_DIR, then the
-    workspace's shared models folder beside a checkout."""
-    folders = [Path(os.environ["EDGED_WEIGHTS_DIR"])] if os.environ.get("EDGED_WEIGHTS_DIR") else []
-    return folders + [Path(__file__).resolve().parents[3] / "shared" / "models"]
+    """Where ImageNet weight files and TFLite extractors are looked for before Keras would download them:
+    $EDGED_WEIGHTS_DIR when it is set (only there), else the workspace's shared models folder beside a checkout."""
+    if os.environ.get("EDGED_WEIGHTS_DIR"):
+        return [Path(os.environ["EDGED_WEIGHTS_DIR"])]
+    return [Path(__file__).resolve().parents[3] / "shared" / "models"]
 
 
 TFLITE_EXTRACTOR_MARKS = ("extractor", "embedding", "no_top")  # what a feature extractor's file name says it is

@@ -1,5 +1,5 @@
-"""Events on disk: `events/<id>/event.json`, `snapshot.jpg` (the best frame) and an optional `clip.mp4` (a sound
-source's: `clip.wav`).
+"""Events on disk: `events/<id>/event.json`, `snapshot.jpg` (the best frame), `frame-<n>.jpg` (frames kept over
+its length, written when it ends) and an optional `clip.mp4` (a sound source's: `clip.wav`).
 
 Pruned by age and by total size, oldest first. Ids are checked against one pattern before they reach a path.
 """
@@ -24,6 +24,7 @@ from ..sources.wav import read_wav, wav_bytes
 from .layout import StateLayout
 
 EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+KEPT_FRAME_RE = re.compile(r"frame-(\d{1,3})\.jpg")
 
 
 def event_store(cfg: Config) -> "EventStore":
@@ -54,6 +55,26 @@ class EventStore:
                 write_atomic(folder / "snapshot.jpg", jpeg)
         write_atomic(folder / "event.json", json.dumps(message).encode())
         return jpeg
+
+    def save_frames(self, event_id: str, frames: list[np.ndarray], quality: int = 85) -> int:
+        """The frames an event kept over its length, as `frame-<n>.jpg`; how many were written."""
+        folder = self._dir(event_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for frame in frames:
+            ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                write_atomic(folder / f"frame-{written}.jpg", encoded.tobytes())
+                written += 1
+        return written
+
+    def frames(self, event_id: str) -> list[bytes]:
+        """The event's pictures to learn from: its snapshot (the best frame), then the frames kept over its length."""
+        folder = self._dir(event_id)
+        kept = sorted((p for p in folder.glob("frame-*.jpg") if KEPT_FRAME_RE.fullmatch(p.name)),
+                      key=lambda p: int(KEPT_FRAME_RE.fullmatch(p.name).group(1)))
+        snapshot = self.snapshot(event_id)
+        return ([snapshot] if snapshot is not None else []) + [p.read_bytes() for p in kept]
 
     def save_clip(self, event_id: str, frames: list[np.ndarray], fps: float) -> Optional[Path]:
         if not frames:

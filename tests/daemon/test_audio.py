@@ -109,6 +109,17 @@ def test_a_daemon_hears_the_sounds_it_was_taught(broker, probe, daemons, make_st
     event = json.loads((clips[0].parent / "event.json").read_text())
     seconds = len(read_wav(clips[0])) / RATE
     assert event["end"] is not None and seconds >= (event["end"] - event["start"]) + 1.5, (seconds, event)
+
+    # "that was wrong" on a sound event: windows spread over the sound (not the clip's second before and after),
+    # each stored with its samples
+    right = "knock" if event["label"] != "knock" else "smoke alarm"
+    marked = probe.request(DEVICE, "wrong", {"event": event["id"], "label": right})
+    assert marked["ok"], marked
+    ids = marked["result"]["examples"]
+    assert 1 <= len(ids) <= 6 and marked["result"]["label"] == right, marked
+    rows = [r for r in probe.request(DEVICE, "examples", {"label": right, "limit": 100})["result"]["examples"]
+            if r["id"] in ids]
+    assert len(rows) == len(ids) and all((state / r["frame"].replace(".jpg", ".wav")).is_file() for r in rows)
     assert d.stop() == 0, d.output()
 
 

@@ -221,5 +221,5 @@ def test_without_any_backbone_the_error_names_each_way(tmp_path):
         chosen(cfg, cannot, extractors=lambda: [])
     said = str(caught.value)
     for way in ("No module named 'keras'", "pip install 'edged[train]'", "$EDGED_WEIGHTS_DIR", "backbone.path",
-                "state_dir/backbones/"):
+                "state_dir/backbones/", "edged backbone build"):
         assert way in said, (way, said)

@@ -127,20 +127,24 @@ snapshot_interval_s = 0
     assert json.loads(out.stdout)["label"] == "star" and (tmp_path / "best.jpg").read_bytes() == jpeg
 
     # issue 37, 4: "that was wrong" from the CLI (the same command as MQTT and Home Assistant's button): the event's
-    # best frame becomes an example of background; the kNN knows it at once; `delete` takes it back
+    # best frame and the frames it kept over its length become examples of background; the kNN knows them at once;
+    # `delete` takes them back
+    kept = sorted(p.name for p in (state / "events" / start["id"]).glob("frame-*.jpg"))
+    assert 2 <= len(kept) <= 6, kept  # [events] kept_frames, written when the event ended
     before = probe.request(DEVICE, "status", {})["result"]["examples"]
     out = edged_cli("cmd", "--config", str(config), "wrong", "--event", start["id"], timeout=60)
     assert out.returncode == 0, out.stderr
     marked = json.loads(out.stdout)
-    assert marked["said"] == "star" and marked["label"] == "background" and len(marked["examples"]) == 1, marked
-    assert marked["counts"]["background"] == before["background"] + 1
-    stored = probe.request(DEVICE, "examples", {"label": "background", "limit": 1})["result"]["examples"][0]
-    assert stored["id"] == marked["examples"][0]
+    n = len(kept) + 1
+    assert marked["said"] == "star" and marked["label"] == "background" and len(marked["examples"]) == n, marked
+    assert marked["counts"]["background"] == before["background"] + n
+    stored = probe.request(DEVICE, "examples", {"label": "background", "limit": n})["result"]["examples"]
+    assert {e["id"] for e in stored} == set(marked["examples"])
     same = probe.request(DEVICE, "wrong", {"head": "knn", "label": "star"})  # the newest event, and what it said
     assert not same["ok"] and "already said 'star'" in same["error"], same
     assert not probe.request(DEVICE, "wrong", {})["ok"]  # an event or a head
     undone = probe.request(DEVICE, "delete", {"ids": marked["examples"]})["result"]
-    assert undone["deleted"] == 1 and undone["counts"]["background"] == before["background"]
+    assert undone["deleted"] == n and undone["counts"]["background"] == before["background"]
     assert "train the classifier" in marked["note"]  # no head that only `train` teaches is active yet
 
     # with the classifier serving, every `retrain_after_wrong` (here 2) marks train it again by themselves
@@ -153,7 +157,7 @@ snapshot_interval_s = 0
     job = json.loads(probe.wait_for(lambda t, p, r: t == f"edged/{DEVICE}/job" and b"after wrong marks" in p
                                     and json.loads(p).get("final"), 120)[1])
     assert job["ok"] and job["result"]["version"] != trained["result"]["version"], job
-    assert job["result"]["metrics"]["examples"] == trained["result"]["metrics"]["examples"] + 2, job
+    assert job["result"]["metrics"]["examples"] == trained["result"]["metrics"]["examples"] + 2 * n, job
     assert d.stop() == 0, d.output()
 
 

@@ -68,6 +68,33 @@ def test_events_start_update_and_end_with_the_best_frame():
     assert log[2][3] == "frame6"
 
 
+def test_an_event_keeps_frames_of_its_label_spread_over_its_length_and_no_more_than_asked():
+    states = StateTracker(StatesConfig(enter=2, min_score=0.5, exit_score=0.3, exit_s=0.5))
+    events = EventTracker(EventsConfig(kept_frames=4), "knn", "")
+    answers = [("fox", 0.9)] * 150 + [("cat", 0.2)] * 3 + [("fox", 0.9)] * 150 + [("none", 0.9)] * 20  # 20 s of fox
+    ended = []
+    for i, (label, score) in enumerate(answers):
+        now, frame = i / 15, i
+        state = states.observe(label, score, now, 1000 + now, i)
+        if state is not None:
+            ended += [e for kind, e in events.on_state(state, frame, now, score) if kind == "end"]
+        else:
+            events.on_prediction(label, score, frame, now)
+    assert len(ended) == 1
+    kept = ended[0].kept
+    assert 2 <= len(kept) <= 4 and kept == sorted(kept)
+    assert not set(kept) & {150, 151, 152}  # only frames that answered the event's label
+    assert kept[0] <= 10 and kept[-1] >= 200  # from its start to late in it, not its first seconds alone
+    assert min(b - a for a, b in zip(kept, kept[1:])) >= 30
+
+    none = EventTracker(EventsConfig(kept_frames=0), "knn", "")
+    fresh = StateTracker(StatesConfig(enter=1, min_score=0.5))
+    state = next(s for i in range(10) if (s := fresh.observe("fox", 0.9, i / 15, 1000 + i / 15, i)) is not None)
+    none.on_state(state, "frame", 0.0, 0.9)
+    none.on_prediction("fox", 0.9, "later", 35.0)
+    assert none.current is not None and none.current.kept == []
+
+
 def test_a_few_unknown_answers_do_not_end_a_state_but_a_lasting_stretch_does():
     tracker = StateTracker(StatesConfig(enter=3, min_score=0.5, exit_score=0.35, exit_s=2.0))
     answers = [("nine", 0.9)] * 10 + [("unknown", 0.8)] * 20 + [("nine", 0.9)] * 10  # 1.3 s unsure, then sure again

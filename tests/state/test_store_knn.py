@@ -157,3 +157,29 @@ def test_knn_near_copies_of_two_things_do_not_make_every_other_view_of_them_unkn
     assert unlike.label == UNKNOWN and 0.0 < unlike.score <= 1.0
     halfway = head.predict((a + b) / 2 + np.abs(rng.normal(0, 0.5, d)))
     assert halfway.label != UNKNOWN or halfway.score < 1.0  # never a certain 'unknown' for what lies between
+
+
+def test_knn_a_look_alike_marked_background_a_few_times_is_background_though_the_empty_scene_outnumbers_it():
+    """Background is many things: a look-alike's few frames marked wrong must not be averaged away by the many frames
+    of the empty scene (issue 37, 4)."""
+    rng = np.random.default_rng(3)
+    d = 64
+    scene, hand, other = (np.abs(rng.normal(size=d)) for _ in range(3))
+    frame = lambda *parts: np.clip(sum(parts) + 0.15 * rng.normal(size=d), 0, None)  # noqa: E731
+    two = lambda: frame(scene, hand)  # noqa: E731
+    look_alike = lambda: frame(scene, 0.8 * hand, 0.5 * other)  # noqa: E731
+    head = KnnHead()
+    for _ in range(30):
+        head.add(frame(scene), "background")
+    for _ in range(15):
+        head.add(two(), "two")
+    assert sum(head.predict(look_alike()).label == "two" for _ in range(20)) >= 15  # taken for the taught one
+
+    marked = [look_alike() for _ in range(4)]  # one event's frames, marked wrong
+    for embedding in marked:
+        head.add(embedding, "background")
+    assert head.predict(marked[0]).label == "background"  # a copy of what was taught: at once
+    head._calibrated -= 2  # the class means and modes follow within 2 s
+    assert sum(head.predict(look_alike()).label == "two" for _ in range(40)) <= 2
+    assert sum(head.predict(two()).label == "two" for _ in range(40)) >= 38
+    assert sum(head.predict(frame(scene)).label == "background" for _ in range(20)) == 20

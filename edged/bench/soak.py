@@ -33,6 +33,16 @@ def _sample(pid: int) -> tuple[float, int, int]:
     return rss_mb(pid), fds, threads
 
 
+def _floor(warm: list[tuple], sample_s: float, window_s: float = 300.0) -> str:
+    """The lowest RSS of the last `window_s` against that of the first, after the first minute: what stays between
+    commands (an interpreter that a train opens for a while, or a fine-tuned model served, rises above it)."""
+    n = max(1, int(window_s / sample_s))
+    if len(warm) < 2 * n:
+        return ""
+    first, last = min(s[1] for s in warm[:n]), min(s[1] for s in warm[-n:])
+    return f" (its floor, the lowest of 5 minutes: {first:.1f} -> {last:.1f} MB, {last - first:+.1f})"
+
+
 def run(args) -> int:
     from .pipeline import make_video
 
@@ -87,6 +97,7 @@ def run(args) -> int:
     print(table(rows, ["", "first", "after 1 min", "last", "max"]))
     print(f"{sent} commands sent, {answered} replies (progress included)")
     growth = samples[-1][1] - warm[0][1]
-    print(f"soak: RSS growth {growth:+.1f} MB after the first minute over {args.minutes:g} min, fds "
+    floor = _floor(warm, args.sample)
+    print(f"soak: RSS growth {growth:+.1f} MB after the first minute over {args.minutes:g} min{floor}, fds "
           f"{warm[0][2]}->{samples[-1][2]}, threads {warm[0][3]}->{samples[-1][3]} (target: flat, growth <= 5 MB)")
     return 0

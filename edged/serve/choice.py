@@ -144,16 +144,7 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
         served = _from_files(cfg, build, tried, files, memory_path, here, progress)
         if served is not None:
             return served
-        wanted = {}
-        for alpha, size in ladder:
-            rung = candidate(bb, alpha, size)
-            wanted[backbone_id(rung)] = rung
-        if progress is not None:
-            progress("asking the fleet for a backbone built on a machine with TensorFlow")
-        try:
-            taken = fleet_backbones(wanted)
-        except Exception as e:  # the broker is away: say so in the one error below
-            tried.append({"fleet": f"could not ask: {str(e)[:200]}"})
+        taken = _ask_the_fleet(cfg, ladder, fleet_backbones, tried, progress)
         if taken:
             pick = _climb(cfg, build, ladder, progress, [])
         if pick is None:
@@ -171,6 +162,22 @@ def chosen(cfg: Config, build: Callable[[Config], object], progress: Optional[Ca
     write_atomic(memory_path, json.dumps(memory, indent=2).encode())
     log.info("backbone chosen: MobileNet v1 %s/%d, %s", alpha, size, reason)
     return _with(cfg, candidate(bb, alpha, size)), memory
+
+
+def _ask_the_fleet(cfg: Config, ladder, fleet_backbones, tried: list[dict], progress) -> dict[str, str]:
+    """The rungs fleet machines built, taken into this state folder's cache: {id: who built it}; why not in
+    `tried` when the fleet could not be asked."""
+    wanted = {}
+    for alpha, size in ladder:
+        rung = candidate(cfg.backbone, alpha, size)
+        wanted[backbone_id(rung)] = rung
+    if progress is not None:
+        progress("asking the fleet for a backbone built on a machine with TensorFlow")
+    try:
+        return fleet_backbones(wanted)
+    except Exception as e:  # the broker is away: said in the one error that follows
+        tried.append({"fleet": f"could not ask: {str(e)[:200]}"})
+        return {}
 
 
 def _climb(cfg: Config, build, ladder, progress, tried: list[dict]) -> Optional[tuple[float, int, float]]:

@@ -67,6 +67,13 @@ def vote(sims: np.ndarray, label_ids: np.ndarray, labels: list[str], k: int, thr
     return Prediction(winner, scores[winner], scores)
 
 
+def prototypes_of(transformed: np.ndarray, ids: np.ndarray, classes: int) -> np.ndarray:
+    """Each class's mean of its (transformed) rows, normalised; zeros for a class without rows."""
+    sums = np.zeros((classes, transformed.shape[1]), np.float32)
+    np.add.at(sums, ids, transformed)
+    return normalise(sums / np.maximum(np.bincount(ids, minlength=classes), 1)[:, None])
+
+
 def normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if x.ndim == 1:  # one query per frame: a dot product is several times cheaper than linalg.norm
@@ -236,9 +243,7 @@ class KnnHead(Head):
             # a copy: within a quarter of the distance stored examples keep to their nearest neighbours
             self._memory = 1.0 - COPY_DISTANCE * (1.0 - median_nearest) if n > 1 else np.inf
             self._transform = FeatureTransform(PROTOTYPE_POWER).fit(vectors)
-            psums = np.zeros_like(sums)
-            np.add.at(psums, ids, self._transform(vectors))
-            self._prototypes = normalise(psums / np.maximum(counts, 1)[:, None])
+            self._prototypes = prototypes_of(self._transform(vectors), ids, len(self._labels))
             self._present = counts > 0
             self._calibrated, self._stale = now, False
             self._calibrated_labels = tuple(self._labels)
@@ -258,9 +263,7 @@ class KnnHead(Head):
         if not background.any() or not taught.any():
             return misfits
         transformed = FeatureTransform(PROTOTYPE_POWER).fit(vectors)(vectors)
-        sums = np.zeros((len(self._labels), vectors.shape[1]), np.float32)
-        np.add.at(sums, ids, transformed)
-        prototypes = normalise(sums / np.maximum(counts, 1)[:, None])
+        prototypes = prototypes_of(transformed, ids, len(self._labels))
         rows = transformed[background]
         misfits[background] = (rows @ prototypes[taught].T).max(axis=1) > rows @ prototypes[b]
         return misfits

@@ -94,7 +94,6 @@ class CommandHandlers:
         self.publish_snapshot, self.jobs = reporting.publish_snapshot, reporting.jobs
         self.publish_job, self.stop = reporting.publish_job, reporting.stop
         self.events_cfg = teaching.events_cfg
-        self.retrain_after_wrong = teaching.events_cfg.retrain_after_wrong
         self._marks = 0  # "wrong" marks since the last automatic train
         self._marks_lock = threading.Lock()
 
@@ -260,7 +259,7 @@ class CommandHandlers:
         source, region = event.get("source", ""), event.get("region", "")
         clip = self.events.sound(event_id)
         if clip is not None:
-            examples = self.learning.sound_examples(clip, max(1, self.events_cfg.kept_frames), self.events_cfg.clip_s)
+            examples = self.learning.sound_examples(clip, self.events_cfg.kept_frames, self.events_cfg.clip_s)
         else:
             pictures = self.events.frames(event_id)
             if not pictures:
@@ -287,13 +286,14 @@ class CommandHandlers:
     def _retrain_after_a_mark(self, corr_id) -> str:
         """Count the mark; every `retrain_after_wrong` marks, train the active heads that learn only by `train`, each
         as a job reporting on the job topic (the same train a user sends, with its defaults)."""
+        every = self.events_cfg.retrain_after_wrong
         trained = [name for name in self.heads.active if not self.heads.classes[name].incremental]
-        if not self.retrain_after_wrong or not trained or self.publish_job is None:
+        if not every or not trained or self.publish_job is None:
             return "train the classifier to teach it there" if not trained else f"train {', '.join(trained)} to teach it there"
         with self._marks_lock:
             self._marks += 1
-            due = self._marks >= self.retrain_after_wrong
-            left = self.retrain_after_wrong - self._marks
+            due = self._marks >= every
+            left = every - self._marks
             if due:
                 self._marks = 0
         if not due:
@@ -301,8 +301,8 @@ class CommandHandlers:
         for name in trained:
             self.on_train(Train(head=name, id=corr_id),
                           TopicResponder(self.publish_job, f"train {name} after wrong marks", corr_id))
-        log.info("%d wrong marks: training %s again", self.retrain_after_wrong, ", ".join(trained))
-        return (f"{self.retrain_after_wrong} marks: training {', '.join(trained)} again now (job 'train <head> after "
+        log.info("%d wrong marks: training %s again", every, ", ".join(trained))
+        return (f"{every} marks: training {', '.join(trained)} again now (job 'train <head> after "
                 f"wrong marks' on edged/<device>/job)")
 
     def _newest_event(self, head: str, corr) -> str:

@@ -27,6 +27,11 @@ EVENT_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 KEPT_FRAME_RE = re.compile(r"frame-(\d{1,3})\.jpg")
 
 
+def _jpeg(frame: np.ndarray, quality: int) -> Optional[bytes]:
+    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return encoded.tobytes() if ok else None
+
+
 def event_store(cfg: Config) -> "EventStore":
     """The state folder's events, with the config's limits."""
     events = cfg.events
@@ -47,12 +52,9 @@ class EventStore:
         """Write (or rewrite) an event's record and, when given, its snapshot; the snapshot's JPEG written."""
         folder = self._dir(message["id"])
         folder.mkdir(parents=True, exist_ok=True)
-        jpeg = None
-        if frame is not None:
-            ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                jpeg = encoded.tobytes()
-                write_atomic(folder / "snapshot.jpg", jpeg)
+        jpeg = _jpeg(frame, quality) if frame is not None else None
+        if jpeg is not None:
+            write_atomic(folder / "snapshot.jpg", jpeg)
         write_atomic(folder / "event.json", json.dumps(message).encode())
         return jpeg
 
@@ -61,10 +63,9 @@ class EventStore:
         folder = self._dir(event_id)
         folder.mkdir(parents=True, exist_ok=True)
         written = 0
-        for frame in frames:
-            ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                write_atomic(folder / f"frame-{written}.jpg", encoded.tobytes())
+        for jpeg in (_jpeg(frame, quality) for frame in frames):
+            if jpeg is not None:
+                write_atomic(folder / f"frame-{written}.jpg", jpeg)
                 written += 1
         return written
 
